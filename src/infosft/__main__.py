@@ -1,0 +1,3 @@
+from infosft.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""Losses: the reference computation from logits and the fused one from hidden states."""
+
+from infosft.losses.reference import compute_loss_func, weighted_nll_loss
+
+__all__ = ["compute_loss_func", "weighted_nll_loss"]
