@@ -1,5 +1,8 @@
 """InfoSFT: information-aware token weighting for supervised fine-tuning (arXiv 2605.14967)."""
 
+import importlib
+from typing import Any
+
 from infosft.losses import compute_loss_func, weighted_nll_loss
 from infosft.objectives import (
     DEFAULT_P_BAR,
@@ -10,10 +13,27 @@ from infosft.objectives import (
 
 __version__ = "0.1.0"
 
+# Imported on first use so that `import infosft` does not pull in TRL.
+_LAZY = {
+    "fused_weighted_nll_loss": "infosft.losses.fused",
+    "InfoSFTConfig": "infosft.training",
+    "InfoSFTTrainer": "infosft.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'infosft' has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_P_BAR",
+    "InfoSFTConfig",
+    "InfoSFTTrainer",
     "available_weightings",
     "compute_loss_func",
+    "fused_weighted_nll_loss",
     "register_weighting",
     "token_weights",
     "weighted_nll_loss",

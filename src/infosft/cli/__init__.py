@@ -1,19 +1,25 @@
 """The ``infosft`` command: thin recipes over the library.
 
-Each subcommand lives in its own module exposing ``add_parser(subparsers)``; heavy imports
-(transformers, TRL) happen inside the command's run function so ``infosft --help`` stays fast.
+Each subcommand is a module of this package exposing ``add_parser(subparsers)``, which sets
+``run`` as the parser default; heavy imports (transformers, TRL) happen inside ``run`` so that
+``infosft --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-# name -> module; the order is the order of ``infosft --help``.
-COMMANDS = {
-    "weights": "infosft.cli.weights",
-}
+# The order of ``infosft --help``; command modules not listed here follow alphabetically.
+ORDER = ["train", "eval", "demo", "compare", "inspect", "weights"]
+
+
+def command_modules() -> list[str]:
+    """Names of the subcommand modules in this package, in help order."""
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"infosft {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS.values():
-        importlib.import_module(module).add_parser(subparsers)
+    for name in command_modules():
+        importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
     return parser
 
 
