@@ -1,0 +1,388 @@
+"""fused_weighted_nll_loss against float64 computations from the full logits."""
+
+import math
+import os
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import infosft
+from infosft import objectives
+from infosft.losses import fused
+from infosft.losses.fused import TokenStats, fused_weighted_nll_loss
+
+B, T, H, V = 2, 13, 24, 97
+C = math.log(0.93 / 0.07)
+
+
+def make_problem(dtype=torch.float32, bias=True, seed=0, scale=1.0):
+    """hidden [B, T, H], W [V, H], b [V] (leaves needing grad) and labels with ignored spans.
+
+    With a large ``scale`` the logits are peaked; every third target is then the argmax of its
+    row, so that some tokens have q near 1 and others q near 0.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    hidden = scale * torch.randn(B, T, H, generator=gen, dtype=torch.float64)
+    weight = 0.7 * torch.randn(V, H, generator=gen, dtype=torch.float64)
+    b = torch.randn(V, generator=gen, dtype=torch.float64) if bias else None
+    labels = torch.randint(0, V, (B, T), generator=gen)
+    argmax = (hidden @ weight.t() + (b if bias else 0.0)).argmax(-1)
+    labels[:, 1::3] = argmax[:, 0:-1:3]
+    labels[0, :4] = -100
+    labels[1, 9:] = -100
+    leaves = [t.to(dtype).requires_grad_() if t is not None else None for t in (hidden, weight, b)]
+    return (*leaves, labels)
+
+
+def float64_reference(hidden, weight, bias, labels, method="infosft", upstream=1.0, **kwargs):
+    """Loss and gradients from the full float64 logits (infosft.weighted_nll_loss)."""
+    leaves = [
+        t.detach().double().requires_grad_() if t is not None else None
+        for t in (hidden, weight, bias)
+    ]
+    h, w, b = leaves
+    logits = h @ w.t() + (b if b is not None else 0.0)
+    loss = infosft.weighted_nll_loss(logits, labels, method=method, **kwargs)
+    (loss * upstream).backward()
+    return loss.detach(), [t.grad if t is not None else None for t in leaves]
+
+
+def rel_err(got, expected):
+    return ((got.double() - expected).norm() / expected.norm()).item()
+
+
+def assert_parity(loss, leaves, ref_loss, ref_grads, tol):
+    assert rel_err(loss, ref_loss) <= tol
+    for leaf, ref_grad in zip(leaves, ref_grads, strict=True):
+        if leaf is not None:
+            assert leaf.grad.dtype == leaf.dtype
+            assert rel_err(leaf.grad, ref_grad) <= tol
+
+
+@pytest.mark.parametrize("method", objectives.available_weightings())
+def test_fp32_loss_and_gradients_match_float64_full_logits(method):
+    hidden, weight, bias, labels = make_problem()
+    loss = fused_weighted_nll_loss(hidden, weight, labels, method=method, lm_head_bias=bias)
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels, method)
+    assert loss.dtype == torch.float32
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-5)
+
+
+def test_bf16_inputs_give_bf16_gradients_close_to_float64():
+    hidden, weight, bias, labels = make_problem(torch.bfloat16)
+    loss = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias)
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
+    assert loss.dtype == torch.float32
+    # The gradients are rounded to bf16 at the end (relative step 2**-8).
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-2)
+
+
+def test_a_newly_registered_scheme_is_used(monkeypatch):
+    monkeypatch.setitem(objectives._REGISTRY, "sqrt_q", lambda lp, p_bar: (0.5 * lp).exp())
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    loss = fused_weighted_nll_loss(hidden, weight, labels, method="sqrt_q", lm_head_bias=bias)
+    logits = (hidden @ weight.t() + bias).detach()
+    lp = logits[:, :-1].log_softmax(-1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1))
+    lp = lp.squeeze(-1)[labels[:, 1:] != -100]
+    expected = -((0.5 * lp).exp() * lp).sum() / lp.numel()
+    # Weights are float32 on every path.
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_any_chunk_size_gives_the_same_result(chunk_size):
+    # 17 target tokens: 7 does not divide them, 1000 is larger than all of them.
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    loss = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias, chunk_size=chunk_size)
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-12)
+
+
+@pytest.mark.parametrize("return_stats", [False, True])
+@pytest.mark.parametrize("block_rows", [1, 3])
+def test_zero_weight_rows_inside_chunks_are_squeezed_out_exactly(
+    monkeypatch, block_rows, return_stats
+):
+    # Peaked logits: zero-weight rows sit between weighted ones inside each chunk of 8; the
+    # rows are moved block_rows at a time (CPU, in place) or gathered (with the stats' buffer).
+    monkeypatch.setattr(fused, "CPU_BLOCK_BYTES", block_rows * 4 * V)
+    hidden, weight, bias, labels = make_problem(torch.float64, scale=6.0)
+    loss = fused_weighted_nll_loss(
+        hidden, weight, labels, lm_head_bias=bias, chunk_size=8, return_stats=return_stats
+    )
+    loss = loss[0] if return_stats else loss
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-12)
+
+
+def test_scalar_upstream_gradient_scales_every_gradient():
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    loss = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias)
+    (loss * 0.37).backward()
+    _, ref_grads = float64_reference(hidden, weight, bias, labels, upstream=0.37)
+    for leaf, ref_grad in zip((hidden, weight, bias), ref_grads, strict=True):
+        torch.testing.assert_close(leaf.grad, ref_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_num_items_in_batch_divides_the_sum():
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    loss = fused_weighted_nll_loss(
+        hidden, weight, labels, lm_head_bias=bias, method="dft", num_items_in_batch=40
+    )
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(
+        hidden, weight, bias, labels, method="dft", num_items_in_batch=40
+    )
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-12)
+
+
+def test_all_ignored_batch_gives_zero_loss_and_zero_gradients():
+    hidden, weight, bias, _ = make_problem()
+    labels = torch.full((B, T), -100)
+    loss = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias)
+    loss.backward()
+    assert loss.item() == 0.0
+    for leaf in (hidden, weight, bias):
+        assert leaf.grad is not None
+        assert not leaf.grad.any()
+
+
+def peaked_problem():
+    """float32 leaves whose targets have log q below -300 (float32 q underflows) or q ~ 1."""
+    hidden, weight, bias, labels = make_problem(torch.float64, scale=40.0)
+    with torch.no_grad():
+        logits = hidden @ weight.t() + bias
+        log_q = logits[:, :-1].log_softmax(-1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])
+    log_q = log_q.squeeze(-1)[labels[:, 1:] != -100]
+    assert log_q.min() < -300 and log_q.max() > math.log(0.93)
+    return (*(t.detach().float().requires_grad_() for t in (hidden, weight, bias)), labels)
+
+
+def test_underflowing_q_still_gives_the_exact_nll():
+    hidden, weight, bias, labels = peaked_problem()
+    loss = fused_weighted_nll_loss(hidden, weight, labels, method="nll", lm_head_bias=bias)
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels, "nll")
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-5)
+
+
+def test_tokens_with_q_near_0_or_1_get_zero_infosft_weight_and_no_nan():
+    hidden, weight, bias, labels = peaked_problem()
+    loss, stats = fused_weighted_nll_loss(
+        hidden, weight, labels, lm_head_bias=bias, return_stats=True
+    )
+    loss.backward()
+    assert stats.num_zero_weight == stats.num_tokens
+    assert loss.item() == 0.0
+    for leaf in (hidden, weight, bias):
+        assert not leaf.grad.any()
+    assert torch.isfinite(torch.stack(list(stats))).all()
+
+
+def test_frozen_head_gets_no_gradient_and_hidden_gradient_is_exact():
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    weight.requires_grad_(False)
+    bias.requires_grad_(False)
+    fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias).backward()
+    _, (ref_hidden_grad, _, _) = float64_reference(hidden, weight, bias, labels)
+    assert weight.grad is None and bias.grad is None
+    torch.testing.assert_close(hidden.grad, ref_hidden_grad, rtol=1e-12, atol=1e-15)
+
+
+def test_no_grad_mode_returns_the_same_value():
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    with torch.no_grad():
+        loss = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias)
+    ref_loss, _ = float64_reference(hidden, weight, bias, labels)
+    assert not loss.requires_grad
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+
+
+def test_target_weights_replace_the_schemes_weights():
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    target_weights = torch.rand(B, T, generator=gen, dtype=torch.float64)
+    target_weights[0, 5] = 0.0
+    loss = fused_weighted_nll_loss(
+        hidden, weight, labels, lm_head_bias=bias, target_weights=target_weights
+    )
+    loss.backward()
+    # Position t predicts labels[t + 1] and carries target_weights[t + 1].
+    h, w, b = (t.detach().clone().requires_grad_() for t in (hidden, weight, bias))
+    lp = (h @ w.t() + b)[:, :-1].log_softmax(-1)
+    lp = lp.gather(-1, labels[:, 1:].clamp(min=0)[..., None]).squeeze(-1)
+    mask = labels[:, 1:] != -100
+    ref = -(target_weights[:, 1:][mask].float().double() * lp[mask]).sum() / mask.sum()
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-7)
+    for leaf, ref_leaf in zip((hidden, weight, bias), (h, w, b), strict=True):
+        assert rel_err(leaf.grad, ref_leaf.grad) <= 1e-7
+
+
+def test_stats_are_sums_over_target_tokens():
+    hidden, weight, bias, labels = make_problem(torch.float64, scale=6.0)
+    _, stats = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias, return_stats=True)
+    logits = (hidden @ weight.t() + bias).detach()[:, :-1][labels[:, 1:] != -100]
+    log_p = logits.log_softmax(-1)
+    lp = log_p.gather(-1, labels[:, 1:][labels[:, 1:] != -100][:, None]).squeeze(-1)
+    q = lp.exp()
+    w = (q * (1 - (lp - torch.log1p(-q)) / C).clamp(min=0)).float()
+    expected = {
+        "num_tokens": lp.numel(),
+        "sum_q": q.sum(),
+        "sum_weight": w.sum(),
+        "num_zero_weight": (w == 0).sum(),
+        "sum_nll": -lp.sum(),
+        "sum_entropy": -(log_p.exp() * log_p).sum(),
+    }
+    assert isinstance(stats, TokenStats)
+    assert 0 < expected["num_zero_weight"] < expected["num_tokens"]
+    for name, value in expected.items():
+        got = getattr(stats, name)
+        assert got.dtype == torch.float32 and not got.requires_grad
+        assert got.item() == pytest.approx(float(value), rel=1e-5), name
+    means = stats.means()
+    n = expected["num_tokens"]
+    assert means["zero_weight_share"] == pytest.approx(float(expected["num_zero_weight"]) / n)
+    assert means["entropy"] == pytest.approx(float(expected["sum_entropy"]) / n, rel=1e-5)
+
+
+@pytest.mark.parametrize("buffer_dtype", [torch.float32, torch.bfloat16])
+def test_chunk_math_writes_softmax_minus_onehot_and_returns_log_q_and_entropy(buffer_dtype):
+    # bf16 buffer: the CUDA layout (float32 logits, gradient in the matmul dtype).
+    logits = 5 * torch.randn(6, V, dtype=torch.float64)
+    targets = torch.randint(0, V, (6,))
+    grad = torch.empty(6, V, dtype=buffer_dtype)
+    log_q, entropy = fused.chunk_softmax_grad(logits.float(), targets, grad, True)
+    log_p = logits.log_softmax(-1)
+    expected_grad = log_p.exp() - torch.nn.functional.one_hot(targets, V)
+    tol = 1e-6 if buffer_dtype == torch.float32 else 4e-3
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        log_q.double(), log_p[torch.arange(6), targets], rtol=1e-6, atol=1e-5
+    )
+    torch.testing.assert_close(
+        entropy.double(), -(log_p.exp() * log_p).sum(-1), rtol=1e-5, atol=1e-5
+    )
+
+
+class RecordMatmuls(TorchFunctionMode):
+    """Shapes of the results of every torch.mm / torch.addmm / matmul called inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func in (torch.mm, torch.addmm, torch.matmul, torch.Tensor.__matmul__):
+            self.shapes.append(tuple(result.shape))
+        return result
+
+
+def test_projects_only_target_positions_one_chunk_at_a_time():
+    hidden, weight, bias, labels = make_problem()
+    with RecordMatmuls() as recorder:
+        fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias, chunk_size=4)
+    logits_rows = [rows for rows, cols in recorder.shapes if cols == V]
+    assert max(logits_rows) <= 4
+    assert sum(logits_rows) == int((labels[:, 1:] != -100).sum())
+
+
+def test_zero_weight_tokens_are_left_out_of_the_gradient_matmuls():
+    hidden, weight, bias, labels = make_problem(scale=6.0)
+    _, stats = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias, return_stats=True)
+    assert stats.num_zero_weight > 0
+    with RecordMatmuls() as recorder:
+        fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias, chunk_size=1000)
+    grad_hidden_rows = [rows for rows, cols in recorder.shapes if cols == H and rows != V]
+    assert grad_hidden_rows == [int(stats.num_tokens - stats.num_zero_weight)]
+
+
+def test_backward_twice_is_refused():
+    hidden, weight, bias, labels = make_problem()
+    loss = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        loss.backward()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": torch.zeros(B, T + 1, dtype=torch.long)}, r"labels \(2, 14\)"),
+        ({"lm_head_weight": torch.zeros(V, H + 1)}, r"lm_head_weight must be \[V, H\]"),
+        ({"lm_head_bias": torch.zeros(V + 1)}, r"lm_head_bias must be \[V\]"),
+        ({"labels": torch.full((B, T), V)}, f"label {V} is outside"),
+        ({"target_weights": torch.zeros(B, T - 1)}, "target_weights must be"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"method": "nope"}, "unknown weighting method"),
+    ],
+)
+def test_bad_input_is_named_in_the_error(kwargs, message):
+    hidden, weight, _, labels = make_problem()
+    call = {"hidden_states": hidden, "lm_head_weight": weight, "labels": labels} | kwargs
+    with pytest.raises(ValueError, match=message):
+        fused_weighted_nll_loss(**call)
+
+
+def test_non_finite_target_weight_at_a_target_is_refused():
+    hidden, weight, _, labels = make_problem()
+    target_weights = torch.zeros(B, T)
+    target_weights[0, 0] = math.nan  # position 0 has no target: never read
+    assert fused_weighted_nll_loss(hidden, weight, labels, target_weights=target_weights) == 0
+    target_weights[1, 3] = math.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        fused_weighted_nll_loss(hidden, weight, labels, target_weights=target_weights)
+
+
+@pytest.mark.skipif(
+    os.environ.get("INFOSFT_TEST_COMPILE") != "1",
+    reason="torch.compile on CPU costs ~30 s of CPU time; set INFOSFT_TEST_COMPILE=1 to run",
+)
+def test_compiled_chunk_math_matches_float64_on_cpu():
+    hidden, weight, bias, labels = make_problem()
+    loss = fused_weighted_nll_loss(
+        hidden, weight, labels, lm_head_bias=bias, chunk_size=5, use_compile=True
+    )
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-5)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("method", objectives.available_weightings())
+def test_cuda_matches_float64_full_logits(method, dtype, tol):
+    hidden, weight, bias, labels = make_problem(dtype)
+    on_gpu = [t.detach().cuda().requires_grad_() for t in (hidden, weight, bias)]
+    loss = fused_weighted_nll_loss(
+        *on_gpu[:2], labels.cuda(), method=method, lm_head_bias=on_gpu[2]
+    )
+    (loss * 2.0).backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels, method, upstream=2.0)
+    assert rel_err(loss.cpu(), ref_loss) <= tol
+    for leaf, ref_grad in zip(on_gpu, ref_grads, strict=True):
+        assert leaf.grad.dtype == dtype
+        assert rel_err(leaf.grad.cpu(), ref_grad) <= tol
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_all_ignored_batch_gives_zero_gradients():
+    hidden, weight, bias, _ = make_problem(torch.bfloat16)
+    on_gpu = [t.detach().cuda().requires_grad_() for t in (hidden, weight, bias)]
+    labels = torch.full((B, T), -100, device="cuda")
+    loss = fused_weighted_nll_loss(*on_gpu[:2], labels, lm_head_bias=on_gpu[2])
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(not leaf.grad.any() for leaf in on_gpu)
