@@ -1,0 +1,319 @@
+"""Training data: local JSONL/JSON/Parquet files or hub datasets, checked against TRL's formats.
+
+Accepted rows (TRL's standard formats for SFT):
+
+- language modeling: ``{"text": "..."}``;
+- prompt-completion: ``{"prompt": "...", "completion": "..."}``, or the conversational form
+  with lists of ``{"role", "content"}`` messages on both sides (loss on the completion only);
+- conversational: ``{"messages": [{"role": "user", "content": "..."}, ...]}`` (loss on every
+  token, or on the assistant turns with ``assistant_only_loss: true``).
+
+A raw public dataset (NuminaMath-CoT, UltraFeedback, ...) is turned into one of these by a
+formatter from :mod:`infosft.training.formats`, named with ``data_format``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+ACCEPTED_FORMATS = (
+    'language modeling {"text": str}; '
+    'prompt-completion {"prompt": str, "completion": str}; '
+    'conversational {"messages": [{"role": str, "content": str}, ...]}; '
+    'conversational prompt-completion {"prompt": [messages], "completion": [messages]}'
+)
+
+# The columns that make up each format; anything else in a row is dropped.
+FORMAT_COLUMNS = {
+    "prompt-completion": ("prompt", "completion"),
+    "conversational": ("messages",),
+    "language modeling": ("text",),
+}
+# Kept beside "messages"/"prompt" when present: TRL passes them to the chat template.
+OPTIONAL_COLUMNS = ("tools",)
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    """The TRL format named by a row's columns: "prompt-completion", "conversational" or
+    "language modeling"; ValueError listing the accepted formats otherwise."""
+    present = set(columns)
+    for name, required in FORMAT_COLUMNS.items():
+        if present.issuperset(required):
+            return name
+    raise ValueError(
+        f"no training format found in columns {sorted(present)}; accepted formats: "
+        f"{ACCEPTED_FORMATS}. For a raw public dataset pick a --data-format formatter."
+    )
+
+
+def _message_list_problem(value: Any) -> str | None:
+    """Why ``value`` is not a non-empty list of {"role": str, "content": str}; None if it is."""
+    if not isinstance(value, list) or not value:
+        return f"expected a non-empty list of messages, got {type(value).__name__}"
+    for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            return f"message {index} is {type(message).__name__}, not a dict"
+        if not isinstance(message.get("role"), str):
+            return f"message {index} has no string 'role'"
+        if not isinstance(message.get("content"), str):
+            return f"message {index} has no string 'content'"
+    return None
+
+
+def row_problem(row: dict[str, Any], data_format: str) -> str | None:
+    """Why ``row`` is not a valid example of ``data_format``; None when it is."""
+    if data_format == "language modeling":
+        text = row.get("text")
+        if not isinstance(text, str) or not text:
+            return f"'text' must be a non-empty string, got {text!r:.60}"
+        return None
+    if data_format == "conversational":
+        problem = _message_list_problem(row.get("messages"))
+        return None if problem is None else f"'messages': {problem}"
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return None if completion else "'completion' is empty"
+    for key, value in (("prompt", prompt), ("completion", completion)):
+        problem = _message_list_problem(value)
+        if problem is not None:
+            return (
+                f"{key!r} must be a string (with a string partner) or a list of messages: {problem}"
+            )
+    return None
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows of a JSON Lines file and the 1-based line number of each; blank lines are skipped.
+
+    Raises ValueError naming the file and line of a line that is not a JSON object.
+    """
+    rows, line_numbers = [], []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}"
+                )
+            rows.append(row)
+            line_numbers.append(number)
+    return rows, line_numbers
+
+
+def read_json(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSON file holding a list of objects (or ``{"data": [...]}``)."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    if isinstance(content, dict) and isinstance(content.get("data"), list):
+        content = content["data"]
+    if not isinstance(content, list) or not all(isinstance(row, dict) for row in content):
+        raise ValueError(
+            f"{path}: a .json data file must hold a list of objects (one per example); "
+            "for one object per line use .jsonl"
+        )
+    return content
+
+
+def parse_hub_name(name: str) -> tuple[str, str | None, str]:
+    """``NAME[@CONFIG][:SPLIT]`` -> (name, config, split); the split defaults to "train".
+
+    The split may carry a slice as ``datasets`` accepts it:
+    ``AI-MO/NuminaMath-CoT:train[:1000]`` is the first 1000 training rows.
+    """
+    name, _, split = name.partition(":")
+    name, _, config = name.partition("@")
+    return name, config or None, split or "train"
+
+
+def load_source(source: str | Dataset) -> tuple[Dataset, Callable[[int], str]]:
+    """One data source as a Dataset, and a function naming the location of row i in messages.
+
+    A path with a .jsonl/.json/.parquet suffix is read locally (FileNotFoundError if it is
+    missing); any other string is a hub dataset ``NAME[@CONFIG][:SPLIT]``; a Dataset is used
+    as it is.
+    """
+    from datasets import Dataset
+
+    if isinstance(source, Dataset):
+        return source, lambda i: f"in-memory dataset row {i}"
+    path = Path(source).expanduser()
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+        if path.is_dir():
+            raise ValueError(f"{source} is a directory; pass the data files in it")
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {source} does not exist")
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            rows, lines = read_jsonl(path)
+            return _from_rows(rows, source), lambda i: f"{source}:{lines[i]}"
+        if suffix == ".json":
+            return _from_rows(read_json(path), source), lambda i: f"{source} example {i}"
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return Dataset(pq.read_table(path)), lambda i: f"{source} row {i}"
+        raise ValueError(
+            f"data file {source} has an unsupported type; use one of {', '.join(LOCAL_SUFFIXES)} "
+            "or a hub dataset name"
+        )
+    return _load_hub(source), lambda i: f"{source} row {i}"
+
+
+def _from_rows(rows: list[dict[str, Any]], source: str) -> Dataset:
+    from datasets import Dataset
+
+    if not rows:
+        raise ValueError(f"data file {source} holds no examples")
+    try:
+        return Dataset.from_list(rows)
+    except (TypeError, ValueError) as err:
+        # pyarrow's errors subclass these: one column has different types in different rows.
+        raise ValueError(f"{source}: rows do not share one schema ({err})") from None
+
+
+def _load_hub(source: str) -> Dataset:
+    import datasets
+
+    name, config, split = parse_hub_name(source)
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise FileNotFoundError(
+            f"{source} is not a local data file ({', '.join(LOCAL_SUFFIXES)}) and could not be "
+            f"loaded from the Hugging Face Hub: {err}"
+        ) from None
+
+
+def apply_formatter(dataset: Dataset, data_format: str) -> Dataset:
+    """Turn raw rows into a TRL format with the registered formatter ``data_format``,
+    after its dataset-level row filter (if any)."""
+    from infosft.training.formats import get_formatter, get_row_filter
+
+    formatter = get_formatter(data_format)
+    row_filter = get_row_filter(data_format)
+    if row_filter is not None:
+        dataset = dataset.filter(row_filter, desc=f"Selecting rows for {data_format}")
+    return dataset.map(
+        formatter, remove_columns=dataset.column_names, desc=f"Formatting as {data_format}"
+    )
+
+
+def validate(dataset: Dataset, locate: Callable[[int], str], source: str) -> Dataset:
+    """Check every row against the format of the dataset's columns; keep only its columns.
+
+    Raises ValueError for an empty dataset, for columns that make no accepted format (listing
+    them), and for the first invalid row (named by ``locate(index)``).
+    """
+    if len(dataset) == 0:
+        raise ValueError(f"{source} holds no examples")
+    data_format = detect_format(dataset.column_names)
+    columns = [*FORMAT_COLUMNS[data_format]]
+    columns += [c for c in OPTIONAL_COLUMNS if c in dataset.column_names]
+    dataset = dataset.select_columns(columns)
+    for index, row in enumerate(dataset):
+        problem = row_problem(row, data_format)
+        if problem is not None:
+            raise ValueError(
+                f"{locate(index)}: invalid {data_format} example: {problem}. "
+                f"Accepted formats: {ACCEPTED_FORMATS}"
+            )
+    return dataset
+
+
+def load_data(
+    sources: str | Dataset | Iterable[str | Dataset], data_format: str | None = None
+) -> Dataset:
+    """Load, format, validate and concatenate one or more data sources into one Dataset.
+
+    Args:
+        sources: local .jsonl/.json/.parquet files, hub dataset names ``NAME[@CONFIG][:SPLIT]``
+            or ``datasets.Dataset`` objects.
+        data_format: a formatter name from :mod:`infosft.training.formats` applied to every row
+            first (for raw public datasets); None when the data is in a TRL format already.
+
+    Returns:
+        A Dataset with only the columns of one TRL format (see :data:`ACCEPTED_FORMATS`).
+    """
+    from datasets import Dataset, concatenate_datasets
+
+    sources = [sources] if isinstance(sources, (str, Dataset)) else list(sources)
+    if not sources:
+        raise ValueError("no training data given; pass one or more files or hub dataset names")
+    parts = []
+    for source in sources:
+        dataset, locate = load_source(source)
+        name = source if isinstance(source, str) else "in-memory dataset"
+        if data_format is not None:
+            dataset = apply_formatter(dataset, data_format)
+            locate = _formatted_locator(name, data_format)
+        parts.append(validate(dataset, locate, name))
+    formats = {detect_format(part.column_names) for part in parts}
+    if len(formats) > 1:
+        raise ValueError(
+            f"the data sources mix formats ({', '.join(sorted(formats))}); use one format for all"
+        )
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return concatenate_datasets([part.cast(parts[0].features) for part in parts])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the data sources have incompatible column types ({err})") from None
+
+
+def _formatted_locator(source: str, data_format: str) -> Callable[[int], str]:
+    return lambda i: f"{source} example {i} (after --data-format {data_format})"
+
+
+def count_targets(labels: list[int]) -> int:
+    """Target tokens of one tokenized example: labels that are not IGNORE_INDEX, after the
+    causal shift (the first position is never predicted)."""
+    return sum(label != IGNORE_INDEX for label in labels[1:])
+
+
+def drop_examples_without_targets(
+    prepared: Dataset, total: int, name: str, max_length: int | None
+) -> Dataset:
+    """Remove tokenized examples (``labels`` column) that have no target token, and warn how
+    many of the ``total`` examples given were lost, counting those TRL's preparation already
+    dropped. Truncation to ``max_length`` can cut away a whole completion; such an example would
+    add only padding to a batch.
+
+    Raises ValueError when no example is left.
+    """
+    kept = prepared.filter(
+        lambda row: count_targets(row["labels"]) > 0, desc=f"Checking {name} targets"
+    )
+    if len(kept) == 0:
+        raise ValueError(
+            f"none of the {total} {name} examples has a target token within "
+            f"max_length={max_length} (the prompt fills it); raise max_length"
+        )
+    dropped = total - len(kept)
+    if dropped:
+        logger.warning(
+            "%d of %d %s examples have no target token within max_length=%s and were dropped",
+            dropped,
+            total,
+            name,
+            max_length,
+        )
+    return kept

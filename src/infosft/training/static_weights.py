@@ -1,0 +1,409 @@
+"""Static weights (``weight_source: base``): log q of every target token under the frozen base
+model, computed once before training and stored next to the tokenized dataset.
+
+With ``weight_source: current`` (the paper's) the weight w(q) is recomputed from the model being
+trained at every step, so it follows the training trajectory. With ``weight_source: base`` the
+weight of each token is fixed by the base model: ``w = token_weights(base_log_probs)``, while the
+gradient still flows through the current model's log q. The cost is one extra forward pass of
+the base model per training token in total (not per epoch), paid here.
+
+The pass runs over the dataset that TRL's ``SFTTrainer`` prepared (columns ``input_ids`` and
+``labels``, labels -100 where no loss applies, already truncated to ``max_length``), so the new
+column is aligned with ``labels`` token for token:
+
+    base_log_probs[t] = log p_base(labels[t] | input_ids[:t])   where labels[t] != -100 and t > 0
+                        0.0                                     elsewhere
+
+Results are cached under ``cache_dir/<model fingerprint>-<dataset fingerprint>/`` in shards of
+``shard_size`` rows, each written atomically, so an interrupted pass resumes where it stopped and
+a second run with the same model and data only reads the cache. Under ``torch.distributed`` the
+shards are split round-robin over the ranks that hold real weights, then every rank reads all of
+them (``cache_dir`` must be on a filesystem all ranks see). Under DeepSpeed ZeRO-3 the
+parameters are gathered for the pass (``deepspeed.zero.GatheredParameters``); that path, like
+every multi-GPU one, has not been run here (no GPU, no DeepSpeed on the development machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+COLUMN = "base_log_probs"
+"""Name of the dataset column and of the batch key the trainer reads."""
+
+_SAMPLE_PER_TENSOR = 4096
+_HEAD_CHUNK_TOKENS = 1024
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """sha256 of the ``input_ids`` and ``labels`` of every row, in order (content, not history)."""
+    digest = hashlib.sha256()
+    for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
+        for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True):
+            digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+            digest.update(b"|")
+            digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the config, every parameter's name/shape/dtype and a strided sample of its values.
+
+    Sampling (at most 4096 values per tensor) keeps this to seconds for 8B models; two models that
+    differ only off the sampled positions would collide, which fine-tuned checkpoints do not.
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        digest.update(config.to_json_string(use_diff=False).encode("utf-8"))
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}".encode())
+        if param.device.type == "meta" or param.numel() == 0:
+            continue
+        flat = param.detach().reshape(-1)
+        stride = max(1, flat.numel() // _SAMPLE_PER_TENSOR)
+        digest.update(flat[::stride].float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_prepared(dataset: Any) -> None:
+    columns = set(dataset.column_names)
+    if not {"input_ids", "labels"} <= columns:
+        raise ValueError(
+            f"compute_base_log_probs needs the tokenized dataset with 'input_ids' and 'labels' "
+            f"(the one SFTTrainer prepares: trainer.train_dataset); got columns {sorted(columns)}"
+        )
+    if "seq_lengths" in columns:
+        raise ValueError(
+            "weight_source='base' does not support packing (packed rows mix documents); "
+            "set packing: false"
+        )
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _computing_ranks(has_weights: bool, world: int) -> list[int]:
+    """Ranks whose model holds real (non-meta) weights, e.g. only rank 0 under FSDP's
+    cpu_ram_efficient_loading."""
+    if world == 1:
+        return [0] if has_weights else []
+    flags: list[Any] = [None] * world
+    torch.distributed.all_gather_object(flags, has_weights)
+    return [r for r, ok in enumerate(flags) if ok]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def _zero3_partitioned(model: torch.nn.Module) -> bool:
+    """True when DeepSpeed ZeRO-3 has partitioned the parameters (each holds a ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _full_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Every parameter whole while active: under ZeRO-3 they are gathered on each rank (the
+    full model in memory once, fine up to ~8B on an 80 GB GPU); otherwise nothing to do."""
+    if not _zero3_partitioned(model):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
+def _base_model_context(model: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """A PEFT model evaluates as its base model inside ``disable_adapter()``."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if callable(disable) else contextlib.nullcontext()
+
+
+def target_log_probs(
+    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> Tensor:
+    """log p(labels[t] | input_ids[:t]) aligned with labels, 0 where there is no target.
+
+    Args:
+        model: a causal LM (``transformers`` ``*ForCausalLM``), in eval mode.
+        input_ids: [B, T] int64, right-padded. attention_mask: [B, T], 1 on real tokens.
+        labels: [B, T] int64, -100 where no loss applies.
+
+    Returns:
+        [B, T] float32 on the model's device. The LM head runs in chunks of 1024 tokens so the
+        full [B, T, V] logits never exist; log-softmax is taken in float32.
+    """
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    mask = targets != -100
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    picked = hidden[mask]
+    values = torch.empty(picked.shape[0], dtype=torch.float32, device=hidden.device)
+    target_ids = targets[mask]
+    for start in range(0, picked.shape[0], _HEAD_CHUNK_TOKENS):
+        end = start + _HEAD_CHUNK_TOKENS
+        logits = head(picked[start:end]).float()
+        values[start:end] = logits.log_softmax(-1).gather(-1, target_ids[start:end, None])[:, 0]
+    shifted = torch.zeros(labels.shape, dtype=torch.float32, device=hidden.device)
+    shifted[mask] = values
+    # Position t predicted labels[t + 1]; move each value onto the label it scores.
+    return torch.nn.functional.pad(shifted[:, :-1], (1, 0), value=0.0)
+
+
+def _batches(rows: list[dict], batch_size: int) -> Iterator[list[int]]:
+    """Row indices in batches of similar length (longest first), to limit padding."""
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def _compute_shard(
+    model: torch.nn.Module, rows: list[dict], batch_size: int, pad_token_id: int
+) -> list[np.ndarray]:
+    device = next(model.parameters()).device
+    out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(rows)
+    for index in _batches(rows, batch_size):
+        length = max(len(rows[i]["input_ids"]) for i in index)
+        input_ids = torch.full((len(index), length), pad_token_id, dtype=torch.long)
+        labels = torch.full((len(index), length), -100, dtype=torch.long)
+        attention_mask = torch.zeros((len(index), length), dtype=torch.long)
+        for b, i in enumerate(index):
+            n = len(rows[i]["input_ids"])
+            input_ids[b, :n] = torch.as_tensor(rows[i]["input_ids"])
+            labels[b, :n] = torch.as_tensor(rows[i]["labels"])
+            attention_mask[b, :n] = 1
+        lp = target_log_probs(
+            model, input_ids.to(device), attention_mask.to(device), labels.to(device)
+        )
+        lp = lp.cpu().numpy()
+        for b, i in enumerate(index):
+            out[i] = lp[b, : len(rows[i]["input_ids"])].copy()
+    return out
+
+
+def _save_shard(path: Path, arrays: list[np.ndarray]) -> None:
+    """Write values + lengths atomically: a crash leaves either no shard or a whole one."""
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    values = np.concatenate(arrays) if arrays else np.zeros(0, np.float32)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, values=values.astype(np.float32), lengths=lengths)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _load_shard(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["values"], data["lengths"]
+
+
+def compute_base_log_probs(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    cache_dir: str | os.PathLike,
+    batch_size: int = 4,
+    shard_size: int = 256,
+    pad_token_id: int = 0,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Add a ``base_log_probs`` column ([T] float32 per row, aligned with ``labels``) to
+    ``dataset``, computed with ``model`` frozen, cached and resumable.
+
+    Args:
+        model: the base causal LM before any training step (a PEFT model is evaluated with its
+            adapters disabled). It is put in eval mode for the pass and restored after.
+        dataset: the tokenized ``datasets.Dataset`` SFTTrainer trains on (``input_ids``,
+            ``labels``; no packing).
+        cache_dir: where shards are kept; reuse it to skip or resume the pass.
+        batch_size: rows per forward pass.
+        shard_size: rows per cache file (the unit of resumption).
+        pad_token_id: id used to right-pad batches (masked out by the attention mask).
+        device: where to run the pass; default: this rank's CUDA device if there is one, else
+            the model's device. The model is moved there for the pass and moved back after.
+        progress: optional ``fn(shards_done, shards_total)`` called after each shard.
+
+    Returns:
+        ``dataset`` with the extra column (rows in the same order).
+    """
+    _check_prepared(dataset)
+    if COLUMN in dataset.column_names:
+        dataset = dataset.remove_columns(COLUMN)
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    rank, world = _rank_and_world()
+    has_weights = all(p.device.type != "meta" for p in model.parameters())
+    with _full_parameters(model):
+        model_key = model_fingerprint(model)[:16]
+    cache = Path(cache_dir) / f"{model_key}-{dataset_fingerprint(dataset)[:16]}"
+    cache.mkdir(parents=True, exist_ok=True)
+    num_shards = (len(dataset) + shard_size - 1) // shard_size
+    paths = [cache / f"shard-{i:05d}.npz" for i in range(num_shards)]
+
+    workers = _computing_ranks(has_weights, world)
+    if not workers:
+        raise ValueError(
+            "no process holds the model's weights (all on the meta device); load the base model "
+            "normally (e.g. fsdp_cpu_ram_efficient_loading: false) to compute static weights"
+        )
+    mine = [i for i in range(num_shards) if not paths[i].exists()]
+    mine = [i for i in mine if rank in workers and workers[i % len(workers)] == rank]
+    if mine:
+        _run_shards(model, dataset, mine, paths, shard_size, batch_size, pad_token_id, device,
+                    progress)  # fmt: skip
+    _barrier(world)
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"static-weight shards missing after the pass: {missing[:3]}")
+    (cache / "meta.json").write_text(json.dumps({"rows": len(dataset), "shards": num_shards}))
+    return _attach(dataset, paths)
+
+
+def _run_shards(
+    model: torch.nn.Module,
+    dataset: Any,
+    shards: list[int],
+    paths: list[Path],
+    shard_size: int,
+    batch_size: int,
+    pad_token_id: int,
+    device: str | torch.device | None,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    original_device = next(model.parameters()).device
+    if device is None and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if _zero3_partitioned(model):
+        device = None  # ZeRO-3 keeps its partitions on the GPU and gathers them there
+    was_training = model.training
+    model.eval()
+    if device is not None:
+        model.to(device)
+    try:
+        with _full_parameters(model), _base_model_context(model):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            for done, i in enumerate(shards, start=1):
+                stop = min(len(dataset), (i + 1) * shard_size)
+                rows = dataset.select_columns(["input_ids", "labels"]).select(
+                    range(i * shard_size, stop)
+                )
+                _save_shard(paths[i], _compute_shard(base, list(rows), batch_size, pad_token_id))
+                if progress is not None:
+                    progress(done, len(shards))
+    finally:
+        model.train(was_training)
+        if device is not None:
+            model.to(original_device)
+
+
+def _attach(dataset: Any, paths: list[Path]) -> Any:
+    """Concatenate the shards into one Arrow list column without a Python list per token."""
+    import pyarrow as pa
+
+    values, lengths = zip(*(_load_shard(p) for p in paths), strict=True) if paths else ((), ())
+    flat = np.concatenate(values) if values else np.zeros(0, np.float32)
+    sizes = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    if len(sizes) != len(dataset):
+        raise ValueError(
+            f"static-weight cache holds {len(sizes)} rows but the dataset has {len(dataset)}; "
+            "delete the cache directory and rerun"
+        )
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.float32()))
+    return dataset.add_column(COLUMN, column)
+
+
+def pad_base_log_probs(examples: list[dict], batch: dict[str, Tensor]) -> Tensor:
+    """[B, T] float32 batch of the examples' ``base_log_probs``, shaped like ``batch["labels"]``.
+
+    Right-padded with 0 (TRL pads right, and pads to a multiple when asked); a padding-free batch
+    ([1, sum of lengths]) gets the rows concatenated.
+    """
+    rows = [torch.as_tensor(np.asarray(e[COLUMN], dtype=np.float32)) for e in examples]
+    labels = batch["labels"]
+    if labels.shape[0] == 1 and len(rows) > 1:
+        rows = [torch.cat(rows)]
+    if len(rows) != labels.shape[0] or any(len(r) > labels.shape[1] for r in rows):
+        raise ValueError(
+            f"base_log_probs rows {[len(r) for r in rows]} do not fit labels of shape "
+            f"{tuple(labels.shape)}; were they computed on this tokenized dataset?"
+        )
+    out = torch.zeros(labels.shape, dtype=torch.float32)
+    for b, row in enumerate(rows):
+        out[b, : len(row)] = row
+    return out
+
+
+def _collate_with_base_log_probs(
+    collator: Callable[[list[dict]], dict], examples: list[dict]
+) -> dict:
+    if COLUMN not in examples[0]:
+        return collator(examples)
+    stripped = [{k: v for k, v in e.items() if k != COLUMN} for e in examples]
+    batch = collator(stripped)
+    batch[COLUMN] = pad_base_log_probs(examples, batch)
+    return batch
+
+
+def with_base_log_probs(collator: Callable[[list[dict]], dict]) -> Callable[[list[dict]], dict]:
+    """Wrap a collator (TRL's drops unknown keys) so ``base_log_probs`` reaches the batch.
+
+    A ``functools.partial`` rather than a closure, so DataLoader workers can pickle it.
+    """
+    return functools.partial(_collate_with_base_log_probs, collator)
+
+
+def attach_base_log_probs(
+    trainer: Any, *, cache_dir: str | os.PathLike, batch_size: int = 4, shard_size: int = 256
+) -> None:
+    """Wire static weights into a constructed, not yet trained InfoSFTTrainer, in place.
+
+    Computes the column on ``trainer.train_dataset`` and on the evaluation dataset(s), if any
+    (the trainer needs it in every batch it computes a loss for), with ``trainer.model`` (still
+    the base model before ``train()``), and wraps ``trainer.data_collator`` so batches carry it.
+    The trainer keeps the column through ``remove_unused_columns`` when
+    ``args.weight_source == "base"`` and turns it into weights in ``compute_loss``.
+    """
+    tokenizer = getattr(trainer, "processing_class", None)
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
+
+    def attach(dataset: Any) -> Any:
+        return compute_base_log_probs(
+            trainer.model,
+            dataset,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            pad_token_id=pad_id,
+        )
+
+    trainer.train_dataset = attach(trainer.train_dataset)
+    if isinstance(trainer.eval_dataset, dict):
+        trainer.eval_dataset = {name: attach(d) for name, d in trainer.eval_dataset.items()}
+    elif trainer.eval_dataset is not None:
+        trainer.eval_dataset = attach(trainer.eval_dataset)
+    trainer.data_collator = with_base_log_probs(trainer.data_collator)

@@ -1,0 +1,188 @@
+"""Training data: loading local files, TRL format checks, clear errors, dropped examples."""
+
+import json
+import logging
+
+import pytest
+from datasets import Dataset
+
+from infosft.training.data import (
+    drop_examples_without_targets,
+    load_data,
+    parse_hub_name,
+)
+from infosft.training.formats import register_formatter
+
+TEXT = [{"text": "The capital of France is Paris."}, {"text": "def add(a, b): return a + b"}]
+PROMPT_COMPLETION = [
+    {"prompt": "What is 2 + 2?", "completion": " 4.", "source": "arithmetic"},
+    {"prompt": "What is 3 + 5?", "completion": " 8.", "source": "arithmetic"},
+]
+MESSAGES = [
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]},
+]
+CONVERSATIONAL_PROMPT_COMPLETION = [
+    {
+        "prompt": [{"role": "user", "content": "2+2?"}],
+        "completion": [{"role": "assistant", "content": "4"}],
+    }
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "rows, columns",
+    [
+        (TEXT, ["text"]),
+        (PROMPT_COMPLETION, ["prompt", "completion"]),
+        (MESSAGES, ["messages"]),
+        (CONVERSATIONAL_PROMPT_COMPLETION, ["prompt", "completion"]),
+    ],
+    ids=["text", "prompt-completion", "messages", "conversational-prompt-completion"],
+)
+def test_each_trl_format_loads_with_only_its_columns(tmp_path, rows, columns):
+    dataset = load_data(str(write_jsonl(tmp_path / "d.jsonl", rows)))
+    assert dataset.column_names == columns
+    assert dataset.to_list() == [{c: row[c] for c in columns} for row in rows]
+
+
+def test_json_and_parquet_files_give_the_same_rows_as_jsonl(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps(PROMPT_COMPLETION), encoding="utf-8")
+    Dataset.from_list(PROMPT_COMPLETION).to_parquet(tmp_path / "d.parquet")
+    expected = [{"prompt": r["prompt"], "completion": r["completion"]} for r in PROMPT_COMPLETION]
+    assert load_data(str(tmp_path / "d.json")).to_list() == expected
+    assert load_data(str(tmp_path / "d.parquet")).to_list() == expected
+
+
+def test_several_files_are_concatenated_in_order(tmp_path):
+    first = write_jsonl(tmp_path / "a.jsonl", PROMPT_COMPLETION[:1])
+    second = write_jsonl(tmp_path / "b.jsonl", PROMPT_COMPLETION[1:])
+    dataset = load_data([str(first), str(second)])
+    assert [row["prompt"] for row in dataset] == [r["prompt"] for r in PROMPT_COMPLETION]
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        json.dumps(TEXT[0]) + "\n\n" + '{"text": "unterminated\n' + json.dumps(TEXT[1]) + "\n"
+    )
+    with pytest.raises(ValueError, match=rf"{path}:3: malformed JSON"):
+        load_data(str(path))
+
+
+def test_jsonl_line_that_is_not_an_object_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(TEXT[0]) + "\n[1, 2]\n")
+    with pytest.raises(ValueError, match=rf"{path}:2: expected a JSON object"):
+        load_data(str(path))
+
+
+def test_missing_fields_error_lists_the_accepted_formats(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4"}])
+    with pytest.raises(ValueError, match="accepted formats") as error:
+        load_data(str(path))
+    for name in ("'answer'", "'question'", '"text"', '"prompt"', '"completion"', '"messages"'):
+        assert name in str(error.value)
+
+
+def test_invalid_row_is_named_by_its_line(tmp_path):
+    rows = [MESSAGES[0], {"messages": [{"role": "user"}]}]
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(ValueError, match=rf"{path}:2: invalid conversational example.*'content'"):
+        load_data(str(path))
+
+
+def test_empty_completion_is_rejected(tmp_path):
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2+2?", "completion": ""}])
+    with pytest.raises(ValueError, match="'completion' is empty"):
+        load_data(str(path))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"], ids=["empty", "blank", "empty-list"])
+def test_empty_dataset_is_an_error(tmp_path, content):
+    path = tmp_path / ("d.json" if content == "[]" else "d.jsonl")
+    path.write_text(content)
+    with pytest.raises(ValueError, match="no examples"):
+        load_data(str(path))
+
+
+def test_mixed_formats_across_files_are_an_error(tmp_path):
+    text = write_jsonl(tmp_path / "t.jsonl", TEXT)
+    chat = write_jsonl(tmp_path / "c.jsonl", MESSAGES)
+    with pytest.raises(ValueError, match="mix formats"):
+        load_data([str(text), str(chat)])
+
+
+def test_missing_local_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_data(str(tmp_path / "missing.jsonl"))
+
+
+def test_unreachable_hub_dataset_is_file_not_found_naming_it():
+    # Tests run with HF_DATASETS_OFFLINE=1 (conftest), so the hub cannot be reached.
+    with pytest.raises(FileNotFoundError, match="no-such-org/no-such-data:train is not a local"):
+        load_data("no-such-org/no-such-data:train")
+
+
+def test_unsupported_file_type_is_an_error(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text\nhello\n")
+    with pytest.raises(ValueError, match="unsupported type"):
+        load_data(str(path))
+
+
+def test_data_format_maps_raw_rows_before_validation(tmp_path):
+    register_formatter(
+        "test_question_answer",
+        lambda row: {"prompt": row["question"], "completion": " " + row["answer"]},
+        overwrite=True,
+    )
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "2+2?", "answer": "4", "id": 7}])
+    dataset = load_data(str(path), data_format="test_question_answer")
+    assert dataset.to_list() == [{"prompt": "2+2?", "completion": " 4"}]
+
+
+def test_unknown_data_format_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", TEXT)
+    with pytest.raises(ValueError, match="unknown data format 'no_such_format'"):
+        load_data(str(path), data_format="no_such_format")
+
+
+def test_in_memory_dataset_is_validated_like_a_file():
+    with pytest.raises(ValueError, match="accepted formats"):
+        load_data(Dataset.from_list([{"question": "2+2?"}]))
+    assert load_data(Dataset.from_list(TEXT)).to_list() == TEXT
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("org/data", ("org/data", None, "train")),
+        ("org/data:test", ("org/data", None, "test")),
+        ("org/data@main:train[:100]", ("org/data", "main", "train[:100]")),
+    ],
+)
+def test_hub_names_carry_optional_config_and_split(name, expected):
+    assert parse_hub_name(name) == expected
+
+
+def test_examples_without_target_token_are_dropped_with_a_count(caplog):
+    # Position 0 is never predicted, so a label there alone is no target (causal shift).
+    prepared = Dataset.from_dict(
+        {"labels": [[-100, 5, 6], [5, -100, -100], [-100, -100, -100], [-100, -100, 7]]}
+    )
+    with caplog.at_level(logging.WARNING, logger="infosft.training.data"):
+        kept = drop_examples_without_targets(prepared, 5, "training", 3)
+    assert kept["labels"] == [[-100, 5, 6], [-100, -100, 7]]
+    assert "3 of 5 training examples have no target token within max_length=3" in caplog.text
+
+
+def test_dataset_left_without_targets_is_an_error():
+    prepared = Dataset.from_dict({"labels": [[5, -100]]})
+    with pytest.raises(ValueError, match="raise max_length"):
+        drop_examples_without_targets(prepared, 2, "training", 2)
