@@ -1,0 +1,230 @@
+"""Forgetting: how much of the base model survives fine-tuning, reported as deltas vs the base.
+
+(a) retention: on items the base model answers right (its first, greedy sample), the fraction
+    the tuned model still answers right, with a Wilson interval;
+(b) KL(base || tuned) per token, exact over the vocabulary, on the base model's own samples for
+    general prompts (how far the tuned model moved where the base model puts its mass);
+(c) NLL per token of held-out general text under both models, and its increase.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infosft.evaluation.generation import SamplingSettings, generate, render_prompt
+from infosft.evaluation.metrics import wilson_interval
+
+# Small built-in defaults so that the report always has (b) and (c); pass your own for real use.
+DEFAULT_GENERAL_PROMPTS = [
+    "Give three tips for staying healthy.",
+    "Explain why the sky is blue in two sentences.",
+    "Write a short poem about the sea.",
+    "What is the difference between a list and a tuple in Python?",
+    "Summarise the plot of Romeo and Juliet in one paragraph.",
+    "How do vaccines work?",
+    "Suggest a name for a bakery and explain your choice.",
+    "Translate 'good morning, how are you?' into French.",
+]
+DEFAULT_HELDOUT_TEXTS = [
+    "The water cycle describes how water evaporates from oceans and lakes, condenses into "
+    "clouds, and returns to the surface as rain or snow, feeding rivers that flow back to sea.",
+    "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen. "
+    "It takes place mostly in the leaves, inside small structures called chloroplasts.",
+    "A library lends books, music and films to its members. Many libraries also offer reading "
+    "rooms, internet access and classes for children and adults.",
+    "To make a cup of tea, boil fresh water, pour it over the tea leaves or bag, wait three to "
+    "five minutes, then remove the leaves and add milk or lemon if you like.",
+]
+
+
+def first_samples(records: Sequence[dict[str, Any]]) -> dict[str, bool]:
+    """``passed`` of the first sample of each task id."""
+    first: dict[str, bool] = {}
+    for r in records:
+        first.setdefault(r["task_id"], bool(r["passed"]))
+    return first
+
+
+def retention(
+    base_records: Sequence[dict[str, Any]], tuned_records: Sequence[dict[str, Any]]
+) -> dict[str, float | None]:
+    """Share of the items the base model got right that the tuned model still gets right."""
+    base, tuned = first_samples(base_records), first_samples(tuned_records)
+    if set(base) != set(tuned):
+        raise ValueError("base and tuned results cover different items; evaluate the same task")
+    known = [tid for tid, ok in base.items() if ok]
+    kept = sum(tuned[tid] for tid in known)
+    low, high = wilson_interval(kept, len(known))
+    base_acc = sum(base.values()) / len(base)
+    tuned_acc = sum(tuned.values()) / len(tuned)
+    return {
+        "retention": kept / len(known) if known else None,  # undefined: base got none right
+        "retention_ci_low": low,
+        "retention_ci_high": high,
+        "base_correct": len(known),
+        "accuracy_base": base_acc,
+        "accuracy_tuned": tuned_acc,
+        "accuracy_delta": tuned_acc - base_acc,
+    }
+
+
+def _log_probs(model: Any, ids: Any, mask: Any) -> Any:
+    """log softmax of the next-token logits, float32 [B, T, V]."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _pad_right(sequences: Sequence[list[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, s in enumerate(sequences):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def kl_on_texts(
+    base_model: Any,
+    tuned_model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | list[dict[str, str]]],
+    completions: Sequence[str],
+    batch_size: int = 4,
+) -> dict[str, float]:
+    """Mean per-token KL(base || tuned) over the completion tokens of prompt + completion.
+
+    At every completion position t, KL_t = sum_v p_base(v) (log p_base(v) - log p_tuned(v)),
+    over the full vocabulary; the result averages KL_t over all completion tokens. Both models
+    must share the tokenizer.
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(tuned_model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(prompts), batch_size):
+        seqs, spans = [], []
+        chunk = slice(start, start + batch_size)
+        for p, c in zip(prompts[chunk], completions[chunk], strict=True):
+            head = tokenizer(render_prompt(tokenizer, p), add_special_tokens=isinstance(p, str))
+            tail = tokenizer(c, add_special_tokens=False)["input_ids"]
+            seqs.append(head["input_ids"] + tail)
+            spans.append((len(head["input_ids"]), len(seqs[-1])))
+        ids, mask = _pad_right(seqs, pad_id, device)
+        base_lp = _log_probs(base_model, ids, mask)
+        tuned_lp = _log_probs(tuned_model, ids, mask)
+        if base_lp.shape != tuned_lp.shape:
+            raise ValueError("base and tuned models have different vocabularies; KL is undefined")
+        kl = (base_lp.exp() * (base_lp - tuned_lp)).sum(-1)  # [B, T]
+        for row, (lo, hi) in enumerate(spans):
+            # Position t predicts token t + 1: completion tokens lo..hi-1 come from lo-1..hi-2.
+            total += kl[row, lo - 1 : hi - 1].double().sum().item()
+            count += hi - lo
+    return {"kl_base_tuned": total / max(count, 1), "kl_tokens": count}
+
+
+def kl_on_base_samples(
+    base_model: Any,
+    tuned_model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | list[dict[str, str]]],
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    batch_size: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """KL(base || tuned) (``kl_on_texts``) on completions sampled from the base model.
+
+    The completions are sampled as text and re-tokenized, so the KL is measured where the base
+    model puts its mass, not on the tuned model's own outputs.
+    """
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed
+    )
+    completions = [c[0] for c in generate(base_model, tokenizer, prompts, settings, progress)]
+    return kl_on_texts(base_model, tuned_model, tokenizer, prompts, completions, batch_size)
+
+
+def heldout_nll(
+    model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 4, max_length: int = 512
+) -> dict[str, float]:
+    """Mean negative log-likelihood per token (nats) of ``texts`` under ``model``."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    total, count = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        seqs = [
+            tokenizer(t, add_special_tokens=True)["input_ids"][:max_length]
+            for t in texts[start : start + batch_size]
+        ]
+        ids, mask = _pad_right(seqs, pad_id, device)
+        log_probs = _log_probs(model, ids, mask)
+        target_lp = log_probs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+        target_mask = mask[:, 1:].bool()
+        total -= target_lp[target_mask].double().sum().item()
+        count += int(target_mask.sum())
+    return {"nll": total / max(count, 1), "tokens": count}
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Texts from a file: JSON lines (``text`` or ``prompt`` field, or a bare string) or plain
+    text with one item per non-empty line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"text file {path} does not exist")
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    texts = []
+    for line in lines:
+        row = json.loads(line)
+        texts.append(row if isinstance(row, str) else row.get("text", row.get("prompt")))
+    if any(not isinstance(t, str) for t in texts):
+        raise ValueError(f"{path}: every line needs a 'text' or 'prompt' string")
+    return texts
+
+
+def forgetting_report(
+    base_model: Any,
+    tuned_model: Any,
+    tokenizer: Any,
+    base_records: Sequence[dict[str, Any]],
+    tuned_records: Sequence[dict[str, Any]],
+    general_prompts: Sequence[str] | None = None,
+    heldout_texts: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float | None]:
+    """Retention, KL(base || tuned) and held-out NLL delta (tuned minus base) in one dict.
+
+    General prompts are sent as user chat messages when the tokenizer has a chat template.
+    """
+    prompts = list(general_prompts or DEFAULT_GENERAL_PROMPTS)
+    if getattr(tokenizer, "chat_template", None):
+        prompts = [[{"role": "user", "content": p}] for p in prompts]
+    texts = list(heldout_texts or DEFAULT_HELDOUT_TEXTS)
+    report = retention(base_records, tuned_records)
+    report.update(
+        kl_on_base_samples(
+            base_model, tuned_model, tokenizer, prompts, seed=seed, progress=progress
+        )
+    )
+    base_nll = heldout_nll(base_model, tokenizer, texts)
+    tuned_nll = heldout_nll(tuned_model, tokenizer, texts)
+    report.update(
+        {
+            "heldout_nll_base": base_nll["nll"],
+            "heldout_nll_tuned": tuned_nll["nll"],
+            "heldout_nll_delta": tuned_nll["nll"] - base_nll["nll"],
+            "heldout_tokens": base_nll["tokens"],
+        }
+    )
+    return report

@@ -1,0 +1,93 @@
+"""Forgetting metrics: retention, KL(base || tuned), held-out NLL (float64 references)."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import build_tiny_llama
+from infosft.evaluation.forgetting import heldout_nll, kl_on_base_samples, kl_on_texts, retention
+
+TEXTS = ["The capital of France is Paris.", "def add(a, b):\n    return a + b"]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = build_tiny_llama(len(tokenizer), seed=1)  # another random model: a big "change"
+    return base, tuned, tokenizer
+
+
+def record(task_id: str, passed: bool) -> dict:
+    return {"task_id": task_id, "passed": passed}
+
+
+def test_retention_counts_only_items_the_base_model_got_right():
+    base = [record("a", True), record("b", True), record("c", False), record("d", True)]
+    tuned = [record("a", True), record("b", False), record("c", True), record("d", True)]
+    report = retention(base, tuned)
+    assert report["base_correct"] == 3
+    assert report["retention"] == pytest.approx(2 / 3)
+    assert report["accuracy_delta"] == pytest.approx(3 / 4 - 3 / 4)
+    assert report["retention_ci_low"] < 2 / 3 < report["retention_ci_high"]
+
+
+def test_retention_uses_the_first_sample_of_each_item():
+    base = [record("a", True), record("a", False)]
+    tuned = [record("a", False), record("a", True)]
+    assert retention(base, tuned)["retention"] == 0.0
+
+
+def test_retention_requires_the_same_items():
+    with pytest.raises(ValueError, match="different items"):
+        retention([record("a", True)], [record("b", True)])
+
+
+def nll_reference(model, tokenizer, text: str) -> tuple[float, int]:
+    """Summed NLL of one unpadded text in float64."""
+    ids = torch.tensor([tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+    picked = log_probs[0, :-1].gather(-1, ids[0, 1:, None])[:, 0]
+    return float(-picked.sum()), ids.shape[1] - 1
+
+
+def test_heldout_nll_is_the_mean_token_nll_of_the_texts(models):
+    base, _, tokenizer = models
+    refs = [nll_reference(base, tokenizer, t) for t in TEXTS]
+    expected = sum(r[0] for r in refs) / sum(r[1] for r in refs)
+    result = heldout_nll(base, tokenizer, TEXTS, batch_size=2)  # padded batch
+    assert result["nll"] == pytest.approx(expected, rel=1e-5)
+    assert result["tokens"] == sum(r[1] for r in refs)
+
+
+def kl_reference(base, tuned, tokenizer, prompt: str, completion: str) -> tuple[float, int]:
+    """Summed per-position KL(base || tuned) over the completion tokens, float64, unpadded."""
+    head = tokenizer(prompt)["input_ids"]
+    tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([head + tail])
+    with torch.no_grad():
+        p = torch.log_softmax(base(input_ids=ids).logits.double(), -1)[0]
+        q = torch.log_softmax(tuned(input_ids=ids).logits.double(), -1)[0]
+    positions = range(len(head) - 1, len(head) + len(tail) - 1)
+    total = sum(float((p[t].exp() * (p[t] - q[t])).sum()) for t in positions)
+    return total, len(tail)
+
+
+def test_kl_on_texts_matches_the_per_position_definition(models):
+    base, tuned, tokenizer = models
+    prompts = ["What is 12 + 7?", "The capital of Italy"]
+    completions = [" 19. The answer is 19.", " is Rome, not Paris."]
+    pairs = zip(prompts, completions, strict=True)
+    refs = [kl_reference(base, tuned, tokenizer, p, c) for p, c in pairs]
+    result = kl_on_texts(base, tuned, tokenizer, prompts, completions, batch_size=2)
+    assert result["kl_tokens"] == sum(r[1] for r in refs)
+    expected = sum(r[0] for r in refs) / result["kl_tokens"]
+    assert result["kl_base_tuned"] == pytest.approx(expected, rel=1e-5)  # float32 vs float64
+
+
+def test_kl_of_a_model_with_itself_is_zero(models):
+    base, _, tokenizer = models
+    result = kl_on_base_samples(base, base, tokenizer, ["Hello", "def f(x):"], max_new_tokens=4)
+    assert result["kl_base_tuned"] == pytest.approx(0.0, abs=1e-6)
+    assert result["kl_tokens"] > 0
