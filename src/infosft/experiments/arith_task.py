@@ -1,0 +1,155 @@
+"""The demo's new task: multi-step arithmetic chains with a written chain of thought.
+
+A problem reads "Start with 12, add 7, then multiply by 3, then subtract 5. What number do you
+get?" and its demonstration works it out one line per step, ending in "The answer is 52.".
+Every problem is generated from a seed, so answers are checkable and held-out problems are
+guaranteed unseen in training.
+
+Why this task: SmolLM2-135M-Instruct answers such prompts with a paragraph of prose and gets
+almost none right, so the demonstrations' first tokens (a bare number instead of "To solve"),
+the one-line-per-step format and the products are all very unlikely under the base model,
+as in real SFT data. Nothing in it favours any weighting: the loss of every method sees the
+same tokens, and correctness is judged only on the final number.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+SYSTEM_PROMPT = "Solve the problem step by step."
+TASK_NAME = "arith_chain"
+
+# (wording in the question, symbol in the worked solution, operand range)
+_OPERATIONS = (
+    ("add", "+", (2, 20)),
+    ("subtract", "-", (2, 20)),
+    ("multiply by", "*", (2, 9)),
+)
+_START_RANGE = (2, 20)
+_MAX_VALUE = 200
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the question, its worked solution (the SFT target) and the final answer."""
+
+    question: str
+    solution: str
+    answer: int
+
+
+def _apply(value: int, symbol: str, operand: int) -> int:
+    if symbol == "+":
+        return value + operand
+    if symbol == "-":
+        return value - operand
+    return value * operand
+
+
+def sample_problem(rng: random.Random, steps: int = 3) -> Problem:
+    """One random problem with ``steps`` operations whose intermediate values stay in [0, 200].
+
+    Bounding the values keeps every product within what a 135M model can learn in a few dozen
+    steps and keeps answers non-negative, so "the last integer" is unambiguous.
+    """
+    if steps < 1:
+        raise ValueError(f"a problem needs at least one step, got steps={steps}")
+    while True:
+        start = rng.randint(*_START_RANGE)
+        value, phrases, lines = start, [], []
+        for _ in range(steps):
+            word, symbol, operand_range = rng.choice(_OPERATIONS)
+            operand = rng.randint(*operand_range)
+            result = _apply(value, symbol, operand)
+            if not 0 <= result <= _MAX_VALUE:
+                break
+            phrases.append(f"{word} {operand}")
+            lines.append(f"{value} {symbol} {operand} = {result}")
+            value = result
+        else:
+            question = (
+                f"Start with {start}, " + ", then ".join(phrases) + ". What number do you get?"
+            )
+            solution = "\n".join(lines) + f"\nThe answer is {value}."
+            return Problem(question=question, solution=solution, answer=value)
+
+
+def generate_problems(
+    n: int, seed: int, steps: int = 3, exclude: frozenset[str] | set[str] = frozenset()
+) -> list[Problem]:
+    """``n`` distinct problems from ``seed``, none of whose questions is in ``exclude``."""
+    rng = random.Random(seed)
+    seen = set(exclude)
+    problems: list[Problem] = []
+    attempts = 0
+    while len(problems) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise ValueError(f"cannot draw {n} distinct problems with {steps} steps; ask for fewer")
+        problem = sample_problem(rng, steps)
+        if problem.question not in seen:
+            seen.add(problem.question)
+            problems.append(problem)
+    return problems
+
+
+def train_test_split(n_train: int, n_test: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Disjoint training and held-out problems; the held-out set depends only on ``seed``.
+
+    The held-out problems are drawn first (from a seed derived from ``seed``) and excluded from
+    the training draw, so accuracy measures generalisation to unseen problems.
+    """
+    test = generate_problems(n_test, seed=10_000 + seed)
+    train = generate_problems(n_train, seed=seed, exclude={p.question for p in test})
+    return train, test
+
+
+def prompt_messages(problem: Problem) -> list[dict[str, str]]:
+    """The chat prompt of a problem (system + user), without the answer."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": problem.question},
+    ]
+
+
+def to_sft_example(problem: Problem) -> dict[str, list[dict[str, str]]]:
+    """A conversational prompt-completion example, as TRL's SFTTrainer takes it.
+
+    The loss covers only the completion (the worked solution), like assistant-only SFT.
+    """
+    return {
+        "prompt": prompt_messages(problem),
+        "completion": [{"role": "assistant", "content": problem.solution}],
+    }
+
+
+def evaluation_task(problems: list[Problem], max_new_tokens: int = 48, batch_size: int = 16):
+    """The held-out problems as an :class:`infosft.evaluation.Task` (greedy, one answer each).
+
+    Scored by the ``math`` scorer: the number after "the answer is", else the last number of the
+    response, so the base model is not penalised for ignoring the demonstrations' format, only
+    for getting the number wrong. Worked solutions need about 35 tokens; ``max_new_tokens``
+    leaves room for that and cuts off the base model's long prose.
+    """
+    from infosft.evaluation import SamplingSettings, Task
+
+    items = [
+        {"id": f"{TASK_NAME}-{i}", "question": p.question, "answer": str(p.answer)}
+        for i, p in enumerate(problems)
+    ]
+    by_question = {p.question: p for p in problems}
+    return Task(
+        name=TASK_NAME,
+        items=items,
+        prompt=lambda item: prompt_messages(by_question[item["question"]]),
+        scorer="math",
+        reference=lambda item: item["answer"],
+        generation=SamplingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+    )
+
+
+def default_evaluation_task():
+    """``load_task("arith_chain")``: 100 held-out problems of the demo's default seed 0."""
+    _, test = train_test_split(0, 100, seed=0)
+    return evaluation_task(test)

@@ -1,0 +1,383 @@
+"""What each weighting would do to a dataset, before training: q of every target token.
+
+One forward pass of the model over the data gives log q of each target token. From it:
+
+- the distribution of q (shares per q bin, quantiles);
+- the share of total weight each method puts on each q bin (weights from
+  :func:`infosft.objectives.token_weights`, the one definition of each scheme);
+- the lowest-q tokens shown in context (what plain SFT would push hardest on);
+- how InfoSFT's weight mass moves between q ranges as p_bar changes.
+
+Targets follow TRL's defaults: the completion for prompt-completion rows, every token for
+language-modeling rows, the assistant turns for conversational rows when the chat template marks
+them with ``{% generation %}`` (every token otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from infosft.objectives import DEFAULT_P_BAR, token_weights
+
+IGNORE_INDEX = -100
+Q_BIN_EDGES = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0)
+COARSE_BIN_EDGES = (0.0, 0.1, 0.5, 0.9, 1.0)
+P_BAR_SWEEP = (0.6, 0.7, 0.8, 0.9, 0.93, 0.95, 0.99)
+
+
+@dataclass
+class ScoredExample:
+    """One tokenized example with log q of its target tokens.
+
+    ``log_probs[t]`` is log p(input_ids[t] | input_ids[:t]) where ``is_target[t]``, else 0.
+    """
+
+    input_ids: list[int]
+    is_target: list[bool]
+    log_probs: list[float]
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def tokenize_example(tokenizer: Any, row: Mapping[str, Any]) -> tuple[list[int], list[bool]]:
+    """Token ids of an SFT row in a TRL format and which of them are training targets.
+
+    Raises ValueError for a row in none of TRL's formats.
+    """
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str):
+            head = tokenizer(prompt)["input_ids"]
+            tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
+            if tokenizer.eos_token_id is not None:
+                tail = [*tail, tokenizer.eos_token_id]
+            return head + tail, [False] * len(head) + [True] * len(tail)
+        head_text = _render(tokenizer, list(prompt), generation_prompt=True)
+        full_text = _render(tokenizer, [*prompt, *completion], generation_prompt=False)
+        head = tokenizer(head_text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+        return ids, [i >= len(head) for i in range(len(ids))]
+    if "messages" in row:
+        encoded = tokenizer.apply_chat_template(
+            list(row["messages"]),
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+        )
+        ids = list(encoded["input_ids"])
+        mask = [bool(m) for m in encoded.get("assistant_masks", [])]
+        return ids, mask if any(mask) else [True] * len(ids)
+    if "text" in row:
+        ids = tokenizer(row["text"])["input_ids"]
+        return ids, [True] * len(ids)
+    raise ValueError(
+        f"row with keys {sorted(row)} is in no SFT format; expected 'text', 'prompt' + "
+        "'completion', or 'messages'"
+    )
+
+
+@torch.no_grad()
+def score_examples(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 1024,
+) -> list[ScoredExample]:
+    """log q of every target token of ``rows`` under ``model`` (one forward pass per batch).
+
+    Rows are truncated to ``max_length`` tokens; log-softmax is taken in float32.
+    """
+    encoded = [tokenize_example(tokenizer, row) for row in rows]
+    encoded = [(ids[:max_length], mask[:max_length]) for ids, mask in encoded]
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    scored: list[ScoredExample] = []
+    try:
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start : start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (ids, _) in enumerate(chunk):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device))
+            log_softmax = logits.logits[:, :-1].float().log_softmax(-1)
+            # Position t - 1 predicts token t.
+            picked = log_softmax.gather(-1, input_ids[:, 1:, None].to(device))[..., 0].cpu()
+            for row, (ids, mask) in enumerate(chunk):
+                values = [0.0, *picked[row, : len(ids) - 1].tolist()]
+                targets = [False, *mask[1:]]
+                scored.append(
+                    ScoredExample(
+                        ids,
+                        targets,
+                        [v if t else 0.0 for v, t in zip(values, targets, strict=True)],
+                    )
+                )
+    finally:
+        model.train(was_training)
+    return scored
+
+
+def target_log_probs(examples: Sequence[ScoredExample]) -> Tensor:
+    """log q of all target tokens of all examples, flattened: [N] float32."""
+    values = [lp for ex in examples for lp, t in zip(ex.log_probs, ex.is_target, strict=True) if t]
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _bin_index(q: Tensor, edges: Sequence[float]) -> Tensor:
+    """Bin of each q for bins [e0, e1), [e1, e2), ..., [e_{n-1}, e_n] (last bin closed)."""
+    inner = torch.tensor(list(edges[1:-1]), dtype=q.dtype)
+    return torch.bucketize(q, inner, right=True)
+
+
+def weight_mass_table(
+    log_probs: Tensor,
+    methods: Sequence[str],
+    p_bar: float = DEFAULT_P_BAR,
+    edges: Sequence[float] = Q_BIN_EDGES,
+) -> dict[str, Any]:
+    """Per q bin: the share of target tokens and each method's share of the total weight.
+
+    Args:
+        log_probs: [N] log q of target tokens.
+        methods: registered weighting schemes.
+
+    Returns:
+        ``{"edges", "token_share": [n_bins], "mass_share": {method: [n_bins]},
+        "mean_weight": {method: float}, "zero_weight_share": {method: float}}``.
+        A method whose weights are all 0 gets a mass share of 0 in every bin.
+    """
+    q = log_probs.double().exp()
+    bins = _bin_index(q, edges)
+    n_bins = len(edges) - 1
+    count = max(len(log_probs), 1)
+    token_share = torch.bincount(bins, minlength=n_bins).double() / count
+    mass_share, mean_weight, zero_share = {}, {}, {}
+    for method in methods:
+        weights = token_weights(log_probs, method, p_bar).double()
+        total = float(weights.sum())
+        per_bin = torch.bincount(bins, weights=weights, minlength=n_bins)
+        mass_share[method] = (per_bin / total if total > 0 else per_bin * 0).tolist()
+        mean_weight[method] = total / count
+        zero_share[method] = float((weights == 0).double().sum()) / count
+    return {
+        "edges": list(edges),
+        "token_share": token_share.tolist(),
+        "mass_share": mass_share,
+        "mean_weight": mean_weight,
+        "zero_weight_share": zero_share,
+    }
+
+
+def infosft_mass_vs_p_bar(
+    log_probs: Tensor,
+    p_bars: Sequence[float] = P_BAR_SWEEP,
+    edges: Sequence[float] = COARSE_BIN_EDGES,
+) -> dict[str, Any]:
+    """InfoSFT's share of total weight per q range at each p_bar (rows: p_bar, columns: bins)."""
+    tables = [weight_mass_table(log_probs, ["infosft"], p, edges) for p in p_bars]
+    return {
+        "p_bars": list(p_bars),
+        "edges": list(edges),
+        "mass_share": [t["mass_share"]["infosft"] for t in tables],
+        "mean_weight": [t["mean_weight"]["infosft"] for t in tables],
+        "zero_weight_share": [t["zero_weight_share"]["infosft"] for t in tables],
+    }
+
+
+def lowest_q_tokens(
+    examples: Sequence[ScoredExample], tokenizer: Any, k: int = 10, context: int = 12
+) -> list[dict[str, Any]]:
+    """The ``k`` target tokens with the lowest q, each with up to ``context`` tokens before it."""
+    candidates = [
+        (lp, e, t)
+        for e, ex in enumerate(examples)
+        for t, (lp, is_target) in enumerate(zip(ex.log_probs, ex.is_target, strict=True))
+        if is_target
+    ]
+    candidates.sort(key=lambda c: c[0])
+    rows = []
+    for lp, e, t in candidates[:k]:
+        ids = examples[e].input_ids
+        rows.append(
+            {
+                "example": e,
+                "position": t,
+                "q": float(torch.tensor(lp).exp()),
+                "context": tokenizer.decode(ids[max(0, t - context) : t]),
+                "token": tokenizer.decode([ids[t]]),
+            }
+        )
+    return rows
+
+
+def quantiles(log_probs: Tensor, levels: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict:
+    """Quantiles of q at ``levels`` (keys like "q10")."""
+    if len(log_probs) == 0:
+        return {}
+    values = torch.quantile(
+        log_probs.double().exp(), torch.tensor(list(levels), dtype=torch.float64)
+    )
+    return {f"q{round(level * 100)}": float(v) for level, v in zip(levels, values, strict=True)}
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """Readable names of the bins [e_i, e_{i+1})."""
+    return [f"{edges[i]:g}-{edges[i + 1]:g}" for i in range(len(edges) - 1)]
+
+
+def inspect_summary(
+    examples: Sequence[ScoredExample],
+    tokenizer: Any,
+    methods: Sequence[str],
+    p_bar: float = DEFAULT_P_BAR,
+    k_lowest: int = 10,
+) -> dict[str, Any]:
+    """Everything ``infosft inspect`` reports, as plain JSON-able values."""
+    log_probs = target_log_probs(examples)
+    if len(log_probs) == 0:
+        raise ValueError("the data has no target tokens; check its format (see infosft train -h)")
+    return {
+        "num_examples": len(examples),
+        "num_target_tokens": len(log_probs),
+        "p_bar": p_bar,
+        "mean_q": float(log_probs.double().exp().mean()),
+        "quantiles": quantiles(log_probs),
+        "bins": weight_mass_table(log_probs, methods, p_bar),
+        "p_bar_sweep": infosft_mass_vs_p_bar(log_probs),
+        "lowest_q": lowest_q_tokens(examples, tokenizer, k_lowest),
+    }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The summary as plain-text tables for the terminal (and markdown code blocks)."""
+    bins = summary["bins"]
+    methods = list(bins["mass_share"])
+    lines = [
+        f"{summary['num_target_tokens']} target tokens in {summary['num_examples']} examples; "
+        f"mean q = {summary['mean_q']:.3f}; "
+        + ", ".join(f"{k} = {v:.3g}" for k, v in summary["quantiles"].items()),
+        "",
+        "share of tokens and of each method's total weight, per q bin:",
+        "q bin".ljust(12) + "tokens".rjust(9) + "".join(m.rjust(10) for m in methods),
+    ]
+    for i, label in enumerate(bin_labels(bins["edges"])):
+        row = label.ljust(12) + f"{bins['token_share'][i]:9.3f}"
+        lines.append(row + "".join(f"{bins['mass_share'][m][i]:10.3f}" for m in methods))
+    lines.append("mean w".ljust(21) + "".join(f"{bins['mean_weight'][m]:10.3f}" for m in methods))
+    lines.append(
+        "w = 0 share".ljust(21) + "".join(f"{bins['zero_weight_share'][m]:10.3f}" for m in methods)
+    )
+    sweep = summary["p_bar_sweep"]
+    lines += [
+        "",
+        "InfoSFT's share of total weight per q range, by p_bar:",
+        "p_bar".ljust(8)
+        + "".join(label.rjust(10) for label in bin_labels(sweep["edges"]))
+        + "mean w".rjust(10)
+        + "w=0".rjust(8),
+    ]
+    for p, shares, mean, zero in zip(
+        sweep["p_bars"],
+        sweep["mass_share"],
+        sweep["mean_weight"],
+        sweep["zero_weight_share"],
+        strict=True,
+    ):
+        lines.append(
+            f"{p:<8g}" + "".join(f"{s:10.3f}" for s in shares) + f"{mean:10.3f}" + f"{zero:8.3f}"
+        )
+    lines += ["", "lowest-q target tokens ([token] after its context):"]
+    for row in summary["lowest_q"]:
+        context = row["context"].replace("\n", "\\n")[-60:]
+        token = row["token"].replace("\n", "\\n")
+        lines.append(f"  q={row['q']:.2e}  ...{context}[{token}]")
+    return "\n".join(lines)
+
+
+def write_inspect_plots(
+    summary: Mapping[str, Any], q_values: Sequence[float], output_dir: Any
+) -> list[Any]:
+    """The three inspect plots as PNGs in ``output_dir``; returns their paths."""
+    from pathlib import Path
+
+    from infosft.experiments import plots
+
+    output_dir = Path(output_dir)
+    bins, sweep = summary["bins"], summary["p_bar_sweep"]
+    methods = list(bins["mass_share"])
+    return [
+        plots.plot_q_histogram(
+            q_values,
+            output_dir / "q_histogram.png",
+            methods=methods,
+            p_bar=summary["p_bar"],
+            title="Target tokens' q under the model, with each method's weight",
+        ),
+        plots.plot_weight_mass(
+            bins["edges"],
+            bins["token_share"],
+            bins["mass_share"],
+            output_dir / "weight_mass.png",
+            title="Share of total weight per q bin",
+        ),
+        plots.plot_mass_vs_p_bar(
+            sweep["p_bars"],
+            {
+                label: [row[i] for row in sweep["mass_share"]]
+                for i, label in enumerate(bin_labels(sweep["edges"]))
+            },
+            output_dir / "infosft_mass_vs_p_bar.png",
+            title="Where InfoSFT's weight goes as p_bar changes",
+        ),
+    ]
+
+
+def run_inspect(
+    model_name: str,
+    data: Any,
+    output_dir: Any,
+    *,
+    methods: Sequence[str],
+    p_bar: float = DEFAULT_P_BAR,
+    data_format: str | None = None,
+    limit: int = 256,
+    max_length: int = 1024,
+    k_lowest: int = 10,
+) -> tuple[dict[str, Any], str]:
+    """Load the model and the first ``limit`` rows of ``data``; write inspect.json and plots.
+
+    Returns the summary (with ``figures``) and its text rendering.
+    """
+    from pathlib import Path
+
+    from infosft.experiments.report import write_json_atomic
+    from infosft.models import load_model_and_tokenizer
+    from infosft.training.data import load_data
+
+    dataset = load_data(data, data_format)
+    rows = [dataset[i] for i in range(min(limit, len(dataset)))]
+    model, tokenizer = load_model_and_tokenizer(model_name)
+    examples = score_examples(model, tokenizer, rows, max_length=max_length)
+    summary = inspect_summary(examples, tokenizer, methods, p_bar, k_lowest)
+    output_dir = Path(output_dir)
+    q_values = target_log_probs(examples).exp().tolist()
+    figures = write_inspect_plots(summary, q_values, output_dir)
+    summary["figures"] = [f.name for f in figures]
+    write_json_atomic(output_dir / "inspect.json", summary)
+    return summary, format_summary(summary)

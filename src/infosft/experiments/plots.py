@@ -1,0 +1,256 @@
+"""PNG plots of the experiments: trade-off, q histogram with weight curves, training curves.
+
+Each function takes plain numbers (no models) and writes one PNG, so the plots can be redrawn
+from ``results.json`` alone. Matplotlib runs headless (Agg backend).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from infosft.objectives import token_weights
+
+# One colour per method everywhere, so a reader matches plots at a glance.
+METHOD_COLORS = {"base": "#555555", "nll": "#1f77b4", "dft": "#ff7f0e", "infosft": "#2ca02c"}
+_FALLBACK_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def method_color(method: str, index: int = 0) -> str:
+    """The colour of a method's marks; unknown methods cycle through a fixed palette."""
+    return METHOD_COLORS.get(method, _FALLBACK_COLORS[index % len(_FALLBACK_COLORS)])
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """One point of a trade-off plot: a method (at some setting) with spread over seeds.
+
+    ``label`` annotates the point (e.g. "lr=1e-4, 2 ep"); ``group`` joins points into a curve.
+    """
+
+    group: str
+    x: float
+    y: float
+    x_err: float = 0.0
+    y_err: float = 0.0
+    label: str = ""
+
+
+def plot_tradeoff(
+    points: Sequence[TradeoffPoint],
+    path: str | Path,
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    connect: bool = False,
+) -> Path:
+    """Scatter of new-task score (y) against prior-capability score (x), one colour per group.
+
+    Error bars are the given standard deviations over seeds. ``connect`` draws each group's
+    points as a curve sorted by x (the trade-off curve of a sweep). Up and right is better.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    groups = list(dict.fromkeys(p.group for p in points))
+    for index, group in enumerate(groups):
+        members = sorted((p for p in points if p.group == group), key=lambda p: p.x)
+        color = method_color(group, index)
+        ax.errorbar(
+            [p.x for p in members],
+            [p.y for p in members],
+            xerr=[p.x_err for p in members],
+            yerr=[p.y_err for p in members],
+            fmt="o-" if connect else "o",
+            color=color,
+            label=group,
+            capsize=4,
+            markersize=8,
+        )
+        for p in members:
+            if p.label:
+                ax.annotate(
+                    p.label,
+                    (p.x, p.y),
+                    textcoords="offset points",
+                    xytext=(6, 6),
+                    fontsize=8,
+                    color=color,
+                )
+    ax.set_title(title)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    return _save(fig, path)
+
+
+def plot_q_histogram(
+    q_values: Sequence[float],
+    path: str | Path,
+    *,
+    methods: Sequence[str],
+    p_bar: float,
+    title: str,
+    bins: int = 20,
+) -> Path:
+    """Histogram of target-token probabilities q with each method's w(q) overlaid.
+
+    Bars (left axis) are the share of target tokens per q bin; curves (right axis) are the
+    weights from :func:`infosft.objectives.token_weights`, the one definition of each scheme.
+    """
+    import torch
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    n = max(len(q_values), 1)
+    ax.hist(
+        list(q_values),
+        bins=bins,
+        range=(0.0, 1.0),
+        weights=[1.0 / n] * len(q_values),
+        color="#bbbbbb",
+        edgecolor="white",
+        label="target tokens",
+    )
+    ax.set_xlabel("q = probability of the target token under the model")
+    ax.set_ylabel("share of target tokens")
+    ax.set_xlim(0.0, 1.0)
+    curve_axis = ax.twinx()
+    grid = torch.linspace(1e-4, 1.0, 400, dtype=torch.float64)
+    for index, method in enumerate(methods):
+        weights = token_weights(grid.log(), method, p_bar)
+        curve_axis.plot(
+            grid.tolist(),
+            weights.tolist(),
+            color=method_color(method, index),
+            linewidth=2,
+            label=f"w(q): {method}",
+        )
+    curve_axis.set_ylabel("token weight w(q)")
+    curve_axis.set_ylim(0.0, 1.05)
+    curve_axis.axvline(p_bar, color="#2ca02c", linestyle=":", linewidth=1)
+    handles = ax.get_legend_handles_labels()
+    curve_handles = curve_axis.get_legend_handles_labels()
+    curve_axis.legend(
+        handles[0] + curve_handles[0], handles[1] + curve_handles[1], loc="upper center", fontsize=8
+    )
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+TRAINING_PANELS = (
+    ("loss", "training loss (weighted)"),
+    ("nll", "NLL of the targets"),
+    ("mean_q", "mean q of the targets"),
+    ("entropy", "mean entropy of the next-token distribution"),
+)
+
+
+def plot_training_curves(
+    curves: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, *, title: str
+) -> Path:
+    """Four panels (loss, NLL, mean q, entropy) against step, one line per method.
+
+    ``curves`` maps a method to its logged records (``{"step": ..., "loss": ..., ...}``, as in
+    ``metrics.jsonl``); records without a panel's key are skipped.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.4), sharex=True)
+    for axis, (key, label) in zip(axes.flat, TRAINING_PANELS, strict=True):
+        for index, (method, records) in enumerate(curves.items()):
+            rows = [r for r in records if key in r and "step" in r and math.isfinite(r[key])]
+            axis.plot(
+                [r["step"] for r in rows],
+                [r[key] for r in rows],
+                marker=".",
+                color=method_color(method, index),
+                label=method,
+            )
+        axis.set_title(label, fontsize=10)
+        axis.grid(alpha=0.3)
+    for axis in axes[1]:
+        axis.set_xlabel("optimizer step")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_weight_mass(
+    bin_edges: Sequence[float],
+    token_share: Sequence[float],
+    mass_share: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    title: str,
+) -> Path:
+    """Grouped bars per q bin: the share of tokens and each method's share of total weight.
+
+    A method's bar above the grey token bar means that bin gets more than its share of the
+    gradient signal under that weighting.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 4.6))
+    n_bins = len(token_share)
+    series = [("tokens", token_share), *mass_share.items()]
+    width = 0.8 / len(series)
+    for offset, (name, values) in enumerate(series):
+        color = "#bbbbbb" if name == "tokens" else method_color(name, offset)
+        ax.bar(
+            [i + (offset - (len(series) - 1) / 2) * width for i in range(n_bins)],
+            values,
+            width=width,
+            color=color,
+            label="share of tokens" if name == "tokens" else name,
+        )
+    labels = [f"{bin_edges[i]:.2g}-{bin_edges[i + 1]:.2g}" for i in range(n_bins)]
+    ax.set_xticks(range(n_bins))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+    ax.set_xlabel("q bin")
+    ax.set_ylabel("share of total weight")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_mass_vs_p_bar(
+    p_bars: Sequence[float],
+    mass_by_bin: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    title: str,
+) -> Path:
+    """Stacked areas: how InfoSFT's weight mass splits over q ranges as p_bar changes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    ax.stackplot(
+        list(p_bars), *[list(v) for v in mass_by_bin.values()], labels=list(mass_by_bin), alpha=0.85
+    )
+    ax.set_xlabel("p_bar")
+    ax.set_ylabel("share of InfoSFT's total weight")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(title)
+    ax.legend(title="q range", fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,128 @@
+"""infosft inspect: q of target tokens, weight mass per q bin, lowest-q tokens, the command."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from infosft.experiments import inspect as insp
+
+P_BAR = 0.93
+
+
+def reference_weight(q: float, method: str) -> float:
+    """float64 weights written from reference.md §1, independent of infosft.objectives."""
+    if method == "nll":
+        return 1.0
+    if method == "dft":
+        return q
+    c = math.log(P_BAR / (1 - P_BAR))
+    logit = math.log(q / (1 - q))
+    return q * max(0.0, 1 - logit / c)
+
+
+def test_weight_mass_table_matches_a_float64_reference():
+    qs = [0.001, 0.005, 0.05, 0.2, 0.2, 0.45, 0.6, 0.8, 0.95, 0.995]
+    log_probs = torch.tensor([math.log(q) for q in qs], dtype=torch.float32)
+    edges = insp.Q_BIN_EDGES
+    table = insp.weight_mass_table(log_probs, ["nll", "dft", "infosft"], P_BAR)
+
+    def bin_of(q):
+        return next(i for i in range(len(edges) - 1) if edges[i] <= q < edges[i + 1])
+
+    token_share = [0.0] * (len(edges) - 1)
+    for q in qs:
+        token_share[bin_of(q)] += 1 / len(qs)
+    assert table["token_share"] == pytest.approx(token_share, abs=1e-9)
+    for method in ("nll", "dft", "infosft"):
+        weights = [reference_weight(q, method) for q in qs]
+        mass = [0.0] * (len(edges) - 1)
+        for q, w in zip(qs, weights, strict=True):
+            mass[bin_of(q)] += w / sum(weights)
+        assert table["mass_share"][method] == pytest.approx(mass, abs=1e-6)
+        assert table["mean_weight"][method] == pytest.approx(sum(weights) / len(qs), rel=1e-5)
+    # q = 0.95 and 0.995 are above p_bar: InfoSFT gives them nothing.
+    assert table["zero_weight_share"]["infosft"] == pytest.approx(0.2)
+
+
+def test_infosft_mass_moves_toward_confident_tokens_as_p_bar_rises():
+    log_probs = torch.linspace(0.01, 0.99, 99).log()
+    sweep = insp.infosft_mass_vs_p_bar(log_probs, p_bars=(0.6, 0.99))
+    low_p_bar, high_p_bar = sweep["mass_share"]
+    assert high_p_bar[-1] > low_p_bar[-1] == 0.0
+    assert sum(low_p_bar) == pytest.approx(1.0)
+
+
+def test_prompt_completion_targets_are_the_completion_tokens(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = {
+        "prompt": [{"role": "user", "content": "What is 12 + 7?"}],
+        "completion": [{"role": "assistant", "content": "The answer is 19."}],
+    }
+    ids, is_target = insp.tokenize_example(tokenizer, row)
+    target_text = tokenizer.decode([i for i, t in zip(ids, is_target, strict=True) if t])
+    assert target_text == "The answer is 19.<|im_end|>\n"
+    assert not any(is_target[: len(ids) - sum(is_target)])
+
+
+def test_scored_log_probs_equal_a_float64_forward_pass(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = [{"text": "The capital of France is Paris."}, {"text": "def add(a, b): return a"}]
+    scored = insp.score_examples(model, tokenizer, rows, batch_size=2)
+    model64 = AutoModelForCausalLM.from_pretrained(tiny_model_dir).double().eval()
+    for row, example in zip(rows, scored, strict=True):
+        ids = torch.tensor([tokenizer(row["text"])["input_ids"]])
+        with torch.no_grad():
+            reference = model64(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        expected = reference.gather(-1, ids[0, 1:, None])[:, 0]
+        assert example.is_target == [False] + [True] * (ids.shape[1] - 1)
+        assert example.log_probs[1:] == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_lowest_q_tokens_come_in_ascending_q_with_their_context():
+    examples = [
+        insp.ScoredExample([5, 6, 7], [False, True, True], [0.0, math.log(0.5), math.log(0.01)]),
+        insp.ScoredExample([8, 9], [False, True], [0.0, math.log(0.1)]),
+    ]
+
+    class Decoder:
+        def decode(self, ids):
+            return " ".join(str(i) for i in ids)
+
+    rows = insp.lowest_q_tokens(examples, Decoder(), k=2, context=5)
+    assert [(r["token"], r["context"]) for r in rows] == [("7", "5 6"), ("9", "8")]
+    assert [r["q"] for r in rows] == pytest.approx([0.01, 0.1])
+
+
+def test_inspect_command_prints_tables_and_writes_json_and_plots(tiny_model_dir, tmp_path, capsys):
+    from infosft.cli import main
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {"prompt": "Q: 2 + 3?\nA:", "completion": " 5"},
+        {"prompt": "Q: capital of Italy?\nA:", "completion": " Rome"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "inspect"
+    code = main(
+        ["inspect", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out)]
+    )
+    assert code == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "share of tokens and of each method's total weight" in printed
+    summary = json.loads((out / "inspect.json").read_text())
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # Each completion's tokens plus the end-of-sequence token appended to it.
+    expected = sum(len(tokenizer(r["completion"])["input_ids"]) + 1 for r in rows)
+    assert summary["num_target_tokens"] == expected
+    assert len(summary["figures"]) == 3
+    for name in summary["figures"]:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
