@@ -36,7 +36,7 @@ test: lint
 	$(PY) -m pytest -q
 
 demo: venv
-	$(PY) -m infosft weights
+	$(PY) -m infosft demo --output-dir $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache runs
