@@ -3,7 +3,12 @@
 import importlib
 from typing import Any
 
-from infosft.losses import compute_loss_func, weighted_nll_loss
+from infosft.losses import (
+    TokenStats,
+    compute_loss_func,
+    fused_weighted_nll_loss,
+    weighted_nll_loss,
+)
 from infosft.objectives import (
     DEFAULT_P_BAR,
     available_weightings,
@@ -15,9 +20,9 @@ __version__ = "0.1.0"
 
 # Imported on first use so that `import infosft` does not pull in TRL.
 _LAZY = {
-    "fused_weighted_nll_loss": "infosft.losses.fused",
     "InfoSFTConfig": "infosft.training",
     "InfoSFTTrainer": "infosft.training",
+    "NonFiniteLossError": "infosft.training",
 }
 
 
@@ -31,6 +36,8 @@ __all__ = [
     "DEFAULT_P_BAR",
     "InfoSFTConfig",
     "InfoSFTTrainer",
+    "NonFiniteLossError",
+    "TokenStats",
     "available_weightings",
     "compute_loss_func",
     "fused_weighted_nll_loss",

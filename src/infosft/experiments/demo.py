@@ -62,7 +62,7 @@ class DemoConfig:
     methods: tuple[str, ...] = DEFAULT_METHODS
     seeds: int = 1
     learning_rate: float = 1e-4
-    steps: int = 24
+    steps: int = 16
     batch_size: int = 8
     n_test: int = 40
     n_probes: int = len(probes.PROBES)
