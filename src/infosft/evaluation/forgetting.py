@@ -16,6 +16,7 @@ from typing import Any
 
 from infosft.evaluation.generation import SamplingSettings, generate, render_prompt
 from infosft.evaluation.metrics import wilson_interval
+from infosft.models import pad_right, target_log_probs
 
 # Small built-in defaults so that the report always has (b) and (c); pass your own for real use.
 DEFAULT_GENERAL_PROMPTS = [
@@ -80,18 +81,6 @@ def _log_probs(model: Any, ids: Any, mask: Any) -> Any:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _pad_right(sequences: Sequence[list[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, s in enumerate(sequences):
-        ids[row, : len(s)] = torch.tensor(s)
-        mask[row, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def kl_on_texts(
     base_model: Any,
     tuned_model: Any,
@@ -117,7 +106,7 @@ def kl_on_texts(
             tail = tokenizer(c, add_special_tokens=False)["input_ids"]
             seqs.append(head["input_ids"] + tail)
             spans.append((len(head["input_ids"]), len(seqs[-1])))
-        ids, mask = _pad_right(seqs, pad_id, device)
+        ids, mask = pad_right(seqs, pad_id, device)
         base_lp = _log_probs(base_model, ids, mask)
         tuned_lp = _log_probs(tuned_model, ids, mask)
         if base_lp.shape != tuned_lp.shape:
@@ -165,11 +154,13 @@ def heldout_nll(
             tokenizer(t, add_special_tokens=True)["input_ids"][:max_length]
             for t in texts[start : start + batch_size]
         ]
-        ids, mask = _pad_right(seqs, pad_id, device)
-        log_probs = _log_probs(model, ids, mask)
-        target_lp = log_probs[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
-        target_mask = mask[:, 1:].bool()
-        total -= target_lp[target_mask].double().sum().item()
+        ids, mask = pad_right(seqs, pad_id, device)
+        # Every real token after the first is a target; padding is not.
+        labels = ids.masked_fill(mask == 0, -100)
+        log_probs = target_log_probs(model, ids, mask, labels)
+        target_mask = labels != -100
+        target_mask[:, 0] = False
+        total -= log_probs[target_mask].double().sum().item()
         count += int(target_mask.sum())
     return {"nll": total / max(count, 1), "tokens": count}
 

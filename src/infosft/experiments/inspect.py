@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from infosft import models
 from infosft.objectives import DEFAULT_P_BAR, token_weights
 
 IGNORE_INDEX = -100
@@ -108,26 +109,17 @@ def score_examples(
     try:
         for start in range(0, len(encoded), batch_size):
             chunk = encoded[start : start + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (ids, _) in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device))
-            log_softmax = logits.logits[:, :-1].float().log_softmax(-1)
-            # Position t - 1 predicts token t.
-            picked = log_softmax.gather(-1, input_ids[:, 1:, None].to(device))[..., 0].cpu()
-            for row, (ids, mask) in enumerate(chunk):
-                values = [0.0, *picked[row, : len(ids) - 1].tolist()]
-                targets = [False, *mask[1:]]
-                scored.append(
-                    ScoredExample(
-                        ids,
-                        targets,
-                        [v if t else 0.0 for v, t in zip(values, targets, strict=True)],
-                    )
+            input_ids, attention = models.pad_right([ids for ids, _ in chunk], pad_id, device)
+            # Token t is a target when its mask says so; the first token has no prefix.
+            is_target = [[False, *mask[1:]] for _, mask in chunk]
+            labels = torch.full_like(input_ids, -100)
+            for row, targets in enumerate(is_target):
+                labels[row, : len(targets)] = torch.where(
+                    torch.tensor(targets, device=device), input_ids[row, : len(targets)], -100
                 )
+            picked = models.target_log_probs(model, input_ids, attention, labels).cpu()
+            for row, (ids, _) in enumerate(chunk):
+                scored.append(ScoredExample(ids, is_target[row], picked[row, : len(ids)].tolist()))
     finally:
         model.train(was_training)
     return scored

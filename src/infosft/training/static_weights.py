@@ -39,11 +39,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from infosft.models import target_log_probs
+
 COLUMN = "base_log_probs"
 """Name of the dataset column and of the batch key the trainer reads."""
 
 _SAMPLE_PER_TENSOR = 4096
-_HEAD_CHUNK_TOKENS = 1024
 
 
 def dataset_fingerprint(dataset: Any) -> str:
@@ -133,37 +134,6 @@ def _base_model_context(model: torch.nn.Module) -> contextlib.AbstractContextMan
     """A PEFT model evaluates as its base model inside ``disable_adapter()``."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if callable(disable) else contextlib.nullcontext()
-
-
-def target_log_probs(
-    model: torch.nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
-) -> Tensor:
-    """log p(labels[t] | input_ids[:t]) aligned with labels, 0 where there is no target.
-
-    Args:
-        model: a causal LM (``transformers`` ``*ForCausalLM``), in eval mode.
-        input_ids: [B, T] int64, right-padded. attention_mask: [B, T], 1 on real tokens.
-        labels: [B, T] int64, -100 where no loss applies.
-
-    Returns:
-        [B, T] float32 on the model's device. The LM head runs in chunks of 1024 tokens so the
-        full [B, T, V] logits never exist; log-softmax is taken in float32.
-    """
-    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-    mask = targets != -100
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    picked = hidden[mask]
-    values = torch.empty(picked.shape[0], dtype=torch.float32, device=hidden.device)
-    target_ids = targets[mask]
-    for start in range(0, picked.shape[0], _HEAD_CHUNK_TOKENS):
-        end = start + _HEAD_CHUNK_TOKENS
-        logits = head(picked[start:end]).float()
-        values[start:end] = logits.log_softmax(-1).gather(-1, target_ids[start:end, None])[:, 0]
-    shifted = torch.zeros(labels.shape, dtype=torch.float32, device=hidden.device)
-    shifted[mask] = values
-    # Position t predicted labels[t + 1]; move each value onto the label it scores.
-    return torch.nn.functional.pad(shifted[:, :-1], (1, 0), value=0.0)
 
 
 def _batches(rows: list[dict], batch_size: int) -> Iterator[list[int]]:
