@@ -1,0 +1,86 @@
+"""Run a Hugging Face causal LM with its LM head intercepted: the loss instead of the logits.
+
+While :func:`loss_in_lm_head` is active, the model's output-embedding module receives the final
+hidden states [B, T, H] and returns a loss computed from them and its own weight and bias (the
+fused loss) in place of the [B, T, V] logits. Because this happens inside the LM head module:
+
+- the forward still goes through the top-level, possibly DDP/FSDP/DeepSpeed/PEFT-wrapped model,
+  so distributed hooks, LoRA and gradient checkpointing apply as usual;
+- module hooks that gather a sharded head (FSDP, ZeRO-3) run before the swapped ``forward``;
+- the loss is the model's output, so DDP sees every parameter it depends on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+HeadLossFn = Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Any]]
+"""``fn(hidden_states [B, T, H], weight [V, H], bias [V] | None) -> (loss, stats)``."""
+
+
+@contextlib.contextmanager
+def loss_in_lm_head(lm_head: nn.Module, loss_fn: HeadLossFn) -> Iterator[dict[str, Any]]:
+    """While active, ``lm_head(hidden_states)`` computes ``loss_fn`` instead of logits.
+
+    The swapped forward returns ``loss.view(1, 1, 1)`` as the "logits" and records
+    ``{"output": that tensor, "stats": stats}`` in the yielded dict. Module hooks (FSDP,
+    DeepSpeed ZeRO-3, accelerate device maps) still run around it, so the weight it reads is
+    the gathered one. A model that transforms the head's output (soft-capping, scaling) changes
+    its value; :func:`take_head_loss` detects it.
+    """
+    # accelerate's device-map hooks replace `forward` and call the original as `_old_forward`.
+    attribute = "_old_forward" if hasattr(lm_head, "_hf_hook") else "forward"
+    previous = lm_head.__dict__.get(attribute)
+    result: dict[str, Any] = {}
+
+    def forward(hidden_states: Tensor) -> Tensor:
+        loss, stats = loss_fn(hidden_states, lm_head.weight, lm_head.bias)
+        result["output"] = loss.view(1, 1, 1)
+        result["stats"] = stats
+        return result["output"]
+
+    setattr(lm_head, attribute, forward)
+    try:
+        yield result
+    finally:
+        if previous is None:
+            delattr(lm_head, attribute)
+        else:
+            setattr(lm_head, attribute, previous)
+
+
+def take_head_loss(outputs: Any, result: dict[str, Any]) -> Tensor:
+    """The scalar loss from the model's ``outputs``, checked to be what the LM head returned."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+    if "output" not in result:
+        raise ValueError(
+            "the model never called its output embedding module (get_output_embeddings()), so "
+            "the fused InfoSFT loss could not run; this architecture is not supported"
+        )
+    # DDP passes outputs through an identity autograd op, so compare values, not objects.
+    expected = result["output"]
+    same = logits.shape == expected.shape and torch.allclose(
+        logits.detach(), expected.detach(), rtol=0, atol=0, equal_nan=True
+    )
+    if not same:
+        raise ValueError(
+            "the model transforms its LM head output (e.g. logit soft-capping or scaling), which "
+            "the fused InfoSFT loss does not reproduce; this architecture is not supported"
+        )
+    return logits.reshape(())
+
+
+def output_embeddings(model: nn.Module) -> nn.Module:
+    """The LM head module of a causal LM, under PEFT and DDP/FSDP wrappers."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    head = inner.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise ValueError(f"{type(inner).__name__} has no LM head with a weight to project with")
+    return head
