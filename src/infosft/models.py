@@ -257,11 +257,12 @@ def target_log_probs(model: Any, input_ids: Any, attention_mask: Any, labels: An
     """
     import torch
 
+    from infosft.losses import IGNORE_INDEX
     from infosft.losses.reference import shift_labels
 
     with torch.no_grad():
         targets = shift_labels(labels)
-        mask = targets != -100
+        mask = targets != IGNORE_INDEX
         decoder, head = model.get_decoder(), model.get_output_embeddings()
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         picked, target_ids = hidden[mask], targets[mask]

@@ -85,14 +85,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
     """``["max_steps=5", "bf16=false"]`` -> ``{"max_steps": 5, "bf16": False}`` (values as YAML)."""
-    from infosft.training.run import load_yaml
+    from infosft.files import load_yaml
 
     values = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {assignment!r}")
-        values[key.strip()] = load_yaml(text)
+        values[key.strip()] = load_yaml(text, f"--set {key.strip()}")
     return values
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from infosft.evaluation.generation import SamplingSettings, generate, render_prompt
 from infosft.evaluation.metrics import wilson_interval
+from infosft.losses import IGNORE_INDEX
 from infosft.models import pad_right, target_log_probs
 
 # Small built-in defaults so that the report always has (b) and (c); pass your own for real use.
@@ -156,9 +157,9 @@ def heldout_nll(
         ]
         ids, mask = pad_right(seqs, pad_id, device)
         # Every real token after the first is a target; padding is not.
-        labels = ids.masked_fill(mask == 0, -100)
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
         log_probs = target_log_probs(model, ids, mask, labels)
-        target_mask = labels != -100
+        target_mask = labels != IGNORE_INDEX
         target_mask[:, 0] = False
         total -= log_probs[target_mask].double().sum().item()
         count += int(target_mask.sum())

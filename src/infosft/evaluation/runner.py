@@ -9,8 +9,6 @@ so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -23,20 +21,8 @@ from infosft.evaluation.sandbox import DEFAULT_TIMEOUT_S
 from infosft.evaluation.scorers import SCORERS, run_programs
 from infosft.evaluation.tasks import Task
 
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically: a temp file in the same directory, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# The project's one atomic JSON writer, under the name cli/eval.py and infosft.evaluation use.
+from infosft.files import write_json_atomic as write_json  # noqa: F401
 
 
 def default_ks(n: int) -> list[int]:

@@ -124,10 +124,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
 def task_from_yaml(path: str | Path) -> Task:
     """Build a task from a YAML spec (format in this module's docstring)."""
-    import yaml
+    from infosft.files import read_yaml
 
     path = Path(path)
-    spec = yaml.safe_load(path.read_text()) or {}
+    spec = read_yaml(path) or {}
     unknown = set(spec) - YAML_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(YAML_KEYS)}")

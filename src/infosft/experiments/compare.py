@@ -44,9 +44,9 @@ from infosft.experiments.report import (
     format_mean_std,
     markdown_table,
     mean_std,
-    write_json_atomic,
     write_report,
 )
+from infosft.files import read_yaml, write_json_atomic
 from infosft.models import DEFAULT_MODEL
 from infosft.objectives import DEFAULT_P_BAR, check_p_bar, get_weighting
 
@@ -149,12 +149,10 @@ def _resolve(path: str | None, base_dir: Path, what: str) -> str | None:
 
 def read_grid_config(path: str | Path) -> GridConfig:
     """Parse and check a grid YAML (format in this module's docstring)."""
-    from infosft.training.run import load_yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"grid config {path} does not exist")
-    spec = load_yaml(path.read_text(encoding="utf-8")) or {}
+    spec = read_yaml(path) or {}
     if not isinstance(spec, dict):
         raise ValueError(f"{path} must hold a mapping of keys to values")
     unknown = set(spec) - CONFIG_KEYS

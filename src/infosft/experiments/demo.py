@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,9 +32,9 @@ from infosft.experiments.report import (
     format_mean_std,
     markdown_table,
     mean_std,
-    write_json_atomic,
     write_report,
 )
+from infosft.files import environment, write_json_atomic
 from infosft.models import DEFAULT_MODEL
 from infosft.objectives import DEFAULT_P_BAR
 
@@ -399,27 +398,6 @@ Question: {results["held_out_example"]["question"]} (answer {results["held_out_e
 {json.dumps({**config, "environment": results["environment"]}, indent=2)}
 ```
 """
-
-
-def environment() -> dict[str, Any]:
-    """Where the demo ran: Python, platform, library versions, torch threads."""
-    import importlib.metadata
-
-    import torch
-
-    versions = {}
-    for name in ("infosft", "torch", "transformers", "trl"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "versions": versions,
-    }
 
 
 def run_demo(

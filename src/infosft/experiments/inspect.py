@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from infosft import models
+from infosft.losses import IGNORE_INDEX
 from infosft.objectives import DEFAULT_P_BAR, token_weights
 
-IGNORE_INDEX = -100
 Q_BIN_EDGES = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0)
 COARSE_BIN_EDGES = (0.0, 0.1, 0.5, 0.9, 1.0)
 P_BAR_SWEEP = (0.6, 0.7, 0.8, 0.9, 0.93, 0.95, 0.99)
@@ -112,10 +112,12 @@ def score_examples(
             input_ids, attention = models.pad_right([ids for ids, _ in chunk], pad_id, device)
             # Token t is a target when its mask says so; the first token has no prefix.
             is_target = [[False, *mask[1:]] for _, mask in chunk]
-            labels = torch.full_like(input_ids, -100)
+            labels = torch.full_like(input_ids, IGNORE_INDEX)
             for row, targets in enumerate(is_target):
                 labels[row, : len(targets)] = torch.where(
-                    torch.tensor(targets, device=device), input_ids[row, : len(targets)], -100
+                    torch.tensor(targets, device=device),
+                    input_ids[row, : len(targets)],
+                    IGNORE_INDEX,
                 )
             picked = models.target_log_probs(model, input_ids, attention, labels).cpu()
             for row, (ids, _) in enumerate(chunk):
@@ -358,7 +360,7 @@ def run_inspect(
     """
     from pathlib import Path
 
-    from infosft.experiments.report import write_json_atomic
+    from infosft.files import write_json_atomic
     from infosft.models import load_model_and_tokenizer
     from infosft.training.data import load_data
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
-import os
 import re
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+# write_json_atomic is re-exported for callers that still import it from here.
+from infosft.files import write_json_atomic, write_text_atomic  # noqa: F401
 
 _IMAGE_SRC = re.compile(r'<img src="([^"]+)"')
 _HTML_STYLE = """
@@ -30,37 +29,6 @@ code, pre { background: #f5f5f5; border-radius: 3px; }
 pre { padding: 0.6rem; overflow-x: auto; }
 img { max-width: 100%; }
 """
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: str | Path, content: Any) -> Path:
-    """Write ``content`` as indented JSON, atomically (NaN written as null)."""
-    return write_text_atomic(path, json.dumps(_finite(content), indent=2, default=str) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by None, so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float]:

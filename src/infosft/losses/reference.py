@@ -10,6 +10,9 @@ from torch import Tensor
 
 from infosft.objectives import DEFAULT_P_BAR, check_p_bar, get_weighting, token_weights
 
+IGNORE_INDEX = -100
+"""Label of a position without a target (no loss), as in transformers and TRL."""
+
 
 def shift_labels(labels: Tensor, ignore_index: int = -100) -> Tensor:
     """Labels aligned with input_ids -> the target of each position, [B, T] -> [B, T].

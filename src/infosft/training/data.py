@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infosft.losses import IGNORE_INDEX
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 ACCEPTED_FORMATS = (

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infosft.files import append_jsonl, environment, read_yaml, write_json_atomic, write_text_atomic
 from infosft.models import DEFAULT_MODEL
 from infosft.objectives import check_p_bar
 
@@ -100,46 +101,12 @@ def check_keys(keys: list[str], where: str, allowed: list[str]) -> None:
     )
 
 
-def load_yaml(text: str) -> Any:
-    """Parse YAML with YAML 1.2's booleans and floats.
-
-    PyYAML follows YAML 1.1, which reads yes/no/on/off as booleans (``save_strategy: no``
-    would become False) and ``1e-5`` as a string (a float needs a dot there).
-    """
-    import re
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    bool_tag = "tag:yaml.org,2002:bool"
-    Loader.yaml_implicit_resolvers = {
-        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-    Loader.add_implicit_resolver(
-        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-    )
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-    return yaml.load(text, Loader=Loader)
-
-
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML (or JSON) mapping of InfoSFTConfig fields and recipe keys, checked key by key."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        values = load_yaml(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from None
+    values = read_yaml(path)
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -177,19 +144,6 @@ def build_config(output_dir: str | os.PathLike, values: dict[str, Any]) -> InfoS
     return InfoSFTConfig(**merged)
 
 
-def _write_json_atomic(path: Path, content: Any) -> None:
-    """Write ``content`` as JSON to ``path`` via a temporary file in the same directory."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(content, file, indent=2, default=str)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _logged_step(line: str) -> float:
     """The step of one metrics.jsonl line; infinity for a line cut short by a crash."""
     try:
@@ -214,18 +168,14 @@ def metrics_logger(
         if keep_until_step is not None and path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
             kept = "".join(line for line in lines if _logged_step(line) <= keep_until_step)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(kept)
-        os.replace(temporary, path)
+        write_text_atomic(path, kept)
 
     class MetricsLogger(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
                 return
             record = {"step": state.global_step, "epoch": state.epoch, **logs}
-            with path.open("a", encoding="utf-8") as file:
-                file.write(json.dumps(record) + "\n")
+            append_jsonl(path, record)
 
     return MetricsLogger()
 
@@ -304,19 +254,6 @@ def _describe(data: Any) -> Any:
     if isinstance(data, (list, tuple)):
         return [_describe(item) for item in data]
     return f"<in-memory {type(data).__name__} of {len(data)} rows>"
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    names = ("infosft", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def train(
@@ -423,7 +360,7 @@ def train(
 
     config_path = output_dir / RUN_CONFIG_FILE
     if trainer.is_world_process_zero():
-        _write_json_atomic(
+        write_json_atomic(
             config_path,
             {
                 "model": model,
@@ -436,7 +373,7 @@ def train(
                 "num_train_examples": len(trainer.train_dataset),
                 "num_eval_examples": None if eval_dataset is None else len(trainer.eval_dataset),
                 "args": args.to_dict(),
-                "versions": _versions(),
+                "environment": environment(),
             },
         )
 

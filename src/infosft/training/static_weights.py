@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from infosft.losses import IGNORE_INDEX
 from infosft.models import target_log_probs
 
 COLUMN = "base_log_probs"
@@ -152,7 +153,7 @@ def _compute_shard(
     for index in _batches(rows, batch_size):
         length = max(len(rows[i]["input_ids"]) for i in index)
         input_ids = torch.full((len(index), length), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(index), length), -100, dtype=torch.long)
+        labels = torch.full((len(index), length), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((len(index), length), dtype=torch.long)
         for b, i in enumerate(index):
             n = len(rows[i]["input_ids"])

@@ -27,11 +27,10 @@ from torch import Tensor, nn
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTTrainer
 
+from infosft.losses import IGNORE_INDEX
 from infosft.losses.lm_head import loss_in_lm_head, output_embeddings, take_head_loss
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig
-
-IGNORE_INDEX = -100
 
 # Per-micro-batch values gathered across ranks; every column but the first is summed per log.
 _COLUMNS = (

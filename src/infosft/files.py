@@ -1,0 +1,189 @@
+"""Files infosft writes and reads: atomic text and JSON, JSON lines, YAML 1.2, the environment.
+
+Every result, config and log file of the project is written through this module, so they share
+one policy:
+
+- writes are atomic: a temporary file in the same directory, flushed to disk, then renamed over
+  the target (a crash leaves the old file or the new one, never half of one);
+- JSON is standard JSON: NaN and +-inf are written as ``null`` (``json.dumps`` would write the
+  non-standard ``NaN``); objects JSON cannot encode (paths, dtypes) are written as ``str``;
+- YAML is read as YAML 1.2 (``yes``/``no``/``on``/``off`` stay strings, ``1e-5`` is a float), and
+  every read error names the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Libraries whose versions a run records next to its results.
+RECORDED_LIBRARIES = ("infosft", "torch", "transformers", "trl", "peft", "accelerate", "datasets")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, tuples as lists."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        # numbers.Real also covers numpy's float32/float64 scalars.
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def to_json(value: Any, indent: int | None = 2) -> str:
+    """``value`` as standard JSON text (non-finite floats as null, other objects as str)."""
+    return json.dumps(finite(value), indent=indent, default=str, allow_nan=False)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; creates the parent directory. Returns it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        # mkstemp creates the file readable by its owner only; give it the usual permissions.
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, content: Any) -> Path:
+    """Write ``content`` as indented standard JSON to ``path`` atomically (NaN/inf as null)."""
+    return write_text_atomic(path, to_json(content) + "\n")
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line (NaN/inf as null) and flush it to the file."""
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(to_json(record, indent=None) + "\n")
+        file.flush()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of ``path``; ValueError naming the file and line of a byte that is not
+    UTF-8 (``str.decode`` only gives a byte offset)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+def load_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML 1.2 text; ValueError naming ``source`` and the line of a syntax error.
+
+    PyYAML follows YAML 1.1, which reads yes/no/on/off as booleans (``save_strategy: no`` would
+    become False) and ``1e-5`` as a string (a float needs a dot there); this loader does not.
+    """
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_1_2_loader())
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = err.problem or err.context or "syntax error"
+        raise ValueError(f"{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source}: not valid YAML: {err}") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The YAML 1.2 document in the file ``path`` (see :func:`load_yaml`).
+
+    Raises FileNotFoundError when there is no such file, ValueError (file and line) for text
+    that is not UTF-8 or not YAML.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{path} {what}")
+    return load_yaml(read_text(path), str(path))
+
+
+_LOADER: Any = None
+
+
+def _yaml_1_2_loader() -> Any:
+    """yaml.SafeLoader with YAML 1.2's booleans (true/false only) and exponent floats."""
+    global _LOADER
+    if _LOADER is not None:
+        return _LOADER
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    bool_tag = "tag:yaml.org,2002:bool"
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    _LOADER = Loader
+    return Loader
+
+
+def library_versions(names: tuple[str, ...] = RECORDED_LIBRARIES) -> dict[str, str]:
+    """Installed version of each distribution in ``names`` ("not installed" where missing)."""
+    import importlib.metadata
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    """Where a run happened: Python, platform, library versions, torch threads, CUDA device."""
+    import platform
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": cuda,
+        "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
+        "versions": library_versions(),
+    }

@@ -1,0 +1,76 @@
+"""infosft.files: the one atomic writer, JSON-lines appender, YAML 1.2 reader, environment."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from infosft import files
+
+
+def test_json_writes_non_finite_numbers_as_null_and_leaves_no_temporary_file(tmp_path):
+    content = {"nan": float("nan"), "inf": [float("inf"), -math.inf], "f32": np.float32("nan")}
+    path = files.write_json_atomic(tmp_path / "sub" / "r.json", {**content, "ok": (1.5, 2)})
+    assert json.loads(path.read_text()) == {
+        "nan": None,
+        "inf": [None, None],
+        "f32": None,
+        "ok": [1.5, 2],
+    }
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    path = files.write_json_atomic(tmp_path / "r.json", {"a": 1})
+
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("cannot encode")
+
+    with pytest.raises(RuntimeError):
+        files.write_json_atomic(path, {"a": Unprintable()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_jsonl_lines_are_appended_as_standard_json(tmp_path):
+    path = tmp_path / "m.jsonl"
+    files.append_jsonl(path, {"step": 1, "loss": float("nan")})
+    files.append_jsonl(path, {"step": 2, "loss": 0.5})
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"step": 1, "loss": None},
+        {"step": 2, "loss": 0.5},
+    ]
+
+
+def test_yaml_is_read_as_yaml_1_2():
+    values = files.load_yaml("a: no\nb: on\nc: 1e-5\nd: true\ne: 2\n")
+    assert values == {"a": "no", "b": "on", "c": 1e-5, "d": True, "e": 2}
+
+
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("a: 1\nb: [1, 2\nc: 3\n")
+    with pytest.raises(ValueError, match=r"c\.yaml:\d+: not valid YAML"):
+        files.read_yaml(path)
+
+
+def test_text_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"a: 1\nb: 2\nc: caf\xe9\n")
+    with pytest.raises(ValueError, match=r"c\.yaml:3: not UTF-8"):
+        files.read_yaml(path)
+
+
+def test_a_missing_yaml_file_is_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        files.read_yaml(tmp_path / "nope.yaml")
+
+
+def test_environment_names_python_torch_and_the_libraries():
+    env = files.environment()
+    assert {"python", "platform", "torch_threads", "cuda", "versions"} <= set(env)
+    assert env["torch_threads"] >= 1
+    assert set(files.RECORDED_LIBRARIES) == set(env["versions"])
