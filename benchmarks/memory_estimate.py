@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from infosft.losses.fused import CUDA_CHUNK_BYTES
+from infosft.losses.chunking import CUDA_CHUNK_BYTES
 
 GIB = 1024**3
 

@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 
 import infosft
 from infosft import objectives
-from infosft.losses import fused
+from infosft.losses import chunking, fused
 from infosft.losses.fused import TokenStats, fused_weighted_nll_loss
 
 B, T, H, V = 2, 13, 24, 97
@@ -109,7 +109,7 @@ def test_zero_weight_rows_inside_chunks_are_squeezed_out_exactly(
 ):
     # Peaked logits: zero-weight rows sit between weighted ones inside each chunk of 8; the
     # rows are moved block_rows at a time (CPU, in place) or gathered (with the stats' buffer).
-    monkeypatch.setattr(fused, "CPU_BLOCK_BYTES", block_rows * 4 * V)
+    monkeypatch.setattr(chunking, "CPU_BLOCK_BYTES", block_rows * 4 * V)
     hidden, weight, bias, labels = make_problem(torch.float64, scale=6.0)
     loss = fused_weighted_nll_loss(
         hidden, weight, labels, lm_head_bias=bias, chunk_size=8, return_stats=return_stats

@@ -22,16 +22,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from infosft.losses.chunking import rows_per_block, rows_per_chunk
 from infosft.losses.reference import check_targets, normalizer, shift_labels, weighted_sum
 from infosft.objectives import DEFAULT_P_BAR, check_p_bar, get_weighting, token_weights
-
-# Float32 logits per chunk. On CPU each chunk streams W twice and grad_W once, so taller chunks
-# are faster: 512 rows at V = 49152 ran about 10% faster than 256 (benchmarks/loss_bench.py
-# --chunk-sizes) at 0.2x the full-logits memory. The GPU needs tall chunks for its tensor cores.
-CPU_CHUNK_BYTES = 96 * 2**20
-CUDA_CHUNK_BYTES = 256 * 2**20
-# Rows moved at a time when zero-weight rows are squeezed out of a CPU chunk in place.
-CPU_BLOCK_BYTES = 2 * 2**20
 
 
 class TokenStats(NamedTuple):
@@ -127,12 +120,6 @@ def _mm(a: Tensor, b: Tensor, out: Tensor, accumulate: bool = False) -> Tensor:
     return torch.mm(a, b, out=out, **kwargs)
 
 
-def default_chunk_size(vocab_size: int, device: torch.device) -> int:
-    """Target rows per chunk such that one chunk of float32 logits fits the device's budget."""
-    budget = CUDA_CHUNK_BYTES if device.type == "cuda" else CPU_CHUNK_BYTES
-    return max(8, budget // (4 * vocab_size))
-
-
 def _move_rows_up(matrix: Tensor, keep: Tensor, scratch: Tensor) -> Tensor:
     """``matrix[keep]`` in place as ``matrix[:len(keep)]``, through ``scratch`` rows at a time.
 
@@ -190,7 +177,7 @@ def _forward_with_grads(
     # both; on CUDA it goes to its own buffer in the matmul dtype (bf16 for bf16 inputs).
     in_place = device.type != "cuda" and not with_entropy
     grad_buf = logits_buf if in_place else torch.empty((c, vocab), device=device, dtype=rows.dtype)
-    scratch_rows = max(1, min(c, CPU_BLOCK_BYTES // (4 * vocab)))
+    scratch_rows = max(1, min(c, rows_per_block(vocab)))
     scratch = (
         torch.empty((scratch_rows, vocab), device=device, dtype=acc_dtype) if in_place else None
     )
@@ -397,7 +384,7 @@ def fused_weighted_nll_loss(
         ignore_index: label value that is not a target.
         lm_head_bias: optional [V] bias of the projection.
         chunk_size: target positions per chunk; None picks it from a memory budget of float32
-            logits per chunk (:func:`default_chunk_size`).
+            logits per chunk (:func:`infosft.losses.chunking.rows_per_chunk`).
         return_stats: also return :class:`TokenStats`. The entropy in it costs one more read
             of every chunk and, on CPU, a second chunk-sized buffer (the logits are kept
             next to their gradient).
@@ -464,7 +451,7 @@ def fused_weighted_nll_loss(
         normalizer(num_items_in_batch, mask.sum()),
         needs,
         mm_dtype,
-        chunk_size or default_chunk_size(vocab, device),
+        chunk_size or rows_per_chunk(len(positions), vocab, lm_head_weight.shape[1], device),
         return_stats,
         _chunk_fn(device.type, use_compile),
     )
