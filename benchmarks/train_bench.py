@@ -72,9 +72,9 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     from trl import SFTConfig, SFTTrainer
 
     from infosft.models import load_model_and_tokenizer
-    from infosft.training import InfoSFTConfig, InfoSFTTrainer
+    from infosft.training import RunSpec, build_trainer
 
-    trainer_name, loss_type = RUNS[args.worker]
+    trainer_name, method = RUNS[args.worker]
     if args.threads:
         torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available() and not args.cpu
@@ -95,36 +95,34 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
                 torch.cuda.synchronize()
             self.times.append(time.perf_counter() - self.start)
 
-    config_cls, trainer_cls = (
-        (InfoSFTConfig, InfoSFTTrainer)
-        if trainer_name == "InfoSFTTrainer"
-        else (SFTConfig, SFTTrainer)
-    )
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
-        config = config_cls(
-            output_dir=out,
-            loss_type=loss_type,
-            per_device_train_batch_size=args.batch_size,
-            max_steps=args.warmup + args.steps,
-            max_length=args.seq_len,
-            learning_rate=1e-5,
-            bf16=args.bf16,
-            use_cpu=not cuda,
-            gradient_checkpointing=not args.no_gradient_checkpointing,
-            shuffle_dataset=False,
-            logging_steps=10**6,
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-        )
-        trainer = trainer_cls(
-            model=model,
-            args=config,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tokenizer,
-            callbacks=[timer],
-        )
+        options = {
+            "output_dir": out,
+            "per_device_train_batch_size": args.batch_size,
+            "max_steps": args.warmup + args.steps,
+            "max_length": args.seq_len,
+            "learning_rate": 1e-5,
+            "bf16": args.bf16,
+            "use_cpu": not cuda,
+            "gradient_checkpointing": not args.no_gradient_checkpointing,
+            "shuffle_dataset": False,
+            "logging_steps": 10**6,
+            "save_strategy": "no",
+            "report_to": [],
+            "disable_tqdm": True,
+        }
+        if trainer_name == "InfoSFTTrainer":
+            spec = RunSpec.from_dict({**options, "method": method, "data": Dataset.from_list(rows)})
+            trainer = build_trainer(spec, model=model, tokenizer=tokenizer, callbacks=[timer])
+        else:
+            trainer = SFTTrainer(
+                model=model,
+                args=SFTConfig(**options, loss_type=method),
+                train_dataset=Dataset.from_list(rows),
+                processing_class=tokenizer,
+                callbacks=[timer],
+            )
         if cuda:
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()

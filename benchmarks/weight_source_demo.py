@@ -5,9 +5,9 @@
 Both runs fine-tune the same base model (default: the embedded SmolLM2-135M-Instruct) with
 InfoSFT on the same problems, seed and schedule; only where q in w(q) comes from differs. The
 "base" run first computes log q of every target token with the frozen base model (one forward
-pass over the training set, cached) and wires it in exactly as ``infosft train`` does. Printed:
-the time of that pass, the training time, the logged mean weight and loss, and held-out
-exact-answer accuracy (greedy).
+pass over the training set, cached), in the trainer's dataset preparation as ``infosft train``
+does. Printed: the time to build each trainer (for "base" it includes that pass), the training
+time, the logged mean weight and loss, and held-out exact-answer accuracy (greedy).
 """
 
 from __future__ import annotations
@@ -22,25 +22,19 @@ from pathlib import Path
 
 def run_one(base_model, tokenizer, dataset, values, weight_source, work_dir, task):
     from infosft.evaluation.runner import evaluate
-    from infosft.training.run import build_config, metrics_logger
-    from infosft.training.static_weights import attach_base_log_probs
-    from infosft.training.trainer import InfoSFTTrainer
+    from infosft.training import RunSpec, build_trainer
+    from infosft.training.outputs import metrics_logger
 
     run_dir = work_dir / weight_source
     run_dir.mkdir(parents=True)
     model = copy.deepcopy(base_model).train()
-    trainer = InfoSFTTrainer(
-        model=model,
-        args=build_config(run_dir, {**values, "weight_source": weight_source}),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[metrics_logger(run_dir / "metrics.jsonl", None)],
+    spec = RunSpec.from_dict(
+        {**values, "weight_source": weight_source, "output_dir": str(run_dir), "data": dataset}
     )
-    base_pass = 0.0
-    if weight_source == "base":
-        start = time.perf_counter()
-        attach_base_log_probs(trainer, cache_dir=run_dir / "base_log_probs", batch_size=8)
-        base_pass = time.perf_counter() - start
+    start = time.perf_counter()
+    logger = metrics_logger(run_dir / "metrics.jsonl", None)
+    trainer = build_trainer(spec, model=model, tokenizer=tokenizer, callbacks=[logger])
+    build_seconds = time.perf_counter() - start
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start
@@ -49,7 +43,7 @@ def run_one(base_model, tokenizer, dataset, values, weight_source, work_dir, tas
     result = evaluate(model.eval(), tokenizer, task, progress=False)
     return {
         "weight_source": weight_source,
-        "base_pass_s": base_pass,
+        "build_s": build_seconds,
         "train_s": train_seconds,
         "first_loss": steps[0]["loss"],
         "last_loss": steps[-1]["loss"],
@@ -78,7 +72,7 @@ def main() -> None:
     task = arith_task.evaluation_task(test)
     base_model, tokenizer = load_model_and_tokenizer(args.model or DEFAULT_MODEL)
     values = {
-        "loss_type": "infosft",
+        "method": "infosft",
         "seed": 0,
         "learning_rate": args.learning_rate,
         "max_steps": args.steps,
@@ -99,12 +93,12 @@ def main() -> None:
         f"InfoSFT, {args.steps} steps x batch {args.batch_size}, lr {args.learning_rate}, "
         f"{len(test)} held-out problems, model {args.model or DEFAULT_MODEL}"
     )
-    header = ("weight_source", "base pass s", "train s", "loss first", "loss last", "nll last")
+    header = ("weight_source", "build s", "train s", "loss first", "loss last", "nll last")
     header += ("mean w last", "accuracy")
     print(" | ".join(header))
     for row in rows:
         print(
-            f"{row['weight_source']:<13} | {row['base_pass_s']:11.1f} | {row['train_s']:7.1f} | "
+            f"{row['weight_source']:<13} | {row['build_s']:7.1f} | {row['train_s']:7.1f} | "
             f"{row['first_loss']:10.4f} | {row['last_loss']:9.4f} | {row['last_nll']:8.4f} | "
             f"{row['mean_weight_last']:11.4f} | {row['accuracy']:.3f}"
         )

@@ -1,4 +1,5 @@
-"""`infosft train`: options, outputs, losses, resume, LoRA and bad input, on a tiny Llama."""
+"""`infosft train`: how flags, --set and the config file resolve into one run spec, what a run
+writes, resume, LoRA, and bad input (one clear line each), on a tiny Llama."""
 
 import json
 import math
@@ -9,12 +10,12 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from infosft.cli import main
-from infosft.training import run as run_module
-from infosft.training.run import LoraSpec, device_defaults, train
+from infosft.cli import build_parser, main
+from infosft.cli.train import spec_from_args
+from infosft.training import LoraSpec, RunSpec
+from infosft.training.spec import device_defaults
 
 ROWS = [{"prompt": f"What is {i} + 7?", "completion": f" {i + 7}."} for i in range(16)]
-LONG_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}. " * 4
 TINY = {
     "per_device_train_batch_size": 4,
     "max_length": 64,
@@ -24,10 +25,6 @@ TINY = {
     "report_to": "none",
     "disable_tqdm": True,
 }
-
-
-class Stop(Exception):
-    """Raised by a spy to end a command once it has captured what the test needs."""
 
 
 def write_jsonl(path, rows):
@@ -51,6 +48,15 @@ def train_losses(records):
 def state_dict(path):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def resolved(argv):
+    """The run spec an ``infosft train`` command line resolves to."""
+    return spec_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def same_spec(a: RunSpec, b: RunSpec) -> bool:
+    return a.to_dict() == b.to_dict() and a.args.to_dict() == b.args.to_dict()
 
 
 def reference_loss(model_dir, rows, method, p_bar=0.93):
@@ -96,6 +102,71 @@ def data_file(tmp_path_factory):
     return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl", ROWS)
 
 
+# --- one run spec from flags, --set and the file ----------------------------------------------
+
+
+def test_flags_override_set_which_overrides_the_file_which_overrides_defaults(tmp_path):
+    recipe = {"method": "dft", "p_bar": 0.9, "learning_rate": 1e-3, "max_steps": 5, "seed": 1}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**recipe, "data": "d.jsonl"}))
+    spec = resolved(
+        [
+            *("--config", str(tmp_path / "r.yaml"), "--output-dir", str(tmp_path / "o")),
+            *("--method", "nll", "--set", "max_steps=7", "--set", "seed=2", "--seed", "3"),
+        ]
+    )
+    expected = RunSpec.from_dict(
+        {
+            "data": "d.jsonl",
+            "output_dir": str(tmp_path / "o"),
+            "method": "nll",  # flag over file
+            "seed": 3,  # flag over --set over file
+            "max_steps": 7,  # --set over file
+            "p_bar": 0.9,  # file
+            "learning_rate": 1e-3,  # file
+        }
+    )
+    assert same_spec(spec, expected)
+    assert spec.args.weight_decay == 0.0  # default
+
+
+def test_run_keys_of_the_file_map_onto_the_spec_and_lora_flags_merge_into_its_mapping(tmp_path):
+    recipe = {
+        "model": "some/model",
+        "data": ["a.jsonl", "b.jsonl"],
+        "eval_data": "e.jsonl",
+        "data_format": "numina_math_cot",
+        "lora": {"rank": 32, "alpha": 64},
+        "output_dir": "from-file",
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    spec = resolved(["--config", str(tmp_path / "r.yaml"), "--lora-alpha", "16"])
+    assert spec.model == "some/model"
+    assert spec.data == ["a.jsonl", "b.jsonl"] and spec.eval_data == ["e.jsonl"]
+    assert spec.data_format == "numina_math_cot" and spec.args.output_dir == "from-file"
+    assert spec.lora == LoraSpec(rank=32, alpha=16.0)
+
+
+def test_lora_flag_alone_gives_the_default_adapter_and_no_flag_none(tmp_path):
+    base = ["--data", "d.jsonl", "--output-dir", str(tmp_path)]
+    assert resolved([*base, "--lora"]).lora == LoraSpec()
+    assert resolved([*base, "--lora-rank", "8"]).lora == LoraSpec(rank=8)
+    assert resolved(base).lora is None
+
+
+def test_cpu_defaults_apply_only_to_keys_the_user_left_unset(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device_defaults({}) == {
+        "use_cpu": True,
+        "bf16": False,
+        "activation_checkpointing": False,
+    }
+    assert device_defaults({"bf16": True, "gradient_checkpointing": True}) == {"use_cpu": True}
+
+
+# --- what a run writes ---------------------------------------------------------------------
+
+
 def test_train_writes_a_loadable_checkpoint_config_and_metrics(
     tiny_model_dir, data_file, tmp_path, capsys
 ):
@@ -122,8 +193,9 @@ def test_train_writes_a_loadable_checkpoint_config_and_metrics(
 
     config = json.loads((out / "run_config.json").read_text())
     assert config["model"] == str(tiny_model_dir) and config["data"] == [data_file]
-    assert config["args"]["loss_type"] == "infosft" and config["args"]["max_steps"] == 2
+    assert config["args"]["method"] == "infosft" and config["args"]["max_steps"] == 2
     assert config["args"]["use_cpu"] is True and config["args"]["bf16"] is False
+    assert config["environment"]["versions"]["trl"]
 
     records = read_metrics(out / "metrics.jsonl")
     assert sorted(train_losses(records)) == [1, 2]
@@ -133,7 +205,7 @@ def test_train_writes_a_loadable_checkpoint_config_and_metrics(
 
 
 @pytest.mark.parametrize("method", ["nll", "dft", "infosft"])
-def test_loss_flag_sets_the_weighting_of_the_trained_loss(tiny_model_dir, tmp_path, method):
+def test_method_flag_sets_the_weighting_of_the_trained_loss(tiny_model_dir, tmp_path, method):
     rows = ROWS[:8]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     out = tmp_path / method
@@ -141,7 +213,7 @@ def test_loss_flag_sets_the_weighting_of_the_trained_loss(tiny_model_dir, tmp_pa
     code = main(
         [
             *("train", "--model", str(tiny_model_dir), "--data", data, "--output-dir", str(out)),
-            *("--loss", method, *sets(options)),
+            *("--method", method, *sets(options)),
         ]
     )
     assert code == 0
@@ -149,16 +221,26 @@ def test_loss_flag_sets_the_weighting_of_the_trained_loss(tiny_model_dir, tmp_pa
     assert logged == pytest.approx(reference_loss(tiny_model_dir, rows, method), rel=1e-4)
 
 
-def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_model_dir, data_file, tmp_path):
-    options = {**TINY, "max_steps": 6, "save_strategy": "steps", "save_steps": 3}
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
+RESUMABLE = {**TINY, "max_steps": 6, "save_strategy": "steps", "save_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir, data_file, tmp_path_factory):
+    """An uninterrupted 6-step run with checkpoints at steps 3 and 6."""
+    out = tmp_path_factory.mktemp("full") / "run"
     base = ["train", "--model", str(tiny_model_dir), "--data", data_file, "--seed", "3"]
-    assert main([*base, "--output-dir", str(full), *sets(options)]) == 0
+    assert main([*base, "--output-dir", str(out), *sets(RESUMABLE)]) == 0
+    return base, out
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses(full_run, tmp_path):
+    base, full = full_run
+    resumed = tmp_path / "resumed"
     # The state of a run interrupted after step 3: its checkpoint and a log that went further.
     resumed.mkdir()
     shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
     shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
-    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(options)]) == 0
+    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
 
     expected = train_losses(read_metrics(full / "metrics.jsonl"))
     got = train_losses(read_metrics(resumed / "metrics.jsonl"))
@@ -167,6 +249,47 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(tiny_model_dir, data_fi
     final_full, final_resumed = state_dict(full), state_dict(resumed)
     for key in final_full:
         torch.testing.assert_close(final_resumed[key], final_full[key])
+
+
+def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_last_complete_one_resumed(
+    full_run, tmp_path
+):
+    base, full = full_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    state = resumed / "checkpoint-6" / "trainer_state.json"
+    state.write_text(state.read_text()[:100])  # killed while writing the state
+    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
+    assert (resumed / "checkpoint-6.incomplete").is_dir()
+    got = train_losses(read_metrics(resumed / "metrics.jsonl"))
+    assert sorted(got) == [4, 5, 6]
+    final_full, final_resumed = state_dict(full), state_dict(resumed)
+    for key in final_full:
+        torch.testing.assert_close(final_resumed[key], final_full[key])
+
+
+def test_a_run_whose_final_save_was_cut_off_saves_its_last_checkpoint_without_training(
+    full_run, tmp_path
+):
+    base, full = full_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
+    assert not train_losses(read_metrics(resumed / "metrics.jsonl"))
+    final_full, final_resumed = state_dict(full), state_dict(resumed)
+    for key in final_full:
+        torch.testing.assert_close(final_resumed[key], final_full[key])
+
+
+def test_resuming_a_finished_run_is_an_error_and_changes_nothing(full_run, capsys):
+    base, full = full_run
+    before = (full / "model.safetensors").read_bytes()
+    assert main([*base, "--output-dir", str(full), "--resume", *sets(RESUMABLE)]) == 2
+    assert "is finished" in capsys.readouterr().err
+    assert (full / "model.safetensors").read_bytes() == before
 
 
 def test_lora_saves_the_adapter_and_a_merged_model_that_matches_it(
@@ -198,175 +321,114 @@ def test_lora_saves_the_adapter_and_a_merged_model_that_matches_it(
     assert not torch.equal(before[q_proj], after[q_proj])
 
 
-def test_examples_truncated_to_no_target_are_dropped_with_a_count(tiny_model_dir, tmp_path, caplog):
-    rows = ROWS[:4] + [{"prompt": LONG_PROMPT, "completion": " 42."}] * 2
-    with caplog.at_level("WARNING", logger="infosft.training.data"):
-        result = train(
-            str(tiny_model_dir),
-            write_jsonl(tmp_path / "d.jsonl", rows),
-            output_dir=tmp_path / "run",
-            overrides={**TINY, "max_steps": 1, "max_length": 24},
-        )
-    assert result.num_train_examples == 4
-    assert "2 of 6 training examples have no target token within max_length=24" in caplog.text
+# --- bad input: one line naming what is wrong, nothing overwritten -------------------------
 
 
-def test_assistant_only_loss_works_with_smollm2s_template_and_saves_it_unchanged(
-    tiny_model_dir, tmp_path
-):
-    from infosft.models import SMOLLM2_CHAT_TEMPLATE
-
-    model_dir = tmp_path / "smollm2-template"
-    shutil.copytree(tiny_model_dir, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE  # no {% generation %} markers
-    tokenizer.save_pretrained(model_dir)
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": r["prompt"]},
-                {"role": "assistant", "content": r["completion"]},
-            ]
-        }
-        for r in ROWS[:4]
-    ]
-    out = tmp_path / "run"
-    options = {**TINY, "max_steps": 1, "max_length": 128, "assistant_only_loss": True}
-    result = train(
-        str(model_dir), write_jsonl(tmp_path / "d.jsonl", rows), output_dir=out, overrides=options
-    )
-    assert result.num_train_examples == 4
-    assert AutoTokenizer.from_pretrained(out).chat_template == SMOLLM2_CHAT_TEMPLATE
+def error_of(argv, capsys):
+    """The one-line error of a command that must fail with exit code 2."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("infosft train: error:") and "\n" not in err
+    return err
 
 
-def test_non_finite_loss_stops_with_a_message_and_a_checkpoint(
-    tiny_model_dir, data_file, tmp_path, capsys
-):
-    broken = tmp_path / "broken"
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        model.lm_head.weight[0, 0] = float("nan")
-    model.save_pretrained(broken)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(broken)
-    out = tmp_path / "run"
-    code = main(
-        [
-            *("train", "--model", str(broken), "--data", data_file, "--output-dir", str(out)),
-            *sets({**TINY, "max_steps": 2}),
-        ]
-    )
-    assert code != 0
-    assert "non-finite training loss" in capsys.readouterr().err
-    assert (out / "checkpoint-0" / "model.safetensors").is_file()
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learning_rat: 0.1\n", "'learning_rat' (did you mean learning_rate"),
+        ("max_steps: ten\n", "max_steps must be a whole number, got 'ten'"),
+        ("max_steps: 1.5\n", "max_steps must be a whole number, got 1.5"),
+        ("learning_rate: fast\n", "learning_rate must be a number (finite), got 'fast'"),
+        ("model: [a, b]\n", "model must be one name"),
+        ("lora_rank: 8\n", "lora: {rank: 32"),
+        ("loss_type: dft\n", "method='dft'"),
+        ("lora: {rank: 0}\n", "rank must be >= 1"),
+        ("a: [1, 2\n", "r.yaml:2: not valid YAML"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors_naming_the_key(tmp_path, capsys, text, message):
+    (tmp_path / "r.yaml").write_text("data: d.jsonl\n" + text)
+    argv = ["train", "--config", str(tmp_path / "r.yaml"), "--output-dir", str(tmp_path / "o")]
+    assert message in error_of(argv, capsys)
 
 
-def test_flags_override_the_config_file_which_overrides_defaults(tmp_path, monkeypatch):
-    captured = {}
-    real_build_config = run_module.build_config
-
-    def spy(output_dir, values):
-        captured["args"] = real_build_config(output_dir, values)
-        raise Stop
-
-    monkeypatch.setattr(run_module, "build_config", spy)
-    recipe = {"loss_type": "dft", "p_bar": 0.9, "learning_rate": 1e-3, "max_steps": 5}
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**recipe, "data": "d.jsonl"}))
-    with pytest.raises(Stop):
-        main(
-            [
-                *("train", "--config", str(tmp_path / "r.yaml")),
-                *("--output-dir", str(tmp_path / "o"), "--loss", "nll", "--set", "max_steps=7"),
-            ]
-        )
-    args = captured["args"]
-    assert (args.loss_type, args.max_steps) == ("nll", 7)  # flags
-    assert (args.p_bar, args.learning_rate) == (0.9, 1e-3)  # config file
-    assert args.weight_decay == 0.0  # default
-
-
-def test_config_file_recipe_keys_reach_the_recipe(tmp_path, monkeypatch):
-    captured = {}
-
-    def spy(**kwargs):
-        captured.update(kwargs)
-        raise Stop
-
-    monkeypatch.setattr(run_module, "train", spy)
-    recipe = {
-        "model": "some/model",
-        "data": ["a.jsonl", "b.jsonl"],
-        "eval_data": "e.jsonl",
-        "data_format": "numina_math_cot",
-        "lora": True,
-        "lora_rank": 32,
-        "lora_alpha": 64,
-        "output_dir": "from-file",
-    }
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
-    with pytest.raises(Stop):
-        main(["train", "--config", str(tmp_path / "r.yaml"), "--lora-alpha", "16"])
-    assert captured["model"] == "some/model"
-    assert captured["data"] == ["a.jsonl", "b.jsonl"] and captured["eval_data"] == ["e.jsonl"]
-    assert captured["data_format"] == "numina_math_cot"
-    assert captured["lora"] == LoraSpec(rank=32, alpha=16.0)
-    assert captured["output_dir"] == "from-file" and captured["overrides"] == {}
-
-
-def test_config_values_are_read_as_yaml_1_2(tmp_path):
-    (tmp_path / "r.yaml").write_text("save_strategy: no\nlearning_rate: 1e-5\nbf16: false\n")
-    values = run_module.read_config_file(tmp_path / "r.yaml")
-    assert values == {"save_strategy": "no", "learning_rate": 1e-5, "bf16": False}
-
-
-def test_unknown_config_key_is_an_error_naming_the_nearest_field(tmp_path, capsys):
-    (tmp_path / "r.yaml").write_text("learning_rat: 0.1\n")
-    code = main(["train", "--config", str(tmp_path / "r.yaml"), "--output-dir", str(tmp_path)])
-    assert code == 2
-    assert "'learning_rat' (did you mean learning_rate" in capsys.readouterr().err
+def test_a_config_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_bytes(b"data: d.jsonl\nmodel: caf\xe9\n")
+    argv = ["train", "--config", str(tmp_path / "r.yaml"), "--output-dir", str(tmp_path / "o")]
+    assert "r.yaml:2: not UTF-8" in error_of(argv, capsys)
 
 
 @pytest.mark.parametrize("p_bar", ["0", "1", "1.5", "-0.2"])
 def test_p_bar_outside_the_unit_interval_is_an_error(tmp_path, capsys, p_bar):
-    code = main(["train", "--data", "d.jsonl", "--output-dir", str(tmp_path), "--p-bar", p_bar])
-    assert code == 2
-    assert "p_bar must lie strictly between 0 and 1" in capsys.readouterr().err
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path), "--p-bar", p_bar]
+    assert "p_bar must lie strictly between 0 and 1" in error_of(argv, capsys)
+
+
+def test_an_empty_output_dir_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "no output directory" in error_of(
+        ["train", "--data", "d.jsonl", "--output-dir", ""], capsys
+    )
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"README.md": "mine", "config.json": "{}"}, "final model of an earlier run"),
+        ({"README.md": "mine", "src": None}, "not an infosft run directory"),
+        ({"checkpoint-3": None}, "pass --resume"),
+        ({"adapter": None, "run_config.json": "{}"}, "final model of an earlier run"),
+    ],
+    ids=["finished-run", "foreign-files", "checkpoints", "former-lora-run"],
+)
+def test_a_fresh_run_refuses_a_directory_it_would_clobber(tmp_path, capsys, layout, message):
+    for name, text in layout.items():
+        if text is None:
+            (tmp_path / name).mkdir()
+        else:
+            (tmp_path / name).write_text(text)
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path)]
+    assert message in error_of(argv, capsys)
+    for name, text in layout.items():
+        assert text is None or (tmp_path / name).read_text() == text
+
+
+def test_an_output_dir_that_is_a_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path / "f")]
+    assert "is a file" in error_of(argv, capsys)
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):
-    code = main(["train", "--data", "d.jsonl", "--output-dir", str(tmp_path), "--resume"])
-    assert code == 2
-    assert "nothing to resume" in capsys.readouterr().err
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path), "--resume"]
+    assert "nothing to resume" in error_of(argv, capsys)
 
 
-def test_fresh_run_refuses_a_directory_with_checkpoints(tmp_path, capsys):
-    (tmp_path / "checkpoint-3").mkdir()
-    code = main(["train", "--data", "d.jsonl", "--output-dir", str(tmp_path)])
-    assert code == 2
-    assert "pass --resume" in capsys.readouterr().err
-
-
-def test_malformed_data_is_a_one_line_error(tiny_model_dir, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"text": "ok"}\n{"text": \n', ":2: malformed JSON"),
+        (b'{"text": "\xff"}\n', ":1: not UTF-8"),
+    ],
+    ids=["malformed", "not-utf8"],
+)
+def test_bad_data_is_a_one_line_error_naming_file_and_line(
+    tiny_model_dir, tmp_path, capsys, content, message
+):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"text": "ok"}\n{"text": \n')
-    code = main(
-        [
-            *("train", "--model", str(tiny_model_dir), "--data", str(path)),
-            *("--output-dir", str(tmp_path / "o")),
-        ]
-    )
-    assert code == 2
-    assert f"{path}:2: malformed JSON" in capsys.readouterr().err
+    path.write_bytes(content)
+    argv = ["train", "--model", str(tiny_model_dir), "--data", str(path)]
+    assert f"{path}{message}" in error_of([*argv, "--output-dir", str(tmp_path / "o")], capsys)
 
 
-def test_cpu_defaults_apply_only_to_keys_the_user_left_unset(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert device_defaults({}) == {
-        "use_cpu": True,
-        "bf16": False,
-        "activation_checkpointing": False,
-    }
-    assert device_defaults({"bf16": True, "gradient_checkpointing": True}) == {"use_cpu": True}
+def test_a_model_directory_without_a_tokenizer_says_so(tiny_model_dir, data_file, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(tiny_model_dir / name, model_dir / name)
+    argv = ["train", "--model", str(model_dir), "--data", data_file]
+    err = error_of([*argv, "--output-dir", str(tmp_path / "o")], capsys)
+    assert "no tokenizer" in err and "sentencepiece" not in err
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def test_cells_cover_the_grid_with_distinct_names(tmp_path, tiny_model_dir):
 
 
 def test_rerun_trains_only_the_cells_without_results(tmp_path, tiny_model_dir, monkeypatch):
-    import infosft.training.run as training_run
+    import infosft.training.recipe as training_run
 
     config = compare.read_grid_config(write_grid(tmp_path, tiny_model_dir))
     out = tmp_path / "out"
@@ -77,9 +77,9 @@ def test_rerun_trains_only_the_cells_without_results(tmp_path, tiny_model_dir, m
     trained = []
     real_train = training_run.train
 
-    def counting_train(*args, **kwargs):
-        trained.append(kwargs["loss_type"])
-        return real_train(*args, **kwargs)
+    def counting_train(spec, **kwargs):
+        trained.append(spec.args.method)
+        return real_train(spec, **kwargs)
 
     monkeypatch.setattr(training_run, "train", counting_train)
     second = compare.run_compare(config, out, log=lambda message: None)

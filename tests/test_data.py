@@ -1,16 +1,11 @@
-"""Training data: loading local files, TRL format checks, clear errors, dropped examples."""
+"""Training data: loading local files, TRL format checks, clear errors."""
 
 import json
-import logging
 
 import pytest
 from datasets import Dataset
 
-from infosft.training.data import (
-    drop_examples_without_targets,
-    load_data,
-    parse_hub_name,
-)
+from infosft.training.data import load_data, parse_hub_name
 from infosft.training.formats import register_formatter
 
 TEXT = [{"text": "The capital of France is Paris."}, {"text": "def add(a, b): return a + b"}]
@@ -171,18 +166,20 @@ def test_hub_names_carry_optional_config_and_split(name, expected):
     assert parse_hub_name(name) == expected
 
 
-def test_examples_without_target_token_are_dropped_with_a_count(caplog):
-    # Position 0 is never predicted, so a label there alone is no target (causal shift).
-    prepared = Dataset.from_dict(
-        {"labels": [[-100, 5, 6], [5, -100, -100], [-100, -100, -100], [-100, -100, 7]]}
-    )
-    with caplog.at_level(logging.WARNING, logger="infosft.training.data"):
-        kept = drop_examples_without_targets(prepared, 5, "training", 3)
-    assert kept["labels"] == [[-100, 5, 6], [-100, -100, 7]]
-    assert "3 of 5 training examples have no target token within max_length=3" in caplog.text
+def test_tokenized_rows_load_with_their_labels():
+    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "extra": 1}]
+    dataset = load_data(Dataset.from_list(rows))
+    assert dataset.column_names == ["input_ids", "labels"]
 
 
-def test_dataset_left_without_targets_is_an_error():
-    prepared = Dataset.from_dict({"labels": [[5, -100]]})
-    with pytest.raises(ValueError, match="raise max_length"):
-        drop_examples_without_targets(prepared, 2, "training", 2)
+def test_tokenized_labels_must_match_the_ids():
+    rows = [{"input_ids": [1, 2, 3], "labels": [-100, 2]}]
+    with pytest.raises(ValueError, match="as long as 'input_ids'"):
+        load_data(Dataset.from_list(rows))
+
+
+def test_json_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[{"text": "a"},\n {"text": "\xe9"}]')
+    with pytest.raises(ValueError, match=r"d\.json:2: not UTF-8"):
+        load_data(str(path))

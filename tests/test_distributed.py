@@ -72,7 +72,8 @@ def train_args(model_dir, data, out, per_device_batch):
         "ddp_find_unused_parameters": False,
     }
     args = ["train", "--model", str(model_dir), "--data", str(data), "--output-dir", str(out)]
-    return [*args, "--loss", "infosft", *[f"--set={k}={json.dumps(v)}" for k, v in options.items()]]
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in options.items()]
+    return [*args, "--method", "infosft", *sets]
 
 
 def logged_losses(out):

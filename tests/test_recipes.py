@@ -51,17 +51,14 @@ PAPER = {
         "learning_rate": 2e-5,
         "num_train_epochs": 1,
         "global_batch": 32,
-        "lora": True,
-        "lora_rank": 32,
-        "lora_alpha": 64,
-        "lora_dropout": 0.05,
+        "lora": {"rank": 32, "alpha": 64, "dropout": 0.05, "target_modules": "all-linear"},
     },
     "longcot_openr1.yaml": {
         "model": "Qwen/Qwen2.5-7B-Instruct",
         "learning_rate": 5e-6,
         "num_train_epochs": 2,
         "global_batch": 64,
-        "loss_schedule": [{"until_epoch": 1, "loss_type": "nll"}, {"loss_type": "infosft"}],
+        "loss_schedule": [{"method": "nll", "until_epoch": 1}, {"method": "infosft"}],
     },
     "forgetting_science.yaml": {"model": "Qwen/Qwen2.5-7B-Instruct"},
     "forgetting_toolalpaca.yaml": {"model": "Qwen/Qwen2.5-7B-Instruct"},
@@ -69,9 +66,9 @@ PAPER = {
 
 
 def read_recipe(name):
-    from infosft.training.run import read_config_file
+    from infosft.files import read_yaml
 
-    return read_config_file(RECIPES / name)
+    return read_yaml(RECIPES / name)
 
 
 def test_every_recipe_file_is_checked():
@@ -79,15 +76,13 @@ def test_every_recipe_file_is_checked():
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
-def test_recipe_builds_an_infosft_config(name, tmp_path):
-    from infosft.training.run import RECIPE_KEYS, build_config
+def test_recipe_resolves_to_a_run_spec(name, tmp_path):
+    from infosft.training import resolve_spec
 
-    values = read_recipe(name)
-    for key in (*RECIPE_KEYS, "output_dir"):
-        values.pop(key, None)
-    config = build_config(tmp_path, values)
-    assert config.p_bar == 0.93
-    assert config.weight_source == "current"
+    spec = resolve_spec(RECIPES / name, flags={"output_dir": str(tmp_path)})
+    assert spec.args.p_bar == 0.93
+    assert spec.args.weight_source == "current"
+    assert spec.model == PAPER[name]["model"]
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

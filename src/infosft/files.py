@@ -108,9 +108,11 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
     try:
         return yaml.load(text, Loader=_yaml_1_2_loader())
     except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
+        # The context mark is where the unfinished construct began (an unclosed bracket's
+        # line); the problem mark can be the end of the file.
+        mark = err.context_mark or err.problem_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = err.problem or err.context or "syntax error"
+        problem = "; ".join(text for text in (err.context, err.problem) if text) or "syntax error"
         raise ValueError(f"{where}: not valid YAML: {problem}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{source}: not valid YAML: {err}") from None

@@ -50,6 +50,9 @@ SMOLLM2_TRAINING_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Any of these in a checkpoint directory means its tokenizer was saved with it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
 # "org/name" or "name" as on the Hugging Face Hub; anything else is taken as a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -208,6 +211,11 @@ def load_model_and_tokenizer(
         if not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
         dtype = getattr(torch, dtype)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model directory {name_or_path} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); "
+            "save the tokenizer next to the model (tokenizer.save_pretrained(DIR))"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **model_kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -36,14 +37,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Bad input is the user's to fix: a ValueError (a value the user gave is wrong; infosft raises
+# it for every bad option, file content or setting, and so do the libraries it hands values to)
+# or an OSError about a path the user named. Anything else (TypeError, KeyError,
+# AttributeError, RuntimeError, ...) is a bug and keeps its traceback.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+TRACEBACK_ENV = "INFOSFT_TRACEBACK"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script and of ``python -m infosft``; returns the exit code."""
+    """Entry point of the console script and of ``python -m infosft``; returns the exit code.
+
+    A user error is printed as one line (exit code 2); set ``INFOSFT_TRACEBACK=1`` to see its
+    traceback too.
+    """
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        # Bad input is the user's to fix: one clear line, no traceback.
-        print(f"infosft {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"infosft {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"infosft {args.command}: interrupted", file=sys.stderr)

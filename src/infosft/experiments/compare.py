@@ -315,30 +315,28 @@ def run_cell(
 ) -> tuple[Path, float | None]:
     """Train a cell's model (resuming an interrupted run); returns its directory and the
     training time, None when the model had been trained before."""
-    from infosft.training.run import LoraSpec, train
+    from infosft.training import RunSpec, train
 
     model_dir = cell_dir / "model"
     if _model_finished(model_dir):
         log(f"{cell.name}: model already trained, measuring it")
         return model_dir, None
-    overrides = {
+    values = {
         **config.training,
         "learning_rate": cell.learning_rate,
         "num_train_epochs": cell.epochs,
         "report_to": "none",
+        "model": config.model,
+        "data": config.data,
+        "data_format": config.data_format,
+        "method": cell.method,
+        "p_bar": config.p_bar,
+        "seed": cell.seed,
+        "lora": config.lora,
+        "output_dir": str(model_dir),
     }
-    result = train(
-        config.model,
-        config.data,
-        output_dir=model_dir,
-        data_format=config.data_format,
-        loss_type=cell.method,
-        p_bar=config.p_bar,
-        seed=cell.seed,
-        lora=None if config.lora is None else LoraSpec(**config.lora),
-        overrides=overrides,
-        resume=_has_checkpoint(model_dir),
-    )
+    spec = RunSpec.from_dict(values, f"cell {cell.name}")
+    result = train(spec, resume=_has_checkpoint(model_dir))
     return model_dir, result.train_seconds
 
 

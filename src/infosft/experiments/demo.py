@@ -7,7 +7,7 @@ Read top to bottom, :func:`run_demo`
    prior-capability probes, NLL of general text, and samples on general prompts (the points
    where KL(base || tuned) is measured);
 3. for every seed and method, fine-tunes a copy of the base model on the same problems with the
-   same seed and learning rate (only ``loss_type`` differs) and measures it the same way;
+   same seed and learning rate (only ``method`` differs) and measures it the same way;
 4. writes ``results.json`` (every figure and the run config), PNG plots, ``report.md`` and a
    standalone ``report.html``.
 
@@ -169,9 +169,9 @@ def measure_tuned(model: Any, tokenizer: Any, baseline: Baseline) -> dict[str, A
 
 
 def training_values(config: DemoConfig, method: str, seed: int) -> dict[str, Any]:
-    """InfoSFTConfig fields of one run; only ``loss_type`` differs between methods."""
+    """InfoSFTConfig fields of one run; only ``method`` differs between methods."""
     return {
-        "loss_type": method,
+        "method": method,
         "p_bar": config.p_bar,
         "seed": seed,
         "learning_rate": config.learning_rate,
@@ -208,19 +208,15 @@ def train_copy(
     """
     from transformers import PrinterCallback
 
-    from infosft.training.run import build_config, metrics_logger
-    from infosft.training.trainer import InfoSFTTrainer
+    from infosft.training import RunSpec, build_trainer
+    from infosft.training.outputs import metrics_logger
 
     run_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(base_model)
     model.train()
-    trainer = InfoSFTTrainer(
-        model=model,
-        args=build_config(run_dir, values),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[metrics_logger(run_dir / "metrics.jsonl", None)],
-    )
+    spec = RunSpec.from_dict({**values, "output_dir": str(run_dir), "data": dataset})
+    logger = metrics_logger(run_dir / "metrics.jsonl", None)
+    trainer = build_trainer(spec, model=model, tokenizer=tokenizer, callbacks=[logger])
     # The demo prints its own progress; the Trainer would print every log dict as well.
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()

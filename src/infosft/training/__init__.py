@@ -1,6 +1,7 @@
-"""Training integration: InfoSFTConfig and InfoSFTTrainer on top of TRL's SFTTrainer.
+"""Training integration: InfoSFTConfig and InfoSFTTrainer on top of TRL's SFTTrainer, the run
+spec, and the recipe that builds a trainer from it (``build_trainer``) and runs it (``train``).
 
-Both are imported on first use, so ``import infosft.training.<module>`` does not pull in TRL.
+Everything is imported on first use, so ``import infosft.training.<module>`` does not pull in TRL.
 """
 
 import importlib
@@ -10,6 +11,12 @@ _LAZY = {
     "InfoSFTConfig": "infosft.training.config",
     "InfoSFTTrainer": "infosft.training.trainer",
     "NonFiniteLossError": "infosft.training.trainer",
+    "LoraSpec": "infosft.training.spec",
+    "RunSpec": "infosft.training.spec",
+    "resolve_spec": "infosft.training.spec",
+    "TrainResult": "infosft.training.recipe",
+    "build_trainer": "infosft.training.recipe",
+    "train": "infosft.training.recipe",
 }
 
 
@@ -19,4 +26,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'infosft.training' has no attribute {name!r}")
 
 
-__all__ = ["InfoSFTConfig", "InfoSFTTrainer", "NonFiniteLossError"]
+__all__ = list(_LAZY)

@@ -1,4 +1,10 @@
-"""InfoSFTConfig: TRL's SFTConfig plus the weighting scheme, p_bar, a loss schedule, q's source."""
+"""InfoSFTConfig: TRL's SFTConfig plus the weighting scheme (``method``, ``p_bar``,
+``method_args``), a loss schedule, the KL anchor to the base model and the source of q.
+
+The scheme is resolved and validated once, when the config is built: a bad name, p_bar or
+schedule fails here, before any model is loaded, and the trainer only looks up which resolved
+entry of the schedule is active at the current step.
+"""
 
 from __future__ import annotations
 
@@ -10,35 +16,67 @@ from typing import Any
 import torch
 from trl import SFTConfig
 
-from infosft.objectives import DEFAULT_P_BAR, available_weightings, token_weights
+from infosft.objectives import DEFAULT_P_BAR, available_weightings, check_p_bar, token_weights
 
 WEIGHT_SOURCES = ("current", "base")
+SCHEDULE_KEYS = ("method", "until_epoch", "until_step")
+# SFTConfig.loss_type is TRL's own loss; InfoSFT computes every scheme itself and never reads it.
+TRL_LOSS_TYPE = "nll"
 
 
-def check_loss_type(loss_type: Any, p_bar: float, where: str = "loss_type") -> str:
-    """Return ``loss_type`` if it names a registered scheme that accepts ``p_bar``; else ValueError.
+@dataclass(frozen=True)
+class ScheduleEntry:
+    """One resolved entry of a loss schedule: ``scheme`` is active until ``until_epoch`` epochs
+    or ``until_step`` optimizer steps are done (neither: until the end of training)."""
 
-    The scheme is evaluated once on log q = 0 so that a bad ``p_bar`` (e.g. infosft needs
+    method: str
+    scheme: Any
+    until_epoch: float | None = None
+    until_step: int | None = None
+
+    def active(self, epoch: float, global_step: int) -> bool:
+        """Whether this entry applies to the step after ``global_step`` steps, ``epoch`` epochs."""
+        if self.until_step is not None:
+            return global_step < self.until_step
+        if self.until_epoch is not None:
+            return epoch < self.until_epoch
+        return True
+
+
+def resolve_scheme(
+    method: Any, p_bar: float, method_args: dict[str, Any] | None, where: str = "method"
+) -> Any:
+    """The weighting scheme ``method`` with its parameters, validated; ValueError otherwise.
+
+    The scheme is evaluated once on log q = 0 so that a bad ``p_bar`` (infosft needs
     p_bar > 0.5) fails when the config is built, not at the first training step.
     """
-    if not isinstance(loss_type, str) or loss_type not in available_weightings():
+    if not isinstance(method, str) or method not in available_weightings():
         known = ", ".join(available_weightings())
         raise ValueError(
-            f"{where}={loss_type!r} is not a weighting scheme; choose one of: {known} "
+            f"{where}={method!r} is not a weighting scheme; choose one of: {known} "
             "(a new one is registered with infosft.register_weighting)"
         )
-    token_weights(torch.zeros(1), loss_type, p_bar)
-    return loss_type
+    if method_args:
+        raise ValueError(
+            f"method_args {sorted(method_args)} given, but the scheme {method!r} takes no "
+            "parameters besides p_bar"
+        )
+    token_weights(torch.zeros(1), method, p_bar)
+    return method
 
 
-def parse_loss_schedule(schedule: Any, p_bar: float) -> list[dict[str, Any]] | None:
-    """Validate a loss schedule and return it as a list of ``{"loss_type", "until_epoch"}`` dicts.
+def parse_loss_schedule(
+    schedule: Any, p_bar: float, method_args: dict[str, Any] | None
+) -> list[ScheduleEntry] | None:
+    """Validate a loss schedule and resolve the scheme of every entry.
 
     ``schedule`` is None, a list of dicts, or the same as a JSON string (from a command line).
-    Every entry names a ``loss_type``; every entry but the last has an ``until_epoch`` (a float,
-    strictly increasing): the entry is active while ``epoch < until_epoch``. The last entry has
-    none and runs to the end. Example: ``[{"until_epoch": 1, "loss_type": "nll"},
-    {"loss_type": "infosft"}]`` is one epoch of SFT, then InfoSFT.
+    Every entry names a ``method``; every entry but the last ends at ``until_epoch`` (a number
+    of epochs, fractions allowed: 0.25 is a quarter of the first epoch) or ``until_step`` (a
+    number of optimizer steps), strictly later than the previous entry's end; the last entry
+    has neither and runs to the end. Example, one epoch of SFT then InfoSFT:
+    ``[{"method": "nll", "until_epoch": 1}, {"method": "infosft"}]``.
     """
     if schedule is None:
         return None
@@ -47,53 +85,81 @@ def parse_loss_schedule(schedule: Any, p_bar: float) -> list[dict[str, Any]] | N
             schedule = json.loads(schedule)
         except json.JSONDecodeError as err:
             raise ValueError(f"loss_schedule is not valid JSON ({err}): {schedule!r}") from None
+    example = '[{"method": "nll", "until_epoch": 0.25}, {"method": "infosft"}]'
     if not isinstance(schedule, (list, tuple)) or not schedule:
         raise ValueError(
-            "loss_schedule must be a non-empty list such as "
-            '[{"until_epoch": 1, "loss_type": "nll"}, {"loss_type": "infosft"}], '
-            f"got {schedule!r}"
+            f"loss_schedule must be a non-empty list such as {example}, got {schedule!r}"
         )
-    entries = []
-    previous = -math.inf
+    entries: list[ScheduleEntry] = []
     for index, entry in enumerate(schedule):
         where = f"loss_schedule[{index}]"
         if not isinstance(entry, dict):
-            raise ValueError(f"{where} must be a dict with 'loss_type', got {entry!r}")
-        unknown = set(entry) - {"loss_type", "until_epoch"}
+            raise ValueError(f"{where} must be a mapping with 'method', got {entry!r}")
+        unknown = set(entry) - set(SCHEDULE_KEYS)
         if unknown:
+            hint = " (the key is 'method' now)" if "loss_type" in unknown else ""
             raise ValueError(
-                f"{where} has unknown keys {sorted(unknown)}; allowed: 'loss_type', 'until_epoch'"
+                f"{where} has unknown keys {sorted(unknown)}{hint}; "
+                f"allowed: {', '.join(SCHEDULE_KEYS)}"
             )
-        loss_type = check_loss_type(entry.get("loss_type"), p_bar, f"{where}.loss_type")
-        is_last = index == len(schedule) - 1
-        until = entry.get("until_epoch")
-        if is_last:
-            if until is not None:
+        method = entry.get("method")
+        scheme = resolve_scheme(method, p_bar, method_args, f"{where}.method")
+        ends = [key for key in ("until_epoch", "until_step") if entry.get(key) is not None]
+        if index == len(schedule) - 1:
+            if ends:
                 raise ValueError(
-                    f"{where} is the last entry and must not have 'until_epoch': it runs to "
-                    "the end of training"
+                    f"{where} is the last entry and must not have {ends[0]!r}: it runs to the end "
+                    "of training"
                 )
-            entries.append({"loss_type": loss_type})
+            entries.append(ScheduleEntry(method, scheme))
             continue
-        if isinstance(until, bool) or not isinstance(until, (int, float)) or until <= previous:
-            raise ValueError(
-                f"{where}.until_epoch must be a number greater than the previous entry's "
-                f"({previous}), got {until!r}"
-            )
-        previous = float(until)
-        entries.append({"loss_type": loss_type, "until_epoch": previous})
+        if len(ends) != 1:
+            raise ValueError(f"{where} needs exactly one of 'until_epoch' or 'until_step'")
+        entries.append(_ending_entry(where, method, scheme, ends[0], entry[ends[0]], entries))
     return entries
+
+
+def _ending_entry(
+    where: str, method: str, scheme: Any, key: str, until: Any, previous: list[ScheduleEntry]
+) -> ScheduleEntry:
+    """A schedule entry ending at ``key: until``, checked to end after the previous entry."""
+    is_number = isinstance(until, (int, float)) and not isinstance(until, bool)
+    if key == "until_step":
+        if not is_number or until != int(until) or until < 1:
+            raise ValueError(
+                f"{where}.until_step must be a whole number of steps >= 1, got {until!r}"
+            )
+        until = int(until)
+    elif not is_number or not math.isfinite(until) or until <= 0:
+        raise ValueError(f"{where}.until_epoch must be a positive number of epochs, got {until!r}")
+    last = previous[-1] if previous else None
+    if last is not None:
+        last_key = "until_step" if last.until_step is not None else "until_epoch"
+        if last_key != key:
+            raise ValueError(
+                f"{where} ends at {key} but the entry before it at {last_key}; use one unit for "
+                "the whole schedule"
+            )
+        if until <= getattr(last, key):
+            raise ValueError(
+                f"{where}.{key}={until} must be later than the previous entry's "
+                f"{getattr(last, key)}"
+            )
+    if key == "until_step":
+        return ScheduleEntry(method, scheme, until_step=until)
+    return ScheduleEntry(method, scheme, until_epoch=float(until))
 
 
 @dataclass
 class InfoSFTConfig(SFTConfig):
     """SFTConfig for :class:`~infosft.training.InfoSFTTrainer`.
 
-    ``loss_type`` accepts every registered weighting scheme (``nll``, ``dft``, ``infosft``, ...);
-    all of them are computed by infosft's fused weighted NLL, never by TRL's own loss.
+    ``method`` names the token weighting (``nll``, ``dft``, ``infosft`` or any registered
+    scheme), computed by infosft's fused weighted NLL. TRL's own ``loss_type`` stays at its
+    default and is never read.
     """
 
-    loss_type: str = field(
+    method: str = field(
         default="infosft",
         metadata={
             "help": "Token weighting of the NLL: 'nll' (plain SFT, w=1), 'dft' (w=q), 'infosft' "
@@ -108,13 +174,25 @@ class InfoSFTConfig(SFTConfig):
             "with q >= p_bar. The paper uses 0.93 in every run."
         },
     )
+    method_args: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "The scheme's other named parameters (e.g. eaft's top_k and alpha)."},
+    )
+    kl_to_base: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a KL(base || current) term per target token, anchoring the model "
+            "to the base model it started from (0: no anchor, no extra forward pass)."
+        },
+    )
     loss_schedule: list[dict[str, Any]] | str | None = field(
         default=None,
         metadata={
-            "help": "Loss type by epoch, as a list (or JSON string) of {'until_epoch', "
-            "'loss_type'} entries, the last without 'until_epoch'. E.g. one epoch of SFT then "
-            'InfoSFT: [{"until_epoch": 1, "loss_type": "nll"}, {"loss_type": "infosft"}]. '
-            "Read from the trainer state's epoch every step, so it resumes correctly."
+            "help": "Weighting by training progress, as a list (or JSON string) of {'method', "
+            "'until_epoch' | 'until_step'} entries, the last without an end. E.g. a quarter "
+            'epoch of SFT then InfoSFT: [{"method": "nll", "until_epoch": 0.25}, '
+            '{"method": "infosft"}]. Read from the trainer state every step, so it resumes '
+            "correctly."
         },
     )
     weight_source: str = field(
@@ -128,25 +206,49 @@ class InfoSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.loss_type != TRL_LOSS_TYPE:
+            raise ValueError(
+                f"loss_type={self.loss_type!r}: InfoSFT's weighting scheme is set with "
+                f"method={self.loss_type!r} (loss_type is TRL's own field and stays "
+                f"{TRL_LOSS_TYPE!r})"
+            )
         super().__post_init__()
-        if not 0.0 < float(self.p_bar) < 1.0:
-            raise ValueError(f"p_bar must lie strictly between 0 and 1, got {self.p_bar!r}")
-        self.p_bar = float(self.p_bar)
-        self.loss_schedule = parse_loss_schedule(self.loss_schedule, self.p_bar)
-        if self.loss_schedule is None:
-            check_loss_type(self.loss_type, self.p_bar)
+        self.p_bar = check_p_bar(self.p_bar)
+        if self.method_args is not None and not isinstance(self.method_args, dict):
+            raise ValueError(
+                f"method_args must be a mapping of names to values, got {self.method_args!r}"
+            )
+        kl = self.kl_to_base
+        if isinstance(kl, bool) or not isinstance(kl, (int, float)) or not 0 <= kl < math.inf:
+            raise ValueError(f"kl_to_base must be a finite number >= 0, got {kl!r}")
+        self.kl_to_base = float(kl)
         if self.weight_source not in WEIGHT_SOURCES:
             raise ValueError(
                 f"weight_source must be one of {', '.join(WEIGHT_SOURCES)}, "
                 f"got {self.weight_source!r}"
             )
+        entries = parse_loss_schedule(self.loss_schedule, self.p_bar, self.method_args)
+        if entries is None:
+            scheme = resolve_scheme(self.method, self.p_bar, self.method_args)
+            entries = [ScheduleEntry(self.method, scheme)]
+        else:
+            self.loss_schedule = [_entry_dict(entry) for entry in entries]
+        self._schedule = entries
 
-    def loss_type_at(self, epoch: float | None) -> str:
-        """The loss type active at ``epoch`` (fractional; None before training starts)."""
-        if self.loss_schedule is None:
-            return self.loss_type
+    def schedule_entry(self, epoch: float | None, global_step: int) -> ScheduleEntry:
+        """The schedule entry (method and resolved scheme) active for the next optimizer step,
+        after ``global_step`` steps and ``epoch`` epochs (fractional; None before training)."""
         current = 0.0 if epoch is None else epoch
-        for entry in self.loss_schedule[:-1]:
-            if current < entry["until_epoch"]:
-                return entry["loss_type"]
-        return self.loss_schedule[-1]["loss_type"]
+        for entry in self._schedule[:-1]:
+            if entry.active(current, global_step):
+                return entry
+        return self._schedule[-1]
+
+
+def _entry_dict(entry: ScheduleEntry) -> dict[str, Any]:
+    """A resolved schedule entry as the plain mapping it was given as (for to_dict / YAML)."""
+    ends = {"until_epoch": entry.until_epoch, "until_step": entry.until_step}
+    return {
+        "method": entry.method,
+        **{key: value for key, value in ends.items() if value is not None},
+    }

@@ -6,7 +6,9 @@ Accepted rows (TRL's standard formats for SFT):
 - prompt-completion: ``{"prompt": "...", "completion": "..."}``, or the conversational form
   with lists of ``{"role", "content"}`` messages on both sides (loss on the completion only);
 - conversational: ``{"messages": [{"role": "user", "content": "..."}, ...]}`` (loss on every
-  token, or on the assistant turns with ``assistant_only_loss: true``).
+  token, or on the assistant turns with ``assistant_only_loss: true``);
+- tokenized: ``{"input_ids": [...], "labels": [...]}`` (labels optional, -100 where no loss
+  applies), which TRL trains on as it is.
 
 A raw public dataset (NuminaMath-CoT, UltraFeedback, ...) is turned into one of these by a
 formatter from :mod:`infosft.training.formats`, named with ``data_format``.
@@ -15,17 +17,12 @@ formatter from :mod:`infosft.training.formats`, named with ``data_format``.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infosft.losses import IGNORE_INDEX
-
 if TYPE_CHECKING:
     from datasets import Dataset
-
-logger = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -33,17 +30,20 @@ ACCEPTED_FORMATS = (
     'language modeling {"text": str}; '
     'prompt-completion {"prompt": str, "completion": str}; '
     'conversational {"messages": [{"role": str, "content": str}, ...]}; '
-    'conversational prompt-completion {"prompt": [messages], "completion": [messages]}'
+    'conversational prompt-completion {"prompt": [messages], "completion": [messages]}; '
+    'tokenized {"input_ids": [int], "labels": [int]}'
 )
 
 # The columns that make up each format; anything else in a row is dropped.
 FORMAT_COLUMNS = {
+    "tokenized": ("input_ids",),
     "prompt-completion": ("prompt", "completion"),
     "conversational": ("messages",),
     "language modeling": ("text",),
 }
-# Kept beside "messages"/"prompt" when present: TRL passes them to the chat template.
-OPTIONAL_COLUMNS = ("tools",)
+# Kept beside a format's columns when present: TRL passes tools to the chat template and reads
+# a tokenized row's labels.
+OPTIONAL_COLUMNS = ("tools", "labels")
 
 
 def detect_format(columns: Iterable[str]) -> str:
@@ -73,8 +73,26 @@ def _message_list_problem(value: Any) -> str | None:
     return None
 
 
+def _token_ids_problem(input_ids: Any, labels: Any) -> str | None:
+    """Why a tokenized row is invalid: ids must be a non-empty list of ints, labels (if given)
+    a list of ints of the same length."""
+    if not isinstance(input_ids, list) or not input_ids:
+        return "'input_ids' must be a non-empty list of token ids"
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in input_ids):
+        return "'input_ids' must hold integers only"
+    if labels is not None and (
+        not isinstance(labels, list)
+        or len(labels) != len(input_ids)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in labels)
+    ):
+        return "'labels' must be a list of integers as long as 'input_ids'"
+    return None
+
+
 def row_problem(row: dict[str, Any], data_format: str) -> str | None:
     """Why ``row`` is not a valid example of ``data_format``; None when it is."""
+    if data_format == "tokenized":
+        return _token_ids_problem(row.get("input_ids"), row.get("labels"))
     if data_format == "language modeling":
         text = row.get("text")
         if not isinstance(text, str) or not text:
@@ -101,8 +119,15 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     Raises ValueError naming the file and line of a line that is not a JSON object.
     """
     rows, line_numbers = [], []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -120,8 +145,10 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
 
 def read_json(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON file holding a list of objects (or ``{"data": [...]}``)."""
+    from infosft.files import read_text
+
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
+        content = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
     if isinstance(content, dict) and isinstance(content.get("data"), list):
@@ -282,39 +309,3 @@ def load_data(
 
 def _formatted_locator(source: str, data_format: str) -> Callable[[int], str]:
     return lambda i: f"{source} example {i} (after --data-format {data_format})"
-
-
-def count_targets(labels: list[int]) -> int:
-    """Target tokens of one tokenized example: labels that are not IGNORE_INDEX, after the
-    causal shift (the first position is never predicted)."""
-    return sum(label != IGNORE_INDEX for label in labels[1:])
-
-
-def drop_examples_without_targets(
-    prepared: Dataset, total: int, name: str, max_length: int | None
-) -> Dataset:
-    """Remove tokenized examples (``labels`` column) that have no target token, and warn how
-    many of the ``total`` examples given were lost, counting those TRL's preparation already
-    dropped. Truncation to ``max_length`` can cut away a whole completion; such an example would
-    add only padding to a batch.
-
-    Raises ValueError when no example is left.
-    """
-    kept = prepared.filter(
-        lambda row: count_targets(row["labels"]) > 0, desc=f"Checking {name} targets"
-    )
-    if len(kept) == 0:
-        raise ValueError(
-            f"none of the {total} {name} examples has a target token within "
-            f"max_length={max_length} (the prompt fills it); raise max_length"
-        )
-    dropped = total - len(kept)
-    if dropped:
-        logger.warning(
-            "%d of %d %s examples have no target token within max_length=%s and were dropped",
-            dropped,
-            total,
-            name,
-            max_length,
-        )
-    return kept

@@ -345,36 +345,3 @@ def with_base_log_probs(collator: Callable[[list[dict]], dict]) -> Callable[[lis
     A ``functools.partial`` rather than a closure, so DataLoader workers can pickle it.
     """
     return functools.partial(_collate_with_base_log_probs, collator)
-
-
-def attach_base_log_probs(
-    trainer: Any, *, cache_dir: str | os.PathLike, batch_size: int = 4, shard_size: int = 256
-) -> None:
-    """Wire static weights into a constructed, not yet trained InfoSFTTrainer, in place.
-
-    Computes the column on ``trainer.train_dataset`` and on the evaluation dataset(s), if any
-    (the trainer needs it in every batch it computes a loss for), with ``trainer.model`` (still
-    the base model before ``train()``), and wraps ``trainer.data_collator`` so batches carry it.
-    The trainer keeps the column through ``remove_unused_columns`` when
-    ``args.weight_source == "base"`` and turns it into weights in ``compute_loss``.
-    """
-    tokenizer = getattr(trainer, "processing_class", None)
-    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-
-    def attach(dataset: Any) -> Any:
-        return compute_base_log_probs(
-            trainer.model,
-            dataset,
-            cache_dir=cache_dir,
-            batch_size=batch_size,
-            shard_size=shard_size,
-            pad_token_id=pad_id,
-        )
-
-    trainer.train_dataset = attach(trainer.train_dataset)
-    if isinstance(trainer.eval_dataset, dict):
-        trainer.eval_dataset = {name: attach(d) for name, d in trainer.eval_dataset.items()}
-    elif trainer.eval_dataset is not None:
-        trainer.eval_dataset = attach(trainer.eval_dataset)
-    trainer.data_collator = with_base_log_probs(trainer.data_collator)

@@ -18,6 +18,8 @@ fused loss needs the hidden states themselves, and the LM head is where they are
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import time
 from typing import Any
@@ -30,7 +32,13 @@ from trl import SFTTrainer
 from infosft.losses import IGNORE_INDEX
 from infosft.losses.lm_head import loss_in_lm_head, output_embeddings, take_head_loss
 from infosft.objectives import token_weights
-from infosft.training.config import InfoSFTConfig
+from infosft.training.config import InfoSFTConfig, ScheduleEntry
+from infosft.training.static_weights import COLUMN, compute_base_log_probs, with_base_log_probs
+
+logger = logging.getLogger(__name__)
+
+BASE_LOG_PROBS_DIR = "base_log_probs"
+"""Where ``weight_source: base`` caches the base model's log q, under ``output_dir``."""
 
 # Per-micro-batch values gathered across ranks; every column but the first is summed per log.
 _COLUMNS = (
@@ -46,7 +54,76 @@ _COLUMNS = (
 
 
 class NonFiniteLossError(ValueError):
-    """The training loss became NaN or infinite; a checkpoint of the last good state was saved."""
+    """The training loss became NaN or infinite; training stopped (see the message for what was
+    saved)."""
+
+
+def count_targets(labels: list[int]) -> int:
+    """Target tokens of one tokenized example: labels that are not IGNORE_INDEX, after the
+    causal shift (the first position is never predicted)."""
+    return sum(label != IGNORE_INDEX for label in labels[1:])
+
+
+def drop_examples_without_targets(
+    prepared: Any, total: int, name: str, max_length: int | None
+) -> Any:
+    """Remove tokenized examples with no target token and warn how many of the ``total``
+    given were lost (counting those TRL dropped) and how many reach ``max_length``.
+
+    Truncation to ``max_length`` can cut away a whole completion; such an example would add
+    only padding to a batch. Raises ValueError when no example is left.
+    """
+    kept = prepared.filter(
+        lambda row: count_targets(row["labels"]) > 0, desc=f"Checking {name} targets"
+    )
+    if len(kept) == 0:
+        raise ValueError(
+            f"none of the {total} {name} examples has a target token within "
+            f"max_length={max_length} (the prompt fills it); raise max_length"
+        )
+    dropped = total - len(kept)
+    if dropped:
+        logger.warning(
+            "%d of %d %s examples have no target token within max_length=%s and were dropped",
+            dropped,
+            total,
+            name,
+            max_length,
+        )
+    if max_length is not None:
+        cut = sum(len(ids) >= max_length for ids in kept["input_ids"])
+        if cut:
+            logger.warning(
+                "%d of %d %s examples reach max_length=%d tokens; longer ones are cut there "
+                "(raise max_length to train on them whole)",
+                cut,
+                total,
+                name,
+                max_length,
+            )
+    return kept
+
+
+def has_assistant_turn(row: dict[str, Any]) -> bool:
+    """Whether a conversational row has an assistant message to train on."""
+    messages = row.get("messages") or [*(row.get("prompt") or []), *(row.get("completion") or [])]
+    return any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+
+
+def marked_template_tokenizer(tokenizer: Any, args: InfoSFTConfig) -> Any:
+    """A copy of ``tokenizer`` whose chat template marks the assistant turns with
+    ``{% generation %}``, for ``assistant_only_loss``; None when TRL needs no help (the option
+    is off, or the template is not one :func:`infosft.models.training_chat_template` knows)."""
+    from infosft.models import training_chat_template
+
+    if not args.assistant_only_loss or tokenizer is None:
+        return None
+    marked = training_chat_template(getattr(tokenizer, "chat_template", None))
+    if marked is None:
+        return None
+    training_tokenizer = copy.deepcopy(tokenizer)
+    training_tokenizer.chat_template = marked
+    return training_tokenizer
 
 
 class InfoSFTTrainer(SFTTrainer):
@@ -55,14 +132,33 @@ class InfoSFTTrainer(SFTTrainer):
 
     Takes the same keyword arguments as ``trl.SFTTrainer`` (``model``, ``args``,
     ``train_dataset``, ``eval_dataset``, ``processing_class``, ``peft_config``, ...) except
-    ``compute_loss_func``; ``args`` must be an :class:`InfoSFTConfig`. Logged every logging
-    step: loss, ``nll`` of the same tokens, ``mean_q``, ``mean_weight``, ``zero_weight_share``,
-    ``entropy``, ``tokens_per_second``, ``num_tokens`` and the active ``loss_type`` (evaluation
-    logs the same with an ``eval_`` prefix). A NaN or infinite training loss saves a checkpoint
-    and raises :class:`NonFiniteLossError`.
+    ``compute_loss_func``; ``args`` must be an :class:`InfoSFTConfig`. It is built by
+    :func:`infosft.training.build_trainer`.
+
+    What it adds to TRL's dataset preparation (:meth:`_prepare_dataset`):
+
+    - ``assistant_only_loss`` with a chat template TRL cannot patch but infosft can (SmolLM2's):
+      the data is tokenized with a copy of the tokenizer carrying the marked template, while the
+      trainer keeps (and saves) the tokenizer it was given;
+    - examples left without a target token (a prompt filling ``max_length``) are dropped with a
+      warning that counts them, and examples cut at ``max_length`` are counted in a warning;
+    - with ``weight_source: base``, a ``base_log_probs`` column computed once with the model as
+      it is before training (cached under ``output_dir/base_log_probs``).
+
+    Logged every logging step: loss, ``nll`` of the same tokens, ``mean_q``, ``mean_weight``,
+    ``zero_weight_share``, ``entropy``, ``tokens_per_second``, ``num_tokens`` and the active
+    ``method`` (evaluation logs the same with an ``eval_`` prefix). A NaN or infinite training
+    loss stops training with :class:`NonFiniteLossError`.
     """
 
-    def __init__(self, model: Any, args: InfoSFTConfig | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        args: InfoSFTConfig | None = None,
+        *,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ):
         if not isinstance(args, InfoSFTConfig):
             raise TypeError(
                 "InfoSFTTrainer needs args=InfoSFTConfig(output_dir=...), got "
@@ -70,40 +166,97 @@ class InfoSFTTrainer(SFTTrainer):
             )
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
-                "InfoSFTTrainer computes the loss itself; set InfoSFTConfig.loss_type (or register "
+                "InfoSFTTrainer computes the loss itself; set InfoSFTConfig.method (or register "
                 "a scheme with infosft.register_weighting) instead of passing compute_loss_func"
             )
-        # SFTTrainer only accepts its own loss types; every loss type is computed here instead.
-        loss_type = args.loss_type
-        args.loss_type = "nll"
-        try:
-            super().__init__(model=model, args=args, **kwargs)
-        finally:
-            args.loss_type = loss_type
+        if args.kl_to_base:
+            raise ValueError(
+                "kl_to_base > 0 is not available in this version of the trainer; set kl_to_base: 0"
+            )
+        # Read by _prepare_dataset, which SFTTrainer.__init__ calls.
+        self._template_tokenizer = marked_template_tokenizer(processing_class, args)
+        self._initial_model = model
+        super().__init__(
+            model=model,
+            args=args,
+            processing_class=self._template_tokenizer or processing_class,
+            **kwargs,
+        )
+        # Checkpoints keep the tokenizer's own template: several inference engines reject the
+        # {% generation %} tag.
+        if self._template_tokenizer is not None:
+            self.processing_class = self.callback_handler.processing_class = processing_class
         parallelism = self.accelerator.parallelism_config
         if parallelism is not None and (parallelism.cp_enabled or parallelism.sp_enabled):
             raise ValueError(
                 "InfoSFTTrainer does not support context or sequence parallelism (cp_size or "
                 "sp_size > 1): the fused loss shifts labels within each sequence shard"
             )
+        if args.weight_source == "base":
+            # TRL's collator drops keys it does not know; this one passes the column through.
+            self.data_collator = with_base_log_probs(self.data_collator)
         # compute_loss below consumes num_items_in_batch itself, whatever the model's forward takes,
         # so the Trainer must count it.
         self.model_accepts_loss_kwargs = True
         self._sums: dict[str, dict[str, float]] = {}
         self._window_start: float | None = None
-        self._last_loss_type = args.loss_type_at(None)
+        self._last_method = args.schedule_entry(None, 0).method
+
+    def _prepare_dataset(
+        self,
+        dataset: Any,
+        processing_class: Any,
+        args: InfoSFTConfig,
+        packing: bool,
+        formatting_func: Any,
+        dataset_name: str,
+    ) -> Any:
+        """TRL's preparation (tokenize, mask, truncate, pack), then what InfoSFT adds (see the
+        class docstring)."""
+        if args.assistant_only_loss and "input_ids" not in dataset.column_names:
+            for index, row in enumerate(dataset):
+                if not has_assistant_turn(row):
+                    raise ValueError(
+                        f"assistant_only_loss is set, but {dataset_name} example {index} has no "
+                        "assistant message to train on; add one, or set assistant_only_loss: false"
+                    )
+        total = len(dataset)
+        prepared = super()._prepare_dataset(
+            dataset,
+            self._template_tokenizer or processing_class,
+            args,
+            packing,
+            formatting_func,
+            dataset_name,
+        )
+        if not packing:
+            prepared = drop_examples_without_targets(prepared, total, dataset_name, args.max_length)
+        if args.weight_source == "base" and COLUMN not in prepared.column_names:
+            if getattr(self, "state", None) is not None and self.state.global_step > 0:
+                raise ValueError(
+                    "weight_source='base' needs the base model's log q of every evaluation "
+                    "example: pass the evaluation data when the trainer is built, not after "
+                    "training (the model is no longer the base model)"
+                )
+            prepared = compute_base_log_probs(
+                self._initial_model,
+                prepared,
+                cache_dir=os.path.join(args.output_dir, BASE_LOG_PROBS_DIR),
+                pad_token_id=self._tokenizer.pad_token_id or 0,
+            )
+        return prepared
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         # remove_unused_columns would otherwise drop the static weights' column.
-        if self.args.weight_source == "base" and "base_log_probs" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "base_log_probs"]
+        if self.args.weight_source == "base" and COLUMN not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, COLUMN]
 
-    def _target_weights(self, inputs: dict[str, Any], loss_type: str) -> Tensor | None:
+    def _target_weights(self, inputs: dict[str, Any], entry: ScheduleEntry) -> Tensor | None:
         """Fixed weights [B, T] from the base model's log q, or None to use the current model's."""
         if self.args.weight_source == "current":
             return None
-        base_log_probs = inputs.get("base_log_probs")
+        base_log_probs = inputs.get(COLUMN)
         if base_log_probs is None:
             raise ValueError(
                 "weight_source='base' needs a 'base_log_probs' tensor [B, T] (aligned with labels) "
@@ -111,7 +264,7 @@ class InfoSFTTrainer(SFTTrainer):
             )
         # Values where labels are ignored are arbitrary (possibly NaN); zero them first.
         base_log_probs = base_log_probs.masked_fill(inputs["labels"] == IGNORE_INDEX, 0.0)
-        return token_weights(base_log_probs, loss_type, self.args.p_bar)
+        return token_weights(base_log_probs, entry.scheme, self.args.p_bar)
 
     def compute_loss(
         self,
@@ -123,10 +276,10 @@ class InfoSFTTrainer(SFTTrainer):
         from infosft.losses.fused import fused_weighted_nll_loss
 
         mode = "train" if self.model.training else "eval"
-        loss_type = self.args.loss_type_at(self.state.epoch)
+        entry = self.args.schedule_entry(self.state.epoch, self.state.global_step)
         labels = inputs["labels"]
-        target_weights = self._target_weights(inputs, loss_type)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "base_log_probs")}
+        target_weights = self._target_weights(inputs, entry)
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", COLUMN)}
         model_inputs["use_cache"] = False
 
         def head_loss(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
@@ -134,7 +287,7 @@ class InfoSFTTrainer(SFTTrainer):
                 hidden_states,
                 weight,
                 labels.to(hidden_states.device),
-                method=loss_type,
+                method=entry.scheme,
                 p_bar=self.args.p_bar,
                 num_items_in_batch=num_items_in_batch,
                 ignore_index=IGNORE_INDEX,
@@ -150,7 +303,7 @@ class InfoSFTTrainer(SFTTrainer):
         # averages gradients over ranks, so scale the rank's sum back up.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        self._record(mode, loss, result["stats"], inputs, loss_type)
+        self._record(mode, loss, result["stats"], inputs, entry.method)
         if return_outputs:
             # compute_metrics needs the full logits: a second forward, without gradients.
             with torch.no_grad():
@@ -159,7 +312,7 @@ class InfoSFTTrainer(SFTTrainer):
         return loss
 
     def _record(
-        self, mode: str, loss: Tensor, stats: Any, inputs: dict[str, Any], loss_type: str
+        self, mode: str, loss: Tensor, stats: Any, inputs: dict[str, Any], method: str
     ) -> None:
         """Gather this micro-batch's token statistics from every rank, add them to the log sums,
         and stop training on a non-finite loss."""
@@ -181,7 +334,7 @@ class InfoSFTTrainer(SFTTrainer):
         ).unsqueeze(0)
         rows = self.accelerator.gather(row).cpu()
         if mode == "train" and not bool(torch.isfinite(rows[:, 0]).all()):
-            self._stop_on_non_finite(rows[:, 0].tolist(), loss_type)
+            self._stop_on_non_finite(rows[:, 0].tolist(), method)
         if not self._sums.get(mode):
             self._sums[mode] = dict.fromkeys(_COLUMNS[1:], 0.0)
             if mode == "train":
@@ -191,19 +344,33 @@ class InfoSFTTrainer(SFTTrainer):
             self._sums[mode][name] += value
         if mode == "train":
             self._total_train_tokens += int(totals[-1])
-            self._last_loss_type = loss_type
+            self._last_method = method
 
-    def _stop_on_non_finite(self, losses: list[float], loss_type: str) -> None:
-        """Save a checkpoint of the state before this step and raise NonFiniteLossError."""
-        self._save_checkpoint(self.model, trial=None)
-        checkpoint = os.path.join(
-            self._get_output_dir(trial=None), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+    def _stop_on_non_finite(self, losses: list[float], method: str) -> None:
+        """Raise NonFiniteLossError; first save a checkpoint of the state before this step if
+        the weights are still finite (a diverged model is not worth resuming from)."""
+        step = self.state.global_step + 1
+        finite = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        finite = bool(
+            self.accelerator.gather(torch.tensor([finite], device=self.args.device)).all()
         )
+        if finite:
+            self._save_checkpoint(self.model, trial=None)
+            checkpoint = os.path.join(
+                self._get_output_dir(trial=None),
+                f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}",
+            )
+            saved = (
+                f"the weights before this step are finite and saved in {checkpoint}; after "
+                "changing the settings, continue from it with --resume (train(spec, resume=True) "
+                "in Python)"
+            )
+        else:
+            saved = "the weights themselves are no longer finite, so no checkpoint was saved"
         raise NonFiniteLossError(
-            f"non-finite training loss {losses} at step {self.state.global_step + 1} "
-            f"(loss_type={loss_type!r}); the state before this step is saved in {checkpoint}. "
+            f"non-finite training loss {losses} at step {step} (method={method!r}); {saved}. "
             "Lower the learning rate, check the data for empty or corrupt examples, or train in "
-            "float32, then resume with resume_from_checkpoint."
+            "float32."
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -224,5 +391,5 @@ class InfoSFTTrainer(SFTTrainer):
                 elapsed = time.perf_counter() - self._window_start
                 logs["tokens_per_second"] = sums["input_tokens"] / max(elapsed, 1e-9)
                 logs["num_tokens"] = float(self._total_train_tokens)
-                logs["loss_type"] = self._last_loss_type
+                logs["method"] = self._last_method
         super().log(logs, start_time)

@@ -1,0 +1,224 @@
+"""What a training run writes into its output directory, and the checks that keep it safe.
+
+``output_dir`` of a run holds, at the top:
+
+- the final Hugging Face checkpoint (config.json, model.safetensors, generation_config.json,
+  tokenizer with its chat template); with LoRA, the adapter merged into the base weights, and
+  the adapter alone in ``adapter/``;
+- ``run_config.json``: the resolved run spec, data sources and environment;
+- ``metrics.jsonl``: one JSON object per logging step, flushed as it is written;
+- the Trainer's ``checkpoint-N`` directories, from which ``resume`` continues.
+
+Nothing is overwritten by accident: a fresh run refuses a directory that holds anything but the
+bookkeeping of an unfinished run (another run's model or checkpoints, or unrelated files such as
+a project's README.md when ``--output-dir`` points at the working directory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from infosft.files import append_jsonl, write_text_atomic
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+RUN_CONFIG_FILE = "run_config.json"
+ADAPTER_DIR = "adapter"
+TRAINER_STATE = "trainer_state.json"
+INCOMPLETE_SUFFIX = ".incomplete"
+# What an unfinished run leaves besides checkpoints: a fresh run may start over on top of it.
+RESTARTABLE = {RUN_CONFIG_FILE, METRICS_FILE, "base_log_probs", "runs"}
+# Files that only a finished run's final save writes.
+FINAL_MODEL_MARKERS = ("config.json", "model.safetensors", "model.safetensors.index.json")
+
+
+def _logged_step(line: str) -> float:
+    """The step of one metrics.jsonl line; infinity for a line cut short by a crash."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
+def metrics_logger(
+    path: Path, keep_until_step: int | None = None, is_main_process: bool = True
+) -> Any:
+    """A TrainerCallback appending every log (train, eval, final summary) to ``path`` as JSONL.
+
+    ``keep_until_step=None`` starts a new file; an int keeps the lines of an interrupted run up
+    to that step (the checkpoint being resumed) and appends after them, so a resumed run's file
+    reads as if it had never stopped. Only the main process touches the file.
+    """
+    from transformers import TrainerCallback
+
+    if is_main_process:
+        kept = ""
+        if keep_until_step is not None and path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            kept = "".join(line for line in lines if _logged_step(line) <= keep_until_step)
+        write_text_atomic(path, kept)
+
+    class MetricsLogger(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            append_jsonl(path, {"step": state.global_step, "epoch": state.epoch, **logs})
+
+    return MetricsLogger()
+
+
+def read_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """A checkpoint's trainer_state.json, or None when the checkpoint is incomplete.
+
+    The Trainer writes trainer_state.json last, so a save cut off by a kill or Ctrl-C leaves
+    the file missing or truncated.
+    """
+    try:
+        state = json.loads(Path(checkpoint, TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return state if isinstance(state, dict) and "global_step" in state else None
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` directories in ``output_dir``, oldest (lowest N) first."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for path in output_dir.iterdir():
+        prefix, _, number = path.name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and path.is_dir():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
+def has_final_model(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds a final model (written by a finished run)."""
+    return (
+        any((output_dir / name).is_file() for name in FINAL_MODEL_MARKERS)
+        or (output_dir / ADAPTER_DIR).is_dir()
+    )
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """ValueError unless ``output_dir`` is a directory (or a path to create) a run may write to:
+    not a file, and not a finished run or another project's files."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {output_dir} is a file; give a directory")
+    if not output_dir.is_dir():
+        return
+    if has_final_model(output_dir):
+        raise ValueError(
+            f"{output_dir} holds the final model of an earlier run; choose another --output-dir "
+            "(or delete that run first). To train further from that model, pass it as --model"
+        )
+    foreign = sorted(
+        path.name
+        for path in output_dir.iterdir()
+        if path.name not in RESTARTABLE
+        and not path.name.startswith(".")
+        and not path.name.endswith(INCOMPLETE_SUFFIX)
+        and path not in checkpoints(output_dir)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"{output_dir} is not empty and is not an infosft run directory (it holds {shown}); "
+            "choose a new or empty --output-dir"
+        )
+
+
+def checkpoint_to_resume(output_dir: Path, resume: bool | str | os.PathLike) -> str | None:
+    """The checkpoint directory to continue from, or None for a fresh run.
+
+    A fresh run refuses an output_dir that already holds checkpoints, so two runs never mix.
+    ``resume=True`` continues from the last complete ``checkpoint-N``; incomplete ones (a save
+    cut off mid-way) are renamed ``checkpoint-N.incomplete`` with a warning, and when none is
+    complete the run starts over. A path resumes from that checkpoint. A run whose final model
+    is saved is finished: resuming it is an error.
+    """
+    check_output_dir_type(output_dir)
+    if resume and has_final_model(output_dir):
+        raise ValueError(
+            f"the run in {output_dir} is finished (its final model is saved); nothing to resume. "
+            "To train further from that model, pass it as --model with a new --output-dir"
+        )
+    if resume and not isinstance(resume, bool):
+        if read_trainer_state(resume) is None:
+            raise FileNotFoundError(
+                f"{resume} is not a complete Trainer checkpoint (no readable trainer_state.json)"
+            )
+        return os.fspath(resume)
+    found = checkpoints(output_dir)
+    if not resume:
+        if found:
+            raise ValueError(
+                f"{output_dir} already holds checkpoints of an earlier run ({found[-1].name}); "
+                "pass --resume to continue it, or choose another --output-dir"
+            )
+        check_output_dir(output_dir)
+        return None
+    if not found:
+        raise FileNotFoundError(
+            f"nothing to resume: {output_dir} holds no checkpoint-N directory; "
+            "run without --resume, or set save_steps so that checkpoints are written"
+        )
+    complete = [path for path in found if read_trainer_state(path) is not None]
+    for path in found:
+        if path not in complete:
+            aside = path.with_name(path.name + INCOMPLETE_SUFFIX)
+            os.replace(path, aside)
+            logger.warning("%s was cut off while it was saved; moved it to %s", path, aside.name)
+    if not complete:
+        logger.warning("no complete checkpoint in %s; training starts over", output_dir)
+        return None
+    return str(complete[-1])
+
+
+def check_output_dir_type(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {output_dir} is a file; give a directory")
+
+
+def training_finished(checkpoint: str | None) -> bool:
+    """Whether ``checkpoint`` was saved at the last step of its run (its max_steps)."""
+    if checkpoint is None:
+        return False
+    state = read_trainer_state(checkpoint) or {}
+    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
+
+
+def save_final_model(trainer: Any, output_dir: Path) -> None:
+    """Write the trained model and tokenizer at the top of ``output_dir``, file by file atomically.
+
+    A LoRA model is saved twice: the adapter in ``adapter/`` and the adapter merged into the
+    base weights at the top, which ``from_pretrained`` and vLLM load without PEFT.
+    """
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
+    try:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if hasattr(model, "merge_and_unload"):
+            trainer.save_model(str(staging / ADAPTER_DIR))
+            if trainer.is_world_process_zero():
+                merged = model.merge_and_unload()
+                merged.save_pretrained(staging)
+                trainer.processing_class.save_pretrained(staging)
+        else:
+            trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            for item in staging.iterdir():
+                target = output_dir / item.name
+                if item.is_dir() and target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

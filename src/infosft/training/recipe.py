@@ -1,0 +1,147 @@
+"""The training recipe: a :class:`~infosft.training.spec.RunSpec` -> a trainer -> a checkpoint.
+
+:func:`build_trainer` is the one place an :class:`~infosft.training.InfoSFTTrainer` is built:
+it loads and checks the data, loads the model (unless one is passed) and hands both to the
+trainer, whose dataset preparation does the rest. :func:`train` is build, train, save, as
+``infosft train`` runs it; see :mod:`infosft.training.outputs` for what it writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infosft.training.outputs import (
+    METRICS_FILE,
+    RUN_CONFIG_FILE,
+    checkpoint_to_resume,
+    metrics_logger,
+    read_trainer_state,
+    save_final_model,
+    training_finished,
+)
+from infosft.training.spec import RunSpec
+
+if TYPE_CHECKING:
+    from infosft.training.trainer import InfoSFTTrainer
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """Where a run wrote its outputs, and how it went."""
+
+    output_dir: Path
+    metrics_path: Path
+    config_path: Path
+    train_seconds: float
+    metrics: dict[str, Any]
+    num_train_examples: int
+
+
+def build_trainer(
+    spec: RunSpec, *, model: Any = None, tokenizer: Any = None, callbacks: Sequence[Any] = ()
+) -> InfoSFTTrainer:
+    """A ready-to-train InfoSFTTrainer for ``spec``; writes nothing of its own.
+
+    Args:
+        spec: the run (model, data, LoRA and InfoSFTConfig).
+        model: an already loaded model to train instead of loading ``spec.model`` (e.g. a deep
+            copy of a base model kept in memory); pass its ``tokenizer`` with it.
+        tokenizer: the tokenizer of ``model``.
+        callbacks: TrainerCallbacks added to the trainer's defaults.
+
+    Data is loaded and checked before the model, so bad data fails fast. With
+    ``weight_source: base`` the trainer's dataset preparation computes the base model's log q
+    and caches it under ``output_dir/base_log_probs``.
+    """
+    from infosft.models import load_model_and_tokenizer
+    from infosft.training.data import load_data
+    from infosft.training.trainer import InfoSFTTrainer
+
+    train_dataset = load_data(spec.data, spec.data_format)
+    eval_dataset = None if spec.eval_data is None else load_data(spec.eval_data, spec.data_format)
+    if model is None:
+        model, loaded_tokenizer = load_model_and_tokenizer(
+            spec.model, **(spec.model_init_kwargs or {})
+        )
+        tokenizer = tokenizer or loaded_tokenizer
+    elif tokenizer is None:
+        raise ValueError("build_trainer(model=...) needs the model's tokenizer as well")
+    return InfoSFTTrainer(
+        model=model,
+        args=spec.args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=None if spec.lora is None else spec.lora.peft_config(),
+        callbacks=list(callbacks),
+    )
+
+
+def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
+    """Fine-tune as ``spec`` says and write a loadable checkpoint to ``spec.args.output_dir``.
+
+    Args:
+        spec: the run; see :class:`~infosft.training.spec.RunSpec`.
+        resume: True to continue from the last complete ``checkpoint-N`` in the output
+            directory, or the path of a checkpoint (``resume_from_checkpoint`` in the spec does
+            the same); the resumed run logs the same losses as an uninterrupted one.
+
+    Returns:
+        TrainResult with the output paths, the training time (seconds) and the final metrics.
+
+    Raises:
+        ValueError / FileNotFoundError for bad options, data or output directory (before any
+        model is loaded), and :class:`infosft.training.NonFiniteLossError` (a ValueError) when
+        the loss becomes NaN or infinite.
+    """
+    output_dir = Path(spec.args.output_dir)
+    checkpoint = checkpoint_to_resume(output_dir, resume or spec.args.resume_from_checkpoint)
+    trainer = build_trainer(spec)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = output_dir / METRICS_FILE
+    keep_until = None if checkpoint is None else read_trainer_state(checkpoint)["global_step"]
+    trainer.add_callback(metrics_logger(metrics_path, keep_until, trainer.is_world_process_zero()))
+
+    config_path = output_dir / RUN_CONFIG_FILE
+    if trainer.is_world_process_zero():
+        from infosft.files import environment, write_json_atomic
+
+        write_json_atomic(
+            config_path,
+            {
+                **spec.to_dict(),
+                "model_path": trainer.model.name_or_path,
+                "resumed_from": checkpoint,
+                "num_train_examples": len(trainer.train_dataset),
+                "num_eval_examples": None
+                if trainer.eval_dataset is None
+                else len(trainer.eval_dataset),
+                "args": spec.args.to_dict(),
+                "environment": environment(),
+            },
+        )
+
+    start = time.perf_counter()
+    if training_finished(checkpoint):
+        # The run ended but its final save did not: save the last checkpoint's model, without
+        # the extra step the Trainer would take when resumed at max_steps.
+        trainer._load_from_checkpoint(checkpoint)
+        metrics: dict[str, Any] = {}
+    else:
+        metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
+    train_seconds = time.perf_counter() - start
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+    save_final_model(trainer, output_dir)
+    return TrainResult(
+        output_dir=output_dir,
+        metrics_path=metrics_path,
+        config_path=config_path,
+        train_seconds=train_seconds,
+        metrics=metrics,
+        num_train_examples=len(trainer.train_dataset),
+    )

@@ -1,0 +1,358 @@
+"""RunSpec: one training run as data, mapping 1:1 to a run YAML.
+
+A run YAML (``infosft train --config FILE``) holds
+
+- what to train: ``model`` (the embedded default ``smollm2-135m-instruct``, a checkpoint
+  directory or a hub id), ``model_init_kwargs`` (how to load it, e.g. ``{dtype: bfloat16}``),
+  ``data`` and ``eval_data`` (files or hub datasets, one or a list), ``data_format`` (a
+  formatter for raw public datasets) and ``lora`` (``{rank, alpha, dropout, target_modules}``,
+  ``true`` for the defaults, absent or ``null`` for full fine-tuning);
+- how to train it: every :class:`~infosft.training.InfoSFTConfig` field (``method``, ``p_bar``,
+  ``learning_rate``, ``max_steps``, ``output_dir``, ...).
+
+:func:`resolve_spec` merges the defaults, the file, ``--set KEY=VALUE`` assignments and the
+command-line flags, in that order of precedence (a flag wins over ``--set``, which wins over
+the file), and builds the spec; every key and value is checked there, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
+from typing import TYPE_CHECKING, Any
+
+from infosft.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from infosft.training.config import InfoSFTConfig
+
+RUN_KEYS = ("model", "model_init_kwargs", "data", "eval_data", "data_format", "lora")
+"""Keys of a run YAML that are not InfoSFTConfig fields."""
+LORA_KEYS = ("rank", "alpha", "dropout", "target_modules")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters on the base model (the paper's code run: rank 32, alpha 64, dropout 0.05
+    on all projections). ``target_modules="all-linear"`` is every linear layer but the LM head."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+    @classmethod
+    def from_value(cls, value: Any, where: str = "lora") -> LoraSpec | None:
+        """The YAML value of ``lora``: a mapping of LORA_KEYS, true (defaults), false/null."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, LoraSpec):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{where} must be a mapping such as {{rank: 32, alpha: 64}}, true or null, "
+                f"got {value!r}"
+            )
+        _check_keys(list(value), where, list(LORA_KEYS))
+        options = dict(value)
+        for key, kind in (("rank", int), ("alpha", float), ("dropout", float)):
+            if key in options:
+                options[key] = _checked(f"{where}.{key}", options[key], kind)
+        if options.get("rank", 1) < 1 or not 0 <= options.get("dropout", 0.0) < 1:
+            raise ValueError(f"{where}: rank must be >= 1 and dropout in [0, 1), got {value!r}")
+        target = options.get("target_modules")
+        if isinstance(target, list) and all(isinstance(t, str) for t in target):
+            options["target_modules"] = tuple(target)
+        elif target is not None and not isinstance(target, str):
+            raise ValueError(
+                f"{where}.target_modules must be 'all-linear' or a list of module names, "
+                f"got {target!r}"
+            )
+        return cls(**options)
+
+    def peft_config(self) -> Any:
+        """The ``peft.LoraConfig`` of this spec, for a causal LM."""
+        from peft import LoraConfig
+
+        target = self.target_modules
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=target if isinstance(target, str) else list(target),
+            task_type="CAUSAL_LM",
+        )
+
+
+@dataclasses.dataclass
+class RunSpec:
+    """One training run: what to train (``model``, ``data``, ``lora``, ...) and how (``args``).
+
+    Build it from a YAML-like mapping with :meth:`from_dict` (checked key by key), from the
+    command line with :func:`resolve_spec`, or directly::
+
+        RunSpec(args=InfoSFTConfig(output_dir="out", method="infosft"), data="train.jsonl")
+
+    ``data`` and ``eval_data`` are local .jsonl/.json/.parquet files, hub dataset names
+    ``NAME[@CONFIG][:SPLIT]`` or ``datasets.Dataset`` objects (one or a list).
+    """
+
+    args: InfoSFTConfig
+    data: str | Dataset | list[str | Dataset] | None = None
+    model: str = DEFAULT_MODEL
+    model_init_kwargs: dict[str, Any] | None = None
+    eval_data: str | Dataset | list[str | Dataset] | None = None
+    data_format: str | None = None
+    lora: LoraSpec | None = None
+
+    def __post_init__(self) -> None:
+        from infosft.training.config import InfoSFTConfig
+
+        if not isinstance(self.args, InfoSFTConfig):
+            raise TypeError(f"RunSpec.args must be an InfoSFTConfig, got {type(self.args)}")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(
+                "model must be one name, checkpoint directory or hub id (a string), got "
+                f"{self.model!r}"
+            )
+        if self.data is None:
+            raise ValueError("no training data; pass --data FILE [FILE ...] (or data: in --config)")
+        self.data = _sources(self.data, "data")
+        if self.eval_data is not None:
+            self.eval_data = _sources(self.eval_data, "eval_data")
+        if self.data_format is not None:
+            from infosft.training.formats import get_formatter
+
+            if not isinstance(self.data_format, str):
+                raise ValueError(f"data_format must be a formatter name, got {self.data_format!r}")
+            get_formatter(self.data_format)
+        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
+            raise ValueError(f"model_init_kwargs must be a mapping, got {self.model_init_kwargs!r}")
+        if self.args.model_init_kwargs is not None:
+            raise ValueError(
+                "set model_init_kwargs on the RunSpec (it says how to load `model`), not on "
+                "InfoSFTConfig: the model is loaded before the trainer is built"
+            )
+        self.lora = LoraSpec.from_value(self.lora)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "the run options") -> RunSpec:
+        """The spec of a run YAML's mapping (see this module's docstring), every key and value
+        checked; machine-dependent defaults (CPU, bf16) fill the keys not given."""
+        from infosft.training.config import InfoSFTConfig
+
+        if not isinstance(values, dict):
+            raise ValueError(f"{where} must be a mapping of keys to values, got {values!r}")
+        fields = config_fields()
+        legacy = sorted(k for k in values if k.startswith("lora_"))
+        if legacy:
+            raise ValueError(
+                f"{where}: {', '.join(legacy)} are written as one mapping now: "
+                "lora: {rank: 32, alpha: 64, dropout: 0.05, target_modules: all-linear}"
+            )
+        _check_keys(list(values), where, [*fields, *RUN_KEYS])
+        run = {key: values[key] for key in RUN_KEYS if key in values}
+        options = {key: value for key, value in values.items() if key not in RUN_KEYS}
+        options = {key: _checked(key, value, fields[key]) for key, value in options.items()}
+        if not (options.get("output_dir") or "").strip():
+            raise ValueError(
+                f"no output directory in {where} (an empty one is often an unset shell "
+                "variable); pass --output-dir DIR (or output_dir: in the config file)"
+            )
+        args = InfoSFTConfig(**{**device_defaults(options), **options})
+        return cls(args=args, **run)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run keys of the spec as plain values, for run_config.json (``args`` apart)."""
+        return {
+            "model": self.model,
+            "model_init_kwargs": self.model_init_kwargs,
+            "data": _describe(self.data),
+            "eval_data": _describe(self.eval_data),
+            "data_format": self.data_format,
+            "lora": None if self.lora is None else dataclasses.asdict(self.lora),
+        }
+
+
+def resolve_spec(
+    config_file: str | os.PathLike | None = None,
+    assignments: list[str] | tuple[str, ...] = (),
+    flags: dict[str, Any] | None = None,
+) -> RunSpec:
+    """The run spec of a command line: defaults < ``config_file`` < ``assignments`` < ``flags``.
+
+    Args:
+        config_file: a run YAML (see this module's docstring), or None.
+        assignments: ``--set`` values ``"KEY=VALUE"``, each VALUE read as YAML 1.2.
+        flags: values of the command-line flags by YAML key (``{"method": "dft",
+            "lora": {"rank": 8}}``); None values are flags not given.
+
+    A ``lora`` mapping merges key by key across the layers (``--lora-alpha 16`` keeps the
+    file's rank); ``lora: true`` (``--lora``) keeps the mapping already set.
+    """
+    from infosft.files import read_yaml
+
+    layers = []
+    if config_file is not None:
+        values = read_yaml(config_file)
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {config_file} must hold a mapping of keys to values")
+        layers.append(values)
+    layers.append(parse_assignments(assignments))
+    layers.append({key: value for key, value in (flags or {}).items() if value is not None})
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            merged[key] = _merge_lora(merged.get(key), value) if key == "lora" else value
+    where = f"config file {config_file} and flags" if config_file is not None else "the options"
+    return RunSpec.from_dict(merged, where)
+
+
+def parse_assignments(assignments: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["max_steps=5", "bf16=false"]`` -> ``{"max_steps": 5, "bf16": False}`` (values as YAML)."""
+    from infosft.files import load_yaml
+
+    values = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {assignment!r}")
+        values[key] = load_yaml(text, f"--set {key}")
+    return values
+
+
+def _merge_lora(old: Any, new: Any) -> Any:
+    if new is True and isinstance(old, dict):
+        return old
+    if isinstance(new, dict) and isinstance(old, dict):
+        return {**old, **new}
+    return new
+
+
+def config_fields() -> dict[str, Any]:
+    """Every InfoSFTConfig field a run YAML may set, with its type annotation."""
+    from infosft.training.config import InfoSFTConfig
+
+    hints = typing.get_type_hints(InfoSFTConfig)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(InfoSFTConfig) if f.init}
+
+
+def _check_keys(keys: list[str], where: str, allowed: list[str]) -> None:
+    """ValueError naming each key not in ``allowed``, with the nearest valid names."""
+    unknown = [key for key in keys if key not in allowed]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.6)
+        hints.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {'; '.join(hints)}")
+
+
+_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+def _checked(key: str, value: Any, hint: Any) -> Any:
+    """``value`` if it fits the type annotation ``hint`` (an integral float for an int is made
+    an int); ValueError naming ``key``, the expected type and the value otherwise."""
+    if _fits(value, hint):
+        if hint is int and isinstance(value, float):
+            return int(value)
+        return value
+    raise ValueError(f"{key} must be {_describe_type(hint)}, got {value!r}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, member) for member in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
+        )
+    if hint is float:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is not None:
+        hint = origin
+    if isinstance(hint, type):
+        # An enum-valued option (IntervalStrategy, SchedulerType, ...) is written as its name.
+        if issubclass(hint, str) or hint.__module__.startswith("transformers"):
+            return isinstance(value, (str, hint))
+        return isinstance(value, hint)
+    return True
+
+
+def _describe_type(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(hint) if m is not type(None)]
+        names = " or ".join(dict.fromkeys(_describe_type(m) for m in members))
+        return names + (" or null" if len(members) < len(typing.get_args(hint)) else "")
+    if hint in _KIND_NAMES:
+        return _KIND_NAMES[hint] + (" (finite)" if hint is float else "")
+    hint = typing.get_origin(hint) or hint
+    if hint is dict:
+        return "a mapping"
+    if hint is list:
+        return "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def device_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """Defaults that depend on the machine, for keys the user did not set in ``values``.
+
+    Without a GPU: ``use_cpu`` (TRL otherwise stops with "Your setup doesn't support
+    bf16/gpu"), no activation checkpointing (memory is not the limit on CPU, and it costs a
+    recomputation). ``bf16`` only where the GPU supports it.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    defaults: dict[str, Any] = {}
+    if not cuda and not torch.backends.mps.is_available():
+        defaults["use_cpu"] = True
+    if "bf16" not in values and "fp16" not in values:
+        defaults["bf16"] = cuda and torch.cuda.is_bf16_supported()
+    if not cuda and not {"gradient_checkpointing", "activation_checkpointing"} & set(values):
+        defaults["activation_checkpointing"] = False
+    return {key: value for key, value in defaults.items() if key not in values}
+
+
+def _sources(value: Any, key: str) -> list[Any]:
+    """A data option (one source or a list of them) as a non-empty list."""
+    from datasets import Dataset
+
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items or not all(isinstance(item, (str, os.PathLike, Dataset)) for item in items):
+        raise ValueError(
+            f"{key} must be a file, a hub dataset name or a list of them, got {value!r}"
+        )
+    return [os.fspath(item) if isinstance(item, os.PathLike) else item for item in items]
+
+
+def _describe(data: Any) -> Any:
+    """How a data option is recorded in run_config.json."""
+    if data is None or isinstance(data, str):
+        return data
+    if isinstance(data, (list, tuple)):
+        return [_describe(item) for item in data]
+    return f"<in-memory {type(data).__name__} of {len(data)} rows>"
