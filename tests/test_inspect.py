@@ -1,4 +1,5 @@
-"""infosft inspect: q of target tokens, weight mass per q bin, lowest-q tokens, the command."""
+"""infosft inspect: it scores exactly the tokens the trainer trains on; q of target tokens,
+weight mass per q bin, lowest-q tokens, the command."""
 
 import json
 import math
@@ -6,7 +7,7 @@ import math
 import pytest
 import torch
 
-from infosft.experiments import inspect as insp
+from infosft.experiments import q_profile as insp
 
 P_BAR = 0.93
 
@@ -54,18 +55,82 @@ def test_infosft_mass_moves_toward_confident_tokens_as_p_bar_rises():
     assert sum(low_p_bar) == pytest.approx(1.0)
 
 
-def test_prompt_completion_targets_are_the_completion_tokens(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    row = {
+CHAT = [
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": f"What is {i} + 7?"},
+            {"role": "assistant", "content": f"It is {i + 7}."},
+            {"role": "user", "content": "Sure?"},
+            {"role": "assistant", "content": "Yes."},
+        ]
+    }
+    for i in range(3)
+]
+PROMPT_COMPLETION = [
+    {
         "prompt": [{"role": "user", "content": "What is 12 + 7?"}],
         "completion": [{"role": "assistant", "content": "The answer is 19."}],
-    }
-    ids, is_target = insp.tokenize_example(tokenizer, row)
-    target_text = tokenizer.decode([i for i, t in zip(ids, is_target, strict=True) if t])
-    assert target_text == "The answer is 19.<|im_end|>\n"
-    assert not any(is_target[: len(ids) - sum(is_target)])
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer(tiny_model_dir):
+    """The tiny tokenizer with SmolLM2's template, which has no {% generation %} markers."""
+    from transformers import AutoTokenizer
+
+    from infosft.models import SMOLLM2_CHAT_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    ("rows", "options", "expected_targets"),
+    [
+        (
+            CHAT,
+            {"assistant_only_loss": True},
+            [f"It is {i + 7}.<|im_end|>Yes.<|im_end|>" for i in range(3)],
+        ),
+        (PROMPT_COMPLETION, {}, ["The answer is 19.<|im_end|>\n"]),
+        (
+            [{"text": "The capital of France is Paris. The capital of Italy is Rome."}],
+            {"max_length": 5},
+            None,
+        ),
+    ],
+    ids=["assistant-only-smollm2", "conversational-completion", "truncated-text"],
+)
+def test_inspect_scores_exactly_the_positions_the_trainer_trains_on(
+    tiny_model_dir, smollm2_tokenizer, tmp_path, rows, options, expected_targets
+):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from infosft.training import RunSpec, build_trainer
+
+    values = {"output_dir": str(tmp_path), "use_cpu": True, "report_to": [], **options}
+    spec = RunSpec.from_dict({**values, "data": Dataset.from_list(rows)})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trained_on = build_trainer(spec, model=model, tokenizer=smollm2_tokenizer).train_dataset
+
+    scored = insp.score_prepared(model, insp.prepare_examples(spec, model, smollm2_tokenizer))
+    assert len(scored) == len(trained_on)
+    for example, row in zip(scored, trained_on, strict=True):
+        assert example.input_ids == row["input_ids"]
+        # The trainer's loss covers labels[t] != -100 for t >= 1 (position 0 predicts nothing).
+        assert example.is_target == [t > 0 and lab != -100 for t, lab in enumerate(row["labels"])]
+    if expected_targets is not None:
+        decoded = [
+            smollm2_tokenizer.decode(
+                [i for i, t in zip(e.input_ids, e.is_target, strict=True) if t]
+            )
+            for e in scored
+        ]
+        assert decoded == expected_targets
 
 
 def test_scored_log_probs_equal_a_float64_forward_pass(tiny_model_dir):
@@ -74,10 +139,10 @@ def test_scored_log_probs_equal_a_float64_forward_pass(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     rows = [{"text": "The capital of France is Paris."}, {"text": "def add(a, b): return a"}]
-    scored = insp.score_examples(model, tokenizer, rows, batch_size=2)
+    scored = insp.score_rows(model, tokenizer, rows)
     model64 = AutoModelForCausalLM.from_pretrained(tiny_model_dir).double().eval()
-    for row, example in zip(rows, scored, strict=True):
-        ids = torch.tensor([tokenizer(row["text"])["input_ids"]])
+    for example in scored:
+        ids = torch.tensor([example.input_ids])
         with torch.no_grad():
             reference = model64(input_ids=ids).logits[0, :-1].log_softmax(-1)
         expected = reference.gather(-1, ids[0, 1:, None])[:, 0]
@@ -126,3 +191,40 @@ def test_inspect_command_prints_tables_and_writes_json_and_plots(tiny_model_dir,
     assert len(summary["figures"]) == 3
     for name in summary["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "ten"])
+def test_max_length_below_one_token_is_a_one_line_error(tmp_path, capsys, value):
+    from infosft.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["inspect", "--data", "d.jsonl", "--max-length", value])
+    assert stop.value.code == 2
+    assert "--max-length" in capsys.readouterr().err
+
+
+def test_max_length_below_one_in_a_config_is_an_error(tmp_path, capsys):
+    from infosft.cli import main
+
+    (tmp_path / "r.yaml").write_text("data: d.jsonl\nmax_length: 0\n")
+    assert main(["inspect", "--config", str(tmp_path / "r.yaml")]) == 2
+    assert "max_length must be at least 1" in capsys.readouterr().err
+
+
+def test_scoring_rows_leaves_the_model_fit_to_be_copied_and_trained(tiny_model_dir, tmp_path):
+    """The demo scores its base model, then trains deep copies of it."""
+    import copy
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from infosft.training import RunSpec, build_trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = [{"prompt": "Q: 2 + 3?\nA:", "completion": " 5"}] * 2
+    insp.score_rows(model, tokenizer, rows)
+    values = {"output_dir": str(tmp_path), "use_cpu": True, "max_steps": 1, "report_to": []}
+    spec = RunSpec.from_dict({**values, "data": Dataset.from_list(rows)})
+    trainer = build_trainer(spec, model=copy.deepcopy(model), tokenizer=tokenizer)
+    assert trainer.train().training_loss > 0

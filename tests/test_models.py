@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from conftest import build_tokenizer
-from infosft import models
 from infosft.models import (
     DEFAULT_MODEL,
     SMOLLM2_CHAT_TEMPLATE,
@@ -17,6 +16,7 @@ from infosft.models import (
     ensure_default_model,
     load_model_and_tokenizer,
     resolve_model_path,
+    smollm2,
     training_chat_template,
 )
 
@@ -87,7 +87,7 @@ def test_missing_package_error_names_the_install_command(cache, monkeypatch):
 
 def test_default_model_is_converted_once_then_read_from_the_cache(cache, monkeypatch):
     calls = []
-    monkeypatch.setattr(models, "convert_gguf", fake_conversion(calls))
+    monkeypatch.setattr(smollm2, "convert_gguf", fake_conversion(calls))
     first = resolve_model_path(DEFAULT_MODEL)
     second = resolve_model_path(DEFAULT_MODEL.upper())
     assert first == second == str(default_model_dir())
@@ -102,7 +102,7 @@ def test_failed_conversion_leaves_nothing_behind(cache, monkeypatch):
         (out_dir / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(models, "convert_gguf", broken)
+    monkeypatch.setattr(smollm2, "convert_gguf", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         ensure_default_model()
     assert list(default_model_dir().parent.iterdir()) == []
@@ -117,7 +117,7 @@ def test_concurrent_conversion_keeps_the_first_complete_copy(cache, monkeypatch)
         (target / "config.json").write_text('{"winner": true}')
         (out_dir / "config.json").write_text('{"winner": false}')
 
-    monkeypatch.setattr(models, "convert_gguf", racing)
+    monkeypatch.setattr(smollm2, "convert_gguf", racing)
     assert ensure_default_model() == target
     assert json.loads((target / "config.json").read_text()) == {"winner": True}
     assert [p.name for p in target.parent.iterdir()] == [target.name]

@@ -35,31 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of options (see below)")
-    parser.add_argument(
-        "--model",
-        help=f"local checkpoint directory, hub id, or {DEFAULT_MODEL!r} (embedded; the default)",
-    )
-    parser.add_argument(
-        "--data",
-        nargs="+",
-        metavar="SOURCE",
-        help="training data: .jsonl/.json/.parquet files or hub datasets NAME[@CONFIG][:SPLIT], "
-        "with rows {text}, {prompt, completion} or {messages}",
-    )
+    add_run_spec_arguments(parser)
     parser.add_argument("--eval-data", nargs="+", metavar="SOURCE", help="evaluation data")
-    parser.add_argument(
-        "--data-format",
-        metavar="NAME",
-        help="formatter for raw public datasets (infosft.training.formats), e.g. numina_math_cot",
-    )
     parser.add_argument(
         "--method",
         metavar="NAME",
         help=f"weighting scheme: {', '.join(available_weightings())} (default: infosft)",
-    )
-    parser.add_argument(
-        "--p-bar", type=float, help=f"InfoSFT's clip point in (0, 1) (default {DEFAULT_P_BAR})"
     )
     parser.add_argument("--output-dir", help="where the checkpoint and logs go (required)")
     parser.add_argument(
@@ -77,14 +58,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="CHECKPOINT",
         help="continue from the last checkpoint in the output dir (or from CHECKPOINT)",
     )
+    parser.set_defaults(run=run)
+
+
+def add_run_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a run spec that ``train`` and ``inspect`` share (see
+    :func:`infosft.training.resolve_spec`)."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of run options")
+    parser.add_argument(
+        "--model",
+        help=f"local checkpoint directory, hub id, or {DEFAULT_MODEL!r} (embedded; the default)",
+    )
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        metavar="SOURCE",
+        help="training data: .jsonl/.json/.parquet files or hub datasets NAME[@CONFIG][:SPLIT], "
+        "with rows {text}, {prompt, completion} or {messages}",
+    )
+    parser.add_argument(
+        "--data-format",
+        metavar="NAME",
+        help="formatter for raw public datasets (infosft.training.formats), e.g. numina_math_cot",
+    )
+    parser.add_argument(
+        "--p-bar", type=float, help=f"InfoSFT's clip point in (0, 1) (default {DEFAULT_P_BAR})"
+    )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any InfoSFTConfig field, value read as YAML (repeatable): --set max_steps=50",
+        help="any run option, value read as YAML (repeatable): --set max_steps=50",
     )
-    parser.set_defaults(run=run)
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:

@@ -407,7 +407,7 @@ def run_demo(
     """
     from datasets import Dataset
 
-    from infosft.experiments.inspect import score_examples, target_log_probs
+    from infosft.experiments.q_profile import score_rows, target_log_probs
     from infosft.models import load_model_and_tokenizer
 
     start = time.perf_counter()
@@ -448,7 +448,7 @@ def run_demo(
         train, _ = arith_task.train_test_split(config.n_train, config.n_test, seed=seed)
         rows = [arith_task.to_sft_example(p) for p in train]
         if seed == 0:
-            scored = score_examples(base_model, tokenizer, rows[:Q_HISTOGRAM_EXAMPLES])
+            scored = score_rows(base_model, tokenizer, rows[:Q_HISTOGRAM_EXAMPLES])
             q_values = target_log_probs(scored).exp().tolist()
         dataset = Dataset.from_list(rows)
         for method in config.methods:
@@ -503,7 +503,7 @@ def run_demo(
 def _quantiles(q_values: Sequence[float]) -> dict[str, float]:
     import torch
 
-    from infosft.experiments.inspect import quantiles
+    from infosft.experiments.q_profile import quantiles
 
     return quantiles(torch.tensor(list(q_values), dtype=torch.float64).log())
 

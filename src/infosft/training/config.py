@@ -214,6 +214,10 @@ class InfoSFTConfig(SFTConfig):
             )
         super().__post_init__()
         self.p_bar = check_p_bar(self.p_bar)
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(
+                f"max_length must be at least 1 token (or null for no limit), got {self.max_length}"
+            )
         if self.method_args is not None and not isinstance(self.method_args, dict):
             raise ValueError(
                 f"method_args must be a mapping of names to values, got {self.method_args!r}"

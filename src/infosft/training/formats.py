@@ -27,7 +27,6 @@ math system prompt for OpenR1.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -300,12 +299,6 @@ def token_length_filter(tokenizer: Any, max_tokens: int) -> RowFilter:
         return len(ids) < max_tokens
 
     return keep
-
-
-def load_toolalpaca_json(path: str) -> list[Row]:
-    """Read ToolAlpaca's ``train_data.json`` and explode it into instance rows."""
-    with open(path, encoding="utf-8") as f:
-        return explode_toolalpaca(json.load(f))
 
 
 register_formatter("numina_math_cot", numina_math_cot)

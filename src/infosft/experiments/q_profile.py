@@ -1,23 +1,26 @@
 """What each weighting would do to a dataset, before training: q of every target token.
 
-One forward pass of the model over the data gives log q of each target token. From it:
+``infosft inspect`` reads the data through the trainer's own dataset preparation
+(:func:`infosft.training.build_trainer`: the same tokenization, chat template, assistant-only
+or completion-only masking and truncation as ``infosft train`` with the same run options), so
+the tokens it scores are exactly the ones training would weight. One forward pass of the model
+over them gives log q of each target token. From it:
 
 - the distribution of q (shares per q bin, quantiles);
 - the share of total weight each method puts on each q bin (weights from
   :func:`infosft.objectives.token_weights`, the one definition of each scheme);
 - the lowest-q tokens shown in context (what plain SFT would push hardest on);
 - how InfoSFT's weight mass moves between q ranges as p_bar changes.
-
-Targets follow TRL's defaults: the completion for prompt-completion rows, every token for
-language-modeling rows, the assistant turns for conversational rows when the chat template marks
-them with ``{% generation %}`` (every token otherwise).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -25,6 +28,9 @@ from torch import Tensor
 from infosft import models
 from infosft.losses import IGNORE_INDEX
 from infosft.objectives import DEFAULT_P_BAR, token_weights
+
+if TYPE_CHECKING:
+    from infosft.training.spec import RunSpec
 
 Q_BIN_EDGES = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0)
 COARSE_BIN_EDGES = (0.0, 0.1, 0.5, 0.9, 1.0)
@@ -43,88 +49,77 @@ class ScoredExample:
     log_probs: list[float]
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
-    )
+def prepare_examples(spec: RunSpec, model: Any, tokenizer: Any, limit: int | None = None) -> Any:
+    """The first ``limit`` examples of ``spec.data`` as the trainer prepares them: a Dataset of
+    ``input_ids`` and ``labels`` (IGNORE_INDEX where no loss applies).
 
-
-def tokenize_example(tokenizer: Any, row: Mapping[str, Any]) -> tuple[list[int], list[bool]]:
-    """Token ids of an SFT row in a TRL format and which of them are training targets.
-
-    Raises ValueError for a row in none of TRL's formats.
+    Built with :func:`infosft.training.build_trainer` on ``model``, which is not trained (LoRA
+    is left out of the spec); TRL patches its forward (see :func:`score_rows`).
     """
-    if "prompt" in row and "completion" in row:
-        prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, str):
-            head = tokenizer(prompt)["input_ids"]
-            tail = tokenizer(completion, add_special_tokens=False)["input_ids"]
-            if tokenizer.eos_token_id is not None:
-                tail = [*tail, tokenizer.eos_token_id]
-            return head + tail, [False] * len(head) + [True] * len(tail)
-        head_text = _render(tokenizer, list(prompt), generation_prompt=True)
-        full_text = _render(tokenizer, [*prompt, *completion], generation_prompt=False)
-        head = tokenizer(head_text, add_special_tokens=False)["input_ids"]
-        ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
-        return ids, [i >= len(head) for i in range(len(ids))]
-    if "messages" in row:
-        encoded = tokenizer.apply_chat_template(
-            list(row["messages"]),
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-        )
-        ids = list(encoded["input_ids"])
-        mask = [bool(m) for m in encoded.get("assistant_masks", [])]
-        return ids, mask if any(mask) else [True] * len(ids)
-    if "text" in row:
-        ids = tokenizer(row["text"])["input_ids"]
-        return ids, [True] * len(ids)
-    raise ValueError(
-        f"row with keys {sorted(row)} is in no SFT format; expected 'text', 'prompt' + "
-        "'completion', or 'messages'"
-    )
+    from infosft.training import build_trainer
+    from infosft.training.data import load_data
+
+    dataset = load_data(spec.data, spec.data_format)
+    if limit is not None:
+        dataset = dataset.select(range(min(limit, len(dataset))))
+    spec = dataclasses.replace(spec, data=dataset, data_format=None, eval_data=None, lora=None)
+    return build_trainer(spec, model=model, tokenizer=tokenizer).train_dataset
 
 
 @torch.no_grad()
-def score_examples(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    batch_size: int = 8,
-    max_length: int = 1024,
-) -> list[ScoredExample]:
-    """log q of every target token of ``rows`` under ``model`` (one forward pass per batch).
-
-    Rows are truncated to ``max_length`` tokens; log-softmax is taken in float32.
-    """
-    encoded = [tokenize_example(tokenizer, row) for row in rows]
-    encoded = [(ids[:max_length], mask[:max_length]) for ids, mask in encoded]
+def score_prepared(model: Any, prepared: Any, batch_size: int = 8) -> list[ScoredExample]:
+    """log q of every target token of tokenized rows (``input_ids``, ``labels``) under
+    ``model``, one forward pass per batch; log-softmax in float32."""
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
+    rows = list(prepared.select_columns(["input_ids", "labels"]))
     scored: list[ScoredExample] = []
     try:
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start : start + batch_size]
-            input_ids, attention = models.pad_right([ids for ids, _ in chunk], pad_id, device)
-            # Token t is a target when its mask says so; the first token has no prefix.
-            is_target = [[False, *mask[1:]] for _, mask in chunk]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            input_ids, attention = models.pad_right([r["input_ids"] for r in chunk], 0, device)
             labels = torch.full_like(input_ids, IGNORE_INDEX)
-            for row, targets in enumerate(is_target):
-                labels[row, : len(targets)] = torch.where(
-                    torch.tensor(targets, device=device),
-                    input_ids[row, : len(targets)],
-                    IGNORE_INDEX,
-                )
+            for row, example in enumerate(chunk):
+                labels[row, : len(example["labels"])] = torch.tensor(example["labels"])
             picked = models.target_log_probs(model, input_ids, attention, labels).cpu()
-            for row, (ids, _) in enumerate(chunk):
-                scored.append(ScoredExample(ids, is_target[row], picked[row, : len(ids)].tolist()))
+            for row, example in enumerate(chunk):
+                ids = example["input_ids"]
+                # The first token has no prefix, so it is never a target (the causal shift).
+                is_target = [
+                    t > 0 and label != IGNORE_INDEX for t, label in enumerate(example["labels"])
+                ]
+                scored.append(ScoredExample(ids, is_target, picked[row, : len(ids)].tolist()))
     finally:
         model.train(was_training)
     return scored
+
+
+def score_rows(
+    model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, max_length: int = 1024
+) -> list[ScoredExample]:
+    """log q of the target tokens of SFT rows (any TRL format) under ``model``, prepared as
+    ``infosft train`` would with default options and ``max_length``.
+
+    ``model`` is left as it was: the preparation builds a trainer on a copy, because TRL's
+    SFTTrainer patches the forward of the model it is given with a closure over that model,
+    so a deep copy taken later would still run the original's forward.
+    """
+    from datasets import Dataset
+
+    from infosft.training import RunSpec
+
+    with tempfile.TemporaryDirectory(prefix="infosft-score-") as scratch:
+        spec = RunSpec.from_dict(
+            {
+                "data": Dataset.from_list(list(rows)),
+                "output_dir": scratch,
+                "max_length": max_length,
+                "report_to": [],
+            }
+        )
+        prepared = prepare_examples(spec, copy.deepcopy(model), tokenizer)
+    return score_prepared(model, prepared)
 
 
 def target_log_probs(examples: Sequence[ScoredExample]) -> Tensor:
@@ -343,32 +338,27 @@ def write_inspect_plots(
 
 
 def run_inspect(
-    model_name: str,
-    data: Any,
+    spec: RunSpec,
     output_dir: Any,
     *,
     methods: Sequence[str],
-    p_bar: float = DEFAULT_P_BAR,
-    data_format: str | None = None,
     limit: int = 256,
-    max_length: int = 1024,
     k_lowest: int = 10,
 ) -> tuple[dict[str, Any], str]:
-    """Load the model and the first ``limit`` rows of ``data``; write inspect.json and plots.
+    """Score the first ``limit`` examples of ``spec.data`` (prepared as training would) under
+    ``spec.model``; write inspect.json and plots to ``output_dir``.
 
-    Returns the summary (with ``figures``) and its text rendering.
+    ``spec.args.p_bar`` is InfoSFT's clip point in the tables. Returns the summary (with
+    ``figures``) and its text rendering.
     """
     from pathlib import Path
 
     from infosft.files import write_json_atomic
     from infosft.models import load_model_and_tokenizer
-    from infosft.training.data import load_data
 
-    dataset = load_data(data, data_format)
-    rows = [dataset[i] for i in range(min(limit, len(dataset)))]
-    model, tokenizer = load_model_and_tokenizer(model_name)
-    examples = score_examples(model, tokenizer, rows, max_length=max_length)
-    summary = inspect_summary(examples, tokenizer, methods, p_bar, k_lowest)
+    model, tokenizer = load_model_and_tokenizer(spec.model, **(spec.model_init_kwargs or {}))
+    examples = score_prepared(model, prepare_examples(spec, model, tokenizer, limit))
+    summary = inspect_summary(examples, tokenizer, methods, spec.args.p_bar, k_lowest)
     output_dir = Path(output_dir)
     q_values = target_log_probs(examples).exp().tolist()
     figures = write_inspect_plots(summary, q_values, output_dir)

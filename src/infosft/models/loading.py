@@ -1,0 +1,92 @@
+"""Models by name: the embedded default, local checkpoint directories and hub ids."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from infosft.models.smollm2 import DEFAULT_MODEL, ensure_default_model
+
+# Any of these in a checkpoint directory means its tokenizer was saved with it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+# "org/name" or "name" as on the Hugging Face Hub; anything else is taken as a local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The directory or hub id that ``from_pretrained`` should load for ``name_or_path``.
+
+    - ``"smollm2-135m-instruct"`` (the default): the cached conversion, created on first use;
+    - a local directory: itself (it must hold a config.json);
+    - ``"org/name"``: returned unchanged as a Hugging Face Hub id.
+
+    Raises FileNotFoundError for a local path that does not exist or is not a checkpoint.
+    """
+    if name_or_path.strip().lower() == DEFAULT_MODEL:
+        return str(ensure_default_model())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model directory {name_or_path} has no config.json; pass a Hugging Face "
+                "checkpoint directory (config.json + safetensors + tokenizer)"
+            )
+        return str(path)
+    if path.exists():
+        raise FileNotFoundError(
+            f"model {name_or_path} is a file; pass the checkpoint directory that contains it"
+        )
+    if not _HUB_ID.match(name_or_path):
+        raise FileNotFoundError(
+            f"model directory {name_or_path} does not exist (and it is not a hub id such as "
+            f"'org/name'); the embedded default is {DEFAULT_MODEL!r}"
+        )
+    return name_or_path
+
+
+def load_model_and_tokenizer(
+    name_or_path: str = DEFAULT_MODEL, *, dtype: Any = None, device: Any = None, **model_kwargs: Any
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer by name, local path or hub id (see resolve_model_path).
+
+    Args:
+        name_or_path: ``"smollm2-135m-instruct"``, a checkpoint directory, or a hub id.
+        dtype: a torch dtype or its name ("float32", "bfloat16"); None keeps the saved dtype.
+        device: where to move the model ("cpu", "cuda", a torch.device); None leaves it on CPU.
+        **model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (for example
+            ``attn_implementation``).
+
+    Returns:
+        (model, tokenizer): a ``PreTrainedModel`` in eval mode and its tokenizer, which always
+        has a pad token (the eos token when the checkpoint defines none).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+        dtype = getattr(torch, dtype)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model directory {name_or_path} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); "
+            "save the tokenizer next to the model (tokenizer.save_pretrained(DIR))"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **model_kwargs)
+    except OSError as err:
+        if Path(path).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"model {name_or_path!r} is not a local directory and could not be loaded from the "
+            f"Hugging Face Hub: {err}"
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
