@@ -1,25 +1,174 @@
-"""Token-weighting schemes: pure functions of detached log-probabilities.
+"""Token-weighting schemes: pure functions of detached per-token values.
 
-Every path of the package (reference loss, fused loss, trainer, CLI, inspect, plots) turns
-log q into a weight through :func:`token_weights`, so a scheme is defined exactly once here.
-The per-token loss of every scheme is ``-sg(w(q)) * log q`` (reference.md §1).
+Every path of the package (reference loss, fused loss, trainer, CLI, inspect, plots) gets its
+weights from a scheme defined once here. The per-token loss of every scheme is
+``-sg(w) * log q`` (reference.md §1); ``method`` names the scheme everywhere.
+
+A scheme is resolved and validated once, before any token is seen::
+
+    scheme = get_scheme("eaft", p_bar=0.93, method_args={"top_k": 20, "alpha": 1.0})
+
+The resulting :class:`Scheme` tells the loss engines what to compute for each target token
+(:attr:`Scheme.needs_entropy`, :attr:`Scheme.top_k`), whether it needs a statistic of the whole
+micro-batch first (:meth:`Scheme.statistic`) and whether the loss divides by the weight sum
+(:attr:`Scheme.self_normalised`); :meth:`Scheme.weights` then maps per-token values to weights.
+A scheme never sees how the rows are chunked: it receives the values of some target tokens as
+:class:`TokenInputs` and returns one weight per token.
+
+Registering a scheme of your own:
+
+- a function of q alone: ``register_weighting(name, fn)`` with ``fn(log_probs, p_bar)``;
+- anything richer: ``register_scheme(name, weight, ...)`` with
+  ``weight(tokens: TokenInputs, p_bar, **method_args)``, declaring its ``method_args`` and
+  defaults and what it reads (``entropy=True``, ``top_k_entropy=True`` with a ``top_k``
+  argument, ``batch_statistic=fn(tokens, sequence_ids)``, ``self_normalised=True``).
+
+Built in (q = p(target), l = -log q): ``nll`` (w = 1), ``dft`` (w = q), ``infosft``
+(w = q max(0, 1 - logit(q)/logit(p_bar))), ``eaft`` (w = (H_K / ln K)^alpha, H_K the entropy of
+the softmax over the K largest logits), ``talr`` (w = max(q^(1/tau), 0.01), tau the median over
+the micro-batch's sequences of their mean l), ``memft`` (w = 1[l > ln 2], loss divided by the
+weight sum), ``dft_mix`` (w = alpha q + 1 - alpha), ``power`` (w = k q^k).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-WeightFn = Callable[[Tensor, float], Tensor]
-"""A scheme: ``fn(log_probs, p_bar) -> weights``. ``log_probs`` is a detached float32 tensor of
-values in [-inf, 0]; the result must have the same shape (any float dtype, cast to float32)."""
-
 DEFAULT_P_BAR = 0.93
 
-_REGISTRY: dict[str, WeightFn] = {}
+# Below log q = -1e4, q is 0 in float32 anyway; flooring log q there keeps every derived value
+# (logit, log q / tau) finite, so a zero weight is 0 * finite and never 0 * inf.
+LOG_Q_FLOOR = -1e4
+
+
+class TokenInputs(NamedTuple):
+    """What a scheme's weight function receives: values of N target tokens, all detached.
+
+    ``log_probs`` is always there; the others are None unless the scheme asked for them.
+    """
+
+    log_probs: Tensor
+    """[N] float32 log q of each target token, in [-inf, 0]."""
+    entropy: Tensor | None = None
+    """[N] float32 entropy (nats) of the model's full next-token distribution."""
+    top_k_entropy: Tensor | None = None
+    """[N] float32 entropy (nats) of the softmax over the token's K largest logits."""
+    statistic: Tensor | None = None
+    """float32 value of the scheme's batch statistic over the whole micro-batch (e.g. TALR's
+    tau, 0-dim); the same for every token of the micro-batch."""
+
+
+WeightFn = Callable[[Tensor, float], Tensor]
+"""A function of q alone: ``fn(log_probs, p_bar) -> weights``. ``log_probs`` is a detached
+float32 tensor of values in [-inf, 0]; the result must have the same shape (any float dtype,
+cast to float32)."""
+
+SchemeWeightFn = Callable[..., Tensor]
+"""A scheme's weight: ``weight(tokens: TokenInputs, p_bar, **method_args) -> [N] weights``."""
+
+BatchStatisticFn = Callable[[TokenInputs, Tensor], Tensor]
+"""``fn(tokens, sequence_ids) -> statistic``: tokens of a whole micro-batch (``statistic`` is
+None) and the [N] int64 id of the sequence each one belongs to."""
+
+
+@dataclass(frozen=True)
+class _Definition:
+    """A registered scheme before its parameters are bound."""
+
+    weight: SchemeWeightFn
+    defaults: Mapping[str, int | float]
+    entropy: bool
+    top_k_entropy: bool
+    batch_statistic: BatchStatisticFn | None
+    self_normalised: bool
+    validate: Callable[..., None] | None
+
+
+_REGISTRY: dict[str, _Definition] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class Scheme:
+    """A weighting scheme with validated parameters: what the loss engines call.
+
+    Build it with :func:`get_scheme`. Every loss entry point also accepts a method name and
+    resolves it once per call.
+    """
+
+    method: str
+    p_bar: float
+    method_args: Mapping[str, int | float]
+    """Every argument of the scheme, defaults filled in (read-only)."""
+    needs_entropy: bool
+    """The weight reads :attr:`TokenInputs.entropy`."""
+    top_k: int | None
+    """K of :attr:`TokenInputs.top_k_entropy` when the weight reads it, else None."""
+    self_normalised: bool
+    """The loss divides by the weight sum instead of the token count (see
+    :func:`infosft.losses.reference.loss_denominator`)."""
+    _weight: SchemeWeightFn = field(repr=False)
+    _batch_statistic: BatchStatisticFn | None = field(repr=False)
+
+    @property
+    def needs_batch_statistic(self) -> bool:
+        """The weights need a statistic of the whole micro-batch before any is known."""
+        return self._batch_statistic is not None
+
+    @property
+    def q_only(self) -> bool:
+        """The weight is a function of q alone (it has a weight curve w(q))."""
+        return not (self.needs_entropy or self.top_k is not None or self.needs_batch_statistic)
+
+    def depends_on(self) -> list[str]:
+        """What the weight reads besides q, in words (empty for a function of q alone)."""
+        needs = []
+        if self.needs_entropy:
+            needs.append("the token's entropy")
+        if self.top_k is not None:
+            needs.append(f"the token's top-{self.top_k} entropy")
+        if self._batch_statistic is not None:
+            needs.append(f"a micro-batch statistic ({self._batch_statistic.__name__})")
+        return needs
+
+    def statistic(self, tokens: TokenInputs, sequence_ids: Tensor) -> Tensor | None:
+        """The batch statistic over all target tokens of a micro-batch, or None.
+
+        Args:
+            tokens: every target token of the micro-batch (``statistic`` None).
+            sequence_ids: [N] int64, the sequence (row of labels) each token belongs to.
+        """
+        if self._batch_statistic is None:
+            return None
+        return self._batch_statistic(_as_float32(tokens), sequence_ids).detach().float()
+
+    def weights(self, tokens: TokenInputs) -> Tensor:
+        """float32 weights [N] of the tokens, detached; finite for log q in [-inf, 0].
+
+        ``tokens`` must carry what the scheme reads (entropy, top-K entropy, the statistic).
+        """
+        with torch.no_grad():
+            return self._weight(_as_float32(tokens), self.p_bar, **self.method_args).float()
+
+
+def _as_float32(tokens: TokenInputs) -> TokenInputs:
+    """Detached float32 values; log q above 0 (rounding) is read as 0."""
+
+    def f32(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.detach().float()
+
+    return TokenInputs(
+        tokens.log_probs.detach().float().clamp(max=0.0),
+        f32(tokens.entropy),
+        f32(tokens.top_k_entropy),
+        f32(tokens.statistic),
+    )
 
 
 def log1mexp(x: Tensor) -> Tensor:
@@ -33,6 +182,9 @@ def log1mexp(x: Tensor) -> Tensor:
     a = torch.log(-torch.expm1(torch.where(near_zero, x, torch.full_like(x, -1.0))))
     b = torch.log1p(-torch.exp(torch.where(near_zero, torch.full_like(x, -1.0), x)))
     return torch.where(near_zero, a, b)
+
+
+# ---- functions of q alone ------------------------------------------------------------------
 
 
 def nll_weight(log_probs: Tensor, p_bar: float) -> Tensor:
@@ -51,35 +203,177 @@ def infosft_weight(log_probs: Tensor, p_bar: float) -> Tensor:
     logit(q) = log q - log(1 - q) is taken from log q with log1mexp, so q -> 1 gives
     logit = +inf and weight 0, and log q = -inf gives weight 0 (never 0 * inf).
     """
+    c = math.log(p_bar / (1.0 - p_bar))
+    lp = log_probs.clamp(min=LOG_Q_FLOOR)
+    logit = lp - log1mexp(lp)
+    factor = (1.0 - logit / c).clamp(min=0.0)
+    return lp.exp() * factor
+
+
+def _check_infosft(p_bar: float) -> None:
     if not 0.5 < p_bar < 1.0:
         raise ValueError(
             f"infosft needs 0.5 < p_bar < 1 so that logit(p_bar) > 0, got p_bar={p_bar}; "
             f"the paper uses p_bar={DEFAULT_P_BAR}."
         )
-    c = math.log(p_bar / (1.0 - p_bar))
-    # Below log q = -1e4, q is 0 in float32 anyway; the floor keeps logit finite so q * factor
-    # is 0 * finite instead of 0 * inf.
-    lp = log_probs.clamp(min=-1e4)
-    logit = lp - log1mexp(lp)
-    factor = (1.0 - logit / c).clamp(min=0.0)
-    return lp.exp() * factor
+
+
+def memft_weight(log_probs: Tensor, p_bar: float) -> Tensor:
+    """MemFT (arXiv 2605.30260): w = 1[l > ln 2], i.e. only tokens with q < 1/2 are trained;
+    the loss is self-normalised, sum(w l) / max(sum w, 1)."""
+    return (log_probs < -math.log(2.0)).float()
+
+
+def dft_mix_weight(tokens: TokenInputs, p_bar: float, *, alpha: float) -> Tensor:
+    """DFT/NLL interpolation: w = alpha * q + (1 - alpha)."""
+    return alpha * tokens.log_probs.exp() + (1.0 - alpha)
+
+
+def power_weight(tokens: TokenInputs, p_bar: float, *, k: float) -> Tensor:
+    """The -p^k family ("Beyond Log Likelihood", arXiv 2510.00526): w = k q^k, the weight that
+    makes -sg(w) log q have the gradient of -q^k."""
+    return k * (k * tokens.log_probs).exp()
+
+
+# ---- schemes that read more than q ---------------------------------------------------------
+
+
+def eaft_weight(tokens: TokenInputs, p_bar: float, *, top_k: int, alpha: float) -> Tensor:
+    """EAFT (arXiv 2601.02151): w = (H_K / ln K)^alpha, H_K the entropy of the softmax over the
+    token's K largest logits; confident (low-entropy) tokens are down-weighted."""
+    # H_K lies in [0, ln K]; the clamp removes rounding outside it (a negative base with a
+    # fractional alpha would be NaN).
+    normalised = (tokens.top_k_entropy / math.log(top_k)).clamp(0.0, 1.0)
+    return normalised.pow(alpha)
+
+
+def talr_tau(tokens: TokenInputs, sequence_ids: Tensor) -> Tensor:
+    """TALR's tau: the median over sequences of each sequence's mean l = -log q (the mean of the
+    two middle values for an even count); only sequences with targets count. 0-dim float32."""
+    nll = -tokens.log_probs.clamp(min=LOG_Q_FLOOR)
+    if nll.numel() == 0:
+        return nll.new_ones(())
+    _, sequence = torch.unique(sequence_ids, return_inverse=True)
+    count = torch.bincount(sequence).to(nll.dtype)
+    total = torch.zeros_like(count).index_add_(0, sequence, nll)
+    return torch.quantile(total / count, 0.5, interpolation="midpoint")
+
+
+def talr_weight(tokens: TokenInputs, p_bar: float) -> Tensor:
+    """TALR (arXiv 2509.20758): w = max(q^(1/tau), 0.01), tau = :func:`talr_tau`."""
+    # tau -> 0 (every q = 1) is the limit q^inf; the floors keep log q / tau finite.
+    tau = tokens.statistic.clamp(min=1e-12)
+    return (tokens.log_probs.clamp(min=LOG_Q_FLOOR) / tau).exp().clamp(min=0.01)
+
+
+def _check_eaft(p_bar: float, *, top_k: int, alpha: float) -> None:
+    if top_k < 2:
+        raise ValueError(f"eaft needs top_k >= 2 (its weight divides by ln K), got top_k={top_k}")
+    if not 0.0 <= alpha < math.inf:
+        raise ValueError(f"eaft needs a finite alpha >= 0, got alpha={alpha}")
+
+
+def _check_dft_mix(p_bar: float, *, alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"dft_mix needs 0 <= alpha <= 1 (alpha q + 1 - alpha), got {alpha}")
+
+
+def _check_power(p_bar: float, *, k: float) -> None:
+    if not 0.0 < k < math.inf:
+        raise ValueError(f"power needs a finite k > 0 (w = k q^k), got k={k}")
+
+
+# ---- registry ------------------------------------------------------------------------------
+
+
+def _check_name(name: str, overwrite: bool) -> None:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"weighting name must be an identifier-like string, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"weighting {name!r} is already registered; pass overwrite=True to replace it"
+        )
 
 
 def register_weighting(name: str, fn: WeightFn, *, overwrite: bool = False) -> None:
     """Make ``fn`` available as ``method=name`` on every path (losses, trainer, CLI, plots).
 
     ``fn(log_probs, p_bar)`` receives detached float32 log-probabilities in [-inf, 0] of any
-    shape and returns weights of the same shape. It should be finite for every input.
+    shape and returns weights of the same shape, finite for every input. For a scheme that
+    reads more than q, takes arguments or normalises itself, use :func:`register_scheme`.
     """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"weighting name must be an identifier-like string, got {name!r}")
+    _check_name(name, overwrite)
     if not callable(fn):
         raise TypeError(f"weighting {name!r} must be callable as fn(log_probs, p_bar), got {fn!r}")
-    if name in _REGISTRY and not overwrite:
+
+    _REGISTRY[name] = _Definition(_of_q(fn), MappingProxyType({}), False, False, None, False, None)
+
+
+def _of_q(fn: WeightFn) -> SchemeWeightFn:
+    """A function of q alone as a scheme's weight: ``weight(tokens, p_bar)``."""
+
+    def weight(tokens: TokenInputs, p_bar: float) -> Tensor:
+        return fn(tokens.log_probs, p_bar)
+
+    weight.__name__ = getattr(fn, "__name__", "weight")
+    return weight
+
+
+def register_scheme(
+    name: str,
+    weight: SchemeWeightFn,
+    *,
+    method_args: Mapping[str, int | float] | None = None,
+    entropy: bool = False,
+    top_k_entropy: bool = False,
+    batch_statistic: BatchStatisticFn | None = None,
+    self_normalised: bool = False,
+    validate: Callable[..., None] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Register a scheme that may read more than q, on every path.
+
+    Args:
+        name: the ``method`` name.
+        weight: ``weight(tokens, p_bar, **method_args) -> [N]`` weights, finite for every
+            input, from the :class:`TokenInputs` of N target tokens.
+        method_args: the scheme's arguments and their defaults; a user's value is converted to
+            the default's type (int or float), unknown names are refused.
+        entropy: ``tokens.entropy`` (full-vocabulary entropy) is filled in.
+        top_k_entropy: ``tokens.top_k_entropy`` is filled in, with K = the ``top_k`` argument
+            (which ``method_args`` must declare).
+        batch_statistic: ``fn(tokens, sequence_ids)`` computed over all target tokens of the
+            micro-batch before any weight; its value arrives as ``tokens.statistic``. The fused
+            loss then makes one extra pass over the LM head without gradients.
+        self_normalised: the loss is ``sum(w l) / max(sum w, 1)`` instead of dividing by the
+            token count (see :func:`infosft.losses.reference.loss_denominator`).
+        validate: ``validate(p_bar, **method_args)`` raising ValueError for bad values.
+        overwrite: replace a scheme registered under ``name``.
+    """
+    _check_name(name, overwrite)
+    if not callable(weight):
+        raise TypeError(f"scheme {name!r}: weight must be callable, got {weight!r}")
+    defaults = dict(method_args or {})
+    for arg, value in defaults.items():
+        if (
+            not isinstance(arg, str)
+            or isinstance(value, bool)
+            or not isinstance(value, int | float)
+        ):
+            raise ValueError(f"scheme {name!r}: method_args must map names to numbers, got {arg!r}")
+    if top_k_entropy and not isinstance(defaults.get("top_k"), int):
         raise ValueError(
-            f"weighting {name!r} is already registered; pass overwrite=True to replace it"
+            f"scheme {name!r} reads the top-K entropy, so method_args must declare an int top_k"
         )
-    _REGISTRY[name] = fn
+    _REGISTRY[name] = _Definition(
+        weight,
+        MappingProxyType(defaults),
+        entropy,
+        top_k_entropy,
+        batch_statistic,
+        self_normalised,
+        validate,
+    )
 
 
 def available_weightings() -> list[str]:
@@ -87,11 +381,10 @@ def available_weightings() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_weighting(name: str) -> WeightFn:
-    """The registered scheme called ``name``; ValueError listing the known names otherwise."""
+def _definition(name: str) -> _Definition:
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):
         known = ", ".join(available_weightings())
         raise ValueError(
             f"unknown weighting method {name!r}; known methods: {known}. "
@@ -110,35 +403,163 @@ def check_p_bar(p_bar: float) -> float:
     return value
 
 
-@torch.no_grad()
+def _bind_args(
+    method: str, defaults: Mapping[str, int | float], given: Mapping[str, Any] | None
+) -> dict[str, int | float]:
+    """The scheme's arguments: defaults overridden by ``given``, each of the default's type."""
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise ValueError(f"method_args must be a mapping of names to numbers, got {given!r}")
+    unknown = [name for name in given if name not in defaults]
+    if unknown:
+        takes = ", ".join(defaults) if defaults else "no method_args"
+        raise ValueError(
+            f"method {method!r} takes {takes}; got unknown {', '.join(map(repr, unknown))}"
+        )
+    bound = dict(defaults)
+    for name, value in given.items():
+        want = type(defaults[name])
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if want is int and ok and float(value).is_integer():
+            bound[name] = int(value)
+        elif want is float and ok:
+            bound[name] = float(value)
+        else:
+            kind = "an integer" if want is int else "a number"
+            raise ValueError(f"method {method!r}: {name} must be {kind}, got {value!r}")
+    return bound
+
+
+# log q values every scheme is tried on when it is resolved: a weight must be finite for each.
+_PROBE_LOG_Q = (0.0, -1e-30, -0.5, -3.0, -200.0, -math.inf)
+
+
+def get_scheme(
+    method: str | Scheme,
+    *,
+    p_bar: float | None = None,
+    method_args: Mapping[str, Any] | None = None,
+) -> Scheme:
+    """Resolve and validate a scheme once: name, p_bar and arguments -> :class:`Scheme`.
+
+    Args:
+        method: a registered name (see :func:`available_weightings`), or a :class:`Scheme`,
+            returned as it is (then ``p_bar`` and ``method_args`` must be None or equal to its
+            own).
+        p_bar: InfoSFT's clip point in (0, 1); None means :data:`DEFAULT_P_BAR`.
+        method_args: the scheme's other arguments by name (e.g. ``{"top_k": 20}`` for eaft);
+            missing ones take their defaults.
+
+    The weight is tried once on a few extreme tokens (log q = 0 ... -inf); a weight that is not
+    finite there, or not of the tokens' shape, is reported here.
+    """
+    if isinstance(method, Scheme):
+        same_p_bar = p_bar is None or check_p_bar(p_bar) == method.p_bar
+        same_args = method_args is None or _bind_args(
+            method.method, method.method_args, method_args
+        ) == dict(method.method_args)
+        if not (same_p_bar and same_args):
+            raise ValueError(
+                f"a resolved scheme ({method.method}) carries its own p_bar and method_args; "
+                "pass them to get_scheme instead of next to the scheme"
+            )
+        return method
+    definition = _definition(method)
+    p_bar = check_p_bar(DEFAULT_P_BAR if p_bar is None else p_bar)
+    args = _bind_args(method, definition.defaults, method_args)
+    if definition.validate is not None:
+        definition.validate(p_bar, **args)
+    scheme = Scheme(
+        method=method,
+        p_bar=p_bar,
+        method_args=MappingProxyType(args),
+        needs_entropy=definition.entropy,
+        top_k=args["top_k"] if definition.top_k_entropy else None,
+        self_normalised=definition.self_normalised,
+        _weight=definition.weight,
+        _batch_statistic=definition.batch_statistic,
+    )
+    _probe(scheme)
+    return scheme
+
+
+def _probe(scheme: Scheme) -> None:
+    """Run the scheme on extreme tokens; ValueError naming it if the weights are unusable."""
+    log_probs = torch.tensor(_PROBE_LOG_Q)
+    n = log_probs.numel()
+    spread = torch.linspace(0.0, 1.0, n)
+    tokens = TokenInputs(
+        log_probs,
+        entropy=spread * 5.0 if scheme.needs_entropy else None,
+        top_k_entropy=spread * math.log(scheme.top_k) if scheme.top_k is not None else None,
+    )
+    statistic = scheme.statistic(tokens, torch.arange(n) // 2)
+    weights = scheme.weights(tokens._replace(statistic=statistic))
+    if not isinstance(weights, Tensor) or weights.shape != log_probs.shape:
+        got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+        raise ValueError(
+            f"weighting {scheme.method!r} returned {got} for {n} tokens, expected a tensor of "
+            f"shape {tuple(log_probs.shape)} (one weight per token)"
+        )
+    if not bool(torch.isfinite(weights).all()):
+        raise ValueError(
+            f"weighting {scheme.method!r} returned non-finite weights {weights.tolist()} for "
+            f"log q = {list(_PROBE_LOG_Q)}; a weight must be finite for every log q in [-inf, 0]"
+        )
+
+
+def get_weighting(name: str) -> Scheme:
+    """The scheme ``name`` with default arguments; ValueError listing the known names otherwise.
+
+    Kept for callers that only validate a name; new code calls :func:`get_scheme`.
+    """
+    return get_scheme(name)
+
+
 def token_weights(
-    log_probs: Tensor, method: str = "infosft", p_bar: float = DEFAULT_P_BAR
+    log_probs: Tensor,
+    method: str | Scheme = "infosft",
+    p_bar: float | None = None,
+    method_args: Mapping[str, Any] | None = None,
 ) -> Tensor:
-    """Per-token weights w(q) of a scheme, detached.
+    """Per-token weights w(q) of a scheme that is a function of q alone, detached.
 
     Args:
         log_probs: log q of the target tokens, any shape, any float dtype. Values above 0
             (rounding) are treated as 0.
-        method: a registered scheme name (see :func:`available_weightings`).
-        p_bar: the expert's confidence in its own token; InfoSFT's clip point.
+        method: a registered scheme name (see :func:`available_weightings`) or a
+            :class:`Scheme`; it must be a function of q alone (:attr:`Scheme.q_only`).
+        p_bar: the expert's confidence in its own token; InfoSFT's clip point (None: 0.93).
+        method_args: the scheme's other arguments by name.
 
     Returns:
         float32 tensor of ``log_probs.shape``, no grad, finite for every input in [-inf, 0].
     """
-    p_bar = check_p_bar(p_bar)
-    fn = get_weighting(method)
+    scheme = get_scheme(method, p_bar=p_bar, method_args=method_args)
+    if not scheme.q_only:
+        raise ValueError(
+            f"method {scheme.method!r} is not a function of q alone (it depends on "
+            f"{' and '.join(scheme.depends_on())}); score its tokens with "
+            "infosft.losses.score_targets and call Scheme.weights(TokenInputs(...))"
+        )
     if not torch.is_floating_point(log_probs):
         raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
-    lp = log_probs.detach().float().clamp(max=0.0)
-    weights = fn(lp, p_bar)
-    if not isinstance(weights, Tensor) or weights.shape != lp.shape:
-        got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
-        raise ValueError(
-            f"weighting {method!r} returned {got}, expected a tensor of shape {tuple(lp.shape)}"
-        )
-    return weights.float()
+    flat = TokenInputs(log_probs.reshape(-1))
+    return scheme.weights(flat).reshape(log_probs.shape)
 
 
 register_weighting("nll", nll_weight)
 register_weighting("dft", dft_weight)
-register_weighting("infosft", infosft_weight)
+register_scheme("infosft", _of_q(infosft_weight), validate=_check_infosft)
+register_scheme(
+    "eaft",
+    eaft_weight,
+    method_args={"top_k": 20, "alpha": 1.0},
+    top_k_entropy=True,
+    validate=_check_eaft,
+)
+register_scheme("talr", talr_weight, batch_statistic=talr_tau)
+register_scheme("memft", _of_q(memft_weight), self_normalised=True)
+register_scheme("dft_mix", dft_mix_weight, method_args={"alpha": 0.7}, validate=_check_dft_mix)
+register_scheme("power", power_weight, method_args={"k": 10.0}, validate=_check_power)
