@@ -277,6 +277,8 @@ def test_a_run_whose_final_save_was_cut_off_saves_its_last_checkpoint_without_tr
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    weights = (full / "model.safetensors").read_bytes()
+    (resumed / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # cut off
     assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
     assert not train_losses(read_metrics(resumed / "metrics.jsonl"))
     final_full, final_resumed = state_dict(full), state_dict(resumed)

@@ -165,7 +165,11 @@ def test_lowest_q_tokens_come_in_ascending_q_with_their_context():
     assert [r["q"] for r in rows] == pytest.approx([0.01, 0.1])
 
 
-def test_inspect_command_prints_tables_and_writes_json_and_plots(tiny_model_dir, tmp_path, capsys):
+def test_inspect_command_reports_the_completion_tokens_and_writes_json_and_plots(
+    tiny_model_dir, tmp_path, capsys
+):
+    from transformers import AutoTokenizer
+
     from infosft.cli import main
 
     data = tmp_path / "train.jsonl"
@@ -175,22 +179,21 @@ def test_inspect_command_prints_tables_and_writes_json_and_plots(tiny_model_dir,
     ]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "inspect"
-    code = main(
-        ["inspect", "--model", str(tiny_model_dir), "--data", str(data), "--output-dir", str(out)]
-    )
+    argv = ["inspect", "--model", str(tiny_model_dir), "--data", str(data)]
+    code = main([*argv, "--output-dir", str(out), "--methods", "nll", "infosft"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "share of tokens and of each method's total weight" in printed
     summary = json.loads((out / "inspect.json").read_text())
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     # Each completion's tokens plus the end-of-sequence token appended to it.
     expected = sum(len(tokenizer(r["completion"])["input_ids"]) + 1 for r in rows)
     assert summary["num_target_tokens"] == expected
-    assert len(summary["figures"]) == 3
+    assert f"{expected} target tokens in 2 examples" in printed
+    assert set(summary["bins"]["mass_share"]) == {"nll", "infosft"}
+    assert sum(summary["bins"]["mass_share"]["nll"]) == pytest.approx(1.0)
     for name in summary["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary["figures"]
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "ten"])

@@ -482,6 +482,12 @@ def test_assistant_only_loss_on_data_without_an_assistant_turn_is_an_error(
         ("loss_schedule", [{"method": "nll", "until_step": 1.5}, {}], "whole number"),
         ("loss_schedule", [{"method": "nll", "until_epoch": 0}, {}], "positive"),
         ("loss_schedule", "[{", "not valid JSON"),
+        ("gradient_accumulation_steps", 0, "at least 1"),
+        ("per_device_train_batch_size", 0, "at least 1"),
+        ("max_length", 0, "max_length must be at least 1"),
+        ("max_steps", -5, "max_steps must be"),
+        ("num_train_epochs", 0, "num_train_epochs must be > 0"),
+        ("learning_rate", -1e-4, "learning_rate must be >= 0"),
     ],
 )
 def test_config_rejects_bad_values(tmp_path, field, value, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from infosft.cli.train import add_run_spec_arguments
 
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from infosft.objectives import get_weighting
     from infosft.training import resolve_spec
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise ValueError(f"--output-dir {args.output_dir} is a file; give a directory")
     flags = {
         "model": args.model,
         "data": args.data,

@@ -214,10 +214,7 @@ class InfoSFTConfig(SFTConfig):
             )
         super().__post_init__()
         self.p_bar = check_p_bar(self.p_bar)
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(
-                f"max_length must be at least 1 token (or null for no limit), got {self.max_length}"
-            )
+        self._check_run_length()
         if self.method_args is not None and not isinstance(self.method_args, dict):
             raise ValueError(
                 f"method_args must be a mapping of names to values, got {self.method_args!r}"
@@ -238,6 +235,33 @@ class InfoSFTConfig(SFTConfig):
         else:
             self.loss_schedule = [_entry_dict(entry) for entry in entries]
         self._schedule = entries
+
+    def _check_run_length(self) -> None:
+        """ValueError for settings TrainingArguments accepts but that train nothing or fail late
+        (a batch of 0, a division by zero, a negative learning rate at the first step)."""
+        for name in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(
+                f"max_length must be at least 1 token (or null for no limit), got {self.max_length}"
+            )
+        if not self.learning_rate >= 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(
+                f"max_steps must be a number of steps >= 1 (or -1 to train num_train_epochs), "
+                f"got {self.max_steps}"
+            )
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            raise ValueError(
+                "num_train_epochs must be > 0 when max_steps is not set, got "
+                f"{self.num_train_epochs}"
+            )
 
     def schedule_entry(self, epoch: float | None, global_step: int) -> ScheduleEntry:
         """The schedule entry (method and resolved scheme) active for the next optimizer step,

@@ -196,9 +196,14 @@ def load_source(source: str | Dataset) -> tuple[Dataset, Callable[[int], str]]:
         if suffix == ".json":
             return _from_rows(read_json(path), source), lambda i: f"{source} example {i}"
         if suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            return Dataset(pq.read_table(path)), lambda i: f"{source} row {i}"
+            try:
+                table = pq.read_table(path)
+            except (pa.ArrowException, OSError) as err:
+                raise ValueError(f"{source}: not a readable Parquet file ({err})") from None
+            return Dataset(table), lambda i: f"{source} row {i}"
         raise ValueError(
             f"data file {source} has an unsupported type; use one of {', '.join(LOCAL_SUFFIXES)} "
             "or a hub dataset name"

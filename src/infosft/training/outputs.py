@@ -37,8 +37,9 @@ TRAINER_STATE = "trainer_state.json"
 INCOMPLETE_SUFFIX = ".incomplete"
 # What an unfinished run leaves besides checkpoints: a fresh run may start over on top of it.
 RESTARTABLE = {RUN_CONFIG_FILE, METRICS_FILE, "base_log_probs", "runs"}
-# Files that only a finished run's final save writes.
+# Files of a final model. config.json is moved into place last, so it marks a complete save.
 FINAL_MODEL_MARKERS = ("config.json", "model.safetensors", "model.safetensors.index.json")
+FINAL_MODEL_LAST = "config.json"
 
 
 def _logged_step(line: str) -> float:
@@ -101,22 +102,26 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def has_final_model(output_dir: Path) -> bool:
-    """Whether ``output_dir`` holds a final model (written by a finished run)."""
+def holds_model_files(output_dir: Path) -> bool:
+    """Whether ``output_dir`` holds any file of a final model (complete or not)."""
     return (
         any((output_dir / name).is_file() for name in FINAL_MODEL_MARKERS)
         or (output_dir / ADAPTER_DIR).is_dir()
     )
 
 
+def final_model_saved(output_dir: Path) -> bool:
+    """Whether a run's final save into ``output_dir`` completed (the run is finished)."""
+    return (output_dir / FINAL_MODEL_LAST).is_file()
+
+
 def check_output_dir(output_dir: Path) -> None:
     """ValueError unless ``output_dir`` is a directory (or a path to create) a run may write to:
     not a file, and not a finished run or another project's files."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output_dir {output_dir} is a file; give a directory")
+    _reject_file(output_dir)
     if not output_dir.is_dir():
         return
-    if has_final_model(output_dir):
+    if holds_model_files(output_dir):
         raise ValueError(
             f"{output_dir} holds the final model of an earlier run; choose another --output-dir "
             "(or delete that run first). To train further from that model, pass it as --model"
@@ -146,8 +151,8 @@ def checkpoint_to_resume(output_dir: Path, resume: bool | str | os.PathLike) -> 
     complete the run starts over. A path resumes from that checkpoint. A run whose final model
     is saved is finished: resuming it is an error.
     """
-    check_output_dir_type(output_dir)
-    if resume and has_final_model(output_dir):
+    _reject_file(output_dir)
+    if resume and final_model_saved(output_dir):
         raise ValueError(
             f"the run in {output_dir} is finished (its final model is saved); nothing to resume. "
             "To train further from that model, pass it as --model with a new --output-dir"
@@ -184,7 +189,7 @@ def checkpoint_to_resume(output_dir: Path, resume: bool | str | os.PathLike) -> 
     return str(complete[-1])
 
 
-def check_output_dir_type(output_dir: Path) -> None:
+def _reject_file(output_dir: Path) -> None:
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir {output_dir} is a file; give a directory")
 
@@ -215,7 +220,9 @@ def save_final_model(trainer: Any, output_dir: Path) -> None:
         else:
             trainer.save_model(str(staging))
         if trainer.is_world_process_zero():
-            for item in staging.iterdir():
+            # config.json last: its presence says the whole final model is in place.
+            items = sorted(staging.iterdir(), key=lambda item: item.name == FINAL_MODEL_LAST)
+            for item in items:
                 target = output_dir / item.name
                 if item.is_dir() and target.is_dir():
                     shutil.rmtree(target)

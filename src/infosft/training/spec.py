@@ -167,6 +167,7 @@ class RunSpec:
                 f"no output directory in {where} (an empty one is often an unset shell "
                 "variable); pass --output-dir DIR (or output_dir: in the config file)"
             )
+        options["output_dir"] = os.path.expanduser(options["output_dir"])
         args = InfoSFTConfig(**{**device_defaults(options), **options})
         return cls(args=args, **run)
 
