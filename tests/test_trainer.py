@@ -373,6 +373,63 @@ def test_non_finite_weights_stop_training_without_a_checkpoint(
     assert not list((tmp_path / "out").glob("checkpoint-*"))
 
 
+def kl_to(base, model, row):
+    """[N] float64 KL(p_base || p_model) over the vocabulary at each target of ``row``."""
+    ids = torch.tensor([row["input_ids"]])
+    mask = torch.tensor(row["labels"][1:]) != -100
+    with torch.no_grad():
+        log_base = base(input_ids=ids).logits[0, :-1].double().log_softmax(-1)[mask]
+    log_model = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)[mask]
+    return (log_base.exp() * (log_base - log_model)).sum(-1)
+
+
+def test_kl_to_base_adds_the_anchor_to_the_float64_reference_update(
+    tiny_model_dir, tokenizer, examples, tmp_path
+):
+    """Two SGD steps (the KL and its gradient are 0 at the first, when the model is the base)."""
+    lr, beta = 20.0, 0.5
+    options = {"max_steps": 2, "learning_rate": lr, "kl_to_base": beta}
+    trainer, update = train(build(tiny_model_dir, tokenizer, examples, tmp_path, **options))
+    assert trainer.state.log_history[0]["kl_to_base"] == pytest.approx(0.0, abs=1e-6)
+    assert trainer.state.log_history[1]["kl_to_base"] > 0
+
+    base = load_model(tiny_model_dir, torch.float64)
+    model = load_model(tiny_model_dir, torch.float64)
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for _ in range(2):
+        loss, _ = reference_loss(model, examples, "infosft")
+        kl = torch.cat([kl_to(base, model, row) for row in examples])
+        model.zero_grad()
+        (loss + beta * kl.sum() / len(kl)).backward()
+        with torch.no_grad():
+            for param in model.parameters():
+                param -= lr * param.grad
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(
+            update[name], param.detach() - initial[name], rtol=1e-4, atol=1e-6, msg=name
+        )
+
+
+def test_kl_to_base_with_lora_measures_against_the_adapters_switched_off(
+    tiny_model_dir, tokenizer, examples, tmp_path
+):
+    from peft import PeftModel
+
+    lora = {"rank": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    options = {"max_steps": 2, "learning_rate": 20.0, "kl_to_base": 0.5, "lora": lora}
+    options |= {"save_strategy": "steps", "save_steps": 1}
+    trainer, _ = train(build(tiny_model_dir, tokenizer, examples, tmp_path, **options))
+    logged = trainer.state.log_history[1]["kl_to_base"]  # under the weights after step 1
+
+    base = load_model(tiny_model_dir, torch.float64)
+    after_one = PeftModel.from_pretrained(
+        load_model(tiny_model_dir, torch.float64), tmp_path / "out" / "checkpoint-1"
+    ).eval()
+    kl = torch.cat([kl_to(base, after_one, row).detach() for row in examples])
+    assert float(kl.mean()) > 1e-6
+    assert logged == pytest.approx(float(kl.mean()), rel=1e-3)
+
+
 PROMPTS = [{"prompt": f"What is {i} + 7?", "completion": f" {i + 7}."} for i in range(4)]
 LONG_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}. " * 4
 
@@ -459,13 +516,14 @@ def test_assistant_only_loss_on_data_without_an_assistant_turn_is_an_error(
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("method", "focal", "not a weighting scheme"),
+        ("method", "focal", "unknown weighting method"),
         ("loss_type", "dft", "method='dft'"),
         ("p_bar", 1.5, "p_bar"),
         ("p_bar", 0.3, "p_bar > 0.5|0.5 < p_bar"),
         ("kl_to_base", -1.0, "kl_to_base"),
         ("weight_source", "reference", "weight_source"),
-        ("method_args", {"k": 2}, "method_args"),
+        ("method_args", {"k": 2}, "takes no method_args"),
+        ("method_args", {"top_k": 5}, "each entry its own method_args"),
         ("loss_schedule", [{"method": "nll", "until_epoch": 1}], "last entry"),
         ("loss_schedule", [{"method": "nll", "until_epoch": 1}, {"loss": "dft"}], "unknown"),
         ("loss_schedule", [{"loss_type": "nll", "until_epoch": 1}, {}], "'method' now"),
@@ -491,5 +549,21 @@ def test_assistant_only_loss_on_data_without_an_assistant_turn_is_an_error(
     ],
 )
 def test_config_rejects_bad_values(tmp_path, field, value, message):
+    extra = {"loss_schedule": [{"method": "eaft"}]} if value == {"top_k": 5} else {}
     with pytest.raises(ValueError, match=message):
-        InfoSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{field: value})
+        InfoSFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, **{field: value}, **extra)
+
+
+def test_static_weights_need_a_scheme_of_q_alone(tmp_path):
+    with pytest.raises(ValueError, match="'eaft' also depends on"):
+        InfoSFTConfig(output_dir=str(tmp_path), use_cpu=True, method="eaft", weight_source="base")
+
+
+def test_a_config_pickles_and_resolves_its_schedule_again(tmp_path):
+    import pickle
+
+    schedule = [{"method": "nll", "until_step": 2}, {"method": "eaft", "method_args": {"top_k": 5}}]
+    config = InfoSFTConfig(output_dir=str(tmp_path), use_cpu=True, loss_schedule=schedule)
+    loaded = pickle.loads(pickle.dumps(config))
+    assert loaded.loss_schedule == schedule
+    assert loaded.schedule_entry(0.0, 5).scheme.top_k == 5

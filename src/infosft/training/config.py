@@ -8,18 +8,18 @@ entry of the schedule is active at the current step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from trl import SFTConfig
 
-from infosft.objectives import DEFAULT_P_BAR, available_weightings, check_p_bar, token_weights
+from infosft.objectives import DEFAULT_P_BAR, Scheme, check_p_bar, get_scheme
 
 WEIGHT_SOURCES = ("current", "base")
-SCHEDULE_KEYS = ("method", "until_epoch", "until_step")
+SCHEDULE_KEYS = ("method", "method_args", "until_epoch", "until_step")
 # SFTConfig.loss_type is TRL's own loss; InfoSFT computes every scheme itself and never reads it.
 TRL_LOSS_TYPE = "nll"
 
@@ -30,7 +30,8 @@ class ScheduleEntry:
     or ``until_step`` optimizer steps are done (neither: until the end of training)."""
 
     method: str
-    scheme: Any
+    scheme: Scheme
+    method_args: dict[str, Any] | None = None
     until_epoch: float | None = None
     until_step: int | None = None
 
@@ -45,37 +46,26 @@ class ScheduleEntry:
 
 def resolve_scheme(
     method: Any, p_bar: float, method_args: dict[str, Any] | None, where: str = "method"
-) -> Any:
-    """The weighting scheme ``method`` with its parameters, validated; ValueError otherwise.
-
-    The scheme is evaluated once on log q = 0 so that a bad ``p_bar`` (infosft needs
-    p_bar > 0.5) fails when the config is built, not at the first training step.
-    """
-    if not isinstance(method, str) or method not in available_weightings():
-        known = ", ".join(available_weightings())
-        raise ValueError(
-            f"{where}={method!r} is not a weighting scheme; choose one of: {known} "
-            "(a new one is registered with infosft.register_weighting)"
-        )
-    if method_args:
-        raise ValueError(
-            f"method_args {sorted(method_args)} given, but the scheme {method!r} takes no "
-            "parameters besides p_bar"
-        )
-    token_weights(torch.zeros(1), method, p_bar)
-    return method
+) -> Scheme:
+    """The weighting scheme ``method`` with ``p_bar`` and its arguments, resolved and validated
+    once (:func:`infosft.objectives.get_scheme`); ValueError naming ``where`` otherwise."""
+    if not isinstance(method, str):
+        raise ValueError(f"{where} must be a scheme name such as 'infosft', got {method!r}")
+    try:
+        return get_scheme(method, p_bar=p_bar, method_args=method_args)
+    except ValueError as err:
+        raise ValueError(f"{where}={method!r}: {err}") from None
 
 
-def parse_loss_schedule(
-    schedule: Any, p_bar: float, method_args: dict[str, Any] | None
-) -> list[ScheduleEntry] | None:
+def parse_loss_schedule(schedule: Any, p_bar: float) -> list[ScheduleEntry] | None:
     """Validate a loss schedule and resolve the scheme of every entry.
 
     ``schedule`` is None, a list of dicts, or the same as a JSON string (from a command line).
     Every entry names a ``method``; every entry but the last ends at ``until_epoch`` (a number
     of epochs, fractions allowed: 0.25 is a quarter of the first epoch) or ``until_step`` (a
     number of optimizer steps), strictly later than the previous entry's end; the last entry
-    has neither and runs to the end. Example, one epoch of SFT then InfoSFT:
+    has neither and runs to the end. An entry may carry its scheme's ``method_args``.
+    Example, one epoch of SFT then InfoSFT:
     ``[{"method": "nll", "until_epoch": 1}, {"method": "infosft"}]``.
     """
     if schedule is None:
@@ -102,7 +92,7 @@ def parse_loss_schedule(
                 f"{where} has unknown keys {sorted(unknown)}{hint}; "
                 f"allowed: {', '.join(SCHEDULE_KEYS)}"
             )
-        method = entry.get("method")
+        method, method_args = entry.get("method"), entry.get("method_args")
         scheme = resolve_scheme(method, p_bar, method_args, f"{where}.method")
         ends = [key for key in ("until_epoch", "until_step") if entry.get(key) is not None]
         if index == len(schedule) - 1:
@@ -111,18 +101,22 @@ def parse_loss_schedule(
                     f"{where} is the last entry and must not have {ends[0]!r}: it runs to the end "
                     "of training"
                 )
-            entries.append(ScheduleEntry(method, scheme))
+            entries.append(ScheduleEntry(method, scheme, method_args))
             continue
         if len(ends) != 1:
             raise ValueError(f"{where} needs exactly one of 'until_epoch' or 'until_step'")
-        entries.append(_ending_entry(where, method, scheme, ends[0], entry[ends[0]], entries))
+        last = _ending_entry(
+            where, ScheduleEntry(method, scheme, method_args), ends[0], entry, entries
+        )
+        entries.append(last)
     return entries
 
 
 def _ending_entry(
-    where: str, method: str, scheme: Any, key: str, until: Any, previous: list[ScheduleEntry]
+    where: str, entry: ScheduleEntry, key: str, given: dict[str, Any], previous: list[ScheduleEntry]
 ) -> ScheduleEntry:
-    """A schedule entry ending at ``key: until``, checked to end after the previous entry."""
+    """``entry`` ending at ``given[key]``, checked to end after the previous entry."""
+    until = given[key]
     is_number = isinstance(until, (int, float)) and not isinstance(until, bool)
     if key == "until_step":
         if not is_number or until != int(until) or until < 1:
@@ -146,8 +140,8 @@ def _ending_entry(
                 f"{getattr(last, key)}"
             )
     if key == "until_step":
-        return ScheduleEntry(method, scheme, until_step=until)
-    return ScheduleEntry(method, scheme, until_epoch=float(until))
+        return dataclasses.replace(entry, until_step=until)
+    return dataclasses.replace(entry, until_epoch=float(until))
 
 
 @dataclass
@@ -228,13 +222,41 @@ class InfoSFTConfig(SFTConfig):
                 f"weight_source must be one of {', '.join(WEIGHT_SOURCES)}, "
                 f"got {self.weight_source!r}"
             )
-        entries = parse_loss_schedule(self.loss_schedule, self.p_bar, self.method_args)
+        self._schedule = self._resolve_schedule()
+
+    def _resolve_schedule(self) -> list[ScheduleEntry]:
+        """The schedule's entries with their schemes resolved (one entry without a schedule)."""
+        entries = parse_loss_schedule(self.loss_schedule, self.p_bar)
         if entries is None:
             scheme = resolve_scheme(self.method, self.p_bar, self.method_args)
-            entries = [ScheduleEntry(self.method, scheme)]
+            entries = [ScheduleEntry(self.method, scheme, self.method_args)]
+        elif self.method_args:
+            raise ValueError(
+                "method_args belongs to method; with a loss_schedule give each entry its own "
+                "method_args"
+            )
         else:
             self.loss_schedule = [_entry_dict(entry) for entry in entries]
-        self._schedule = entries
+        if self.weight_source == "base":
+            for entry in entries:
+                if not entry.scheme.q_only:
+                    needs = " and ".join(entry.scheme.depends_on())
+                    raise ValueError(
+                        f"weight_source='base' fixes w(q) from the base model's q, but "
+                        f"{entry.method!r} also depends on {needs}"
+                    )
+        return entries
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Resolved schemes hold functions and read-only mappings; the Trainer pickles its
+        # arguments into every checkpoint (training_args.bin), so they are resolved again on load.
+        state = self.__dict__.copy()
+        state.pop("_schedule", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._schedule = self._resolve_schedule()
 
     def _check_run_length(self) -> None:
         """ValueError for settings TrainingArguments accepts but that train nothing or fail late
@@ -275,8 +297,9 @@ class InfoSFTConfig(SFTConfig):
 
 def _entry_dict(entry: ScheduleEntry) -> dict[str, Any]:
     """A resolved schedule entry as the plain mapping it was given as (for to_dict / YAML)."""
-    ends = {"until_epoch": entry.until_epoch, "until_step": entry.until_step}
-    return {
-        "method": entry.method,
-        **{key: value for key, value in ends.items() if value is not None},
+    keys = {
+        "method_args": entry.method_args,
+        "until_epoch": entry.until_epoch,
+        "until_step": entry.until_step,
     }
+    return {"method": entry.method, **{key: value for key, value in keys.items() if value}}

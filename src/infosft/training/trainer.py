@@ -18,6 +18,7 @@ fused loss needs the hidden states themselves, and the LM head is where they are
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -37,6 +38,9 @@ from infosft.training.static_weights import COLUMN, compute_base_log_probs, with
 
 logger = logging.getLogger(__name__)
 
+# Marks a KL-anchor base model that projects with the trained model's own LM head.
+_SAME_HEAD = object()
+
 BASE_LOG_PROBS_DIR = "base_log_probs"
 """Where ``weight_source: base`` caches the base model's log q, under ``output_dir``."""
 
@@ -49,6 +53,7 @@ _COLUMNS = (
     "num_zero_weight",
     "sum_nll",
     "sum_entropy",
+    "sum_kl",
     "input_tokens",
 )
 
@@ -56,6 +61,10 @@ _COLUMNS = (
 class NonFiniteLossError(ValueError):
     """The training loss became NaN or infinite; training stopped (see the message for what was
     saved)."""
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
 def count_targets(labels: list[int]) -> int:
@@ -169,13 +178,14 @@ class InfoSFTTrainer(SFTTrainer):
                 "InfoSFTTrainer computes the loss itself; set InfoSFTConfig.method (or register "
                 "a scheme with infosft.register_weighting) instead of passing compute_loss_func"
             )
-        if args.kl_to_base:
-            raise ValueError(
-                "kl_to_base > 0 is not available in this version of the trainer; set kl_to_base: 0"
-            )
         # Read by _prepare_dataset, which SFTTrainer.__init__ calls.
         self._template_tokenizer = marked_template_tokenizer(processing_class, args)
         self._initial_model = model
+        # The KL anchor's base model for full fine-tuning: a frozen copy taken before TRL patches
+        # the model's forward. With PEFT the base is the same model with its adapters disabled.
+        self._frozen_base = None
+        if args.kl_to_base and kwargs.get("peft_config") is None and not _is_peft(model):
+            self._frozen_base = copy.deepcopy(model).eval().requires_grad_(False)
         super().__init__(
             model=model,
             args=args,
@@ -195,6 +205,8 @@ class InfoSFTTrainer(SFTTrainer):
         if args.weight_source == "base":
             # TRL's collator drops keys it does not know; this one passes the column through.
             self.data_collator = with_base_log_probs(self.data_collator)
+        if self._frozen_base is not None:
+            self._frozen_base.to(self.args.device)
         # compute_loss below consumes num_items_in_batch itself, whatever the model's forward takes,
         # so the Trainer must count it.
         self.model_accepts_loss_kwargs = True
@@ -264,7 +276,7 @@ class InfoSFTTrainer(SFTTrainer):
             )
         # Values where labels are ignored are arbitrary (possibly NaN); zero them first.
         base_log_probs = base_log_probs.masked_fill(inputs["labels"] == IGNORE_INDEX, 0.0)
-        return token_weights(base_log_probs, entry.scheme, self.args.p_bar)
+        return token_weights(base_log_probs, entry.scheme)
 
     def compute_loss(
         self,
@@ -281,17 +293,23 @@ class InfoSFTTrainer(SFTTrainer):
         target_weights = self._target_weights(inputs, entry)
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", COLUMN)}
         model_inputs["use_cache"] = False
+        base = self._base_head_inputs(model, model_inputs) if self.args.kl_to_base else None
 
         def head_loss(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
+            base_hidden, base_weight, base_bias = base or (None, None, None)
             return fused_weighted_nll_loss(
                 hidden_states,
                 weight,
                 labels.to(hidden_states.device),
                 method=entry.scheme,
-                p_bar=self.args.p_bar,
                 num_items_in_batch=num_items_in_batch,
                 ignore_index=IGNORE_INDEX,
                 lm_head_bias=bias,
+                base_hidden_states=base_hidden,
+                # With PEFT the head is usually the base model's own (LoRA leaves it alone).
+                base_lm_head_weight=weight if base_weight is _SAME_HEAD else base_weight,
+                base_lm_head_bias=bias if base_weight is _SAME_HEAD else base_bias,
+                kl_to_base=self.args.kl_to_base,
                 return_stats=True,
                 target_weights=target_weights,
             )
@@ -311,6 +329,30 @@ class InfoSFTTrainer(SFTTrainer):
             return loss, outputs
         return loss
 
+    @torch.no_grad()
+    def _base_head_inputs(
+        self, model: nn.Module, model_inputs: dict[str, Any]
+    ) -> tuple[Tensor, Any, Tensor | None]:
+        """The base model's final hidden states [B, T, H] on this batch and its LM head (weight,
+        bias), for the KL anchor: one forward without gradients, the head intercepted so no
+        logits are built. The weight is ``_SAME_HEAD`` when the base shares the trained head.
+        """
+
+        def capture(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
+            return hidden_states.new_zeros(()), (hidden_states, weight, bias)
+
+        if self._frozen_base is not None:
+            base, adapters_off = self._frozen_base, contextlib.nullcontext()
+        else:
+            base = model
+            adapters_off = self.accelerator.unwrap_model(model).disable_adapter()
+        with adapters_off, loss_in_lm_head(output_embeddings(base), capture) as result:
+            base(**model_inputs)
+        hidden, weight, bias = result["stats"]
+        if self._frozen_base is None and weight is output_embeddings(model).weight:
+            return hidden, _SAME_HEAD, None
+        return hidden, weight, bias
+
     def _record(
         self, mode: str, loss: Tensor, stats: Any, inputs: dict[str, Any], method: str
     ) -> None:
@@ -329,6 +371,7 @@ class InfoSFTTrainer(SFTTrainer):
                 stats.num_zero_weight,
                 stats.sum_nll,
                 stats.sum_entropy,
+                stats.sum_nll.new_zeros(()) if stats.sum_kl is None else stats.sum_kl,
                 input_tokens.to(loss.device, torch.float32),
             ]
         ).unsqueeze(0)
@@ -386,6 +429,8 @@ class InfoSFTTrainer(SFTTrainer):
                 "zero_weight_share": sums["num_zero_weight"] / count,
                 "entropy": sums["sum_entropy"] / count,
             }
+            if self.args.kl_to_base:
+                means["kl_to_base"] = sums["sum_kl"] / count
             logs.update({prefix + name: value for name, value in means.items()})
             if mode == "train":
                 elapsed = time.perf_counter() - self._window_start
