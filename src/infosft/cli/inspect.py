@@ -43,8 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=["nll", "dft", "infosft"],
-        help="schemes, each a function of q (default: nll dft infosft)",
+        help="schemes, each a function of q (default: every registered function of q)",
     )
     parser.add_argument("--lowest", type=positive_int, default=10, help="lowest-q tokens to show")
     parser.add_argument("--output-dir", default="runs/inspect", help="where json and plots go")
@@ -53,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from infosft.experiments.q_profile import run_inspect
-    from infosft.objectives import get_weighting
+    from infosft.objectives import available_weightings, get_scheme
     from infosft.training import resolve_spec
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -67,10 +66,14 @@ def run(args: argparse.Namespace) -> int:
         "output_dir": args.output_dir,
     }
     spec = resolve_spec(args.config, args.set, flags)
-    for method in args.methods:
-        get_weighting(method)
+    if args.methods:
+        methods = args.methods
+        for method in methods:
+            get_scheme(method, p_bar=spec.args.p_bar)
+    else:
+        methods = [m for m in available_weightings() if get_scheme(m, p_bar=spec.args.p_bar).q_only]
     summary, text = run_inspect(
-        spec, args.output_dir, methods=args.methods, limit=args.limit, k_lowest=args.lowest
+        spec, args.output_dir, methods=methods, limit=args.limit, k_lowest=args.lowest
     )
     print(text)
     print(f"\nwrote {args.output_dir}/inspect.json and {len(summary['figures'])} plots")
