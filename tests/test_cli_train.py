@@ -233,57 +233,54 @@ def full_run(tiny_model_dir, data_file, tmp_path_factory):
     return base, out
 
 
-def test_resumed_run_reproduces_the_uninterrupted_losses(full_run, tmp_path):
-    base, full = full_run
-    resumed = tmp_path / "resumed"
-    # The state of a run interrupted after step 3: its checkpoint and a log that went further.
-    resumed.mkdir()
-    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
-    shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
-    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
+def interrupted_copy(full, path, checkpoints, metrics=False):
+    """A run directory holding ``checkpoints`` of the full run (and its metrics.jsonl)."""
+    path.mkdir()
+    for name in checkpoints:
+        shutil.copytree(full / name, path / name)
+    if metrics:
+        shutil.copy(full / "metrics.jsonl", path / "metrics.jsonl")
+    return path
 
-    expected = train_losses(read_metrics(full / "metrics.jsonl"))
-    got = train_losses(read_metrics(resumed / "metrics.jsonl"))
-    assert sorted(got) == [1, 2, 3, 4, 5, 6]
-    assert [got[s] for s in range(1, 7)] == pytest.approx([expected[s] for s in range(1, 7)])
+
+def resume_and_compare(base, full, resumed):
+    """Resume ``resumed``; assert its final model equals the full run's; return its losses."""
+    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
     final_full, final_resumed = state_dict(full), state_dict(resumed)
     for key in final_full:
         torch.testing.assert_close(final_resumed[key], final_full[key])
+    return train_losses(read_metrics(resumed / "metrics.jsonl"))
+
+
+def test_resumed_run_reproduces_the_uninterrupted_losses(full_run, tmp_path):
+    base, full = full_run
+    # The state of a run interrupted after step 3: its checkpoint and a log that went further.
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3"], metrics=True)
+    got = resume_and_compare(base, full, resumed)
+    expected = train_losses(read_metrics(full / "metrics.jsonl"))
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    assert [got[s] for s in range(1, 7)] == pytest.approx([expected[s] for s in range(1, 7)])
 
 
 def test_a_checkpoint_cut_off_mid_save_is_set_aside_and_the_last_complete_one_resumed(
     full_run, tmp_path
 ):
     base, full = full_run
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
-    shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3", "checkpoint-6"])
     state = resumed / "checkpoint-6" / "trainer_state.json"
     state.write_text(state.read_text()[:100])  # killed while writing the state
-    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
+    assert sorted(resume_and_compare(base, full, resumed)) == [4, 5, 6]
     assert (resumed / "checkpoint-6.incomplete").is_dir()
-    got = train_losses(read_metrics(resumed / "metrics.jsonl"))
-    assert sorted(got) == [4, 5, 6]
-    final_full, final_resumed = state_dict(full), state_dict(resumed)
-    for key in final_full:
-        torch.testing.assert_close(final_resumed[key], final_full[key])
 
 
 def test_a_run_whose_final_save_was_cut_off_saves_its_last_checkpoint_without_training(
     full_run, tmp_path
 ):
     base, full = full_run
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-6"])
     weights = (full / "model.safetensors").read_bytes()
     (resumed / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # cut off
-    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]) == 0
-    assert not train_losses(read_metrics(resumed / "metrics.jsonl"))
-    final_full, final_resumed = state_dict(full), state_dict(resumed)
-    for key in final_full:
-        torch.testing.assert_close(final_resumed[key], final_full[key])
+    assert not resume_and_compare(base, full, resumed)
 
 
 def test_resuming_a_finished_run_is_an_error_and_changes_nothing(full_run, capsys):
