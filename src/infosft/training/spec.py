@@ -96,10 +96,10 @@ class LoraSpec:
 class RunSpec:
     """One training run: what to train (``model``, ``data``, ``lora``, ...) and how (``args``).
 
-    Build it from a YAML-like mapping with :meth:`from_dict` (checked key by key), from the
-    command line with :func:`resolve_spec`, or directly::
+    Build it from a YAML-like mapping with :meth:`from_dict` (checked key by key, with the
+    machine's defaults such as ``use_cpu``) or from a command line with :func:`resolve_spec`::
 
-        RunSpec(args=InfoSFTConfig(output_dir="out", method="infosft"), data="train.jsonl")
+        RunSpec.from_dict({"data": "train.jsonl", "output_dir": "out", "method": "infosft"})
 
     ``data`` and ``eval_data`` are local .jsonl/.json/.parquet files, hub dataset names
     ``NAME[@CONFIG][:SPLIT]`` or ``datasets.Dataset`` objects (one or a list).
