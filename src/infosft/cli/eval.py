@@ -14,11 +14,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a model on a task (acc@1, pass@k, forgetting vs a base model)",
         description=(
             "Generate with --model and score on --task; with --base-model also measure "
-            "forgetting (retention, KL(base||tuned), held-out NLL). With --samples, score "
+            "forgetting (retention, KL(base||tuned), held-out NLL). With --lm-eval, also run "
+            "lm-evaluation-harness tasks on both models. With --samples, score "
             "pre-generated completions ({task_id, completion} per line) without a model."
         ),
     )
-    parser.add_argument("--task", required=True, help="built-in task name or task YAML file")
+    parser.add_argument(
+        "--task", help="built-in task name or task YAML file (optional with --lm-eval)"
+    )
     parser.add_argument(
         "--model",
         help="model to evaluate: name, checkpoint dir or hub id (default: the embedded "
@@ -45,6 +48,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     forget = parser.add_argument_group("forgetting (with --base-model)")
     forget.add_argument("--general-prompts", help="JSON lines or text file of general prompts")
     forget.add_argument("--heldout", help="JSON lines or text file of held-out general text")
+    harness = parser.add_argument_group(
+        "lm-evaluation-harness tasks (needs: pip install 'infosft[lm-eval]')"
+    )
+    harness.add_argument(
+        "--lm-eval",
+        nargs="+",
+        metavar="TASK",
+        help="lm-eval task, group or tag names (comma or space separated: ifeval, mmlu, "
+        "arc_easy, hellaswag, gsm8k, ...), run on --model and --base-model with --limit and "
+        "--batch-size; built-in tasks download their data sets",
+    )
+    harness.add_argument("--lm-eval-include", metavar="DIR", help="directory of task YAMLs")
+    harness.add_argument("--lm-eval-fewshot", type=int, metavar="N", help="default: the task's")
+    harness.add_argument(
+        "--lm-eval-chat-template", action="store_true", help="apply the tokenizer's chat template"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(run=run)
 
@@ -83,12 +102,21 @@ def run(args: argparse.Namespace) -> int:
     from infosft.evaluation.runner import score_samples, summarize_records, write_json
     from infosft.evaluation.tasks import load_task
 
-    task = load_task(args.task)
-    output = Path(args.output or f"runs/eval/{task.name}.json")
+    if args.lm_eval:
+        from infosft.evaluation.lm_eval_tasks import require_lm_eval
+
+        require_lm_eval()  # before any model is loaded
+    elif not args.task:
+        raise ValueError("name a task: --task NAME and/or --lm-eval TASK ...")
+    task = load_task(args.task) if args.task else None
+    output = Path(args.output or f"runs/eval/{task.name if task else 'lm_eval'}.json")
     start = time.perf_counter()
     if args.samples:
-        if args.model or args.base_model:
-            raise ValueError("--samples scores existing completions; drop --model/--base-model")
+        if args.model or args.base_model or args.lm_eval or task is None:
+            raise ValueError(
+                "--samples scores existing completions of --task; drop --model/--base-model/"
+                "--lm-eval"
+            )
         samples = read_samples(args.samples)
         records = score_samples(
             task, samples, args.workers, args.timeout, args.sandbox, not args.no_progress
@@ -103,10 +131,15 @@ def run(args: argparse.Namespace) -> int:
         results = evaluate_models(args, task, output)
     results["seconds"] = time.perf_counter() - start
     write_json(output, results)
-    print_metrics(f"{task.name}: {len(results['samples'])} samples", results["metrics"])
+    if task is not None:
+        print_metrics(f"{task.name}: {len(results['samples'])} samples", results["metrics"])
     for name in ("base_metrics", "forgetting"):
         if name in results:
             print_metrics(name, results[name])
+    if "lm_eval" in results:
+        from infosft.evaluation.lm_eval_tasks import format_table
+
+        print(format_table(results["lm_eval"]))
     print(f"wrote {output} ({results['seconds']:.0f} s)")
     return 0
 
@@ -116,10 +149,11 @@ def evaluate_models(args: argparse.Namespace, task, output: Path) -> dict:
     import torch
 
     from infosft.evaluation.forgetting import forgetting_report, read_texts
+    from infosft.evaluation.lm_eval_tasks import lm_eval_report
     from infosft.evaluation.runner import evaluate, with_overrides
     from infosft.models import DEFAULT_MODEL, load_model_and_tokenizer
 
-    settings = with_overrides(
+    settings = task and with_overrides(  # None without --task (lm-eval only)
         task.generation,
         n=args.n,
         temperature=args.temperature,
@@ -134,6 +168,8 @@ def evaluate_models(args: argparse.Namespace, task, output: Path) -> dict:
 
     def run_one(name: str, tag: str) -> tuple[dict, object, object]:
         model, tokenizer = load_model_and_tokenizer(name, dtype=args.dtype, device=device)
+        if task is None:
+            return {"lm_eval": run_lm_eval_tasks(args, model, tokenizer)}, model, tokenizer
         result = evaluate(
             model,
             tokenizer,
@@ -146,13 +182,19 @@ def evaluate_models(args: argparse.Namespace, task, output: Path) -> dict:
             progress_path=output.with_name(f"{output.stem}.{tag}.progress.jsonl"),
             progress=progress,
         )
+        if args.lm_eval:
+            result["lm_eval"] = run_lm_eval_tasks(args, model, tokenizer)
         return result, model, tokenizer
 
     results, model, tokenizer = run_one(args.model or DEFAULT_MODEL, "model")
     results["model"] = args.model or DEFAULT_MODEL
+    base = {}
     if args.base_model:
         base, base_model, _ = run_one(args.base_model, "base")
         results["base_model"] = args.base_model
+    if args.lm_eval:
+        results["lm_eval"] = lm_eval_report(results.pop("lm_eval"), base.pop("lm_eval", None))
+    if args.base_model and task is not None:
         results["base_metrics"] = base["metrics"]
         results["forgetting"] = forgetting_report(
             base_model,
@@ -166,3 +208,20 @@ def evaluate_models(args: argparse.Namespace, task, output: Path) -> dict:
             progress=progress,
         )
     return results
+
+
+def run_lm_eval_tasks(args: argparse.Namespace, model, tokenizer) -> dict:
+    """The --lm-eval tasks on one loaded model (see infosft.evaluation.lm_eval_tasks)."""
+    from infosft.evaluation.lm_eval_tasks import run_lm_eval
+
+    return run_lm_eval(
+        model,
+        tokenizer,
+        [name for names in args.lm_eval for name in names.split(",") if name],
+        limit=args.limit,
+        include_path=args.lm_eval_include,
+        num_fewshot=args.lm_eval_fewshot,
+        apply_chat_template=args.lm_eval_chat_template,
+        batch_size=args.batch_size or 8,
+        seed=args.seed,
+    )
