@@ -420,6 +420,24 @@ def test_bad_data_is_a_one_line_error_naming_file_and_line(
     assert f"{path}{message}" in error_of([*argv, "--output-dir", str(tmp_path / "o")], capsys)
 
 
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [("config.json", "not a valid JSON"), ("model.safetensors", "no file named model.safetensors")],
+)
+def test_a_broken_model_directory_is_a_one_line_error(
+    tiny_model_dir, data_file, tmp_path, capsys, broken, message
+):
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    if broken == "config.json":
+        (model_dir / broken).write_text("{not json")
+    else:
+        (model_dir / broken).unlink()
+    argv = ["train", "--model", str(model_dir), "--data", data_file]
+    err = error_of([*argv, "--output-dir", str(tmp_path / "o")], capsys)
+    assert "could not be loaded" in err and message in err
+
+
 def test_a_model_directory_without_a_tokenizer_says_so(tiny_model_dir, data_file, tmp_path, capsys):
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -183,3 +183,9 @@ def test_json_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
     path.write_bytes(b'[{"text": "a"},\n {"text": "\xe9"}]')
     with pytest.raises(ValueError, match=r"d\.json:2: not UTF-8"):
         load_data(str(path))
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_read_as_utf8(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"text": "caf\xc3\xa9"}\n')
+    assert load_data(str(path))["text"] == ["café"]

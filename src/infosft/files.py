@@ -89,7 +89,8 @@ def read_text(path: str | os.PathLike) -> str:
     path = Path(path)
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        # utf-8-sig drops the byte-order mark some Windows editors write first.
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise ValueError(

@@ -79,8 +79,10 @@ def load_model_and_tokenizer(
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **model_kwargs)
     except OSError as err:
+        # transformers reports a checkpoint it cannot read (a broken config.json, no weights
+        # file) as OSError; for a local directory that is the user's checkpoint to fix.
         if Path(path).is_dir():
-            raise
+            raise ValueError(f"model directory {name_or_path} could not be loaded: {err}") from err
         raise FileNotFoundError(
             f"model {name_or_path!r} is not a local directory and could not be loaded from the "
             f"Hugging Face Hub: {err}"

@@ -122,7 +122,8 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig drops the byte-order mark some Windows editors write first.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise ValueError(
                     f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
