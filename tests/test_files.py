@@ -74,3 +74,8 @@ def test_environment_names_python_torch_and_the_libraries():
     assert {"python", "platform", "torch_threads", "cuda", "versions"} <= set(env)
     assert env["torch_threads"] >= 1
     assert set(files.RECORDED_LIBRARIES) == set(env["versions"])
+
+
+def test_a_key_given_twice_is_an_error_naming_its_line():
+    with pytest.raises(ValueError, match=r"c\.yaml:3: not valid YAML: duplicate key 'a'"):
+        files.load_yaml("a: 1\nb: 2\na: 3\n", "c.yaml")

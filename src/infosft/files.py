@@ -19,6 +19,7 @@ import numbers
 import os
 import re
 import tempfile
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,8 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
     """Parse YAML 1.2 text; ValueError naming ``source`` and the line of a syntax error.
 
     PyYAML follows YAML 1.1, which reads yes/no/on/off as booleans (``save_strategy: no`` would
-    become False) and ``1e-5`` as a string (a float needs a dot there); this loader does not.
+    become False) and ``1e-5`` as a string (a float needs a dot there), and keeps the last of
+    two equal keys; this loader does not.
     """
     import yaml
 
@@ -136,14 +138,27 @@ _LOADER: Any = None
 
 
 def _yaml_1_2_loader() -> Any:
-    """yaml.SafeLoader with YAML 1.2's booleans (true/false only) and exponent floats."""
+    """yaml.SafeLoader with YAML 1.2's booleans (true/false only), exponent floats and unique
+    keys."""
     global _LOADER
     if _LOADER is not None:
         return _LOADER
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            # YAML requires unique keys; PyYAML would keep the last value without a word.
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # the base class reports an unhashable key itself
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
 
     bool_tag = "tag:yaml.org,2002:bool"
     Loader.yaml_implicit_resolvers = {
