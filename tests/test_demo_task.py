@@ -84,3 +84,75 @@ def test_probe_answers_match_whole_words_ignoring_case():
 def test_every_probe_has_a_question_and_an_answer():
     assert len({p.question for p in probes.PROBES}) == len(probes.PROBES) >= 40
     assert all(p.answers and all(a.strip() for a in p.answers) for p in probes.PROBES)
+
+
+def test_every_word_problem_solution_is_correct_and_states_the_answer():
+    from infosft.experiments.word_problems import WORD_PROBLEMS
+
+    times = re.compile(r"has (\d+) bags with (\d+) (\w+) in each bag")
+    shares = re.compile(r"shares (\d+) (\w+) equally among (\d+) friends")
+    for problem in WORD_PROBLEMS.generate(300, seed=2):
+        if match := times.search(problem.question):
+            a, b, _ = match.groups()
+            expected = int(a) * int(b)
+            assert f"{a} × {b} = {expected}" in problem.solution
+        else:
+            total, _, a = shares.search(problem.question).groups()
+            expected = int(total) // int(a)
+            assert int(a) * expected == int(total)
+            assert f"{total} ÷ {a} = {expected}" in problem.solution
+        assert problem.answer == expected
+        assert problem.solution.endswith(f"The answer is {expected}.")
+
+
+def test_word_problem_held_out_keys_never_appear_in_training_for_any_seed():
+    from infosft.experiments.word_problems import WORD_PROBLEMS
+
+    test = WORD_PROBLEMS.held_out(100)
+    assert len(test) == 100
+    for seed in range(3):
+        train, same_test = WORD_PROBLEMS.split(400, 100, seed=seed)
+        assert same_test == test
+        assert len({p.key for p in train}) == 400
+        assert not {p.key for p in train} & {p.key for p in test}
+
+
+def test_word_problem_demonstrations_are_short():
+    from infosft.experiments.word_problems import WORD_PROBLEMS
+
+    longest = max(len(p.solution.split()) for p in WORD_PROBLEMS.generate(200, seed=0))
+    assert longest <= 25  # about 30 tokens: a fine-tune step stays cheap on a CPU
+
+
+def test_a_task_asked_for_more_distinct_problems_than_exist_says_so():
+    import pytest
+
+    from infosft.experiments.generated import GeneratedTask, Problem
+
+    coin = GeneratedTask("coin", "Flip.", lambda rng: Problem(str(rng.randint(0, 1)), "", 0))
+    with pytest.raises(ValueError, match="cannot draw 3 distinct coin problems"):
+        coin.generate(3, seed=0)
+
+
+def test_both_generated_tasks_are_registered_and_scored_on_the_final_number():
+    import infosft.experiments  # noqa: F401
+    from infosft.evaluation import load_task, score_samples
+
+    task = load_task("word_problems")
+    assert len(task.items) == 100 and task.scorer == "math"
+    item = task.items[0]
+    samples = [
+        {"task_id": item["id"], "completion": f"Some working.\n#### {item['answer']}"},
+        {"task_id": item["id"], "completion": f"The answer is {int(item['answer']) + 1}."},
+    ]
+    assert [r["passed"] for r in score_samples(task, samples, progress=False)] == [True, False]
+
+
+def test_there_are_enough_distinct_probes_for_100_retention_items():
+    assert len({p.question for p in probes.PROBES}) == len(probes.PROBES) >= 150
+
+
+def test_no_probe_gives_its_answer_away_in_the_question():
+    for probe in probes.PROBES:
+        for answer in probe.answers:
+            assert not probes.probe_passed(probe.question, probes.Probe("", (answer,))), probe

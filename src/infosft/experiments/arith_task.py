@@ -15,7 +15,9 @@ same tokens, and correctness is judged only on the final number.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import replace
+
+from infosft.experiments.generated import GeneratedTask, Problem
 
 SYSTEM_PROMPT = "Solve the problem step by step."
 TASK_NAME = "arith_chain"
@@ -28,15 +30,6 @@ _OPERATIONS = (
 )
 _START_RANGE = (2, 20)
 _MAX_VALUE = 200
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One problem: the question, its worked solution (the SFT target) and the final answer."""
-
-    question: str
-    solution: str
-    answer: int
 
 
 def _apply(value: int, symbol: str, operand: int) -> int:
@@ -75,42 +68,38 @@ def sample_problem(rng: random.Random, steps: int = 3) -> Problem:
             return Problem(question=question, solution=solution, answer=value)
 
 
+def _sample_three_steps(rng: random.Random) -> Problem:
+    return sample_problem(rng, steps=3)
+
+
+ARITH_CHAIN = GeneratedTask(
+    name=TASK_NAME, system_prompt=SYSTEM_PROMPT, sample=_sample_three_steps, max_new_tokens=48
+)
+
+
 def generate_problems(
     n: int, seed: int, steps: int = 3, exclude: frozenset[str] | set[str] = frozenset()
 ) -> list[Problem]:
     """``n`` distinct problems from ``seed``, none of whose questions is in ``exclude``."""
-    rng = random.Random(seed)
-    seen = set(exclude)
-    problems: list[Problem] = []
-    attempts = 0
-    while len(problems) < n:
-        attempts += 1
-        if attempts > 100 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct problems with {steps} steps; ask for fewer")
-        problem = sample_problem(rng, steps)
-        if problem.question not in seen:
-            seen.add(problem.question)
-            problems.append(problem)
-    return problems
+    task = ARITH_CHAIN
+    if steps != 3:
+        task = replace(ARITH_CHAIN, sample=lambda rng: sample_problem(rng, steps))
+    return task.generate(n, seed, exclude)
 
 
 def train_test_split(n_train: int, n_test: int, seed: int) -> tuple[list[Problem], list[Problem]]:
     """Disjoint training and held-out problems; the held-out set depends only on ``seed``.
 
     The held-out problems are drawn first (from a seed derived from ``seed``) and excluded from
-    the training draw, so accuracy measures generalisation to unseen problems.
+    the training draw, so accuracy measures generalisation to unseen problems. (Use
+    ``ARITH_CHAIN.split(..., test_seed=0)`` to keep one held-out set across training seeds.)
     """
-    test = generate_problems(n_test, seed=10_000 + seed)
-    train = generate_problems(n_train, seed=seed, exclude={p.question for p in test})
-    return train, test
+    return ARITH_CHAIN.split(n_train, n_test, seed=seed, test_seed=seed)
 
 
 def prompt_messages(problem: Problem) -> list[dict[str, str]]:
     """The chat prompt of a problem (system + user), without the answer."""
-    return [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": problem.question},
-    ]
+    return ARITH_CHAIN.prompt_messages(problem)
 
 
 def to_sft_example(problem: Problem) -> dict[str, list[dict[str, str]]]:
@@ -118,10 +107,7 @@ def to_sft_example(problem: Problem) -> dict[str, list[dict[str, str]]]:
 
     The loss covers only the completion (the worked solution), like assistant-only SFT.
     """
-    return {
-        "prompt": prompt_messages(problem),
-        "completion": [{"role": "assistant", "content": problem.solution}],
-    }
+    return ARITH_CHAIN.sft_example(problem)
 
 
 def evaluation_task(problems: list[Problem], max_new_tokens: int = 48, batch_size: int = 16):
@@ -132,24 +118,10 @@ def evaluation_task(problems: list[Problem], max_new_tokens: int = 48, batch_siz
     for getting the number wrong. Worked solutions need about 35 tokens; ``max_new_tokens``
     leaves room for that and cuts off the base model's long prose.
     """
-    from infosft.evaluation import SamplingSettings, Task
-
-    items = [
-        {"id": f"{TASK_NAME}-{i}", "question": p.question, "answer": str(p.answer)}
-        for i, p in enumerate(problems)
-    ]
-    by_question = {p.question: p for p in problems}
-    return Task(
-        name=TASK_NAME,
-        items=items,
-        prompt=lambda item: prompt_messages(by_question[item["question"]]),
-        scorer="math",
-        reference=lambda item: item["answer"],
-        generation=SamplingSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
-    )
+    task = replace(ARITH_CHAIN, max_new_tokens=max_new_tokens)
+    return task.evaluation_task(problems, batch_size=batch_size)
 
 
 def default_evaluation_task():
     """``load_task("arith_chain")``: 100 held-out problems of the demo's default seed 0."""
-    _, test = train_test_split(0, 100, seed=0)
-    return evaluation_task(test)
+    return ARITH_CHAIN.default_evaluation_task()

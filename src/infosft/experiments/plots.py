@@ -7,9 +7,11 @@ from ``results.json`` alone. Matplotlib runs headless (Agg backend).
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from infosft.objectives import token_weights
 
@@ -253,4 +255,66 @@ def plot_mass_vs_p_bar(
     ax.set_title(title)
     ax.legend(title="q range", fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_fronts(
+    summary: Mapping[str, Any],
+    path: str | Path,
+    *,
+    title: str,
+    x_label: str = "retention: share of base-correct probes still correct",
+    y_label: str = "new-task accuracy (held-out)",
+    base_accuracy: float | None = None,
+) -> Path:
+    """Each curve's front of accuracy vs retention as a staircase, with its bootstrap band.
+
+    ``summary`` is :func:`infosft.experiments.fronts.fronts_summary` (or the same dict read back
+    from results.json): every setting is a faint dot, the front is the staircase A(r) (the best
+    accuracy among settings retaining at least r) through its points, the shaded band is the
+    pointwise bootstrap interval of A(r), and the verdict sentences are printed underneath.
+    """
+    plt = _pyplot()
+    verdicts = [textwrap.fill(v["sentence"], 120) for v in summary.get("verdicts", [])]
+    lines = sum(v.count("\n") + 1 for v in verdicts)
+    fig, ax = plt.subplots(figsize=(7.6, 5.0 + 0.15 * lines))
+    curves = list(summary["fronts"])
+    for index, curve in enumerate(curves):
+        color = method_color(curve, index)
+        mine = [p for p in summary["points"] if p["curve"] == curve]
+        ax.scatter(
+            [p["retention"] for p in mine], [p["accuracy"] for p in mine], color=color, alpha=0.35
+        )
+        steps = summary["fronts"][curve]
+        # A(r) holds y_i on (r_{i-1}, r_i]: matplotlib's "pre" steps draw exactly that.
+        ax.step(
+            [p["retention"] for p in steps],
+            [p["accuracy"] for p in steps],
+            where="pre",
+            marker="o",
+            color=color,
+            linewidth=2,
+            label=curve,
+        )
+        band = summary.get("bands", {}).get(curve)
+        if band:
+            ax.fill_between(
+                band["level"],
+                [math.nan if v is None else v for v in band["low"]],
+                [math.nan if v is None else v for v in band["high"]],
+                step="pre",
+                color=color,
+                alpha=0.15,
+                linewidth=0,
+            )
+    if base_accuracy is not None:
+        ax.scatter([1.0], [base_accuracy], color=method_color("base"), marker="s", label="base")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    if verdicts:
+        # Below the x label, inside the axes' artists so that tight_layout makes room for it.
+        ax.text(0.0, -0.13, "\n".join(verdicts), transform=ax.transAxes, va="top", fontsize=7)
     return _save(fig, path)

@@ -1,0 +1,530 @@
+"""Trade-off fronts of new-task accuracy against retention, and a verdict with intervals.
+
+Pure functions over measured cells (no models). A *cell* is one fine-tune: a curve (usually
+the method), a setting on it (learning rate, epochs, ...), a seed, and which held-out problems
+and which retention items it answered correctly. From the cells:
+
+- a **point** per (curve, setting): accuracy and retention averaged over its seeds (a seed is
+  not a setting: taking the best seed would favour the curve with more seeds or more noise);
+- the **front** of a curve: its points that no other point of the curve beats on both axes,
+  read as the *attainable accuracy* ``A(r)`` = the best accuracy among the curve's points with
+  retention >= r (a staircase; nothing is interpolated between settings that were not run);
+- **matched retention** between curves X and Y: the retention range both sweeps cover,
+  ``[max(min r_X, min r_Y), min(max r_X, max r_Y)]``; the **gap** is the mean of
+  ``A_X(r) - A_Y(r)`` over that range (the area between the staircases divided by its width;
+  at a single shared retention level, the difference there);
+- **intervals** by a paired bootstrap: every resample draws held-out problems and retention
+  items with replacement once and applies the same draw to every cell (all cells answer the
+  same items), and draws seeds with replacement within each setting; fronts, range and gap are
+  recomputed per resample and the percentile interval is taken over the resamples whose fronts
+  overlap.
+
+The verdict is "X learns more" (or less) only when the interval excludes 0 and the fronts
+overlap in at least ``confidence`` of the resamples; otherwise it is inconclusive at this size.
+
+Per-cell record the experiment engine stores (results.json), one per fine-tune::
+
+    {"task": "arith_chain", "method": "infosft", "learning_rate": 1e-4, "epochs": 1, "seed": 0,
+     ...,                                          # any other knob: p_bar, loss_schedule, ...
+     "task_correct": {"arith_chain-0": true, ...},  # every held-out problem id -> correct
+     "probe_correct": {"probe-0": false, ...}}      # every retention probe id -> correct
+
+and once per task the base model's ``probe_correct`` (retention is measured on the probes the
+base answers correctly). :func:`cells_from_records` turns those records into cells.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 2000
+DEFAULT_CONFIDENCE = 0.95
+# Record keys that identify a cell rather than its setting.
+_NOT_SETTING_KEYS = {"task", "method", "seed", "task_correct", "probe_correct", "curve"}
+_SETTING_KEYS = ("learning_rate", "epochs", "num_train_epochs", "max_steps", "p_bar")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measured fine-tune.
+
+    ``task_correct`` [n_task] and ``retention_correct`` [n_retention] are bool arrays aligned
+    with the task's held-out problems and retention items (the same order in every cell).
+    """
+
+    curve: str
+    setting: str
+    seed: int
+    task_correct: np.ndarray
+    retention_correct: np.ndarray
+
+
+@dataclass(frozen=True)
+class Point:
+    """A setting of a curve: accuracy and retention averaged over its ``seeds`` cells."""
+
+    curve: str
+    setting: str
+    retention: float
+    accuracy: float
+    seeds: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``curve`` against ``reference`` at matched retention, with a bootstrap interval.
+
+    ``gap`` is mean over ``retention_range`` of A_curve(r) - A_reference(r) (accuracy points,
+    positive when ``curve`` learns more); None when the fronts do not overlap in retention.
+    ``decision`` is one of "learns_more", "learns_less", "dominates", "inconclusive".
+    """
+
+    curve: str
+    reference: str
+    retention_range: tuple[float, float] | None
+    gap: float | None
+    interval: tuple[float, float] | None
+    overlap_share: float
+    decision: str
+    sentence: str
+    confidence: float = DEFAULT_CONFIDENCE
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def default_curve(record: Mapping[str, Any]) -> str:
+    """The front a record belongs to: its ``curve`` field when the engine set one, else its
+    method (a p_bar sweep or a loss schedule should name its own curve)."""
+    return str(record.get("curve") or record["method"])
+
+
+def default_setting(record: Mapping[str, Any]) -> str:
+    """The point a record belongs to: its learning rate, epochs, ... (everything but the seed)."""
+    parts = [f"{key}={record[key]:g}" for key in _SETTING_KEYS if key in record]
+    if not parts:
+        others = sorted(k for k in record if k not in _NOT_SETTING_KEYS)
+        parts = [f"{k}={record[k]}" for k in others if isinstance(record[k], int | float | str)]
+    return ", ".join(parts) or "default"
+
+
+def cells_from_records(
+    records: Sequence[Mapping[str, Any]],
+    base_probe_correct: Mapping[str, bool],
+    *,
+    curve: Callable[[Mapping[str, Any]], str] = default_curve,
+    setting: Callable[[Mapping[str, Any]], str] = default_setting,
+) -> list[Cell]:
+    """Cells of one task from the engine's per-cell records (format in the module docstring).
+
+    Retention items are the probes the base answered correctly. Raises ValueError when the base
+    got no probe right (retention is undefined) or when records cover different items.
+    """
+    if not records:
+        raise ValueError("no cell records to build fronts from")
+    retention_ids = sorted(pid for pid, ok in base_probe_correct.items() if ok)
+    if not retention_ids:
+        raise ValueError("the base model answered no probe correctly; retention is undefined")
+    task_ids = sorted(records[0]["task_correct"])
+    cells = []
+    for record in records:
+        name = f"{record.get('task', '?')}/{curve(record)}/{setting(record)}/seed {record['seed']}"
+        if sorted(record["task_correct"]) != task_ids:
+            raise ValueError(f"cell {name} was scored on other held-out problems than the first")
+        missing = set(retention_ids) - set(record["probe_correct"])
+        if missing:
+            raise ValueError(f"cell {name} lacks probes {sorted(missing)[:3]}")
+        cells.append(
+            Cell(
+                curve=curve(record),
+                setting=setting(record),
+                seed=int(record["seed"]),
+                task_correct=np.array([bool(record["task_correct"][i]) for i in task_ids]),
+                retention_correct=np.array(
+                    [bool(record["probe_correct"][i]) for i in retention_ids]
+                ),
+            )
+        )
+    return cells
+
+
+def _group(cells: Sequence[Cell]) -> dict[tuple[str, str], list[Cell]]:
+    if not cells:
+        raise ValueError("no cells")
+    n_task, n_ret = cells[0].task_correct.shape, cells[0].retention_correct.shape
+    groups: dict[tuple[str, str], list[Cell]] = {}
+    for cell in cells:
+        if cell.task_correct.shape != n_task or cell.retention_correct.shape != n_ret:
+            raise ValueError(
+                f"cell {cell.curve}/{cell.setting}/seed {cell.seed} has {cell.task_correct.size} "
+                f"problems and {cell.retention_correct.size} retention items; the first cell has "
+                f"{n_task[0]} and {n_ret[0]}: every cell must answer the same items"
+            )
+        if n_ret[0] == 0:
+            raise ValueError("no retention items: retention is undefined")
+        groups.setdefault((cell.curve, cell.setting), []).append(cell)
+    return groups
+
+
+def points(cells: Sequence[Cell]) -> list[Point]:
+    """One point per (curve, setting), seeds averaged, in first-seen order."""
+    return [
+        Point(
+            curve=curve,
+            setting=setting,
+            retention=float(np.mean([c.retention_correct.mean() for c in members])),
+            accuracy=float(np.mean([c.task_correct.mean() for c in members])),
+            seeds=len(members),
+        )
+        for (curve, setting), members in _group(cells).items()
+    ]
+
+
+def front(curve_points: Sequence[Point]) -> list[Point]:
+    """The points no other point beats on both axes (ties kept once), by increasing retention.
+
+    Along the returned list retention rises and accuracy falls: the upper-right envelope.
+    """
+    ordered = sorted(curve_points, key=lambda p: (-p.retention, -p.accuracy))
+    kept: list[Point] = []
+    for p in ordered:
+        # Scanning from the highest retention down, a point is on the front when it is more
+        # accurate than everything that retains at least as much.
+        if not kept or p.accuracy > kept[-1].accuracy:
+            kept.append(p)
+    return kept[::-1]
+
+
+def attainable(retention: np.ndarray, accuracy: np.ndarray, level: float) -> float:
+    """A(level): the best accuracy among points with retention >= level; NaN when none."""
+    reached = accuracy[retention >= level]
+    return float(reached.max()) if reached.size else math.nan
+
+
+def matched_gap(
+    x_retention: np.ndarray,
+    x_accuracy: np.ndarray,
+    y_retention: np.ndarray,
+    y_accuracy: np.ndarray,
+) -> tuple[float, float, float] | None:
+    """(gap, low, high): the mean of A_X(r) - A_Y(r) over the matched range [low, high].
+
+    Exact for the staircases: A is constant on (b_{j-1}, b_j] between consecutive retention
+    values b_j, where it equals A(b_j). None when the ranges do not overlap.
+    """
+    low = max(x_retention.min(), y_retention.min())
+    high = min(x_retention.max(), y_retention.max())
+    if low > high:
+        return None
+    if low == high:
+        return (
+            attainable(x_retention, x_accuracy, low) - attainable(y_retention, y_accuracy, low),
+            float(low),
+            float(high),
+        )
+    inner = np.concatenate([x_retention, y_retention])
+    breaks = np.unique(np.concatenate([[low, high], inner[(inner > low) & (inner < high)]]))
+    area = 0.0
+    for left, right in itertools.pairwise(breaks):
+        diff = attainable(x_retention, x_accuracy, right) - attainable(
+            y_retention, y_accuracy, right
+        )
+        area += (right - left) * diff
+    return area / (high - low), float(low), float(high)
+
+
+@dataclass
+class _Resamples:
+    """Bootstrap replicates of every point: ``retention``/``accuracy`` [B, n_points]."""
+
+    keys: list[tuple[str, str]]
+    retention: np.ndarray
+    accuracy: np.ndarray
+
+
+def _resample_points(
+    cells: Sequence[Cell], resamples: int, seed: int
+) -> tuple[_Resamples, list[tuple[str, str]]]:
+    groups = _group(cells)
+    rng = np.random.default_rng(seed)
+    n_task = cells[0].task_correct.size
+    n_ret = cells[0].retention_correct.size
+    # One draw of items per resample, shared by every cell: the comparison is paired.
+    task_weights = rng.multinomial(n_task, np.full(n_task, 1 / n_task), size=resamples)
+    ret_weights = rng.multinomial(n_ret, np.full(n_ret, 1 / n_ret), size=resamples)
+    keys = list(groups)
+    retention = np.empty((resamples, len(keys)))
+    accuracy = np.empty((resamples, len(keys)))
+    for column, key in enumerate(keys):
+        members = groups[key]
+        # Per seed and resample: [B, n_seeds].
+        acc = task_weights @ np.stack([c.task_correct for c in members]).T.astype(float) / n_task
+        ret = ret_weights @ np.stack([c.retention_correct for c in members]).T.astype(float) / n_ret
+        drawn = rng.integers(0, len(members), size=(resamples, len(members)))
+        rows = np.arange(resamples)[:, None]
+        accuracy[:, column] = acc[rows, drawn].mean(axis=1)
+        retention[:, column] = ret[rows, drawn].mean(axis=1)
+    return _Resamples(keys, retention, accuracy), keys
+
+
+def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def compare(
+    cells: Sequence[Cell],
+    curve: str,
+    reference: str,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> Comparison:
+    """``curve`` against ``reference`` at matched retention, with a paired bootstrap interval."""
+    estimate = points(cells)
+    mine = [p for p in estimate if p.curve == curve]
+    theirs = [p for p in estimate if p.curve == reference]
+    for name, found in ((curve, mine), (reference, theirs)):
+        if not found:
+            available = sorted({p.curve for p in estimate})
+            raise ValueError(f"no cells for curve {name!r}; the cells have {available}")
+
+    def arrays(ps: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([p.retention for p in ps]), np.array([p.accuracy for p in ps])
+
+    observed = matched_gap(*arrays(mine), *arrays(theirs))
+    boot, keys = _resample_points(cells, resamples, seed)
+    x_cols = [i for i, k in enumerate(keys) if k[0] == curve]
+    y_cols = [i for i, k in enumerate(keys) if k[0] == reference]
+    gaps = []
+    for b in range(resamples):
+        result = matched_gap(
+            boot.retention[b, x_cols],
+            boot.accuracy[b, x_cols],
+            boot.retention[b, y_cols],
+            boot.accuracy[b, y_cols],
+        )
+        if result is not None:
+            gaps.append(result[0])
+    overlap_share = len(gaps) / resamples
+    details = {
+        "retention": {name: _span(ps) for name, ps in ((curve, mine), (reference, theirs))},
+        "best_accuracy": {
+            curve: max(p.accuracy for p in mine),
+            reference: max(p.accuracy for p in theirs),
+        },
+    }
+    if observed is None:
+        return _without_overlap(
+            cells, curve, reference, mine, theirs, boot, x_cols, y_cols, confidence, details
+        )
+    gap, low, high = observed
+    interval = _percentile_interval(np.array(gaps), confidence) if gaps else None
+    decisive = (
+        interval is not None
+        and overlap_share >= confidence
+        and (interval[0] > 0 or interval[1] < 0)
+    )
+    where = f"at matched retention ({_range(low, high)})"
+    if decisive:
+        decision = "learns_more" if gap > 0 else "learns_less"
+        winner, loser = (curve, reference) if gap > 0 else (reference, curve)
+        lo, hi = (interval[0], interval[1]) if gap > 0 else (-interval[1], -interval[0])
+        sentence = (
+            f"{where}, {winner} learns more than {loser} by {abs(gap):.3f} "
+            f"({confidence:.0%} interval {lo:.3f} to {hi:.3f})"
+        )
+    else:
+        decision = "inconclusive"
+        reason = (
+            f"the fronts overlap in only {overlap_share:.0%} of resamples"
+            if overlap_share < confidence
+            else "the interval includes 0"
+        )
+        shown = "n/a" if interval is None else f"{interval[0]:+.3f} to {interval[1]:+.3f}"
+        sentence = (
+            f"inconclusive at this size: {where}, {curve} − {reference} = {gap:+.3f} "
+            f"({confidence:.0%} interval {shown}; {reason})"
+        )
+    return Comparison(
+        curve=curve,
+        reference=reference,
+        retention_range=(low, high),
+        gap=gap,
+        interval=interval,
+        overlap_share=overlap_share,
+        decision=decision,
+        sentence=sentence,
+        confidence=confidence,
+        details=details,
+    )
+
+
+def _without_overlap(
+    cells: Sequence[Cell],
+    curve: str,
+    reference: str,
+    mine: Sequence[Point],
+    theirs: Sequence[Point],
+    boot: _Resamples,
+    x_cols: list[int],
+    y_cols: list[int],
+    confidence: float,
+    details: dict[str, Any],
+) -> Comparison:
+    """Every cell of one curve retains more than every cell of the other: no matched level.
+
+    The curve to the right *dominates* when it also learns more at its best (interval of the
+    difference of best accuracies above 0); otherwise the sweeps trade off and the verdict is
+    inconclusive until they are widened to overlap.
+    """
+    right, left = (
+        (curve, reference) if mine[0].retention > theirs[0].retention else (reference, curve)
+    )
+    r_cols, l_cols = (x_cols, y_cols) if right == curve else (y_cols, x_cols)
+    best = boot.accuracy[:, r_cols].max(axis=1) - boot.accuracy[:, l_cols].max(axis=1)
+    interval = _percentile_interval(best, confidence)
+    diff = details["best_accuracy"][right] - details["best_accuracy"][left]
+    spans = details["retention"]
+    where = f"{right} retains {_range(*spans[right])}, {left} {_range(*spans[left])}"
+    if interval[0] > 0:
+        decision = "dominates"
+        sentence = (
+            f"{right} dominates {left}: every {right} cell retains more ({where}) and its best "
+            f"accuracy is higher by {diff:.3f} ({confidence:.0%} interval {interval[0]:.3f} to "
+            f"{interval[1]:.3f})"
+        )
+    else:
+        decision = "inconclusive"
+        sentence = (
+            f"inconclusive at this size: the fronts do not overlap in retention ({where}); "
+            f"best accuracy {right} − {left} = {diff:+.3f} ({confidence:.0%} interval "
+            f"{interval[0]:+.3f} to {interval[1]:+.3f}); widen the learning-rate sweep so they do"
+        )
+    return Comparison(
+        curve=curve,
+        reference=reference,
+        retention_range=None,
+        gap=None,
+        interval=interval,
+        overlap_share=0.0,
+        decision=decision,
+        sentence=sentence,
+        confidence=confidence,
+        details={**details, "best_accuracy_difference": {"right": right, "value": diff}},
+    )
+
+
+def compare_all(
+    cells: Sequence[Cell],
+    reference: str = "nll",
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> list[Comparison]:
+    """Every other curve against ``reference`` (plain SFT by default), in first-seen order."""
+    curves = list(dict.fromkeys(c.curve for c in cells))
+    if reference not in curves:
+        raise ValueError(f"reference curve {reference!r} has no cells; the cells have {curves}")
+    return [
+        compare(cells, curve, reference, resamples=resamples, confidence=confidence, seed=seed)
+        for curve in curves
+        if curve != reference
+    ]
+
+
+def front_bands(
+    cells: Sequence[Cell],
+    levels: Sequence[float],
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, dict[str, list[float]]]:
+    """Pointwise bootstrap interval of each curve's A(r) at the retention ``levels``.
+
+    Returns ``{curve: {"level", "low", "high"}}`` (lists, NaN where fewer than half of the
+    resamples have a point retaining that much), for drawing a band around each front.
+    """
+    boot, keys = _resample_points(cells, resamples, seed)
+    bands = {}
+    for curve in dict.fromkeys(k[0] for k in keys):
+        cols = [i for i, k in enumerate(keys) if k[0] == curve]
+        low, high = [], []
+        for level in levels:
+            values = np.array(
+                [
+                    attainable(boot.retention[b, cols], boot.accuracy[b, cols], level)
+                    for b in range(resamples)
+                ]
+            )
+            values = values[~np.isnan(values)]
+            if values.size < resamples / 2:
+                low.append(math.nan)
+                high.append(math.nan)
+            else:
+                lo, hi = _percentile_interval(values, confidence)
+                low.append(lo)
+                high.append(hi)
+        bands[curve] = {"level": [float(x) for x in levels], "low": low, "high": high}
+    return bands
+
+
+def fronts_summary(
+    cells: Sequence[Cell],
+    reference: str = "nll",
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything a report needs about one task, JSON-ready: points, fronts, bands, verdicts.
+
+    ``verdicts`` is empty when there is no reference curve to compare against.
+    """
+    estimate = points(cells)
+    curves = list(dict.fromkeys(p.curve for p in estimate))
+    low = min(p.retention for p in estimate)
+    levels = np.linspace(low, 1.0, 41).tolist()
+    comparisons = (
+        compare_all(cells, reference, resamples=resamples, confidence=confidence, seed=seed)
+        if reference in curves and len(curves) > 1
+        else []
+    )
+    return {
+        "points": [vars(p) for p in estimate],
+        "fronts": {
+            c: [vars(p) for p in front([p for p in estimate if p.curve == c])] for c in curves
+        },
+        "bands": front_bands(cells, levels, resamples=resamples, confidence=confidence, seed=seed),
+        "verdicts": [
+            {
+                "curve": c.curve,
+                "reference": c.reference,
+                "retention_range": c.retention_range,
+                "gap": c.gap,
+                "interval": c.interval,
+                "overlap_share": c.overlap_share,
+                "decision": c.decision,
+                "sentence": c.sentence,
+            }
+            for c in comparisons
+        ],
+        "resamples": resamples,
+        "confidence": confidence,
+    }
+
+
+def _span(ps: Sequence[Point]) -> tuple[float, float]:
+    return (min(p.retention for p in ps), max(p.retention for p in ps))
+
+
+def _range(low: float, high: float) -> str:
+    return f"retention {low:.2f}" if low == high else f"retention {low:.2f}–{high:.2f}"

@@ -1,0 +1,234 @@
+"""Fronts of accuracy vs retention and the matched-retention verdict, on hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from infosft.experiments import fronts
+from infosft.experiments.fronts import Cell, Point
+
+
+def point(retention, accuracy, curve="x", setting=None):
+    return Point(curve, setting or f"{retention}/{accuracy}", retention, accuracy, 1)
+
+
+def bits(n_correct, n, offset=0):
+    """n booleans with n_correct True, rotated by offset (so patterns differ between cells)."""
+    return np.roll(np.arange(n) < n_correct, offset)
+
+
+def cell(curve, setting, task_correct, retention_correct, seed=0):
+    return Cell(curve, setting, seed, np.asarray(task_correct), np.asarray(retention_correct))
+
+
+def test_front_keeps_points_no_other_point_beats_on_both_axes_by_increasing_retention():
+    ps = [point(0.9, 0.1), point(0.8, 0.3), point(0.7, 0.2), point(0.6, 0.5)]
+    assert [(p.retention, p.accuracy) for p in fronts.front(ps)] == [
+        (0.6, 0.5),
+        (0.8, 0.3),
+        (0.9, 0.1),
+    ]
+
+
+def test_front_drops_ties_and_points_beaten_at_equal_retention():
+    ps = [point(0.8, 0.3, setting="a"), point(0.8, 0.3, setting="b"), point(0.8, 0.1)]
+    assert [(p.retention, p.accuracy) for p in fronts.front(ps)] == [(0.8, 0.3)]
+
+
+def test_front_of_a_single_point_is_that_point():
+    assert fronts.front([point(0.5, 0.0)]) == [point(0.5, 0.0)]
+
+
+def test_attainable_accuracy_is_the_best_among_points_retaining_at_least_the_level():
+    retention, accuracy = np.array([0.6, 0.8, 0.9]), np.array([0.5, 0.4, 0.3])
+    assert fronts.attainable(retention, accuracy, 0.7) == 0.4
+    assert fronts.attainable(retention, accuracy, 0.6) == 0.5
+    assert math.isnan(fronts.attainable(retention, accuracy, 0.95))
+
+
+def test_matched_gap_is_the_mean_staircase_difference_over_the_shared_retention_range():
+    # X: (0.6, .5) (0.8, .4) (0.9, .3); Y: (0.7, .35) (0.85, .2) (1.0, .1). Shared [0.7, 0.9]:
+    # (0.7, 0.8]: .4 - .2; (0.8, 0.85]: .3 - .2; (0.85, 0.9]: .3 - .1  -> 0.035 / 0.2 = 0.175.
+    gap, low, high = fronts.matched_gap(
+        np.array([0.6, 0.8, 0.9]),
+        np.array([0.5, 0.4, 0.3]),
+        np.array([0.7, 0.85, 1.0]),
+        np.array([0.35, 0.2, 0.1]),
+    )
+    assert (low, high) == (0.7, 0.9)
+    assert gap == pytest.approx(0.175, abs=1e-12)
+
+
+def test_matched_gap_at_one_shared_retention_level_is_the_difference_there():
+    gap, low, high = fronts.matched_gap(
+        np.array([0.8]), np.array([0.3]), np.array([0.8]), np.array([0.1])
+    )
+    assert (gap, low, high) == (pytest.approx(0.2), 0.8, 0.8)
+
+
+def test_matched_gap_is_none_when_the_retention_ranges_do_not_overlap():
+    assert (
+        fronts.matched_gap(
+            np.array([0.9, 0.95]), np.array([0.1, 0.0]), np.array([0.5]), np.array([0.4])
+        )
+        is None
+    )
+
+
+def test_points_average_the_seeds_of_a_setting():
+    cells = [
+        cell("nll", "lr=1e-4", bits(2, 10), bits(4, 4), seed=0),
+        cell("nll", "lr=1e-4", bits(4, 10), bits(2, 4), seed=1),
+    ]
+    (p,) = fronts.points(cells)
+    assert (p.accuracy, p.retention, p.seeds) == (pytest.approx(0.3), pytest.approx(0.75), 2)
+
+
+def test_cells_must_answer_the_same_items():
+    cells = [cell("a", "s", bits(1, 10), bits(1, 4)), cell("b", "s", bits(1, 9), bits(1, 4))]
+    with pytest.raises(ValueError, match="same items"):
+        fronts.points(cells)
+
+
+def test_a_curve_that_learns_more_at_the_same_retention_wins_with_an_interval_above_zero():
+    retained = bits(90, 100)
+    cells = [
+        cell("infosft", "lr=1", bits(120, 200), retained),
+        cell("nll", "lr=1", bits(40, 200, offset=100), retained),
+    ]
+    result = fronts.compare(cells, "infosft", "nll", resamples=500)
+    assert result.decision == "learns_more"
+    assert result.gap == pytest.approx(0.4)
+    assert 0 < result.interval[0] < 0.4 < result.interval[1]
+    assert result.sentence.startswith("at matched retention (retention 0.90), infosft learns more")
+
+
+def test_the_loser_is_named_when_the_reference_learns_more():
+    retained = bits(90, 100)
+    cells = [
+        cell("dft", "lr=1", bits(0, 200), retained),
+        cell("nll", "lr=1", bits(80, 200), retained),
+    ]
+    result = fronts.compare(cells, "dft", "nll", resamples=300)
+    assert result.decision == "learns_less"
+    assert "nll learns more than dft by 0.400" in result.sentence
+
+
+def test_the_bootstrap_is_paired_identical_cells_give_a_zero_width_interval():
+    task, kept = bits(30, 100, offset=7), bits(50, 60)
+    cells = [cell("a", "lr=1", task, kept), cell("b", "lr=1", task, kept)]
+    result = fronts.compare(cells, "a", "b", resamples=300)
+    assert result.gap == 0.0
+    assert result.interval == (0.0, 0.0)
+    assert result.decision == "inconclusive"
+    assert "interval includes 0" in result.sentence
+
+
+def test_two_curves_that_learn_nothing_are_inconclusive_not_a_win():
+    kept = bits(50, 60)
+    cells = [
+        cell("infosft", "lr=1", bits(0, 100), kept),
+        cell("nll", "lr=1", bits(0, 100), bits(40, 60)),
+        cell("nll", "lr=2", bits(0, 100), bits(55, 60)),
+    ]
+    result = fronts.compare(cells, "infosft", "nll", resamples=300)
+    assert result.gap == 0.0
+    assert result.decision == "inconclusive"
+
+
+def test_interval_width_matches_the_normal_approximation_of_a_paired_difference():
+    rng = np.random.default_rng(1)
+    x, y = rng.random(400) < 0.6, rng.random(400) < 0.4
+    kept = bits(80, 100)
+    cells = [cell("a", "s", x, kept), cell("b", "s", y, kept)]
+    result = fronts.compare(cells, "a", "b", resamples=4000)
+    d = x.astype(np.float64) - y.astype(np.float64)
+    half = 1.959964 * d.std() / math.sqrt(d.size)
+    low, high = result.interval
+    assert (high - low) / 2 == pytest.approx(half, rel=0.1)
+    assert (low + high) / 2 == pytest.approx(d.mean(), abs=0.01)
+
+
+def test_a_small_sample_difference_is_inconclusive_at_this_size():
+    kept = bits(18, 20)
+    cells = [cell("a", "s", bits(6, 20), kept), cell("b", "s", bits(4, 20, offset=10), kept)]
+    result = fronts.compare(cells, "a", "b", resamples=1000)
+    assert result.decision == "inconclusive"
+    assert result.sentence.startswith("inconclusive at this size")
+
+
+def test_disjoint_fronts_where_the_right_one_also_learns_more_is_dominance():
+    cells = [
+        cell("infosft", "lr=1", bits(100, 200), bits(95, 100)),
+        cell("nll", "lr=1", bits(20, 200, offset=50), bits(60, 100)),
+    ]
+    result = fronts.compare(cells, "infosft", "nll", resamples=300)
+    assert result.retention_range is None and result.gap is None
+    assert result.decision == "dominates"
+    assert result.sentence.startswith("infosft dominates nll")
+
+
+def test_disjoint_fronts_that_trade_off_are_inconclusive_and_ask_for_a_wider_sweep():
+    cells = [
+        cell("infosft", "lr=1", bits(20, 200), bits(95, 100)),
+        cell("nll", "lr=1", bits(100, 200, offset=50), bits(60, 100)),
+    ]
+    result = fronts.compare(cells, "infosft", "nll", resamples=300)
+    assert result.decision == "inconclusive"
+    assert "do not overlap in retention" in result.sentence
+    assert "widen the learning-rate sweep" in result.sentence
+
+
+def test_compare_all_compares_every_other_curve_with_the_reference():
+    kept = bits(9, 10)
+    cells = [
+        cell("nll", "s", bits(5, 50), kept),
+        cell("dft", "s", bits(5, 50), kept),
+        cell("infosft", "s", bits(5, 50), kept),
+    ]
+    assert [c.curve for c in fronts.compare_all(cells, resamples=50)] == ["dft", "infosft"]
+    with pytest.raises(ValueError, match="reference curve 'sft'"):
+        fronts.compare_all(cells, reference="sft")
+
+
+def test_records_become_cells_with_retention_on_the_probes_the_base_got_right():
+    base = {"probe-0": True, "probe-1": False, "probe-2": True}
+    records = [
+        {
+            "task": "t",
+            "method": "nll",
+            "learning_rate": 1e-4,
+            "seed": 0,
+            "task_correct": {"t-1": True, "t-0": False},
+            "probe_correct": {"probe-0": False, "probe-1": True, "probe-2": True},
+        }
+    ]
+    (c,) = fronts.cells_from_records(records, base)
+    assert (c.curve, c.setting) == ("nll", "learning_rate=0.0001")
+    assert c.task_correct.tolist() == [False, True]  # ids sorted: t-0, t-1
+    assert c.retention_correct.tolist() == [False, True]  # probe-0, probe-2
+
+
+def test_records_without_any_base_correct_probe_are_rejected():
+    record = {"method": "nll", "seed": 0, "task_correct": {"a": True}, "probe_correct": {"p": True}}
+    with pytest.raises(ValueError, match="retention is undefined"):
+        fronts.cells_from_records([record], {"p": False})
+
+
+def test_bands_are_nan_above_the_retention_a_curve_reaches():
+    cells = [cell("nll", "s", bits(5, 50), bits(7, 10))]
+    band = fronts.front_bands(cells, [0.5, 0.99], resamples=200)["nll"]
+    assert band["low"][0] <= 0.1 <= band["high"][0]
+    assert math.isnan(band["low"][1]) and math.isnan(band["high"][1])
+
+
+def test_summary_is_json_ready_and_carries_one_verdict_per_other_curve():
+    import json
+
+    kept = bits(9, 10)
+    cells = [cell("nll", "s", bits(5, 50), kept), cell("infosft", "s", bits(9, 50), kept)]
+    summary = fronts.fronts_summary(cells, resamples=100)
+    json.dumps(summary)
+    assert [v["curve"] for v in summary["verdicts"]] == ["infosft"]
+    assert set(summary["fronts"]) == {"nll", "infosft"}
