@@ -28,6 +28,7 @@ from torch import Tensor
 from infosft import models
 from infosft.losses import IGNORE_INDEX
 from infosft.objectives import DEFAULT_P_BAR, token_weights
+from infosft.training.data import pad_tokenized
 
 if TYPE_CHECKING:
     from infosft.training.spec import RunSpec
@@ -78,11 +79,10 @@ def score_prepared(model: Any, prepared: Any, batch_size: int = 8) -> list[Score
     try:
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
-            input_ids, attention = models.pad_right([r["input_ids"] for r in chunk], 0, device)
-            labels = torch.full_like(input_ids, IGNORE_INDEX)
-            for row, example in enumerate(chunk):
-                labels[row, : len(example["labels"])] = torch.tensor(example["labels"])
-            picked = models.target_log_probs(model, input_ids, attention, labels).cpu()
+            input_ids, attention, labels = pad_tokenized(chunk)
+            picked = models.target_log_probs(
+                model, input_ids.to(device), attention.to(device), labels.to(device)
+            ).cpu()
             for row, example in enumerate(chunk):
                 ids = example["input_ids"]
                 # The first token has no prefix, so it is never a target (the causal shift).

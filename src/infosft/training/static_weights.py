@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from infosft.losses import IGNORE_INDEX
 from infosft.models import target_log_probs
+from infosft.training.data import pad_tokenized
 
 COLUMN = "base_log_probs"
 """Name of the dataset column and of the batch key the trainer reads."""
@@ -151,15 +151,7 @@ def _compute_shard(
     device = next(model.parameters()).device
     out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(rows)
     for index in _batches(rows, batch_size):
-        length = max(len(rows[i]["input_ids"]) for i in index)
-        input_ids = torch.full((len(index), length), pad_token_id, dtype=torch.long)
-        labels = torch.full((len(index), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(index), length), dtype=torch.long)
-        for b, i in enumerate(index):
-            n = len(rows[i]["input_ids"])
-            input_ids[b, :n] = torch.as_tensor(rows[i]["input_ids"])
-            labels[b, :n] = torch.as_tensor(rows[i]["labels"])
-            attention_mask[b, :n] = 1
+        input_ids, attention_mask, labels = pad_tokenized([rows[i] for i in index], pad_token_id)
         lp = target_log_probs(
             model, input_ids.to(device), attention_mask.to(device), labels.to(device)
         )
