@@ -5,6 +5,7 @@
 - the final Hugging Face checkpoint (config.json, model.safetensors, generation_config.json,
   tokenizer with its chat template); with LoRA, the adapter merged into the base weights, and
   the adapter alone in ``adapter/``;
+- ``README.md``: the model card (objective, data, settings, final diagnostics, evaluations);
 - ``run_config.json``: the resolved run spec, data sources and environment;
 - ``metrics.jsonl``: one JSON object per logging step, flushed as it is written;
 - the Trainer's ``checkpoint-N`` directories, from which ``resume`` continues.
@@ -206,19 +207,23 @@ def save_final_model(trainer: Any, output_dir: Path) -> None:
     """Write the trained model and tokenizer at the top of ``output_dir``, file by file atomically.
 
     A LoRA model is saved twice: the adapter in ``adapter/`` and the adapter merged into the
-    base weights at the top, which ``from_pretrained`` and vLLM load without PEFT.
+    base weights at the top, which ``from_pretrained`` and vLLM load without PEFT. The model
+    card (README.md, see :mod:`infosft.training.model_card`) is written with it.
     """
     staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
     try:
+        # The model card (README.md) moves in with the model; written before a LoRA merge.
+        trainer.create_model_card(output_dir=str(staging))
         model = trainer.accelerator.unwrap_model(trainer.model)
+        # _internal_call: save_model would otherwise push_to_hub before the model is in place.
         if hasattr(model, "merge_and_unload"):
-            trainer.save_model(str(staging / ADAPTER_DIR))
+            trainer.save_model(str(staging / ADAPTER_DIR), _internal_call=True)
             if trainer.is_world_process_zero():
                 merged = model.merge_and_unload()
                 merged.save_pretrained(staging)
                 trainer.processing_class.save_pretrained(staging)
         else:
-            trainer.save_model(str(staging))
+            trainer.save_model(str(staging), _internal_call=True)
         if trainer.is_world_process_zero():
             # config.json last: its presence says the whole final model is in place.
             items = sorted(staging.iterdir(), key=lambda item: item.name == FINAL_MODEL_LAST)

@@ -82,7 +82,8 @@ def build_trainer(
 
 
 def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
-    """Fine-tune as ``spec`` says and write a loadable checkpoint to ``spec.args.output_dir``.
+    """Fine-tune as ``spec`` says and write a loadable checkpoint with its model card to
+    ``spec.args.output_dir`` (then upload that directory when ``push_to_hub`` is set).
 
     Args:
         spec: the run; see :class:`~infosft.training.spec.RunSpec`.
@@ -137,6 +138,9 @@ def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
     if trainer.eval_dataset is not None:
         metrics.update(trainer.evaluate())
     save_final_model(trainer, output_dir)
+    if spec.args.push_to_hub:
+        # The Trainer's own upload of output_dir (model, card, logs), once all of it is there.
+        trainer.push_to_hub()
     return TrainResult(
         output_dir=output_dir,
         metrics_path=metrics_path,

@@ -23,6 +23,7 @@ import copy
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ from infosft.losses import IGNORE_INDEX
 from infosft.losses.lm_head import loss_in_lm_head, output_embeddings, take_head_loss
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
+from infosft.training.outputs import final_model_saved
 from infosft.training.static_weights import COLUMN, compute_base_log_probs, with_base_log_probs
 
 logger = logging.getLogger(__name__)
@@ -155,9 +157,11 @@ class InfoSFTTrainer(SFTTrainer):
       it is before training (cached under ``output_dir/base_log_probs``).
 
     Logged every logging step: loss, ``nll`` of the same tokens, ``mean_q``, ``mean_weight``,
-    ``zero_weight_share``, ``entropy``, ``tokens_per_second``, ``num_tokens`` and the active
-    ``method`` (evaluation logs the same with an ``eval_`` prefix). A NaN or infinite training
-    loss stops training with :class:`NonFiniteLossError`.
+    ``zero_weight_share``, ``entropy``, ``tokens_per_second``, ``num_tokens``, ``kl_to_base``
+    (when set) and the active ``method``, as a string and as ``method/<name>`` 0/1 values
+    (evaluation logs the token statistics with an ``eval_`` prefix; trackers show them as
+    ``train/...`` and ``eval/...``). A NaN or infinite training loss stops training with
+    :class:`NonFiniteLossError`. :meth:`create_model_card` writes the InfoSFT model card.
     """
 
     def __init__(
@@ -213,6 +217,8 @@ class InfoSFTTrainer(SFTTrainer):
         self._sums: dict[str, dict[str, float]] = {}
         self._window_start: float | None = None
         self._last_method = args.schedule_entry(None, 0).method
+        schedule = args.loss_schedule or [{"method": args.method}]
+        self._methods = list(dict.fromkeys(entry["method"] for entry in schedule))
 
     def _prepare_dataset(
         self,
@@ -437,4 +443,48 @@ class InfoSFTTrainer(SFTTrainer):
                 logs["tokens_per_second"] = sums["input_tokens"] / max(elapsed, 1e-9)
                 logs["num_tokens"] = float(self._total_train_tokens)
                 logs["method"] = self._last_method
+                # The same as numbers, one 0/1 line per method of the run: trackers that keep
+                # only numbers (MLflow drops strings) still show which method is active and
+                # where a loss schedule switches.
+                for method in self._methods:
+                    logs[f"method/{method}"] = float(method == self._last_method)
         super().log(logs, start_time)
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | list[str] | None = None,
+        tags: str | list[str] | None = None,
+        language: str | list[str] | None = None,
+        license: str | None = None,
+        finetuned_from: str | None = None,
+        output_dir: str | None = None,
+    ) -> None:
+        """Write the InfoSFT model card (:mod:`infosft.training.model_card`) as README.md in
+        ``output_dir`` (default ``args.output_dir``), atomically, on the main process.
+
+        The Trainer calls it from ``push_to_hub`` and TRL at every checkpoint save, so what is
+        uploaded carries the objective, data, settings and last diagnostics of the run.
+        """
+        if not self.is_world_process_zero():
+            return
+        from infosft.training.model_card import write_model_card
+
+        write_model_card(
+            self,
+            output_dir or self.args.output_dir,
+            model_name=model_name,
+            dataset_name=dataset_name,
+            tags=tags,
+            language=language,
+            license=license,
+            finetuned_from=finetuned_from,
+        )
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # push_to_hub saves into output_dir before it uploads the folder. After
+        # infosft.training.train the final model is there already (for LoRA merged, the adapter
+        # in adapter/); saving again would put the adapter's files beside the merged weights.
+        if output_dir is None and _internal_call and final_model_saved(Path(self.args.output_dir)):
+            return
+        super().save_model(output_dir, _internal_call)

@@ -1,0 +1,220 @@
+"""The model card every trained output directory holds (README.md with Hugging Face metadata),
+its evaluation section, and push_to_hub through the Trainer's own mechanism (offline: the Hub
+calls are intercepted at huggingface_hub's HfApi)."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, ModelCard
+
+from infosft.cli import main
+from infosft.training import RunSpec, build_trainer, train
+from infosft.training.model_card import add_evaluation
+
+ROWS = [{"prompt": f"What is {i} + 7?", "completion": f" {i + 7}."} for i in range(16)]
+TINY = {
+    "max_steps": 3,
+    "per_device_train_batch_size": 4,
+    "max_length": 64,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "learning_rate": 1e-2,
+    "report_to": "none",
+    "disable_tqdm": True,
+}
+SCHEDULE = [{"method": "nll", "until_step": 1}, {"method": "infosft"}]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("card-data") / "train.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS), encoding="utf-8")
+    return path
+
+
+def run(tiny_model_dir, data, output_dir, **options):
+    values = {"model": str(tiny_model_dir), "data": str(data), "output_dir": str(output_dir)}
+    return train(RunSpec.from_dict({**values, **TINY, **options}))
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir, data, tmp_path_factory):
+    """A finished full fine-tune: a loss schedule, the KL anchor, evaluation data."""
+    out = tmp_path_factory.mktemp("card-full") / "run"
+    run(tiny_model_dir, data, out, loss_schedule=SCHEDULE, kl_to_base=0.1, eval_data=str(data))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora_push(tiny_model_dir, data, tmp_path_factory):
+    """A LoRA run with push_to_hub; returns its output dir, the repos created and, per upload,
+    its arguments and the files the folder held at that moment."""
+    out = tmp_path_factory.mktemp("card-lora") / "run"
+    created, uploads = [], []
+
+    def create_repo(self, repo_id, **kwargs):
+        created.append(repo_id)
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*"))
+        card = (Path(folder_path) / "README.md").read_text(encoding="utf-8")
+        uploads.append({"repo_id": repo_id, "files": files, "card": card, **kwargs})
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HfApi, "create_repo", create_repo)
+        patch.setattr(HfApi, "upload_folder", upload_folder)
+        run(
+            tiny_model_dir,
+            data,
+            out,
+            lora={"rank": 4, "alpha": 8},
+            push_to_hub=True,
+            hub_model_id="someone/tiny-infosft",
+        )
+    return out, created, uploads
+
+
+def card_of(directory) -> ModelCard:
+    return ModelCard.load(Path(directory) / "README.md")
+
+
+def last_training_log(directory) -> dict:
+    lines = (Path(directory) / "metrics.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if "mean_q" in record][-1]
+
+
+def test_a_finished_run_holds_a_model_card_with_hub_metadata(full_run):
+    card = card_of(full_run)
+    assert {"trl", "infosft"} <= set(card.data.tags)
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "text-generation"
+    # The base model is a local directory: not a Hub id the metadata could name.
+    assert card.data.base_model is None
+
+
+def test_the_card_states_the_objective(full_run):
+    text = card_of(full_run).text
+    assert "w = q * max(0, 1 - logit(q) / logit(p_bar))" in text
+    assert f"p_bar: 0.93 (logit(p_bar) = {math.log(0.93 / 0.07):.4f}" in text
+    assert "| `nll` | Plain SFT: w = 1 for every target token. | none | step 1 |" in text
+    assert "weight source: `current`" in text
+    assert "kl_to_base: 0.1 (adds 0.1 * KL(base || current)" in text
+
+
+def test_the_card_states_the_data_and_training_settings(full_run, data):
+    text = card_of(full_run).text
+    assert f"| training | `{data}` | 16 |" in text
+    assert "| learning_rate | 0.01 |" in text
+    assert "| max_steps | 3 |" in text and "num_train_epochs" not in text
+    assert "| optimizer steps done | 3 of 3 |" in text
+    assert "| fine-tuning | full (every parameter) |" in text
+
+
+def test_the_card_reports_the_diagnostics_of_the_last_log(full_run):
+    text = card_of(full_run).text
+    logged = last_training_log(full_run)
+    assert logged["step"] == 3 and logged["method"] == "infosft"
+    for name in ("loss", "nll", "mean_q", "mean_weight", "zero_weight_share", "entropy"):
+        assert f"| `{name}` | {logged[name]:.4g} |" in text
+    assert f"| `kl_to_base` | {logged['kl_to_base']:.4g} |" in text
+
+
+def test_the_card_names_a_hub_base_model_and_hub_datasets(tiny_model_dir, data, tmp_path):
+    spec = RunSpec.from_dict(
+        {"model": str(tiny_model_dir), "data": str(data), "output_dir": str(tmp_path), **TINY}
+    )
+    trainer = build_trainer(spec)
+    # What train() records about the run: the embedded default model, a Hub dataset.
+    record = {"model": "smollm2-135m-instruct", "data": ["HuggingFaceTB/smoltalk@all:train"]}
+    (tmp_path / "run_config.json").write_text(json.dumps(record))
+    trainer.create_model_card()
+    card = card_of(tmp_path)
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert card.data.datasets == ["HuggingFaceTB/smoltalk"]
+    assert "Q4_1 GGUF" in card.text
+
+
+def test_a_lora_run_card_describes_the_merged_model_and_the_adapter(lora_push):
+    out, _, _ = lora_push
+    card = card_of(out)
+    assert {"lora", "peft", "infosft", "trl"} <= set(card.data.tags)
+    assert "| LoRA | rank 4, alpha 8, dropout 0.05, on all-linear |" in card.text
+    assert "LoRA adapter merged into the base weights" in card.text
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file()
+
+
+def test_push_to_hub_uploads_the_model_with_its_card_through_the_trainer(lora_push):
+    out, created, uploads = lora_push
+    assert created == ["someone/tiny-infosft"]
+    (upload,) = uploads
+    assert upload["repo_id"] == "someone/tiny-infosft"
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(
+        upload["files"]
+    )
+    assert "adapter/adapter_model.safetensors" in upload["files"]
+    # Only the merged model at the top: adapter files there would make from_pretrained load
+    # the adapter onto a base model path that exists only on this machine.
+    assert "adapter_config.json" not in upload["files"]
+    assert "checkpoint-*" in upload["ignore_patterns"]
+    assert upload["card"] == (out / "README.md").read_text(encoding="utf-8")
+    assert "infosft" in ModelCard(upload["card"]).data.tags
+
+
+def test_eval_adds_its_results_to_the_model_card(full_run, tiny_model_dir, tmp_path):
+    model = shutil.copytree(full_run, tmp_path / "model")
+    (tmp_path / "capitals.jsonl").write_text(
+        '{"id": "fr", "country": "France", "capital": "Paris"}\n'
+        '{"id": "it", "country": "Italy", "capital": "Rome"}\n'
+    )
+    (tmp_path / "capitals.yaml").write_text(
+        "data: capitals.jsonl\n"
+        'prompt: "The capital of {country} is"\n'
+        "answer_field: capital\n"
+        "scorer: exact\n"
+        "generation: {max_new_tokens: 4}\n"
+    )
+    out = tmp_path / "results.json"
+    argv = ["eval", "--task", str(tmp_path / "capitals.yaml"), "--model", str(model)]
+    argv += ["--base-model", str(tiny_model_dir), "--output", str(out), "--no-progress"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    results = json.loads(out.read_text())
+    card = card_of(model)
+    assert "### capitals" in card.text and "Not evaluated yet" not in card.text
+    indexed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert indexed[("capitals", "acc@1")] == results["metrics"]["acc@1"]
+    assert indexed[("capitals", "kl_base_tuned")] == results["forgetting"]["kl_base_tuned"]
+
+
+def eval_results(task: str, accuracy: float) -> dict:
+    """What `infosft eval --task TASK` writes, reduced to what the card reads."""
+    return {"task": task, "model": "m", "metrics": {"acc@1": accuracy}, "samples": [{}] * 4}
+
+
+def test_evaluating_a_task_again_replaces_only_that_task(full_run, tmp_path):
+    model = shutil.copytree(full_run, tmp_path / "model")
+    add_evaluation(model, eval_results("alpha", 0.25), tmp_path / "a.json")
+    add_evaluation(model, eval_results("beta", 0.5), tmp_path / "b.json")
+    add_evaluation(model, eval_results("alpha", 0.75), tmp_path / "a2.json")
+    card = card_of(model)
+    indexed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert indexed == {("alpha", "acc@1"): 0.75, ("beta", "acc@1"): 0.5}
+    assert card.text.count("### alpha") == 1 and "a2.json" in card.text
+    assert "a.json`" not in card.text and "b.json" in card.text
+
+
+def test_a_card_written_again_keeps_its_evaluations(tiny_model_dir, data, tmp_path):
+    spec = RunSpec.from_dict(
+        {"model": str(tiny_model_dir), "data": str(data), "output_dir": str(tmp_path), **TINY}
+    )
+    trainer = build_trainer(spec)
+    trainer.create_model_card()
+    add_evaluation(tmp_path, eval_results("alpha", 0.25), tmp_path / "a.json")
+    trainer.create_model_card()  # as push_to_hub does before its upload
+    card = card_of(tmp_path)
+    assert "### alpha" in card.text
+    assert [(r.dataset_type, r.metric_value) for r in card.data.eval_results] == [("alpha", 0.25)]
