@@ -7,11 +7,16 @@ from infosft.losses import (
     TokenStats,
     compute_loss_func,
     fused_weighted_nll_loss,
+    score_targets,
     weighted_nll_loss,
 )
 from infosft.objectives import (
     DEFAULT_P_BAR,
+    Scheme,
+    TokenInputs,
     available_weightings,
+    get_scheme,
+    register_scheme,
     register_weighting,
     token_weights,
 )
@@ -37,11 +42,16 @@ __all__ = [
     "InfoSFTConfig",
     "InfoSFTTrainer",
     "NonFiniteLossError",
+    "Scheme",
+    "TokenInputs",
     "TokenStats",
     "available_weightings",
     "compute_loss_func",
     "fused_weighted_nll_loss",
+    "get_scheme",
+    "register_scheme",
     "register_weighting",
+    "score_targets",
     "token_weights",
     "weighted_nll_loss",
 ]

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from infosft.losses.fused import score_targets
+
 HeadLossFn = Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Any]]
 """``fn(hidden_states [B, T, H], weight [V, H], bias [V] | None) -> (loss, stats)``."""
 
@@ -84,3 +86,37 @@ def output_embeddings(model: nn.Module) -> nn.Module:
     if head is None or not hasattr(head, "weight"):
         raise ValueError(f"{type(inner).__name__} has no LM head with a weight to project with")
     return head
+
+
+def target_log_probs(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor
+) -> Tensor:
+    """log p(labels[t] | input_ids[:t]) aligned with labels, 0 where there is no target.
+
+    The model runs once with its LM head intercepted (:func:`loss_in_lm_head`), so any causal
+    LM and any PEFT/DDP wrapper works and the [B, T, V] logits never exist: the head's hidden
+    states go through :func:`infosft.losses.fused.score_targets`, the one scorer of targets.
+
+    Args:
+        model: a causal LM (``transformers`` ``*ForCausalLM``, possibly wrapped), in eval mode.
+        input_ids: [B, T] int64, right-padded. attention_mask: [B, T], 1 on real tokens.
+        labels: [B, T] int64, IGNORE_INDEX (-100) where no loss applies.
+
+    Returns:
+        [B, T] float32 on the model's device; log-softmax is taken in float32 (float64 models:
+        float64, then rounded).
+    """
+
+    def score(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
+        scores = score_targets(
+            hidden_states, weight, labels.to(hidden_states.device), lm_head_bias=bias
+        )
+        # A "loss" of 1 as the head's output: a model that transforms its logits (soft-capping,
+        # scaling) changes it, and take_head_loss refuses to return scores the model disowns.
+        return hidden_states.new_ones(()), scores
+
+    with torch.no_grad():
+        with loss_in_lm_head(output_embeddings(model), score) as result:
+            outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        take_head_loss(outputs, result)
+    return result["stats"].log_probs.float()
