@@ -60,8 +60,17 @@ def assert_parity(loss, leaves, ref_loss, ref_grads, tol):
             assert rel_err(leaf.grad, ref_grad) <= tol
 
 
+@pytest.fixture(params=["cpu", "cuda_on_cpu"])
+def layout(request, monkeypatch):
+    """Run a test in the CPU layout and in the CUDA one forced on CPU (bf16/fp16 matmul
+    operands with float32 results, gradient in its own buffer of the matmul dtype, the
+    matching zero-weight compaction)."""
+    monkeypatch.setattr(fused, "_CUDA_LAYOUT_ON_CPU", request.param == "cuda_on_cpu")
+    return request.param
+
+
 @pytest.mark.parametrize("method", objectives.available_weightings())
-def test_fp32_loss_and_gradients_match_float64_full_logits(method):
+def test_fp32_loss_and_gradients_match_float64_full_logits(method, layout):
     hidden, weight, bias, labels = make_problem()
     loss = fused_weighted_nll_loss(hidden, weight, labels, method=method, lm_head_bias=bias)
     loss.backward()
@@ -70,11 +79,12 @@ def test_fp32_loss_and_gradients_match_float64_full_logits(method):
     assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-5)
 
 
-def test_bf16_inputs_give_bf16_gradients_close_to_float64():
+@pytest.mark.parametrize("method", objectives.available_weightings())
+def test_bf16_inputs_give_bf16_gradients_close_to_float64(method, layout):
     hidden, weight, bias, labels = make_problem(torch.bfloat16)
-    loss = fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias)
+    loss = fused_weighted_nll_loss(hidden, weight, labels, method=method, lm_head_bias=bias)
     loss.backward()
-    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels, method)
     assert loss.dtype == torch.float32
     # The gradients are rounded to bf16 at the end (relative step 2**-8).
     assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-2)
@@ -106,7 +116,7 @@ def test_any_chunk_size_gives_the_same_result(chunk_size):
 @pytest.mark.parametrize("return_stats", [False, True])
 @pytest.mark.parametrize("block_rows", [1, 3])
 def test_zero_weight_rows_inside_chunks_are_squeezed_out_exactly(
-    monkeypatch, block_rows, return_stats
+    monkeypatch, block_rows, return_stats, layout
 ):
     # Peaked logits: zero-weight rows sit between weighted ones inside each chunk of 8; the
     # rows are moved block_rows at a time (CPU, in place) or gathered (with the stats' buffer).
@@ -119,6 +129,39 @@ def test_zero_weight_rows_inside_chunks_are_squeezed_out_exactly(
     loss.backward()
     ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
     assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-12)
+
+
+def test_zero_weight_rows_of_a_bf16_gradient_buffer_are_squeezed_out(monkeypatch):
+    # The CUDA layout's compaction when the gradient buffer (bf16) is not the logits' dtype.
+    monkeypatch.setattr(fused, "_CUDA_LAYOUT_ON_CPU", True)
+    hidden, weight, bias, labels = make_problem(torch.bfloat16, scale=6.0)
+    loss, stats = fused_weighted_nll_loss(
+        hidden, weight, labels, lm_head_bias=bias, chunk_size=8, return_stats=True
+    )
+    loss.backward()
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
+    assert 0 < stats.num_zero_weight < stats.num_tokens
+    assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-2)
+
+
+def test_the_cuda_layout_multiplies_bf16_operands_into_float32(monkeypatch):
+    monkeypatch.setattr(fused, "_CUDA_LAYOUT_ON_CPU", True)
+    monkeypatch.setattr(fused, "_mm", RecordMatmulDtypes(fused._mm))
+    hidden, weight, bias, labels = make_problem(torch.bfloat16)
+    fused_weighted_nll_loss(hidden, weight, labels, lm_head_bias=bias).backward()
+    # logits, grad of hidden, grad of weight: bf16 operands, float32 results.
+    assert fused._mm.calls == [(torch.bfloat16, torch.float32)] * 3
+
+
+class RecordMatmulDtypes:
+    """Wraps ``fused._mm`` and records (operand dtype, result dtype) of each call."""
+
+    def __init__(self, mm):
+        self.mm, self.calls = mm, []
+
+    def __call__(self, a, b, out, accumulate=False):
+        self.calls.append((a.dtype, out.dtype))
+        return self.mm(a, b, out=out, accumulate=accumulate)
 
 
 def test_scalar_upstream_gradient_scales_every_gradient():
@@ -276,6 +319,24 @@ def test_chunk_math_writes_softmax_minus_onehot_and_returns_log_q_and_entropy(bu
     top = logits.topk(5, dim=-1).values.log_softmax(-1)
     expected_top = -(top.exp() * top).sum(-1)
     torch.testing.assert_close(top_k_entropy.double(), expected_top, rtol=1e-5, atol=1e-5)
+
+
+def test_score_targets_gives_log_q_and_entropy_aligned_with_labels():
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    scores = fused.score_targets(hidden, weight, labels, lm_head_bias=bias, chunk_size=5)
+    log_p = (hidden @ weight.t() + bias).detach().log_softmax(-1)
+    # labels[t] is scored by position t - 1; nothing scores labels[:, 0].
+    scored = labels != -100
+    scored[:, 0] = False
+    picked = log_p[:, :-1].gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)[:, :-1]
+    expected_lp = torch.zeros_like(scores.log_probs)
+    expected_lp[:, 1:] = picked
+    expected_entropy = torch.zeros_like(scores.entropy)
+    expected_entropy[:, 1:] = entropy
+    assert scores.weights is None and not scores.log_probs.requires_grad
+    torch.testing.assert_close(scores.log_probs, torch.where(scored, expected_lp, 0.0))
+    torch.testing.assert_close(scores.entropy, torch.where(scored, expected_entropy, 0.0))
 
 
 class RecordMatmuls(TorchFunctionMode):

@@ -1,6 +1,7 @@
 """Weighting schemes, checked against an independent float64 formula written here."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -152,3 +153,164 @@ def test_weights_are_bounded_by_q_times_the_peak_factor(lp):
     w = infosft.token_weights(t)
     assert torch.isfinite(w).all()
     assert (w >= 0).all() and (w <= 0.51).all()
+
+
+# ---- the scheme interface -------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the registry for tests that register schemes."""
+    from infosft import objectives
+
+    monkeypatch.setattr(objectives, "_REGISTRY", dict(objectives._REGISTRY))
+
+
+def entropy_gate(tokens, p_bar, *, scale):
+    """A user's scheme: w = q * min(1, H / scale), H the full-vocabulary entropy."""
+    return tokens.log_probs.exp() * (tokens.entropy / scale).clamp(max=1.0)
+
+
+def relative_q(tokens, p_bar):
+    """A user's scheme: w = q / (mean q over the micro-batch)."""
+    return tokens.log_probs.exp() / tokens.statistic
+
+
+def mean_q(tokens, sequence_ids):
+    return tokens.log_probs.exp().mean()
+
+
+@pytest.mark.parametrize("path", ["reference", "fused"])
+def test_a_users_scheme_gets_entropy_and_a_batch_statistic_on_both_paths(registry, path):
+    infosft.register_scheme("gate_test", entropy_gate, method_args={"scale": 2.0}, entropy=True)
+    infosft.register_scheme("relative_test", relative_q, batch_statistic=mean_q)
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 6, 8, generator=gen, dtype=torch.float64)
+    weight = torch.randn(11, 8, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 11, (2, 6), generator=gen)
+    labels[1, 4:] = -100
+    logits = hidden @ weight.t()
+    # float64 formulas, token by token.
+    log_p = logits[:, :-1].log_softmax(-1)[labels[:, 1:] != -100]
+    lp = log_p.gather(-1, labels[:, 1:][labels[:, 1:] != -100].unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    q = lp.exp()
+    expected = {
+        "gate_test": -(q * (entropy / 3.0).clamp(max=1.0) * lp).sum() / lp.numel(),
+        "relative_test": -(q / q.mean() * lp).sum() / lp.numel(),
+    }
+    for method, value in expected.items():
+        args = {"scale": 3} if method == "gate_test" else None
+        if path == "reference":
+            got = infosft.weighted_nll_loss(logits, labels, method=method, method_args=args)
+        else:
+            got = infosft.fused_weighted_nll_loss(
+                hidden, weight, labels, method=method, method_args=args, chunk_size=3
+            )
+        assert got.item() == pytest.approx(value.item(), rel=1e-6), method
+
+
+def test_a_scheme_is_resolved_once_per_loss_call_not_per_chunk(monkeypatch):
+    from infosft import objectives
+
+    calls = []
+    lookup = objectives._definition
+    monkeypatch.setattr(objectives, "_definition", lambda name: calls.append(name) or lookup(name))
+    hidden, weight = torch.randn(2, 9, 4), torch.randn(7, 4)
+    labels = torch.randint(0, 7, (2, 9))
+    infosft.fused_weighted_nll_loss(hidden, weight, labels, method="talr", chunk_size=1)
+    assert calls == ["talr"]
+    scheme = infosft.get_scheme("eaft", method_args={"top_k": 3})
+    calls.clear()
+    infosft.fused_weighted_nll_loss(hidden, weight, labels, method=scheme, chunk_size=1)
+    assert calls == []
+
+
+def test_the_weight_callback_sees_per_token_values_only(registry):
+    seen = []
+
+    def spy(tokens, p_bar):
+        seen.append(tokens)
+        return torch.ones_like(tokens.log_probs)
+
+    infosft.register_scheme("spy_test", spy)
+    hidden, weight = torch.randn(2, 9, 4), torch.randn(7, 4)
+    infosft.fused_weighted_nll_loss(
+        hidden, weight, torch.randint(0, 7, (2, 9)), method="spy_test", chunk_size=5
+    )
+    _probe, *chunks = seen  # the first call is get_scheme's check on extreme tokens
+    assert [t.log_probs.shape for t in chunks] == [(5,), (5,), (5,), (1,)]
+    assert all(isinstance(t, infosft.TokenInputs) and t.entropy is None for t in chunks)
+
+
+@pytest.mark.parametrize(
+    ("method", "method_args", "message"),
+    [
+        ("eaft", {"k": 3}, "takes top_k, alpha; got unknown 'k'"),
+        ("nll", {"alpha": 1}, "takes no method_args"),
+        ("eaft", {"top_k": 2.5}, "top_k must be an integer"),
+        ("eaft", {"top_k": 1}, "top_k >= 2"),
+        ("eaft", {"alpha": -1.0}, "alpha >= 0"),
+        ("dft_mix", {"alpha": 1.5}, "0 <= alpha <= 1"),
+        ("power", {"k": 0}, "k > 0"),
+        ("power", {"k": "10"}, "k must be a number"),
+        ("power", [("k", 1)], "method_args must be a mapping"),
+    ],
+)
+def test_bad_method_args_are_named(method, method_args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        infosft.get_scheme(method, method_args=method_args)
+
+
+def test_a_resolved_scheme_refuses_a_different_p_bar_next_to_it():
+    scheme = infosft.get_scheme("infosft", p_bar=0.9)
+    assert infosft.get_scheme(scheme, p_bar=0.9) is scheme
+    with pytest.raises(ValueError, match="carries its own p_bar"):
+        infosft.weighted_nll_loss(
+            torch.randn(1, 3, 5), torch.ones(1, 3, dtype=torch.long), method=scheme, p_bar=0.95
+        )
+
+
+def test_a_scheme_returning_non_finite_weights_is_reported_when_resolved(registry):
+    infosft.register_weighting("inv_q_test", lambda lp, p_bar: (-lp).exp())
+    with pytest.raises(ValueError, match="non-finite weights"):
+        infosft.get_scheme("inv_q_test")
+
+
+def test_token_weights_refuses_a_scheme_that_is_not_a_function_of_q():
+    with pytest.raises(ValueError, match="top-20 entropy"):
+        infosft.token_weights(torch.zeros(3), "eaft")
+    with pytest.raises(ValueError, match="micro-batch statistic"):
+        infosft.token_weights(torch.zeros(3), "talr")
+
+
+Q_ONLY = [m for m in infosft.available_weightings() if infosft.get_scheme(m).q_only]
+
+
+@pytest.mark.parametrize("method", Q_ONLY)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_every_q_only_scheme_is_finite_for_extreme_log_probs(method, dtype):
+    lp = torch.tensor([0.0, -1e-30, -1e-7, -200.0, -1e30, -math.inf, 1e-6]).to(dtype)
+    w = infosft.token_weights(lp, method)
+    assert w.dtype == torch.float32 and torch.isfinite(w).all() and (w >= 0).all()
+
+
+def test_eaft_weight_is_the_normalised_top_k_entropy_to_the_alpha():
+    scheme = infosft.get_scheme("eaft", method_args={"top_k": 4, "alpha": 2.0})
+    h = torch.tensor([0.0, 0.5, math.log(4.0), math.log(4.0) + 1e-6])
+    w = scheme.weights(infosft.TokenInputs(torch.zeros(4), top_k_entropy=h))
+    expected = [0.0, (0.5 / math.log(4)) ** 2, 1.0, 1.0]
+    assert w.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "log_probs",
+    [[0.0, 0.0, 0.0], [-math.inf, -math.inf, 0.0], [-1e-30, -200.0, -math.inf]],
+)
+def test_talr_is_finite_when_tau_is_zero_or_a_log_q_is_minus_inf(log_probs):
+    scheme = infosft.get_scheme("talr")
+    tokens = infosft.TokenInputs(torch.tensor(log_probs))
+    tau = scheme.statistic(tokens, torch.tensor([0, 1, 2]))
+    w = scheme.weights(tokens._replace(statistic=tau))
+    assert torch.isfinite(tau) and torch.isfinite(w).all()
+    assert ((w >= 0.01) & (w <= 1.0)).all()
