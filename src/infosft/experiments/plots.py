@@ -16,8 +16,18 @@ from typing import Any
 from infosft.objectives import token_weights
 
 # One colour per method everywhere, so a reader matches plots at a glance.
-METHOD_COLORS = {"base": "#555555", "nll": "#1f77b4", "dft": "#ff7f0e", "infosft": "#2ca02c"}
-_FALLBACK_COLORS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+METHOD_COLORS = {
+    "base": "#555555",
+    "nll": "#1f77b4",
+    "dft": "#ff7f0e",
+    "infosft": "#2ca02c",
+    "eaft": "#d62728",
+    "talr": "#9467bd",
+    "memft": "#8c564b",
+    "dft_mix": "#e377c2",
+    "power": "#17becf",
+}
+_FALLBACK_COLORS = ("#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5")
 
 
 def method_color(method: str, index: int = 0) -> str:
