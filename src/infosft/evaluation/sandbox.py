@@ -1,19 +1,19 @@
-"""Run model-written Python outside the evaluator's process, isolated as far as the machine allows.
+"""Run model-written Python outside the evaluator's process, confined by the kernel.
 
-Two modes, chosen by ``mode``:
+Two modes (``docs/sandbox.md`` says exactly what each guarantees):
 
-- ``"bwrap"``: bubblewrap puts the program in new user, pid, network, ipc, uts and cgroup
-  namespaces with every capability dropped, a read-only view of ``/``, a private ``/tmp``, the
-  user's home directory hidden, and only the sample's own temporary directory writable.
-- ``"rlimit"`` (fallback when bubblewrap is missing or cannot create namespaces): the same
-  supervisor, limits, scrubbed environment and process cleanup, plus an audit hook in the
-  program's interpreter that refuses writes outside its directory and any socket use. It is a
-  guard against accidents, not against a program that tries to escape (see docs/sandbox.md).
+- ``"bwrap"``: bubblewrap starts the supervisor in new user, pid, network, ipc, uts and cgroup
+  namespaces without capabilities, on an empty root that holds only the Python installation,
+  ``/usr``, the ``/lib*`` links and two files of ``/etc``, read-only, plus a size-limited
+  ``/tmp`` as the only writable place: no host ``/tmp``, ``/run``, ``/var``, home or socket.
+- ``"landlock"`` (no bubblewrap, or no user namespaces): the program's process restricts itself
+  with Landlock to reading the same files and writing its own directory, and nothing else.
 
-In both modes a trusted supervisor script (``_supervisor.py``) forks the program, applies
-the resource limits to it, enforces the wall-clock timeout and kills every process it left
-behind; the evaluator reads at most ``max_output_bytes`` of its output and kills its whole
-process group when it ends, times out or floods the output.
+In both a trusted supervisor (``_supervisor.py``) forks the program, which confines itself with
+rlimits, no capabilities and a seccomp filter (no new processes, programs, sockets, signals to
+others, io_uring, ...) before a fresh interpreter runs it. "passed" needs a done signal that only
+trusted code sends after the program's last statement returned normally. ``"auto"`` picks bwrap,
+else landlock, and refuses to run without either: there is no unconfined fallback.
 """
 
 from __future__ import annotations
@@ -26,163 +26,194 @@ import os
 import selectors
 import shutil
 import signal
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-SUPERVISOR = Path(__file__).with_name("_supervisor.py")
+# Read once: a program can never change the supervisor of the samples after it.
+SUPERVISOR_SOURCE = Path(__file__).with_name("_supervisor.py").read_text(encoding="utf-8")
+MODES = ("auto", "bwrap", "landlock")
 DEFAULT_TIMEOUT_S = 3.0
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
-DEFAULT_MAX_FILE_BYTES = 64 * 1024**2
-DEFAULT_MAX_PROCESSES = 64
-# Extra wall-clock time the evaluator grants the supervisor before killing it from outside.
+DEFAULT_MAX_FILE_BYTES = 16 * 1024**2
+DEFAULT_MAX_DISK_BYTES = 64 * 1024**2
+DEFAULT_MAX_FILES = 1024
+MAX_OPEN_FILES = 64
+# The supervisor allows this long for confinement and interpreter start, then the timeout;
+# the evaluator adds GRACE_S before it gives up on the supervisor itself.
+SETUP_S = 10.0
 GRACE_S = 5.0
-EXIT_TIMEOUT = 124
-MODES = ("auto", "bwrap", "rlimit")
 # New user/pid/net/ipc/uts/cgroup namespaces, no capabilities, no way to regain them.
 ISOLATION_FLAGS = ["--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# All of /etc the interpreter needs: the dynamic loader's cache and the time zone.
+SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+SANDBOX_HOME = "/tmp"  # bwrap: the size-limited tmpfs, the program's cwd, HOME and TMPDIR
+KNOWN_GOOD = "import math\nassert math.isclose(sum([0.1] * 10), 1.0)\nprint('sandbox ok')\n"
+KNOWN_BAD = "assert 1 + 1 == 3, 'known-bad program'\n"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot run programs here: an infrastructure failure, never a score."""
 
 
 @dataclass(frozen=True)
 class SandboxResult:
     """Outcome of one sandboxed program.
 
-    ``status`` is ``"passed"`` (ran to its end), ``"failed"`` (raised or exited non-zero),
-    ``"timeout"``, ``"output_limit"`` (printed more than allowed) or ``"killed"`` (a signal,
-    e.g. the memory limit or a killed supervisor).
+    ``status`` is ``"passed"`` (its last statement returned normally), ``"failed"`` (it raised
+    or exited), ``"timeout"``, ``"output_limit"`` (printed more than allowed), ``"disk_limit"``
+    (wrote more than allowed), ``"killed"`` (a signal, e.g. the CPU limit) or ``"error"`` (the
+    sandbox could not run it: not the program's fault). ``returncode`` is the program's exit
+    status (negative: the signal), None when it did not exit by itself; ``detail`` says why.
     """
 
     status: str
-    returncode: int
+    returncode: int | None
     output: str
     seconds: float
     mode: str
+    detail: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-@functools.lru_cache(maxsize=1)
-def bwrap_available() -> bool:
-    """True when ``bwrap`` exists and can create the namespaces we use (probed once)."""
-    exe = shutil.which("bwrap")
-    if exe is None:
-        return False
-    probe = [exe, "--ro-bind", "/", "/", *ISOLATION_FLAGS, "--", "true"]
+def validate_timeout(timeout: float) -> float:
+    """``timeout`` as a float, or ValueError unless it is a finite number of seconds > 0."""
     try:
-        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        value = float(timeout)
+    except (TypeError, ValueError):
+        raise ValueError(f"the timeout must be a number of seconds, got {timeout!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"the timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return value
 
 
-def resolve_mode(mode: str) -> str:
-    """The concrete mode for ``mode`` ("auto" picks bwrap when it works, else rlimit)."""
-    if mode not in MODES:
-        raise ValueError(f"sandbox mode must be one of {MODES}, got {mode!r}")
-    if mode == "auto":
-        if bwrap_available():
-            return "bwrap"
-        warnings.warn(
-            "bubblewrap is not usable here; model-written code runs in the weaker rlimit "
-            "sandbox (see docs/sandbox.md). Install bubblewrap for namespace isolation.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return "rlimit"
-    if mode == "bwrap" and not bwrap_available():
-        raise FileNotFoundError("sandbox mode 'bwrap' needs a working `bwrap` on PATH")
-    return mode
-
-
-def scrubbed_env(work_dir: str) -> dict[str, str]:
+def scrubbed_env(home: str) -> dict[str, str]:
     """The whole environment of a sandboxed program: nothing of the evaluator's is passed on."""
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": work_dir,
-        "TMPDIR": work_dir,
+        "HOME": home,
+        "TMPDIR": home,
         "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0",
     }
 
 
-def bwrap_command(work_dir: str, env: dict[str, str]) -> list[str]:
-    """bubblewrap arguments: read-only root, private /tmp and home, writable ``work_dir`` only."""
-    cmd = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    home = os.path.expanduser("~")
-    if home not in ("", "/") and os.path.isdir(home):
-        # Hide the user's files (tokens, keys), then re-expose the interpreter if it lives there.
-        cmd += ["--tmpfs", home]
-        for prefix in dict.fromkeys([sys.base_prefix, sys.prefix, str(SUPERVISOR.parent)]):
-            cmd += ["--ro-bind", prefix, prefix]
-    cmd += ["--bind", work_dir, work_dir, "--chdir", work_dir]
-    cmd += [*ISOLATION_FLAGS, "--die-with-parent", "--new-session", "--clearenv"]
-    for key, value in env.items():
+@functools.lru_cache(maxsize=1)
+def interpreter_paths() -> tuple[str, ...]:
+    """Directories of this Python installation (virtualenv and base), as given and resolved:
+    a venv reached through a symlink, or living under /tmp, is found in both spellings."""
+    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    paths += [os.path.dirname(sys.executable), *site.getsitepackages()]
+    paths += [p for p in sysconfig.get_paths().values()]
+    found: list[str] = []
+    for path in paths:
+        for spelling in (os.path.abspath(path), os.path.realpath(path)):
+            if spelling != "/" and os.path.isdir(spelling) and spelling not in found:
+                found.append(spelling)
+    found.append(os.path.dirname(os.path.realpath(sys.executable)))
+    return tuple(dict.fromkeys(found))
+
+
+def site_dirs() -> list[str]:
+    """Where the program's interpreter (started without ``site``) finds installed packages."""
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def readable_paths() -> list[str]:
+    """Everything a sandboxed program may read: system libraries and this Python."""
+    paths = [os.path.realpath(p) for p in (*SYSTEM_DIRS, *SYSTEM_FILES) if os.path.exists(p)]
+    return list(dict.fromkeys([*paths, *interpreter_paths()]))
+
+
+def bwrap_command(max_disk_bytes: int) -> list[str]:
+    """bubblewrap's arguments: an empty read-only root with only what Python needs, and a
+    size-limited tmpfs at /tmp as the one writable place."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        raise FileNotFoundError("bwrap is not installed")
+    cmd = [exe, *ISOLATION_FLAGS, "--die-with-parent", "--new-session", "--clearenv"]
+    for key, value in scrubbed_env(SANDBOX_HOME).items():
         cmd += ["--setenv", key, value]
+    bound = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):  # merged /usr: /lib -> usr/lib
+            cmd += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            cmd += ["--ro-bind", path, path]
+            bound.append(path)
+    for path in SYSTEM_FILES:
+        cmd += ["--ro-bind-try", path, path]
+    cmd += ["--dev", "/dev", "--size", str(max_disk_bytes), "--tmpfs", SANDBOX_HOME]
+    for path in interpreter_paths():  # after /tmp, so that a venv under /tmp shows through
+        if not any(path == b or path.startswith(b + "/") for b in bound):
+            cmd += ["--ro-bind", path, path]
+    # No /proc: the program cannot reach other processes' descriptors or memory through it.
+    cmd += ["--chdir", SANDBOX_HOME, "--remount-ro", "/dev", "--remount-ro", "/"]
     return [*cmd, "--"]
 
 
-def rlimits(timeout: float, memory_bytes: int, max_file_bytes: int, max_processes: int) -> dict:
-    """Resource limits of the program, by ``resource`` constant name."""
-    limits = {
-        "RLIMIT_AS": memory_bytes,
-        "RLIMIT_CPU": math.ceil(timeout) + 1,
-        "RLIMIT_FSIZE": max_file_bytes,
-        "RLIMIT_CORE": 0,
-    }
-    if os.geteuid() != 0:
-        # Counted over all the user's processes, so leave room for those already running;
-        # the kernel ignores this limit for root (a namespace or the timeout bounds it there).
-        limits["RLIMIT_NPROC"] = count_user_processes() + max_processes
-    return limits
+@functools.lru_cache(maxsize=1)
+def private_root() -> str:
+    """A directory of this evaluator's own (0700) holding the landlock mode's work dirs."""
+    root = tempfile.mkdtemp(prefix="infosft-sandbox-")
+    import atexit
+
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
-def count_user_processes() -> int:
-    uid = os.getuid()
-    count = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                count += os.stat(f"/proc/{entry}").st_uid == uid
-            except OSError:
-                continue
-    return count
+def remove_later(path: str) -> None:
+    """Delete a work directory in the background (thousands of entries take seconds on some
+    disks); what is left at exit goes with ``private_root``."""
+    threading.Thread(target=shutil.rmtree, args=(path, True), daemon=True).start()
 
 
-def read_capped(
-    proc: subprocess.Popen, deadline: float, max_bytes: int
-) -> tuple[bytes, bool, bool]:
-    """Read the program's output until EOF, the deadline or the cap.
+def supervisor_command() -> list[str]:
+    return [sys.executable, "-I", "-B", "-S", "-c", SUPERVISOR_SOURCE]
 
-    Returns (output, hit_cap, hit_deadline).
-    """
+
+def read_capped(proc: subprocess.Popen, deadline: float, max_bytes: int) -> tuple[bytes, str]:
+    """The sandbox's output until EOF, the deadline or the cap; and which one ended it."""
     chunks, size = [], 0
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return b"".join(chunks), False, True
+                return b"".join(chunks), "deadline"
             if not sel.select(remaining):
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
             if not chunk:
-                return b"".join(chunks), False, False
+                return b"".join(chunks), "eof"
             chunks.append(chunk)
             size += len(chunk)
             if size > max_bytes:
-                return b"".join(chunks)[:max_bytes], True, False
+                return b"".join(chunks)[:max_bytes], "cap"
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the sandbox's process group (start_new_session made it equal to its pid)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def send_config(proc: subprocess.Popen, config: dict) -> None:
+    """Write the configuration to the supervisor's stdin (a thread: it may exceed a pipe)."""
+    body = json.dumps(config).encode()
+
+    def write() -> None:
+        with contextlib.suppress(OSError):
+            proc.stdin.write(b"%d\n" % len(body) + body)
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+
+    threading.Thread(target=write, daemon=True).start()
 
 
 def run_python(
@@ -192,67 +223,165 @@ def run_python(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    max_processes: int = DEFAULT_MAX_PROCESSES,
+    max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
     mode: str = "auto",
 ) -> SandboxResult:
     """Run the Python source ``program`` in a fresh sandbox and report how it ended.
 
     Args:
-        program: source code, run as ``__main__`` from ``program.py`` in a new temp directory.
-        timeout: wall-clock seconds before the program and everything it spawned are killed.
+        program: source code, run as ``__main__`` from ``program.py`` in its own directory.
+        timeout: wall-clock seconds before the program is killed (finite, > 0).
         memory_bytes: address-space limit of the program (RLIMIT_AS).
         max_output_bytes: stdout + stderr kept; a program printing more is killed.
         max_file_bytes: largest file it may write (RLIMIT_FSIZE).
-        max_processes: processes it may add (RLIMIT_NPROC; not enforced for root).
-        mode: "auto", "bwrap" or "rlimit" (see the module docstring).
+        max_disk_bytes, max_files: what its directory may hold (bwrap: the tmpfs size).
+        mode: "auto", "bwrap" or "landlock" (see the module docstring).
     """
+    timeout = validate_timeout(timeout)
     concrete = resolve_mode(mode)
-    with tempfile.TemporaryDirectory(prefix="infosft-sandbox-") as work_dir:
-        work_dir = os.path.realpath(work_dir)
-        Path(work_dir, "program.py").write_text(program)
-        config = {
-            "program": os.path.join(work_dir, "program.py"),
-            "timeout": timeout,
-            "limits": rlimits(timeout, memory_bytes, max_file_bytes, max_processes),
-            "guard_root": work_dir if concrete == "rlimit" else None,
-        }
-        env = scrubbed_env(work_dir)
-        cmd = [sys.executable, "-I", "-B", str(SUPERVISOR), json.dumps(config)]
+    start = time.monotonic()
+    with contextlib.ExitStack() as stack:
         if concrete == "bwrap":
-            cmd = bwrap_command(work_dir, env) + cmd
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=work_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = start + timeout + GRACE_S
+            work, cwd = SANDBOX_HOME, "/"
+            try:
+                prefix = bwrap_command(max_disk_bytes)
+            except FileNotFoundError as error:
+                return SandboxResult("error", None, "", 0.0, concrete, str(error))
+        else:
+            work = cwd = tempfile.mkdtemp(dir=private_root())
+            stack.callback(remove_later, work)
+            prefix = []
+        report_r, report_w = os.pipe()
+        stack.callback(os.close, report_r)
+        config = {
+            "program": program,
+            "program_path": os.path.join(work, "program.py"),
+            "mode": concrete,
+            "work": work,
+            "timeout": timeout,
+            "python": sys.executable,
+            "site": site_dirs(),
+            "read_paths": readable_paths(),
+            "report_fd": report_w,
+            "limits": {
+                "RLIMIT_AS": memory_bytes,
+                "RLIMIT_CPU": math.ceil(timeout) + 1,
+                "RLIMIT_FSIZE": max_file_bytes,
+                "RLIMIT_NOFILE": MAX_OPEN_FILES,
+                "RLIMIT_CORE": 0,
+                "RLIMIT_RTPRIO": 0,
+            },
+            "disk": {"max_bytes": max_disk_bytes, "max_files": max_files, "tmpfs": prefix != []},
+        }
         try:
-            output, hit_cap, hit_deadline = read_capped(proc, deadline, max_output_bytes)
-            if not (hit_cap or hit_deadline):
-                # EOF: the supervisor is exiting; let it report before the group is killed.
+            proc = subprocess.Popen(
+                [*prefix, *supervisor_command()],
+                cwd=cwd,
+                env=scrubbed_env(work),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=(report_w,),
+                start_new_session=True,
+            )
+        finally:
+            os.close(report_w)
+        send_config(proc, config)
+        deadline = start + SETUP_S + timeout + GRACE_S
+        try:
+            output, ended_by = read_capped(proc, deadline, max_output_bytes)
+            if ended_by == "eof":
                 proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            hit_deadline = True
+            ended_by = "deadline"
         finally:
             # Whatever happened, nothing of the sample may keep running.
-            kill_group(proc)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.stdout.close()
             returncode = proc.wait()
-        seconds = time.monotonic() - start
-    if hit_cap:
-        status = "output_limit"
-    elif hit_deadline or returncode == EXIT_TIMEOUT:
-        status = "timeout"
-    elif returncode == 0:
-        status = "passed"
-    elif returncode < 0 or returncode > 128:
-        status = "killed"
-    else:
-        status = "failed"
+        verdict = read_report(report_r)
+    seconds = time.monotonic() - start
     text = output.decode("utf-8", errors="replace")
-    return SandboxResult(status, returncode, text, seconds, concrete)
+    if ended_by == "cap":
+        detail = f"printed more than {max_output_bytes} bytes"
+        return SandboxResult("output_limit", None, text, seconds, concrete, detail)
+    if verdict is not None:
+        status, code, detail = verdict["status"], verdict["returncode"], verdict["detail"]
+        return SandboxResult(status, code, text, seconds, concrete, detail)
+    if ended_by == "deadline":
+        detail = f"the sandbox did not finish within {deadline - start:.0f} s"
+    else:
+        detail = f"the sandbox ended without a verdict (exit status {returncode})"
+    return SandboxResult("error", None, text, seconds, concrete, detail)
+
+
+def read_report(fd: int) -> dict | None:
+    """The supervisor's verdict line, or None when it wrote none (it never started, or died)."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 4096):
+            data += chunk
+    try:
+        verdict = json.loads(data)
+    except ValueError:
+        return None
+    return verdict if isinstance(verdict, dict) and "status" in verdict else None
+
+
+def describe(result: SandboxResult) -> str:
+    """One line about a sandbox result: status, detail and the end of its output."""
+    tail = " ".join(result.output.strip().splitlines()[-3:])[-300:]
+    return f"{result.status} ({result.detail or 'no detail'})" + (f": {tail}" if tail else "")
+
+
+def check_sandbox(mode: str = "auto", timeout: float = DEFAULT_TIMEOUT_S) -> str:
+    """Run a known-good and a known-bad program; return the concrete mode, or raise SandboxError
+    when the sandbox cannot tell them apart (it cannot start Python, the timeout is too short)."""
+    concrete = resolve_mode(mode)
+    good = run_python(KNOWN_GOOD, timeout=timeout, mode=concrete)
+    if not (good.passed and "sandbox ok" in good.output):
+        hint = (
+            f" With --timeout {timeout:g}, even this trivial program did not finish: raise it."
+            if good.status == "timeout"
+            else ""
+        )
+        raise SandboxError(
+            f"the {concrete} sandbox cannot run Python here: a known-good program ended "
+            f"{describe(good)}.{hint}"
+        )
+    bad = run_python(KNOWN_BAD, timeout=timeout, mode=concrete)
+    if not (bad.status == "failed" and "AssertionError" in bad.output):
+        raise SandboxError(
+            f"the {concrete} sandbox does not report failures: a known-bad program ended "
+            f"{describe(bad)}"
+        )
+    return concrete
+
+
+@functools.cache
+def probe(mode: str) -> str | None:
+    """None when ``mode`` runs a known-good program here, else why not (cached)."""
+    result = run_python(KNOWN_GOOD, timeout=SETUP_S, mode=mode)
+    return None if result.passed else describe(result)
+
+
+def resolve_mode(mode: str) -> str:
+    """The concrete mode for ``mode``: "auto" picks bwrap when it works here, else landlock."""
+    if mode not in MODES:
+        raise ValueError(f"sandbox mode must be one of {MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    problems = {}
+    for candidate in ("bwrap", "landlock"):
+        problems[candidate] = probe(candidate)
+        if problems[candidate] is None:
+            return candidate
+    raise SandboxError(
+        "no sandbox can run Python here, and model-written code is never run unconfined. "
+        f"bwrap: {problems['bwrap']}; landlock: {problems['landlock']}. Install bubblewrap "
+        "(apt-get install bubblewrap) where user namespaces are allowed, or use Linux 6.2+ "
+        "with Landlock enabled."
+    )

@@ -132,6 +132,8 @@ def run_programs(
 
     ``on_result(index, result)`` is called as each finishes (e.g. to save progress).
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive number of parallel programs, got {workers!r}")
 
     def one(i: int) -> SandboxResult:
         result = run_python(programs[i], timeout=timeout, mode=mode)
@@ -139,7 +141,7 @@ def run_programs(
             on_result(i, result)
         return result
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, range(len(programs))))
 
 
