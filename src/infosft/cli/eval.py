@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +32,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--base-model", help="the model before fine-tuning, for forgetting")
     parser.add_argument("--samples", help="JSON lines of {task_id, completion} to score")
-    parser.add_argument("--output", help="results JSON (default: runs/eval/<task>.json)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N items")
+    parser.add_argument(
+        "--output",
+        help="results JSON (default: runs/eval/<task>-<model or samples name>.json); results "
+        "of another model or task there are not replaced without --overwrite",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --output even if it holds other results"
+    )
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items (N >= 1)")
     gen = parser.add_argument_group("generation (defaults come from the task)")
     gen.add_argument("--n", type=int, help="samples per prompt (pass@k for k <= n)")
     gen.add_argument("--temperature", type=float, help="0 = greedy")
@@ -42,7 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     gen.add_argument("--dtype", help="float32, bfloat16, ... (default: as saved)")
     run_opts = parser.add_argument_group("code execution")
-    run_opts.add_argument("--sandbox", choices=["auto", "bwrap", "rlimit"], default="auto")
+    run_opts.add_argument(
+        "--sandbox",
+        choices=["auto", "bwrap", "landlock"],
+        default="auto",
+        help="how model-written code is confined (docs/sandbox.md); auto: bwrap, else landlock",
+    )
     run_opts.add_argument("--workers", type=int, default=2, help="programs run in parallel")
     run_opts.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
     forget = parser.add_argument_group("forgetting (with --base-model)")
@@ -81,27 +96,120 @@ def print_metrics(title: str, metrics: dict) -> None:
 
 
 def read_samples(path: str) -> list[dict]:
+    """The ``{task_id, completion}`` rows of a JSON-lines file; errors name the file and line."""
+    from infosft.files import read_text
+
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"samples file {path} does not exist")
     samples = []
-    for n, line in enumerate(file.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(file).splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        if "task_id" not in row or "completion" not in row:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}); each line is "
+                'one {"task_id": ..., "completion": ...} object'
+            ) from None
+        if not isinstance(row, dict) or "task_id" not in row or "completion" not in row:
             raise ValueError(f"{path}:{n}: each line needs 'task_id' and 'completion'")
+        if not isinstance(row["task_id"], str) or not isinstance(row["completion"], str):
+            raise ValueError(f"{path}:{n}: 'task_id' and 'completion' must be strings")
         samples.append(row)
     if not samples:
         raise ValueError(f"samples file {path} is empty")
     return samples
 
 
-def run(args: argparse.Namespace) -> int:
-    import infosft.experiments  # noqa: F401 - registers the demo's tasks with load_task
-    from infosft.evaluation.runner import score_samples, summarize_records, write_json
-    from infosft.evaluation.tasks import load_task
+def slug(name: str) -> str:
+    """A file-name-safe short name of a model or file: its last path component."""
+    last = Path(name.rstrip("/")).name or name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-") or "model"
 
+
+def check_output(output: Path, identity: dict, overwrite: bool) -> None:
+    """Before any work: ``output`` must be a writable file path, and must not hold the results
+    of another task, model or samples file (unless ``overwrite``)."""
+    if output.is_dir():
+        raise ValueError(
+            f"--output {output} is a directory; give a file such as {output}/results.json"
+        )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}."):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write --output {output}: {err}") from None
+    if not output.exists() or overwrite:
+        return
+    try:
+        previous = json.loads(output.read_bytes())
+        same = all(previous.get(key) == value for key, value in identity.items())
+    except (ValueError, AttributeError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"--output {output} already holds other results (not {identity}); choose another "
+            "--output, or pass --overwrite to replace them"
+        )
+
+
+def resolve_device(name: str | None) -> str:
+    """The torch device to load models on; a clear error for unknown or absent devices."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"unknown --device {name!r} ({err}); use cpu, cuda, cuda:1, ...") from None
+    if device.type == "cpu":
+        return name
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type == "mps":
+        available = torch.backends.mps.is_available
+    if available is None or not available():
+        raise ValueError(
+            f"--device {name}: no {device.type} device is available here; use --device cpu"
+        )
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise ValueError(f"--device {name}: only {count()} {device.type} device(s) here")
+    return name
+
+
+def run(args: argparse.Namespace) -> int:
+    from infosft.evaluation.sandbox import SandboxError
+
+    try:
+        return evaluate_command(args)
+    except SandboxError as err:
+        # Not the program's fault and not the user's input: say so, and score nothing.
+        print(f"infosft eval: sandbox error: {err}", file=sys.stderr)
+        return 1
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    import infosft.experiments  # noqa: F401 - registers the demo's tasks with load_task
+    from infosft.evaluation.runner import (
+        score_samples,
+        summarize_records,
+        validate_limit,
+        with_overrides,
+    )
+    from infosft.evaluation.sandbox import check_sandbox, validate_timeout
+    from infosft.evaluation.tasks import load_task
+    from infosft.files import write_json_atomic
+
+    # Every option is checked before anything is loaded, generated or run.
+    validate_limit(args.limit)
+    validate_timeout(args.timeout)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.lm_eval:
         from infosft.evaluation.lm_eval_tasks import require_lm_eval
 
@@ -109,61 +217,78 @@ def run(args: argparse.Namespace) -> int:
     elif not args.task:
         raise ValueError("name a task: --task NAME and/or --lm-eval TASK ...")
     task = load_task(args.task) if args.task else None
-    output = Path(args.output or f"runs/eval/{task.name if task else 'lm_eval'}.json")
-    start = time.perf_counter()
+    name = task.name if task else "lm_eval"
     if args.samples:
         if args.model or args.base_model or args.lm_eval or task is None:
             raise ValueError(
                 "--samples scores existing completions of --task; drop --model/--base-model/"
                 "--lm-eval"
             )
+        identity = {"task": name, "samples_file": str(Path(args.samples).resolve())}
+        output = Path(args.output or f"runs/eval/{name}-{slug(args.samples)}.json")
+    else:
+        from infosft.models import DEFAULT_MODEL
+
+        model = args.model or DEFAULT_MODEL
+        identity = {"task": name, "model": model, "base_model": args.base_model}
+        output = Path(args.output or f"runs/eval/{name}-{slug(model)}.json")
+        settings = task and with_overrides(  # None without --task (lm-eval only)
+            task.generation,
+            n=args.n,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            stop=args.stop,
+            seed=args.seed,
+        )
+        device = resolve_device(args.device)
+    check_output(output, identity, args.overwrite)
+    start = time.perf_counter()
+    if args.samples:
         samples = read_samples(args.samples)
+        mode = check_sandbox(args.sandbox, args.timeout) if task.program else None
         records = score_samples(
-            task, samples, args.workers, args.timeout, args.sandbox, not args.no_progress
+            task, samples, args.workers, args.timeout, mode or args.sandbox, not args.no_progress
         )
         single = len(records) == len({r["task_id"] for r in records})
         results = {
-            "task": task.name,
+            **identity,
             "metrics": summarize_records(records, greedy=single),
             "samples": records,
         }
+        if mode is not None:
+            results["sandbox"] = mode
     else:
-        results = evaluate_models(args, task, output)
+        results = {**identity, **evaluate_models(args, task, settings, device, output)}
     results["seconds"] = time.perf_counter() - start
-    write_json(output, results)
+    write_json_atomic(output, results)
     if task is not None:
         print_metrics(f"{task.name}: {len(results['samples'])} samples", results["metrics"])
-    for name in ("base_metrics", "forgetting"):
-        if name in results:
-            print_metrics(name, results[name])
+    for key in ("base_metrics", "forgetting"):
+        if key in results:
+            print_metrics(key, results[key])
     if "lm_eval" in results:
         from infosft.evaluation.lm_eval_tasks import format_table
 
         print(format_table(results["lm_eval"]))
     print(f"wrote {output} ({results['seconds']:.0f} s)")
+    if args.model and not args.samples:
+        from infosft.training.model_card import add_evaluation, is_infosft_card
+
+        # A model trained by infosft keeps its evaluations in its own model card.
+        if is_infosft_card(args.model):
+            print(f"added the results to {add_evaluation(args.model, results, output)}")
     return 0
 
 
-def evaluate_models(args: argparse.Namespace, task, output: Path) -> dict:
+def evaluate_models(args: argparse.Namespace, task, settings, device: str, output: Path) -> dict:
     """Generate and score with --model (and --base-model for the forgetting report)."""
-    import torch
-
     from infosft.evaluation.forgetting import forgetting_report, read_texts
     from infosft.evaluation.lm_eval_tasks import lm_eval_report
-    from infosft.evaluation.runner import evaluate, with_overrides
+    from infosft.evaluation.runner import evaluate
     from infosft.models import DEFAULT_MODEL, load_model_and_tokenizer
 
-    settings = task and with_overrides(  # None without --task (lm-eval only)
-        task.generation,
-        n=args.n,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        stop=args.stop,
-        seed=args.seed,
-    )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     progress = not args.no_progress
 
     def run_one(name: str, tag: str) -> tuple[dict, object, object]:
@@ -187,11 +312,9 @@ def evaluate_models(args: argparse.Namespace, task, output: Path) -> dict:
         return result, model, tokenizer
 
     results, model, tokenizer = run_one(args.model or DEFAULT_MODEL, "model")
-    results["model"] = args.model or DEFAULT_MODEL
     base = {}
     if args.base_model:
         base, base_model, _ = run_one(args.base_model, "base")
-        results["base_model"] = args.base_model
     if args.lm_eval:
         results["lm_eval"] = lm_eval_report(results.pop("lm_eval"), base.pop("lm_eval", None))
     if args.base_model and task is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Prompt = str | list[dict[str, str]]
@@ -22,6 +25,18 @@ class SamplingSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "n", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value!r}")
+        if not isinstance(self.stop, list) or not all(isinstance(x, str) for x in self.stop):
+            raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -65,6 +80,107 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def model_fingerprint(model: Any) -> str:
+    """SHA-256 of what decides a model's outputs: its config, its generation config and every
+    parameter and buffer (name, dtype, shape and bytes; a tied tensor is hashed once)."""
+    import torch
+
+    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
+    generation = getattr(model, "generation_config", None)
+    if generation is not None:
+        digest.update(generation.to_json_string(use_diff=False).encode())
+    seen: dict[tuple, str] = {}
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        if tensor.device.type == "meta":
+            digest.update(b"meta")
+            continue
+        where = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if where in seen:
+            digest.update(f"same as {seen[where]}".encode())
+            continue
+        seen[where] = name
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+        digest.update(memoryview(data.numpy()))
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """SHA-256 of a tokenizer's vocabulary and rules, special tokens and chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    parts = {
+        "class": type(tokenizer).__name__,
+        "vocabulary": backend.to_str()
+        if backend is not None
+        else sorted(tokenizer.get_vocab().items()),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "special": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id],
+        "padding_side": getattr(tokenizer, "padding_side", None),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def completions_key(model: Any, tokenizer: Any, settings: SamplingSettings) -> str:
+    """One key for everything that decides the completions of a prompt: the model (weights,
+    config), the tokenizer and chat template, the sampling settings (not the batch size), the
+    device type and the library versions. Saved completions are reused only under it."""
+    import torch
+    import transformers
+
+    parts = {
+        "model": model_fingerprint(model),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"},
+        "device": next(model.parameters()).device.type,
+        "versions": [torch.__version__, transformers.__version__],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def sample_seed(seed: int, key: str, index: int) -> int:
+    """The seed of sample ``index`` of the prompt named ``key``: a 63-bit hash of the three."""
+    digest = hashlib.sha256(f"{seed}\0{key}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def keyed_sampler(seeds: Sequence[int], temperature: float, top_p: float) -> Any:
+    """A logits processor that turns greedy decoding into sampling, row ``r`` from its own
+    random stream seeded with ``seeds[r]``.
+
+    Gumbel-max: argmax(logits / T + G) with G ~ Gumbel(0, 1) i.i.d. is a draw from
+    softmax(logits / T); the top-p nucleus is kept as transformers' TopPLogitsWarper keeps it.
+    A row's draws depend on its seed and step only, not on the other rows of its batch.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class KeyedSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators: list[torch.Generator] = []
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            if not self.generators:
+                self.generators = [
+                    torch.Generator(device=scores.device).manual_seed(s) for s in seeds
+                ]
+            scores = scores.float() / temperature
+            if top_p < 1.0:
+                ascending, order = torch.sort(scores, descending=False)
+                remove = ascending.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+                remove[..., -1:] = False
+                scores = scores.masked_fill(remove.scatter(1, order, remove), float("-inf"))
+            uniform = torch.stack(
+                [
+                    torch.rand(scores.shape[-1], generator=g, device=scores.device)
+                    for g in self.generators
+                ]
+            )
+            gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(uniform.dtype).tiny)))
+            return scores + gumbel
+
+    return KeyedSampler()
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -72,6 +188,7 @@ def generate(
     settings: SamplingSettings,
     progress: bool = True,
     on_batch: Callable[[list[int], list[list[str]]], None] | None = None,
+    sample_keys: Sequence[str] | None = None,
 ) -> list[list[str]]:
     """``settings.n`` completions for each prompt, in prompt order.
 
@@ -79,9 +196,15 @@ def generate(
     the prompt; each completion is cut at its first stop string. The same seed, settings and
     prompts give the same completions. ``on_batch(prompt_indices, completions)`` is called
     after each batch (e.g. to save progress).
+
+    Sampling with ``sample_keys`` (one name per prompt, e.g. the item id): sample ``j`` of a
+    prompt comes from its own stream seeded by (seed, key, j), so it is the same whatever the
+    batch size, the order and the other prompts, as a resumed evaluation needs. Without keys,
+    each batch is seeded as a whole (seed + batch number).
     """
     import torch
     from tqdm.auto import tqdm
+    from transformers import LogitsProcessorList
 
     texts = [render_prompt(tokenizer, p) for p in prompts]
     # Chat templates already contain their special tokens; raw prompts get the usual ones.
@@ -96,7 +219,10 @@ def generate(
         pad_id = tokenizer.eos_token_id
     device = next(model.parameters()).device
     kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad_id}
-    if settings.greedy:
+    keyed = sample_keys is not None and not settings.greedy
+    if sample_keys is not None and len(sample_keys) != len(prompts):
+        raise ValueError(f"{len(sample_keys)} sample keys for {len(prompts)} prompts")
+    if settings.greedy or keyed:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
         kwargs.update(
@@ -117,22 +243,35 @@ def generate(
     ]
     try:
         for b, batch in enumerate(tqdm(batches, desc="generating", disable=not progress)):
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
+            # Keyed sampling draws each of a prompt's n samples as a row of its own.
+            rows = [i for i in batch for _ in range(settings.n)] if keyed else batch
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for row, i in enumerate(rows):
                 ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]) :] = 1
-            # Seeding per batch keeps results independent of how many batches ran before.
-            torch.manual_seed(settings.seed + b)
+            extra = {}
+            if keyed:
+                seeds = [
+                    sample_seed(settings.seed, sample_keys[i], j)
+                    for i in batch
+                    for j in range(settings.n)
+                ]
+                sampler = keyed_sampler(seeds, settings.temperature, settings.top_p)
+                extra["logits_processor"] = LogitsProcessorList([sampler])
+            else:
+                # Seeding per batch keeps results independent of how many batches ran before.
+                torch.manual_seed(settings.seed + b)
             with torch.no_grad():
                 out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
+                    input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **extra
                 )
             new_tokens = out[:, width:]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for j, text in enumerate(decoded):
-                results[batch[j // settings.n]].append(truncate_at_stop(text, settings.stop))
+                prompt = rows[j] if keyed else batch[j // settings.n]
+                results[prompt].append(truncate_at_stop(text, settings.stop))
             if on_batch is not None:
                 on_batch(batch, [results[i] for i in batch])
     finally:

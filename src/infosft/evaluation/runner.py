@@ -1,34 +1,101 @@
 """Evaluate a model on a task, or score pre-generated samples: generation -> scoring -> metrics.
 
-Results are a dict ``{"task", "settings", "metrics", "samples"}``; ``samples`` holds one record
-per completion (``task_id``, ``sample_index``, ``completion``, ``passed``, and ``status`` for
-code) in input order. Progress is appended to a JSON-lines file as completions are generated,
-so an interrupted run resumes where it stopped.
+Results are a dict ``{"task", "settings", "metrics", "samples"}`` (plus ``"sandbox"``, the mode
+that ran code); ``samples`` holds one record per completion (``task_id``, ``sample_index``,
+``completion``, ``passed``; for code also ``status`` and, when it did not pass, ``returncode``,
+``detail`` and the end of its ``output``) in input order.
+
+Completions are appended to a JSON-lines progress file as they are generated, so an interrupted
+run resumes where it stopped. Each row carries the key of everything that decided it (model
+weights and config, tokenizer and chat template, prompt, sampling settings): a row made by
+another model or with other settings is never reused, and the run says how many it ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from infosft.evaluation.generation import SamplingSettings, generate
+from infosft.evaluation.generation import SamplingSettings, completions_key, generate
 from infosft.evaluation.metrics import summarize
-from infosft.evaluation.sandbox import DEFAULT_TIMEOUT_S
+from infosft.evaluation.sandbox import (
+    DEFAULT_TIMEOUT_S,
+    SandboxError,
+    SandboxResult,
+    check_sandbox,
+    describe,
+    run_python,
+)
 from infosft.evaluation.scorers import SCORERS, run_programs
 from infosft.evaluation.tasks import Task
+from infosft.files import write_json_atomic
 
-# The project's one atomic JSON writer, under the name cli/eval.py and infosft.evaluation use.
-from infosft.files import write_json_atomic as write_json  # noqa: F401
+write_json = write_json_atomic  # the one atomic JSON writer, re-exported by infosft.evaluation
+
+OUTPUT_TAIL_CHARS = 2000  # of a failed program's output, kept in its record as the reason
 
 
 def default_ks(n: int) -> list[int]:
     """pass@k reported for k = 1, 2, 4, ... up to n, and n itself."""
     ks = [k for k in (2**i for i in range(12)) if k <= n]
     return ks if n in ks else [*ks, n]
+
+
+def validate_limit(limit: int | None) -> None:
+    """None (every item) or a positive number of items; 0 and negatives are mistakes."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(
+            f"limit must be a positive number of items (or None for all), got {limit!r}"
+        )
+
+
+def sandbox_record(result: SandboxResult) -> dict[str, Any]:
+    """What a code sample's record keeps of its run: the verdict, and why when it failed."""
+    record = {"passed": result.passed, "status": result.status}
+    if not result.passed:
+        record.update(
+            returncode=result.returncode,
+            detail=result.detail,
+            output=result.output[-OUTPUT_TAIL_CHARS:],
+        )
+    return record
+
+
+def run_checked(
+    programs: Sequence[str], workers: int, timeout: float, mode: str, progress: bool
+) -> list[SandboxResult]:
+    """Run the programs; an infrastructure failure ("error") is retried once, alone, and a
+    second one raises SandboxError: it must never be scored as wrong code."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(programs), desc="running tests", disable=not progress)
+    lock = threading.Lock()
+
+    def advance(_index: int, _result: Any) -> None:
+        with lock:
+            bar.update()
+
+    try:
+        results = run_programs(programs, workers, timeout, mode, on_result=advance)
+    finally:
+        bar.close()
+    for i, result in enumerate(results):
+        if result.status == "error":
+            results[i] = run_python(programs[i], timeout=timeout, mode=mode)
+    errors = [i for i, r in enumerate(results) if r.status == "error"]
+    if errors:
+        first = describe(results[errors[0]])
+        raise SandboxError(
+            f"the {mode} sandbox could not run {len(errors)} of {len(programs)} programs, so "
+            f"nothing was scored; the first (number {errors[0]}) ended {first}"
+        )
+    return results
 
 
 def score_samples(
@@ -39,29 +106,24 @@ def score_samples(
     sandbox: str = "auto",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Score ``{"task_id", "completion"}`` records; returns them, in order, with ``passed``."""
+    """Score ``{"task_id", "completion"}`` records; returns them, in order, with ``passed``.
+
+    Code is run in the sandbox after it has shown it can run a known-good program and fail a
+    known-bad one; SandboxError otherwise, or when programs cannot be run (never a 0 score).
+    """
     items = task.by_id()
     missing = sorted({s["task_id"] for s in samples} - set(items))
     if missing:
         raise ValueError(f"samples name task ids not in task {task.name!r}: {missing[:5]}")
-    completions = [s["completion"] for s in samples]
     records = [dict(s) for s in samples]
     if task.program is not None:
-        from tqdm.auto import tqdm
-
+        mode = check_sandbox(sandbox, timeout)
         programs = [task.program(items[s["task_id"]], s["completion"]) for s in samples]
-        bar = tqdm(total=len(programs), desc="running tests", disable=not progress)
-        lock = threading.Lock()
-
-        def advance(_index: int, _result: Any) -> None:
-            with lock:
-                bar.update()
-
-        results = run_programs(programs, workers, timeout, sandbox, on_result=advance)
-        bar.close()
+        results = run_checked(programs, workers, timeout, mode, progress)
         for record, result in zip(records, results, strict=True):
-            record.update(passed=result.passed, status=result.status)
+            record.update(sandbox_record(result))
     else:
+        completions = [s["completion"] for s in samples]
         references = [task.reference(items[s["task_id"]]) for s in samples]
         for record, ok in zip(records, SCORERS[task.scorer](completions, references), strict=True):
             record["passed"] = bool(ok)
@@ -79,19 +141,36 @@ def summarize_records(
     return summarize(list(groups.values()), default_ks(n), greedy=greedy, seed=seed)
 
 
-def load_progress(path: Path, settings: SamplingSettings) -> dict[str, list[str]]:
-    """Completions already generated with the same settings (item id -> completions)."""
+def item_key(run_key: str, task: Task, item: dict[str, Any]) -> str:
+    """The progress key of one item: the run's key, the item's id and its prompt."""
+    prompt = json.dumps([item["id"], task.prompt(item)], sort_keys=True)
+    return hashlib.sha256(f"{run_key}\0{prompt}".encode()).hexdigest()
+
+
+def load_progress(path: Path, keys: dict[str, str]) -> dict[str, list[str]]:
+    """Saved completions whose key matches ``keys`` (item id -> key). Rows made under another
+    key (model, tokenizer, prompt, settings) or cut by an interruption are not reused; a
+    warning says how many of them there were."""
     if not path.is_file():
         return {}
-    done = {}
-    key = asdict(settings)
-    for line in path.read_text().splitlines():
+    done: dict[str, list[str]] = {}
+    ignored = 0
+    for line in path.read_bytes().splitlines():
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by the interruption
-            continue
-        if row.get("settings") == key:
+            reusable = keys.get(row["task_id"]) == row["key"]
+        except (ValueError, KeyError, TypeError):  # a line cut by an interruption, or no key
+            reusable = False
+        if reusable:
             done[row["task_id"]] = row["completions"]
+        elif line.strip():
+            ignored += 1
+    if ignored:
+        warnings.warn(
+            f"{path}: ignored {ignored} saved rows made by another model, tokenizer, prompt or "
+            "generation settings (or cut short); their items are generated again",
+            stacklevel=3,
+        )
     return done
 
 
@@ -105,22 +184,33 @@ def generate_for_task(
     progress: bool = True,
 ) -> dict[str, list[str]]:
     """Completions for each item (id -> list of ``settings.n``), resuming from progress_path."""
-    done = load_progress(progress_path, settings) if progress_path else {}
+    keys = {}
+    if progress_path is not None:
+        run_key = completions_key(model, tokenizer, settings)
+        keys = {item["id"]: item_key(run_key, task, item) for item in items}
+    done = load_progress(progress_path, keys) if progress_path else {}
     todo = [item for item in items if item["id"] not in done]
     if todo:
 
         def save(indices: list[int], completions: list[list[str]]) -> None:
             if progress_path is None:
                 return
-            with progress_path.open("a") as f:
+            with progress_path.open("a", encoding="utf-8") as f:
                 for i, c in zip(indices, completions, strict=True):
-                    row = {"task_id": todo[i]["id"], "settings": asdict(settings), "completions": c}
+                    item_id = todo[i]["id"]
+                    row = {"task_id": item_id, "key": keys[item_id], "completions": c}
                     f.write(json.dumps(row) + "\n")
 
         if progress_path is not None:
             progress_path.parent.mkdir(parents=True, exist_ok=True)
         outputs = generate(
-            model, tokenizer, [task.prompt(i) for i in todo], settings, progress, on_batch=save
+            model,
+            tokenizer,
+            [task.prompt(i) for i in todo],
+            settings,
+            progress,
+            on_batch=save,
+            sample_keys=[item["id"] for item in todo],
         )
         done.update({item["id"]: out for item, out in zip(todo, outputs, strict=True)})
     return {item["id"]: done[item["id"]] for item in items}
@@ -140,10 +230,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Generate completions for the task's items (the first ``limit``), score them, summarise.
 
-    Returns ``{"task", "settings", "metrics", "samples"}`` (see the module docstring).
+    For a code task the sandbox is checked before anything is generated. Returns ``{"task",
+    "settings", "metrics", "samples"}`` (and ``"sandbox"`` for code; see the module docstring).
     """
     settings = settings or task.generation
-    items = task.items[:limit] if limit else task.items
+    validate_limit(limit)
+    items = task.items[:limit] if limit is not None else task.items
+    mode = check_sandbox(sandbox, timeout) if task.program is not None else None
     path = Path(progress_path) if progress_path else None
     completions = generate_for_task(model, tokenizer, task, settings, items, path, progress)
     samples = [
@@ -151,13 +244,16 @@ def evaluate(
         for item in items
         for j, c in enumerate(completions[item["id"]])
     ]
-    records = score_samples(task, samples, workers, timeout, sandbox, progress)
-    return {
+    records = score_samples(task, samples, workers, timeout, mode or sandbox, progress)
+    results = {
         "task": task.name,
         "settings": asdict(settings),
         "metrics": summarize_records(records, greedy=settings.greedy, seed=settings.seed),
         "samples": records,
     }
+    if mode is not None:
+        results["sandbox"] = mode
+    return results
 
 
 def with_overrides(settings: SamplingSettings, **overrides: Any) -> SamplingSettings:

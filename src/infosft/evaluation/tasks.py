@@ -29,6 +29,7 @@ from typing import Any
 
 from infosft.evaluation.generation import Prompt, SamplingSettings
 from infosft.evaluation.scorers import SCORERS, humaneval_program
+from infosft.files import read_text, read_yaml
 
 FIELD = re.compile(r"\{(\w+)\}")
 # Codex's stop sequences: a new top-level statement ends the function body.
@@ -109,25 +110,41 @@ def fill(template: str, record: dict[str, Any]) -> str:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a ``.jsonl`` (one JSON object per line) or ``.json`` (a list) file."""
+    """Records of a ``.jsonl`` (one JSON object per line) or ``.json`` (a list) file; errors
+    name the file and line (text that is not UTF-8, a line that is not JSON)."""
     if not path.is_file():
         raise FileNotFoundError(f"task data file {path} does not exist")
-    text = path.read_text()
+    text = read_text(path)
     if path.suffix == ".json":
-        records = json.loads(text)
-    else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path} must hold JSON objects (one per line, or a list of them)")
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"{path} must hold a JSON list of objects")
+        return records
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: each line must be a JSON object")
+        records.append(record)
     return records
 
 
 def task_from_yaml(path: str | Path) -> Task:
     """Build a task from a YAML spec (format in this module's docstring)."""
-    from infosft.files import read_yaml
-
     path = Path(path)
     spec = read_yaml(path) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a task file is a mapping of keys ({sorted(YAML_KEYS)})")
     unknown = set(spec) - YAML_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(YAML_KEYS)}")
@@ -153,9 +170,15 @@ def task_from_yaml(path: str | Path) -> Task:
         return [{"role": m["role"], "content": fill(m["content"], item)} for m in messages]
 
     generation = spec.get("generation") or {}
+    if not isinstance(generation, dict):
+        raise ValueError(f"{path}: 'generation' must be a mapping, got {generation!r}")
     allowed = {f.name for f in fields(SamplingSettings)}
     if set(generation) - allowed:
         raise ValueError(f"{path}: unknown generation keys {sorted(set(generation) - allowed)}")
+    try:
+        settings = SamplingSettings(**generation)
+    except ValueError as err:
+        raise ValueError(f"{path}: generation: {err}") from None
     program = None
     if spec["scorer"] == "code":
         with_prompt = bool(spec.get("include_prompt_in_program", False))
@@ -171,7 +194,7 @@ def task_from_yaml(path: str | Path) -> Task:
         scorer=spec["scorer"],
         reference=lambda item: item[answer_field],
         program=program,
-        generation=SamplingSettings(**generation),
+        generation=settings,
     )
 
 
