@@ -147,10 +147,10 @@ def item_key(run_key: str, task: Task, item: dict[str, Any]) -> str:
     return hashlib.sha256(f"{run_key}\0{prompt}".encode()).hexdigest()
 
 
-def load_progress(path: Path, keys: dict[str, str]) -> dict[str, list[str]]:
-    """Saved completions whose key matches ``keys`` (item id -> key). Rows made under another
-    key (model, tokenizer, prompt, settings) or cut by an interruption are not reused; a
-    warning says how many of them there were."""
+def load_progress(path: Path, keys: dict[str, str], n: int) -> dict[str, list[str]]:
+    """Saved completions whose key matches ``keys`` (item id -> key), ``n`` strings each.
+    Rows made under another key (model, tokenizer, prompt, settings), cut by an interruption
+    or malformed are not reused; a warning says how many of them there were."""
     if not path.is_file():
         return {}
     done: dict[str, list[str]] = {}
@@ -158,7 +158,13 @@ def load_progress(path: Path, keys: dict[str, str]) -> dict[str, list[str]]:
     for line in path.read_bytes().splitlines():
         try:
             row = json.loads(line)
-            reusable = keys.get(row["task_id"]) == row["key"]
+            completions = row["completions"]
+            reusable = (
+                keys.get(row["task_id"]) == row["key"]
+                and isinstance(completions, list)
+                and len(completions) == n
+                and all(isinstance(c, str) for c in completions)
+            )
         except (ValueError, KeyError, TypeError):  # a line cut by an interruption, or no key
             reusable = False
         if reusable:
@@ -188,7 +194,7 @@ def generate_for_task(
     if progress_path is not None:
         run_key = completions_key(model, tokenizer, settings)
         keys = {item["id"]: item_key(run_key, task, item) for item in items}
-    done = load_progress(progress_path, keys) if progress_path else {}
+    done = load_progress(progress_path, keys, settings.n) if progress_path else {}
     todo = [item for item in items if item["id"] not in done]
     if todo:
 

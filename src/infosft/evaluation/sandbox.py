@@ -40,6 +40,7 @@ from pathlib import Path
 SUPERVISOR_SOURCE = Path(__file__).with_name("_supervisor.py").read_text(encoding="utf-8")
 MODES = ("auto", "bwrap", "landlock")
 DEFAULT_TIMEOUT_S = 3.0
+MAX_TIMEOUT_S = 86400
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
 DEFAULT_MAX_FILE_BYTES = 16 * 1024**2
@@ -88,13 +89,15 @@ class SandboxResult:
 
 
 def validate_timeout(timeout: float) -> float:
-    """``timeout`` as a float, or ValueError unless it is a finite number of seconds > 0."""
+    """``timeout`` as a float, or ValueError unless it is a number of seconds in (0, 1 day]."""
     try:
         value = float(timeout)
     except (TypeError, ValueError):
         raise ValueError(f"the timeout must be a number of seconds, got {timeout!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"the timeout must be a finite number of seconds > 0, got {timeout!r}")
+    if value > MAX_TIMEOUT_S:
+        raise ValueError(f"the timeout must be at most {MAX_TIMEOUT_S} s (a day), got {timeout!r}")
     return value
 
 
@@ -169,14 +172,36 @@ def private_root() -> str:
     root = tempfile.mkdtemp(prefix="infosft-sandbox-")
     import atexit
 
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    atexit.register(remove_tree, root)
     return root
+
+
+def remove_tree(root: str) -> None:
+    """Delete a directory a program wrote, without recursion or long paths (it may have
+    nested thousands of directories, or made some unreadable): each pass moves the contents
+    of subdirectories up to ``root`` and removes what is then empty."""
+    progress = True
+    while progress:
+        progress = False
+        with contextlib.suppress(OSError):
+            for entry in list(os.scandir(root)):
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    progress = True
+                    continue
+                os.chmod(entry.path, 0o700)
+                for child in list(os.scandir(entry.path)):
+                    os.rename(child.path, os.path.join(root, f"{time.monotonic_ns()}-{id(child)}"))
+                os.rmdir(entry.path)
+                progress = True
+    with contextlib.suppress(OSError):
+        os.rmdir(root)
 
 
 def remove_later(path: str) -> None:
     """Delete a work directory in the background (thousands of entries take seconds on some
     disks); what is left at exit goes with ``private_root``."""
-    threading.Thread(target=shutil.rmtree, args=(path, True), daemon=True).start()
+    threading.Thread(target=remove_tree, args=(path,), daemon=True).start()
 
 
 def supervisor_command() -> list[str]:
