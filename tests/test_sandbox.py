@@ -419,7 +419,7 @@ def test_check_sandbox_stops_with_the_reason_when_python_cannot_run(mode, monkey
 
 
 def test_check_sandbox_says_when_the_timeout_is_too_short(mode):
-    with pytest.raises(SandboxError, match="raise it"):
+    with pytest.raises(SandboxError, match="raise the timeout"):
         check_sandbox(mode, timeout=0.001)
 
 

@@ -101,7 +101,8 @@ def read_samples(path: str) -> list[dict]:
 
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"samples file {path} does not exist")
+        what = "is a directory, not a file" if file.is_dir() else "does not exist"
+        raise FileNotFoundError(f"samples file {path} {what}")
     samples = []
     for n, line in enumerate(read_text(file).splitlines(), 1):
         if not line.strip():
@@ -225,7 +226,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
                 "--lm-eval"
             )
         identity = {"task": name, "samples_file": str(Path(args.samples).resolve())}
-        output = Path(args.output or f"runs/eval/{name}-{slug(args.samples)}.json")
+        output = Path(args.output or f"runs/eval/{name}-{slug(Path(args.samples).stem)}.json")
     else:
         from infosft.models import DEFAULT_MODEL
 

@@ -367,15 +367,15 @@ def check_sandbox(mode: str = "auto", timeout: float = DEFAULT_TIMEOUT_S) -> str
     when the sandbox cannot tell them apart (it cannot start Python, the timeout is too short)."""
     concrete = resolve_mode(mode)
     good = run_python(KNOWN_GOOD, timeout=timeout, mode=concrete)
-    if not (good.passed and "sandbox ok" in good.output):
-        hint = (
-            f" With --timeout {timeout:g}, even this trivial program did not finish: raise it."
-            if good.status == "timeout"
-            else ""
+    if good.status == "timeout":
+        raise SandboxError(
+            f"a known-good program did not finish within the timeout ({timeout:g} s) in the "
+            f"{concrete} sandbox: raise the timeout"
         )
+    if not (good.passed and "sandbox ok" in good.output):
         raise SandboxError(
             f"the {concrete} sandbox cannot run Python here: a known-good program ended "
-            f"{describe(good)}.{hint}"
+            f"{describe(good)}"
         )
     bad = run_python(KNOWN_BAD, timeout=timeout, mode=concrete)
     if not (bad.status == "failed" and "AssertionError" in bad.output):
