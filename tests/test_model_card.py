@@ -190,6 +190,29 @@ def test_eval_adds_its_results_to_the_model_card(full_run, tiny_model_dir, tmp_p
     assert indexed[("capitals", "kl_base_tuned")] == results["forgetting"]["kl_base_tuned"]
 
 
+def test_lm_eval_results_join_the_model_card_with_their_change_from_base(
+    full_run, tiny_model_dir, tmp_path
+):
+    from test_lm_eval import write_tasks
+
+    model = shutil.copytree(full_run, tmp_path / "model")
+    write_tasks(tmp_path)
+    out = tmp_path / "results.json"
+    argv = ["eval", "--lm-eval", "arith_mc", "--lm-eval-include", str(tmp_path)]
+    argv += ["--model", str(model), "--base-model", str(tiny_model_dir), "--output", str(out)]
+    assert main([*argv, "--device", "cpu", "--batch-size", "4", "--no-progress"]) == 0
+    report = json.loads(out.read_text())["lm_eval"]
+    card = card_of(model)
+    assert "### lm-eval: arith_mc" in card.text
+    accuracy = report["scores"]["arith_mc"]["acc"]
+    change = report["delta"]["arith_mc"]["acc"]
+    assert f"| acc | {accuracy:.4g} |" in card.text and f"| {change:+.4g} |" in card.text
+    kept = report["retention"]["arith_mc"]
+    assert f"of the {kept['base_correct']} items the base model gets right" in card.text
+    indexed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert indexed[("arith_mc", "acc")] == accuracy
+
+
 def eval_results(task: str, accuracy: float) -> dict:
     """What `infosft eval --task TASK` writes, reduced to what the card reads."""
     return {"task": task, "model": "m", "metrics": {"acc@1": accuracy}, "samples": [{}] * 4}

@@ -267,7 +267,15 @@ def _lm_eval_evaluations(report: dict[str, Any], base: str | None, source: str) 
         header = ["metric", "this model", "stderr"]
         if with_base:
             header += [f"base model ({base})", "change"]
-        block = "\n".join([f"### lm-eval: {task}", "", f"{source}.", "", _table(header, rows)])
+        lines = [f"### lm-eval: {task}", "", f"{source}.", "", _table(header, rows)]
+        kept = report.get("retention", {}).get(task) if with_base else None
+        if kept is not None and kept.get("retention") is not None:
+            lines += [
+                "",
+                f"Retention: {kept['retention']:.1%} of the {kept['base_correct']} items the "
+                "base model gets right are still right.",
+            ]
+        block = "\n".join(lines)
         evals = [
             EvalResult(
                 task_type="text-generation",
