@@ -239,7 +239,10 @@ def _evaluations(results: dict[str, Any], results_path: Path) -> list[tuple[str,
     return found
 
 
-def _lm_eval_evaluations(report: dict[str, Any], base: str | None, source: str) -> list[Any]:
+def _lm_eval_evaluations(
+    report: dict[str, Any], base: str | None, source: str
+) -> list[tuple[str, str, list[Any]]]:
+    """(block key, markdown block, model-index EvalResults) for each top-level lm-eval task."""
     from huggingface_hub import EvalResult
 
     from infosft.evaluation.lm_eval_tasks import top_level_tasks
@@ -248,11 +251,7 @@ def _lm_eval_evaluations(report: dict[str, Any], base: str | None, source: str) 
     with_base = "base_scores" in report
     for task in top_level_tasks(report):
         scores = report["scores"][task]
-        metrics = {
-            key: value
-            for key, value in _numbers(scores).items()
-            if "_stderr" not in key and key != "alias"
-        }
+        metrics = {key: value for key, value in _numbers(scores).items() if "_stderr" not in key}
         rows = []
         for key, value in metrics.items():
             metric, comma, filter_name = key.partition(",")
