@@ -411,15 +411,26 @@ def test_non_finite_target_weight_at_a_target_is_refused():
 
 @pytest.mark.skipif(
     os.environ.get("INFOSFT_TEST_COMPILE") != "1",
-    reason="torch.compile on CPU costs ~30 s of CPU time; set INFOSFT_TEST_COMPILE=1 to run",
+    reason="compiles per scheme, 10-25 s each on CPU; set INFOSFT_TEST_COMPILE=1 to run "
+    "(test_rival_objectives compiles one case by default)",
 )
-def test_compiled_chunk_math_matches_float64_on_cpu():
+@pytest.mark.parametrize("return_stats", [False, True])
+@pytest.mark.parametrize("method", objectives.available_weightings())
+def test_compiled_chunk_math_matches_float64_on_cpu(method, layout, return_stats):
     hidden, weight, bias, labels = make_problem()
     loss = fused_weighted_nll_loss(
-        hidden, weight, labels, lm_head_bias=bias, chunk_size=5, use_compile=True
+        hidden,
+        weight,
+        labels,
+        method=method,
+        lm_head_bias=bias,
+        chunk_size=5,
+        use_compile=True,
+        return_stats=return_stats,
     )
+    loss = loss[0] if return_stats else loss
     loss.backward()
-    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels)
+    ref_loss, ref_grads = float64_reference(hidden, weight, bias, labels, method)
     assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-5)
 
 

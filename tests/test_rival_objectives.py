@@ -289,6 +289,31 @@ def test_fused_fp32_through_each_device_layout_matches_the_formula(monkeypatch, 
         assert rel_err(leaf.grad, ref_grad) <= 1e-5
 
 
+def test_compiled_chunk_functions_match_the_formula_in_the_cuda_layout(monkeypatch):
+    # What runs on a GPU: torch.compile'd chunk math (top-K entropy, entropy for the stats,
+    # the KL anchor's base share), separate gradient buffer. About 25 s of compiling on CPU.
+    monkeypatch.setattr(fused, "_CUDA_LAYOUT_ON_CPU", True)
+    hidden, weight, bias, base, labels = make_problem(torch.float32)
+    loss, stats = fused_loss(
+        hidden,
+        weight,
+        bias,
+        base,
+        labels,
+        "eaft",
+        0.2,
+        chunk_size=5,
+        use_compile=True,
+        return_stats=True,
+    )
+    loss.backward()
+    ref_loss, ref_grads = formula_grads(hidden, weight, bias, base, labels, "eaft", beta=0.2)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5)
+    for leaf, ref_grad in zip((hidden, weight, bias), ref_grads, strict=True):
+        assert rel_err(leaf.grad, ref_grad) <= 1e-5
+    assert torch.isfinite(stats.sum_entropy) and torch.isfinite(stats.sum_kl)
+
+
 def peaked_problem(dtype):
     """Targets with log q below -300 (q underflows in float32) and with q ~ 1."""
     hidden, weight, bias, base, labels = make_problem(scale=40.0)
@@ -305,3 +330,12 @@ def test_extreme_targets_give_finite_loss_and_gradients(method, dtype):
     assert torch.isfinite(loss)
     for leaf in (hidden, weight, bias):
         assert torch.isfinite(leaf.grad.float()).all()
+
+
+@pytest.mark.parametrize(("method", "beta"), [("talr", 0.0), ("talr", 0.2), ("memft", 0.2)])
+def test_without_gradients_the_first_pass_is_the_only_one_and_gives_the_same_loss(method, beta):
+    hidden, weight, bias, base, labels = make_problem()
+    with torch.no_grad():
+        no_grad = fused_loss(hidden, weight, bias, base, labels, method, beta)
+    ref_loss, _ = formula_grads(hidden, weight, bias, base, labels, method, beta=beta)
+    assert no_grad.item() == pytest.approx(ref_loss.item(), rel=1e-6)

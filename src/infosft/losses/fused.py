@@ -634,12 +634,15 @@ def _prepare(
     low_precision = input_dtype in (torch.float16, torch.bfloat16)
     mm_dtype = input_dtype if cuda_layout and low_precision else None
     mm_dtype = mm_dtype or torch.promote_types(input_dtype, torch.float32)
+    chunk_fn = _compiled(chunk_softmax_grad, device.type, use_compile)
     loop = _Loop(
         chunk_size=chunk_size or rows_per_chunk(len(positions), vocab, weight.shape[1], device),
         with_entropy=with_entropy or (scheme.needs_entropy and fixed is None),
         top_k=scheme.top_k if fixed is None else None,
-        in_place=not cuda_layout,
-        chunk_fn=_compiled(chunk_softmax_grad, device.type, use_compile),
+        # torch 2.13's inductor fails (KeyError in codegen) on a compiled call whose logits and
+        # gradient are the same view of a larger buffer, so compiled chunks never overwrite.
+        in_place=not cuda_layout and chunk_fn is chunk_softmax_grad,
+        chunk_fn=chunk_fn,
         kl_fn=_compiled(chunk_base_kl, device.type, use_compile),
     )
     return _Problem(
