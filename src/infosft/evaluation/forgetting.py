@@ -16,8 +16,8 @@ from typing import Any
 
 from infosft.evaluation.generation import SamplingSettings, generate, render_prompt
 from infosft.evaluation.metrics import wilson_interval
-from infosft.losses import IGNORE_INDEX
-from infosft.models import pad_right, target_log_probs
+from infosft.losses import IGNORE_INDEX, target_log_probs
+from infosft.models import pad_right
 
 # Small built-in defaults so that the report always has (b) and (c); pass your own for real use.
 DEFAULT_GENERAL_PROMPTS = [

@@ -184,9 +184,8 @@ class TrainingDiagnostics(TrainerCallback):
     def _score(self, model: Any, step: int) -> None:
         if self.probe_batch is None:
             return
-        from infosft.losses import IGNORE_INDEX
+        from infosft.losses import IGNORE_INDEX, target_log_probs
         from infosft.losses.reference import shift_labels
-        from infosft.models import target_log_probs
 
         was_training = model.training
         model.eval()

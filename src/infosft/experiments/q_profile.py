@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from infosft import models
-from infosft.losses import IGNORE_INDEX
+from infosft.losses import IGNORE_INDEX, lm_head
 from infosft.objectives import DEFAULT_P_BAR, token_weights
 from infosft.training.data import pad_tokenized
 
@@ -80,7 +79,7 @@ def score_prepared(model: Any, prepared: Any, batch_size: int = 8) -> list[Score
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             input_ids, attention, labels = pad_tokenized(chunk)
-            picked = models.target_log_probs(
+            picked = lm_head.target_log_probs(
                 model, input_ids.to(device), attention.to(device), labels.to(device)
             ).cpu()
             for row, example in enumerate(chunk):

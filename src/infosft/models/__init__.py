@@ -1,15 +1,16 @@
 """Models by name: the embedded SmolLM2-135M-Instruct (:mod:`.smollm2`), local checkpoints and
 hub ids (:mod:`.loading`), and chat templates infosft patches for training
-(:mod:`.chat_templates`). Nothing here imports training code.
+(:mod:`.chat_templates`), token id lists as model inputs (:mod:`.batches`). Nothing here
+imports training code.
 """
 
+from infosft.models.batches import pad_right
 from infosft.models.chat_templates import (
     SMOLLM2_CHAT_TEMPLATE,
     SMOLLM2_TRAINING_CHAT_TEMPLATE,
     training_chat_template,
 )
 from infosft.models.loading import TOKENIZER_FILES, load_model_and_tokenizer, resolve_model_path
-from infosft.models.scoring import pad_right, target_log_probs
 from infosft.models.smollm2 import (
     CACHE_ENV,
     DEFAULT_MODEL,
@@ -34,6 +35,5 @@ __all__ = [
     "pad_right",
     "resolve_model_path",
     "smollm2_gguf_path",
-    "target_log_probs",
     "training_chat_template",
 ]

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from infosft.models import target_log_probs
+from infosft.losses import target_log_probs
 from infosft.training.data import pad_tokenized
 
 COLUMN = "base_log_probs"
