@@ -61,7 +61,7 @@ class LoraSpec:
                 f"{where} must be a mapping such as {{rank: 32, alpha: 64}}, true or null, "
                 f"got {value!r}"
             )
-        _check_keys(list(value), where, list(LORA_KEYS))
+        check_keys(list(value), where, list(LORA_KEYS))
         options = dict(value)
         for key, kind in (("rank", int), ("alpha", float), ("dropout", float)):
             if key in options:
@@ -158,7 +158,7 @@ class RunSpec:
                 f"{where}: {', '.join(legacy)} are written as one mapping now: "
                 "lora: {rank: 32, alpha: 64, dropout: 0.05, target_modules: all-linear}"
             )
-        _check_keys(list(values), where, [*fields, *RUN_KEYS])
+        check_keys(list(values), where, [*fields, *RUN_KEYS])
         run = {key: values[key] for key in RUN_KEYS if key in values}
         options = {key: value for key, value in values.items() if key not in RUN_KEYS}
         options = {key: _checked(key, value, fields[key]) for key, value in options.items()}
@@ -249,7 +249,7 @@ def config_fields() -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(InfoSFTConfig) if f.init}
 
 
-def _check_keys(keys: list[str], where: str, allowed: list[str]) -> None:
+def check_keys(keys: list[str], where: str, allowed: list[str]) -> None:
     """ValueError naming each key not in ``allowed``, with the nearest valid names."""
     unknown = [key for key in keys if key not in allowed]
     if not unknown:
