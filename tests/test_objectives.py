@@ -314,3 +314,17 @@ def test_talr_is_finite_when_tau_is_zero_or_a_log_q_is_minus_inf(log_probs):
     w = scheme.weights(tokens._replace(statistic=tau))
     assert torch.isfinite(tau) and torch.isfinite(w).all()
     assert ((w >= 0.01) & (w <= 1.0)).all()
+
+
+def test_a_scheme_survives_deepcopy_and_pickling_by_name():
+    import copy
+    import pickle
+
+    scheme = infosft.get_scheme("eaft", p_bar=0.9, method_args={"top_k": 5})
+    assert copy.deepcopy(scheme) is scheme
+    again = pickle.loads(pickle.dumps(scheme))
+    assert (again.method, again.p_bar, dict(again.method_args)) == (
+        "eaft",
+        0.9,
+        {"top_k": 5, "alpha": 1.0},
+    )

@@ -116,6 +116,14 @@ class Scheme:
     _weight: SchemeWeightFn = field(repr=False)
     _batch_statistic: BatchStatisticFn | None = field(repr=False)
 
+    def __deepcopy__(self, memo: dict) -> Scheme:
+        return self  # immutable
+
+    def __reduce__(self) -> tuple:
+        # Pickled by name (e.g. inside saved training arguments): unpickling resolves it again
+        # from the registry of the loading process.
+        return (_resolve, (self.method, self.p_bar, dict(self.method_args)))
+
     @property
     def needs_batch_statistic(self) -> bool:
         """The weights need a statistic of the whole micro-batch before any is known."""
@@ -482,6 +490,10 @@ def get_scheme(
     )
     _probe(scheme)
     return scheme
+
+
+def _resolve(method: str, p_bar: float, method_args: dict[str, int | float]) -> Scheme:
+    return get_scheme(method, p_bar=p_bar, method_args=method_args)
 
 
 def _probe(scheme: Scheme) -> None:
