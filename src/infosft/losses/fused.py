@@ -274,8 +274,8 @@ def _chunk_loop(
 
     c = min(loop.chunk_size, n)
 
-    def buffer(dtype: torch.dtype = acc_dtype) -> Tensor:
-        return torch.empty((c, vocab), device=device, dtype=dtype)
+    def buffer(dtype: torch.dtype = acc_dtype, rows: int = c) -> Tensor:
+        return torch.empty((rows, vocab), device=device, dtype=dtype)
 
     logits_buf = buffer()
     base_buf = buffer() if base is not None else None
@@ -295,7 +295,7 @@ def _chunk_loop(
     compaction = any_grad and base is None
     scratch = None
     if compaction and in_place:
-        scratch = buffer()[: max(1, min(c, rows_per_block(vocab)))]
+        scratch = buffer(rows=max(1, min(c, rows_per_block(vocab))))
     weight_t = weight.t()
     base_weight_t = base.weight.t() if base is not None else None
     for start in range(0, n, loop.chunk_size):
