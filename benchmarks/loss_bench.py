@@ -11,7 +11,8 @@ the least favourable case for skipping anything):
                     w = q; Liger has no per-token weight argument). CUDA only
   (d) ours          infosft.fused_weighted_nll_loss
   floor             the three matmuls alone (logits, grad of hidden, grad of W) at the same
-                    shapes: the time no exact method can beat; not a loss
+                    shapes, into output buffers allocated once: the time no exact method can
+                    beat; not a loss
 
 Time: median wall time of --repeats calls of loss + backward (gradients of hidden and W), after
 --warmup calls; on CPU also the median process CPU time (all threads), steadier than wall time
@@ -19,16 +20,20 @@ when other processes share the cores. Candidates are interleaved (a, b, d, a, b,
 that load from other processes hits them alike; on CUDA every call is bracketed by
 synchronize().
 
-Peak extra memory: on CUDA, max_memory_allocated() during one call minus memory_allocated()
-before it. On CPU each candidate runs once in a fresh subprocess: it builds the inputs, warms
-the code path up on a tiny problem (libraries and thread pools loaded, high-water mark barely
-touched), resets the kernel's peak-RSS counter (VmHWM, via /proc/self/clear_refs; ru_maxrss
-where that is not allowed), runs one full-size call, and reports the peak resident memory minus
-the resident memory just before the call: real memory above the inputs, allocator slack and
-library workspaces included; the gradients themselves (the same for all) are part of it.
+Memory: "peak" is the memory one call holds at its peak above what was held before it; on
+CUDA max_memory_allocated() during the call minus memory_allocated() before it. On CPU each
+candidate runs once in a fresh subprocess: it builds the inputs, warms the code path up on a
+tiny problem (libraries and thread pools loaded, high-water mark barely touched), resets the
+kernel's peak-RSS counter (VmHWM, via /proc/self/clear_refs; ru_maxrss where that is not
+allowed), runs one full-size call, and reports the peak resident memory minus the resident
+memory just before the call (allocator slack and library workspaces included). "extra" is that
+peak minus the gradients every method must return (of hidden states and W, in the inputs'
+dtype): the memory the method itself needs, and the column the ratios compare.
 
-Default shapes: SmolLM2-135M (H 576, V 49152) and Qwen2.5-0.5B (H 896, V 151936), with token
-counts that keep the CPU run to a few minutes. Example:
+Default: Qwen2.5-0.5B's head (H 896, V 151936) at 512, 2048 and 8192 target tokens, and
+SmolLM2-135M's (H 576, V 49152) at 2048; about 25 minutes on 2 cores (full logits at 8192 tokens
+need about 20 GB). Examples:
+    python benchmarks/loss_bench.py --shapes qwen2.5-0.5b --tokens 512,2048
     python benchmarks/loss_bench.py --shapes smollm2-135m --tokens 2048 --repeats 5
 """
 
@@ -46,13 +51,14 @@ from collections.abc import Callable
 
 import torch
 
+from infosft.losses.chunking import rows_per_chunk
 from infosft.losses.fused import fused_weighted_nll_loss
 from infosft.losses.reference import weighted_nll_loss, weighted_sum
 from infosft.objectives import token_weights
 
 SHAPES = {"smollm2-135m": (576, 49152), "qwen2.5-0.5b": (896, 151936)}
-CPU_TOKENS = {"smollm2-135m": 2048, "qwen2.5-0.5b": 512}
-CUDA_TOKENS = {"smollm2-135m": 16384, "qwen2.5-0.5b": 8192}
+CPU_TOKENS = {"smollm2-135m": [2048], "qwen2.5-0.5b": [512, 2048, 8192]}
+CUDA_TOKENS = {"smollm2-135m": [16384], "qwen2.5-0.5b": [8192]}
 TRL_VOCAB_TILE = 32768  # trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE in TRL 1.16
 CANDIDATES = ("full", "trl", "liger", "ours")
 LABELS = {
@@ -109,12 +115,16 @@ def loss_fn(name: str, method: str, chunk_size: int | None) -> Callable[..., tor
 
         return liger_loss
     if name == "floor":
+        buffers: dict = {}
 
         def three_matmuls(h, w, y):
             rows, w = h.detach()[0, :-1], w.detach()
-            logits = rows @ w.t()
-            torch.mm(logits, w)
-            torch.mm(logits.t(), rows)
+            if not buffers:
+                buffers["logits"] = rows.new_empty(rows.shape[0], w.shape[0])
+                buffers["rows"], buffers["w"] = torch.empty_like(rows), torch.empty_like(w)
+            torch.mm(rows, w.t(), out=buffers["logits"])
+            torch.mm(buffers["logits"], w, out=buffers["rows"])
+            torch.mm(buffers["logits"].t(), rows, out=buffers["w"])
 
         return three_matmuls
     raise ValueError(f"unknown candidate {name!r}")
@@ -217,6 +227,7 @@ def bench_shape(args: argparse.Namespace, shape: str, tokens: int) -> list[str]:
     flops = 6 * tokens * hidden_size * vocab
     variants = [("ours", c) for c in args.chunk_sizes] or [("ours", None)]
     keys = [("full", None), ("trl", None), ("liger", None), *variants, ("floor", None)]
+    keys = [k for k in keys if k[0] in args.candidates]
     label = {k: LABELS[k[0]] + (f" c={k[1]}" if k[1] else "") for k in keys}
     skipped = {k: available(k[0], device) for k in keys}
     runnable = [k for k in keys if skipped[k] is None]
@@ -236,12 +247,17 @@ def bench_shape(args: argparse.Namespace, shape: str, tokens: int) -> list[str]:
 
     base = ("full", None)
     cpu = device == "cpu"
+    # Gradients of hidden [1, tokens + 1, H] and W [V, H] that every candidate returns.
+    grads = ((tokens + 1) * hidden_size + vocab * hidden_size) * dtype.itemsize
+    extra = {key: value - grads for key, value in memory.items()}
+    plan = rows_per_chunk(tokens, vocab, hidden_size, torch.device(device))
     lines = [
         f"\n{shape}: H={hidden_size} V={vocab} tokens={tokens} {args.dtype} {device} "
-        f"method={args.method} (median of {args.repeats}; 6NHV = {flops / 1e9:.1f} GFLOP)",
+        f"method={args.method} (median of {args.repeats}; 6NHV = {flops / 1e9:.1f} GFLOP; "
+        f"chunk plan {plan} rows; gradients {grads / 2**20:.0f} MiB)",
         f"{'candidate':24s} {'time ms':>9s} {'x (a)':>6s}"
         + (f" {'cpu ms':>9s} {'x (a)':>6s}" if cpu else "")
-        + f" {'TFLOP/s':>8s} {'peak MiB':>9s} {'x (a)':>6s}",
+        + f" {'TFLOP/s':>8s} {'peak MiB':>9s} {'extra MiB':>9s} {'x (a)':>6s}",
     ]
     for key in keys:
         if skipped[key]:
@@ -253,12 +269,14 @@ def bench_shape(args: argparse.Namespace, shape: str, tokens: int) -> list[str]:
             row += f" {cpu_seconds[key] * 1e3:9.0f} {cpu_seconds[key] / cpu_seconds[base]:6.2f}"
         row += f" {flops / t / 1e12:8.3f}"
         if key in memory:
-            row += f" {memory[key] / 2**20:9.0f} {memory[key] / max(memory[base], 1):6.2f}"
+            ratio = extra[key] / max(extra[base], 1)
+            row += f" {memory[key] / 2**20:9.0f} {extra[key] / 2**20:9.0f} {ratio:6.2f}"
         lines.append(row)
     ours = next(k for k in keys if k[0] == "ours")
     if ("trl", None) in seconds:
         lines.append(f"ours / TRL time: {seconds[ours] / seconds[('trl', None)]:.2f}")
-    lines.append(f"ours / 3 matmuls alone: {seconds[ours] / seconds[('floor', None)]:.2f}")
+    if ("floor", None) in seconds:
+        lines.append(f"ours / 3 matmuls alone: {seconds[ours] / seconds[('floor', None)]:.2f}")
     if args.peak_tflops:
         share = flops / seconds[ours] / 1e12 / args.peak_tflops
         lines.append(f"ours at {share:.0%} of {args.peak_tflops} TFLOP/s")
@@ -269,14 +287,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--shapes",
-        default="smollm2-135m,qwen2.5-0.5b",
+        default="qwen2.5-0.5b,smollm2-135m",
         help=f"comma list of {', '.join(SHAPES)} or HxV, e.g. 4096x151936",
     )
     parser.add_argument(
         "--tokens",
-        type=int,
         default=None,
-        help="target tokens per call (default: per shape and device)",
+        help="comma list of target tokens per call (default: per shape and device)",
     )
     parser.add_argument(
         "--dtype",
@@ -292,6 +309,11 @@ def main() -> None:
         "--chunk-sizes",
         default="",
         help="comma list: time ours at each chunk size instead of the default",
+    )
+    parser.add_argument(
+        "--candidates",
+        default=",".join([*CANDIDATES, "floor"]),
+        help="comma list of the candidates to run (default: all)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument(
@@ -310,14 +332,16 @@ def main() -> None:
     args.repeats = args.repeats or (20 if cuda else 3)
     args.warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
     args.chunk_sizes = [int(c) for c in args.chunk_sizes.split(",") if c]
+    args.candidates = args.candidates.split(",")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if cuda else "")
     )
+    given = [int(t) for t in args.tokens.split(",")] if args.tokens else None
     for shape in args.shapes.split(","):
-        default_tokens = (CUDA_TOKENS if cuda else CPU_TOKENS).get(shape, 1024)
-        for line in bench_shape(args, shape, args.tokens or default_tokens):
-            print(line, flush=True)
+        for tokens in given or (CUDA_TOKENS if cuda else CPU_TOKENS).get(shape, [1024]):
+            for line in bench_shape(args, shape, tokens):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ of the weights and two fp32 moments, so 16 bytes per trainable parameter in tota
         recomputed layer   2 * n * (7H + 2H_kv + 4I) * 2   (saved tensors + their grads)
     loss
         plain logits       n * V * (2 + 4 + 4 + 4)   (bf16 logits, fp32 copy, log-softmax, grad)
-        fused (infosft)    1.5 * CUDA_CHUNK_BYTES + V * H * 4 + n * H * 4
-                           (fp32 logits chunk + bf16 grad chunk, fp32 grad of the head
+        fused (infosft)    1.5 * C * V * 4 + V * H * 4 + n * H * 4
+                           (C = infosft.losses.chunking.rows_per_chunk(n, V, H, cuda);
+                           fp32 logits chunk + bf16 grad chunk, fp32 grad of the head
                            computed in the forward pass (not with LoRA), fp32 grad of the
                            hidden rows)
     live layers (ZeRO-3/FSDP2): 2 transformer blocks + the LM head in bf16 (the one being computed
@@ -34,7 +35,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from infosft.losses.chunking import CUDA_CHUNK_BYTES
+import torch
+
+from infosft.losses.chunking import rows_per_chunk
 
 GIB = 1024**3
 
@@ -104,7 +107,13 @@ def loss_bytes(model: ModelShape, tokens: int, fused: bool, head_trainable: bool
     if not fused:
         return tokens * model.vocab * (2 + 4 + 4 + 4)
     head_grad = model.vocab * model.hidden * 4 if head_trainable else 0
-    return 1.5 * CUDA_CHUNK_BYTES + head_grad + tokens * model.hidden * 4
+    return chunk_bytes(model, tokens) + head_grad + tokens * model.hidden * 4
+
+
+def chunk_bytes(model: ModelShape, tokens: int) -> float:
+    """The fused loss's chunk buffers on a GPU with memory to spare: fp32 logits + bf16 grad."""
+    rows = rows_per_chunk(tokens, model.vocab, model.hidden, torch.device("cuda"), 2**40)
+    return 1.5 * rows * model.vocab * 4
 
 
 @dataclass(frozen=True)
@@ -131,7 +140,7 @@ def main() -> None:
     ]
     print(
         f"GiB per GPU, {args.gpus} GPUs, bf16 + AdamW, gradient checkpointing, one micro-batch "
-        f"of the given tokens; fused loss chunk {CUDA_CHUNK_BYTES / 2**20:.0f} MiB of fp32 logits."
+        "of the given tokens; fused loss chunks as infosft.losses.chunking plans them."
     )
     print("Cells: total with the fused loss (total with plain logits). Add 2-4 GiB overhead.\n")
     header = f"{'run':<17}{'model':<21}{'params':>7}{'tokens':>7}{'act':>6}{'loss f/p':>11}"
