@@ -1,7 +1,7 @@
 """Check and time infosft on a CUDA GPU in one command: fused-loss correctness, LM-head loss speed
 and memory against the other fused losses, a training step of a 1.5B model, DeepSpeed ZeRO-2/3.
 
-    PYTHONPATH=src python benchmarks/gpu_suite.py          # all parts, about 6-9 min on an H100
+    PYTHONPATH=src python benchmarks/gpu_suite.py          # all parts (never run yet: ~10-15 min?)
     PYTHONPATH=src python benchmarks/gpu_suite.py --parts correctness,loss --out /tmp/results
 
 Without a CUDA device it prints one line saying so and exits with status 2. Results go to
@@ -59,16 +59,18 @@ rest; a call may carry 64 MiB). Once, here, in the repo root::
         multiprocess==0.70.19 liger-kernel==0.8.5 cut-cross-entropy==25.1.1 hjson==3.1.0
     DS_BUILD_OPS=0 python3 -m pip wheel --no-deps -w .whl deepspeed==0.19.8   # pure Python
 
-and run (``run`` tool: carry ``.whl``, timeout 600)::
+and run it as two calls of the ``run`` tool (each: carry ``[".whl"]``, timeout_s 600; a call is
+limited to 10 minutes, and the correctness part compiles the chunk function for every variant)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \\
       && export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 \\
-      && python3 benchmarks/gpu_suite.py --out $OUT
+      && python3 benchmarks/gpu_suite.py --parts correctness,loss --out $OUT
+
+    (the same with ``--parts train,deepspeed``)
 
 datasets 5.2 needs pyarrow >= 24 and fsspec <= 2026.9.0: if the image's are off (the JSON's
 environment lists them), add ``pyarrow==26.0.1`` (52.5 MiB) to the download.
-If one call's 10 minutes do not suffice, split it: ``--parts correctness,loss`` and then
-``--parts train,deepspeed`` (a run of some parts adds them to its file names). Copy the files
+A run of some parts adds them to its file names. Copy the files from the tool's ``files_at``
 into benchmarks/results/ here. Liger's SM90 per-token op also needs ``nvidia-cutlass-dsl``,
 which is not carried (too large); without it that one candidate is reported as skipped.
 
