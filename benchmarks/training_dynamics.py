@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import tempfile
 import time
@@ -45,11 +46,13 @@ def train_one(base_model, tokenizer, rows, values, methods, score_every, work_di
     trainer = build_trainer(spec, model=model, tokenizer=tokenizer, callbacks=[diagnostics])
     trainer.remove_callback(PrinterCallback)
     diagnostics.probe_batch = probe_batch(trainer.train_dataset, 16)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
-    # The callback's own copies, norms and scoring are not training time.
+    # The callback's own copies, norms and scoring are not training time (its CPU time is
+    # about its wall time: single-threaded copies and norms).
     seconds = time.perf_counter() - start - diagnostics.overhead_seconds
-    return model.eval(), seconds, diagnostics, trainer.state.log_history
+    cpu_seconds = time.process_time() - cpu_start - diagnostics.overhead_seconds
+    return model.eval(), (seconds, cpu_seconds), diagnostics, trainer.state.log_history
 
 
 def main() -> None:
@@ -63,6 +66,9 @@ def main() -> None:
     parser.add_argument("--score-every", type=int, default=10)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast, float32 weights")
     parser.add_argument("--no-measure", action="store_true", help="skip accuracy and retention")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="JSON file for the per-cell records (fronts)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -119,7 +125,7 @@ def main() -> None:
                     "bf16": args.bf16,
                 }
                 with tempfile.TemporaryDirectory(prefix="infosft-dynamics-") as scratch:
-                    model, seconds, diag, logs = train_one(
+                    model, (seconds, cpu_seconds), diag, logs = train_one(
                         base_model,
                         tokenizer,
                         rows,
@@ -134,6 +140,7 @@ def main() -> None:
                     "method": method,
                     "lr": lr,
                     "s_per_step": seconds / len(steps),
+                    "cpu_s_per_step": cpu_seconds / len(steps),
                     "grad_norm_pre_clip": statistics.mean(
                         r["grad_norm"] for r in logs if "grad_norm" in r
                     ),
@@ -154,13 +161,16 @@ def main() -> None:
                     start = time.perf_counter()
                     tuned = evaluate(model, tokenizer, evaluation, progress=False)
                     row["accuracy"] = tuned["metrics"]["acc@1"]
-                    kept = retention(
-                        base_probes, probes.probe_records(model, tokenizer, probes.PROBES)
-                    )
+                    probe_records = probes.probe_records(model, tokenizer, probes.PROBES)
+                    kept = retention(base_probes, probe_records)
                     row["retention"] = kept["retention"]
+                    # The per-item record the experiment engine stores (experiments.fronts).
+                    row["task_correct"] = {r["task_id"]: r["passed"] for r in tuned["samples"]}
+                    row["probe_correct"] = {r["task_id"]: r["passed"] for r in probe_records}
                     row["example"] = tuned["samples"][0]["completion"]
                     row["measure_s"] = time.perf_counter() - start
-                del model
+                del model, diag, logs
+                gc.collect()  # TRL's patched forward keeps a cycle: free each copy before the next
                 results.append(row)
                 print(
                     f"done {task_name} {method} lr={lr:g}: {seconds:.0f} s, "
@@ -170,6 +180,32 @@ def main() -> None:
                     flush=True,
                 )
     print_tables(results, args)
+    if args.output is not None:
+        from infosft.files import write_json_atomic
+
+        base = {r["task_id"]: r["passed"] for r in base_probes or []}
+        write_json_atomic(args.output, {"base_probe_correct": base, "cells": results})
+    if not args.no_measure and len(args.learning_rates) > 1:
+        print_verdicts(results, {r["task_id"]: r["passed"] for r in base_probes})
+
+
+def print_verdicts(results: list[dict[str, Any]], base_probe_correct: dict[str, bool]) -> None:
+    """Fronts over the learning rates run, and each method's verdict against nll, per task."""
+    from infosft.experiments import fronts
+
+    for task in dict.fromkeys(r["task"] for r in results):
+        records = [{**r, "learning_rate": r["lr"], "seed": 0} for r in results if r["task"] == task]
+        cells = fronts.cells_from_records(records, base_probe_correct)
+        if "nll" not in {c.curve for c in cells}:
+            continue
+        print(f"\n{task}: fronts over learning rates (1 seed)")
+        for point in fronts.points(cells):
+            print(
+                f"  {point.curve:8} {point.setting:24} retention {point.retention:.3f} "
+                f"accuracy {point.accuracy:.3f}"
+            )
+        for comparison in fronts.compare_all(cells):
+            print(f"  verdict: {comparison.sentence}")
 
 
 def print_tables(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
@@ -179,14 +215,16 @@ def print_tables(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
         "(grad after clipping at 1.0, the pre-clip one as the trainer logs it)\n"
     )
     print(
-        f"{'task':14} {'method':8} {'lr':>7} {'s/step':>6} {'|g| pre':>8} {'|g| seen':>8} "
+        f"{'task':14} {'method':8} {'lr':>7} {'s/step':>6} {'cpu s':>6} {'|g| pre':>8} "
+        f"{'|g| seen':>8} "
         f"{'|dθ|':>7} {'|dθ| 1st':>8} {'|θ-θ0|':>7} {'base acc':>8} {'acc':>6} {'retain':>6}"
     )
     for r in results:
         base = r["base_accuracy"]
         print(
             f"{r['task']:14} {r['method']:8} {r['lr']:7.0e} {r['s_per_step']:6.2f} "
-            f"{r['grad_norm_pre_clip']:8.3f} {r['grad_norm']:8.3f} {r['update_norm']:7.4f} "
+            f"{r['cpu_s_per_step']:6.2f} {r['grad_norm_pre_clip']:8.3f} {r['grad_norm']:8.3f} "
+            f"{r['update_norm']:7.4f} "
             f"{r['update_first']:8.4f} {r['distance']:7.3f} "
             f"{'n/a' if base is None else f'{base:.3f}':>8} "
             f"{r.get('accuracy', float('nan')):6.3f} {r.get('retention', float('nan')):6.3f}"

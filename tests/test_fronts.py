@@ -232,3 +232,17 @@ def test_summary_is_json_ready_and_carries_one_verdict_per_other_curve():
     json.dumps(summary)
     assert [v["curve"] for v in summary["verdicts"]] == ["infosft"]
     assert set(summary["fronts"]) == {"nll", "infosft"}
+
+
+def test_the_fronts_plot_is_drawn_from_the_summary_alone(tmp_path):
+    from infosft.experiments import plots
+
+    kept = bits(9, 10)
+    cells = [
+        cell("nll", "a", bits(5, 50), kept),
+        cell("nll", "b", bits(9, 50), bits(6, 10)),
+        cell("infosft", "a", bits(0, 50), kept),
+    ]
+    summary = fronts.fronts_summary(cells, resamples=50)
+    path = plots.plot_fronts(summary, tmp_path / "f.png", title="t", base_accuracy=0.3)
+    assert path.stat().st_size > 1000

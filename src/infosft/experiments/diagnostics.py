@@ -246,6 +246,9 @@ class TrainingDiagnostics(TrainerCallback):
         self._before = {}
         self.overhead_seconds += time.perf_counter() - start
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self._start = {}  # a float32 copy of the model: free it with the run
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.score_every > 0 and state.global_step % self.score_every == 0:
             start = time.perf_counter()

@@ -1,4 +1,5 @@
-"""PNG plots of the experiments: trade-off, q histogram with weight curves, training curves.
+"""PNG plots of the experiments: fronts with bootstrap bands, q histogram with weight curves,
+weight mass per q bin and its shift with p_bar.
 
 Each function takes plain numbers (no models) and writes one PNG, so the plots can be redrawn
 from ``results.json`` alone. Matplotlib runs headless (Agg backend).
@@ -9,7 +10,6 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,70 +51,6 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     _pyplot().close(fig)
     return path
-
-
-@dataclass(frozen=True)
-class TradeoffPoint:
-    """One point of a trade-off plot: a method (at some setting) with spread over seeds.
-
-    ``label`` annotates the point (e.g. "lr=1e-4, 2 ep"); ``group`` joins points into a curve.
-    """
-
-    group: str
-    x: float
-    y: float
-    x_err: float = 0.0
-    y_err: float = 0.0
-    label: str = ""
-
-
-def plot_tradeoff(
-    points: Sequence[TradeoffPoint],
-    path: str | Path,
-    *,
-    title: str,
-    x_label: str,
-    y_label: str,
-    connect: bool = False,
-) -> Path:
-    """Scatter of new-task score (y) against prior-capability score (x), one colour per group.
-
-    Error bars are the given standard deviations over seeds. ``connect`` draws each group's
-    points as a curve sorted by x (the trade-off curve of a sweep). Up and right is better.
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    groups = list(dict.fromkeys(p.group for p in points))
-    for index, group in enumerate(groups):
-        members = sorted((p for p in points if p.group == group), key=lambda p: p.x)
-        color = method_color(group, index)
-        ax.errorbar(
-            [p.x for p in members],
-            [p.y for p in members],
-            xerr=[p.x_err for p in members],
-            yerr=[p.y_err for p in members],
-            fmt="o-" if connect else "o",
-            color=color,
-            label=group,
-            capsize=4,
-            markersize=8,
-        )
-        for p in members:
-            if p.label:
-                ax.annotate(
-                    p.label,
-                    (p.x, p.y),
-                    textcoords="offset points",
-                    xytext=(6, 6),
-                    fontsize=8,
-                    color=color,
-                )
-    ax.set_title(title)
-    ax.set_xlabel(x_label)
-    ax.set_ylabel(y_label)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    return _save(fig, path)
 
 
 def plot_q_histogram(
@@ -168,43 +104,6 @@ def plot_q_histogram(
         handles[0] + curve_handles[0], handles[1] + curve_handles[1], loc="upper center", fontsize=8
     )
     ax.set_title(title)
-    return _save(fig, path)
-
-
-TRAINING_PANELS = (
-    ("loss", "training loss (weighted)"),
-    ("nll", "NLL of the targets"),
-    ("mean_q", "mean q of the targets"),
-    ("entropy", "mean entropy of the next-token distribution"),
-)
-
-
-def plot_training_curves(
-    curves: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path, *, title: str
-) -> Path:
-    """Four panels (loss, NLL, mean q, entropy) against step, one line per method.
-
-    ``curves`` maps a method to its logged records (``{"step": ..., "loss": ..., ...}``, as in
-    ``metrics.jsonl``); records without a panel's key are skipped.
-    """
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(9.0, 6.4), sharex=True)
-    for axis, (key, label) in zip(axes.flat, TRAINING_PANELS, strict=True):
-        for index, (method, records) in enumerate(curves.items()):
-            rows = [r for r in records if key in r and "step" in r and math.isfinite(r[key])]
-            axis.plot(
-                [r["step"] for r in rows],
-                [r[key] for r in rows],
-                marker=".",
-                color=method_color(method, index),
-                label=method,
-            )
-        axis.set_title(label, fontsize=10)
-        axis.grid(alpha=0.3)
-    for axis in axes[1]:
-        axis.set_xlabel("optimizer step")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
     return _save(fig, path)
 
 
@@ -296,16 +195,18 @@ def plot_fronts(
             [p["retention"] for p in mine], [p["accuracy"] for p in mine], color=color, alpha=0.35
         )
         steps = summary["fronts"][curve]
-        # A(r) holds y_i on (r_{i-1}, r_i]: matplotlib's "pre" steps draw exactly that.
+        # A(r) holds y_i on (r_{i-1}, r_i] (matplotlib's "pre" steps draw exactly that) and the
+        # best accuracy y_0 below r_0: drawn from the curve's least-retaining setting on.
+        lowest = min(p["retention"] for p in mine)
         ax.step(
-            [p["retention"] for p in steps],
-            [p["accuracy"] for p in steps],
+            [lowest] + [p["retention"] for p in steps],
+            [steps[0]["accuracy"]] + [p["accuracy"] for p in steps],
             where="pre",
-            marker="o",
             color=color,
             linewidth=2,
             label=curve,
         )
+        ax.scatter([p["retention"] for p in steps], [p["accuracy"] for p in steps], color=color)
         band = summary.get("bands", {}).get(curve)
         if band:
             ax.fill_between(
