@@ -554,10 +554,22 @@ def done_signal_received() -> bool:
             return True
 
 
+def over_disk_caps(config: dict) -> dict | None:
+    """The disk_limit verdict when the program's directory holds more than allowed."""
+    disk = config["disk"]
+    used, files = disk_usage(config["work"], disk["tmpfs"])
+    if used <= disk["max_bytes"] and files <= disk["max_files"]:
+        return None
+    detail = (
+        f"wrote {used} bytes in {files} files; the limits are {disk['max_bytes']} bytes and "
+        f"{disk['max_files']} files"
+    )
+    return {"status": "disk_limit", "returncode": None, "detail": detail}
+
+
 def supervise(pid: int, ready: int, config: dict) -> dict:
     """Wait for the program; return the verdict (status, returncode, detail)."""
     pidfd = os.pidfd_open(pid)
-    disk = config["disk"]
     # Until the program's interpreter says "ready" only its exit or the setup deadline count.
     deadline = time.monotonic() + SETUP_SECONDS
     readable, _, _ = select.select([pidfd, ready], [], [], SETUP_SECONDS)
@@ -571,18 +583,17 @@ def supervise(pid: int, ready: int, config: dict) -> dict:
             if select.select([pidfd], [], [], wait)[0]:
                 break
             checked = time.monotonic()
-            used, files = disk_usage(config["work"], disk["tmpfs"])
+            over = over_disk_caps(config)
             # Walking a big directory costs time: check less often, at most ~10% of a core.
             interval = max(POLL_SECONDS, 10 * (time.monotonic() - checked))
-            if used > disk["max_bytes"] or files > disk["max_files"]:
-                return {
-                    "status": "disk_limit",
-                    "returncode": None,
-                    "detail": f"wrote {used} bytes in {files} files; the limits are "
-                    f"{disk['max_bytes']} bytes and {disk['max_files']} files",
-                }
+            if over:
+                return over
     if select.select([pidfd], [], [], 0 if running else max(0.0, deadline - time.monotonic()))[0]:
         status = os.waitpid(pid, 0)[1]
+    # Once more at the end: a program faster than the polling does not escape the caps.
+    over = over_disk_caps(config) if running else None
+    if over:
+        return over
     if running and done_signal_received():
         return {"status": "passed", "returncode": 0, "detail": ""}
     if status is None:
