@@ -52,6 +52,8 @@ from infosft.objectives import Scheme, TokenInputs, get_scheme
 # the matmul dtype instead of over the logits.
 _CUDA_LAYOUT_ON_CPU = False
 
+NEGLIGIBLE_COEF = 2.0**-100
+
 
 class TokenStats(NamedTuple):
     """Per-micro-batch sums over target tokens: float32 0-dim tensors, detached.
@@ -331,14 +333,18 @@ def _chunk_loop(
         if not any_grad:
             continue
         coef = w.to(acc_dtype) * inv_n
+        # A row scale below 2**-100 only adds gradients far under float32's normal range, which
+        # CPUs process many times slower (denormals), and nothing next to any other row's.
+        coef = coef.masked_fill(coef.abs() < NEGLIGIBLE_COEF, 0.0)
         if base is not None:
-            # d/dz [coef * -log q + kl_coef * KL] = coef (p - onehot) + kl_coef (p - p_base):
-            # scale the [C, V] side, since two different row scales meet in one buffer.
-            grad_z.mul_((coef + kl_coef).unsqueeze(1))
-            grad_z.sub_(base_probs.mul_(kl_coef))
-            col = targets[sl].unsqueeze(1)
-            grad_z.scatter_add_(1, col, kl_coef.to(grad_z.dtype).expand(col.shape))
-            coef = None
+            # d/dz [coef * -log q + kl_coef * KL] = s (p - onehot) + kl_coef (onehot - p_base)
+            # with s = coef + kl_coef: s scales the row on the [C, H] side as below, and the
+            # anchor's term joins the [C, V] side divided by s, in one fused pass.
+            coef = coef + kl_coef
+            coef = coef.masked_fill(coef == 0, torch.finfo(acc_dtype).tiny)
+            ratio = (kl_coef / coef).unsqueeze(1)
+            grad_z.addcmul_(base_probs, ratio, value=-1)
+            grad_z.scatter_add_(1, targets[sl].unsqueeze(1), ratio.to(grad_z.dtype))
         compact = False
         if compaction:
             # Rows of weight 0 add nothing to any gradient: leave them out of the two matmuls.
@@ -357,19 +363,14 @@ def _chunk_loop(
         # d loss / d z = coef * (softmax - onehot): the row scale goes on the [C, H] side.
         if grad_rows is not None:
             dest = grad_rows.new_empty(h.shape) if compact else grad_rows[sl]
-            _mm(grad_z, weight, out=dest)
-            if coef is not None:
-                dest.mul_(coef.unsqueeze(1))
+            _mm(grad_z, weight, out=dest).mul_(coef.unsqueeze(1))
             if compact:
                 grad_rows[sl].index_copy_(0, keep, dest)
         if grad_weight is not None:
-            scaled = h if coef is None else (h.to(acc_dtype) * coef.unsqueeze(1)).to(h.dtype)
+            scaled = (h.to(acc_dtype) * coef.unsqueeze(1)).to(h.dtype)
             _mm(grad_z.t(), scaled, out=grad_weight, accumulate=True)
         if grad_bias is not None:
-            if coef is None:
-                grad_bias.add_(grad_z.sum(dim=0, dtype=acc_dtype))
-            else:
-                grad_bias.addmv_(grad_z.t().to(acc_dtype), coef)
+            grad_bias.addmv_(grad_z.t().to(acc_dtype), coef)
     return _Result(
         log_probs, weights, entropy, top_k_entropy, kl, grad_rows, grad_weight, grad_bias
     )
