@@ -32,7 +32,7 @@ dtype): the memory the method itself needs, and the column the ratios compare.
 
 Default: Qwen2.5-0.5B's head (H 896, V 151936) at 512, 2048 and 8192 target tokens, and
 SmolLM2-135M's (H 576, V 49152) at 2048; about 25 minutes on 2 cores (full logits at 8192 tokens
-need about 20 GB). Examples:
+need about 14 GB). Examples:
     python benchmarks/loss_bench.py --shapes qwen2.5-0.5b --tokens 512,2048
     python benchmarks/loss_bench.py --shapes smollm2-135m --tokens 2048 --repeats 5
 """
