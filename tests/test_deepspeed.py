@@ -14,6 +14,7 @@ Skipped when deepspeed is not installed (``pip install -e .[deepspeed]``).
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,12 @@ def one_process(tiny_model_dir, tmp_path_factory):
     return data, work / "out"
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def accelerate_launch(config: Path, args: list[str], cwd: Path) -> None:
     env = {
         **os.environ,
@@ -60,6 +67,8 @@ def accelerate_launch(config: Path, args: list[str], cwd: Path) -> None:
     # The shipped configs say bf16 (the recipes' setting); the reference run is float32.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
     command += ["--num_processes", str(num_processes()), "--mixed_precision", "no"]
+    # A free port, not accelerate's fixed 29500: other distributed runs may share the machine.
+    command += ["--main_process_port", str(free_port())]
     done = subprocess.run(
         [*command, "-m", "infosft", *args], env=env, cwd=cwd, capture_output=True, text=True
     )
