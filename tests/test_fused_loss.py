@@ -339,6 +339,21 @@ def test_score_targets_gives_log_q_and_entropy_aligned_with_labels():
     torch.testing.assert_close(scores.entropy, torch.where(scored, expected_entropy, 0.0))
 
 
+@pytest.mark.parametrize(("vocab", "k"), [(4 * 64, 3), (4 * 64, 5), (97, 20), (640, 20)])
+def test_max_and_top_k_finds_the_rows_maximum_and_largest_values(vocab, k):
+    # 4 tiles of 64 with k = 5 > 4 and V = 97 (not a multiple of 64) take torch.topk; ties and
+    # several large values in one tile are in the data.
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(9, vocab, generator=gen).round(decimals=1)
+    logits[0, 10:20] = 9.0
+    logits[1, :] = 1.0
+    row_max, argmax, top = fused.max_and_top_k(logits, k)
+    assert torch.equal(row_max, logits.max(dim=1, keepdim=True).values)
+    assert torch.equal(logits.gather(1, argmax), row_max)
+    expected = logits.topk(k, dim=1).values
+    assert torch.equal(top.sort(dim=1, descending=True).values, expected)
+
+
 class RecordMatmuls(TorchFunctionMode):
     """Shapes of the results of every torch.mm / torch.addmm / matmul called inside."""
 

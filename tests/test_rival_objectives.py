@@ -14,8 +14,14 @@ import infosft
 from infosft.losses import fused, score_targets
 from infosft.losses.fused import fused_weighted_nll_loss
 
-B, T, H, V = 3, 11, 16, 53
+B, T, H, V = 3, 11, 16, 64
 LN2 = math.log(2.0)
+
+
+@pytest.fixture(autouse=True)
+def small_top_k_tiles(monkeypatch):
+    """Tiles of 2 columns, so that the fused top-K search runs over tiles here (32 >= K)."""
+    monkeypatch.setattr(fused, "TOP_K_TILE", 2)
 
 
 def weight_formula(method, q, nll, *, top_k_logits=None, tau=None, args=None):

@@ -53,6 +53,8 @@ from infosft.objectives import Scheme, TokenInputs, get_scheme
 _CUDA_LAYOUT_ON_CPU = False
 
 NEGLIGIBLE_COEF = 2.0**-100
+# Columns per tile in the top-K search of EAFT's entropy (:func:`max_and_top_k`).
+TOP_K_TILE = 64
 
 
 class TokenStats(NamedTuple):
@@ -120,11 +122,12 @@ def chunk_softmax_grad(
         logits' dtype.
     """
     top_k_entropy = None
-    if top_k is not None:
+    if top_k is None:
+        row_max, argmax = logits.max(dim=1, keepdim=True)
+    else:
         # Read before the softmax below may overwrite the logits.
-        top = logits.topk(top_k, dim=1, sorted=False).values
+        row_max, argmax, top = max_and_top_k(logits, top_k)
         top_k_entropy = torch.special.entr(top.softmax(dim=1)).sum(dim=1)
-    row_max, argmax = logits.max(dim=1, keepdim=True)
     col = targets.unsqueeze(1)
     target_logits = logits.gather(1, col)
     # softmax is one fused pass per row; out= reuses the buffer instead of faulting in new pages.
@@ -145,6 +148,26 @@ def chunk_softmax_grad(
         grad_out.copy_(probs)
     grad_out.scatter_(1, col, (target_probs - 1).to(grad_out.dtype))
     return log_probs, lse.squeeze(1), entropy, top_k_entropy
+
+
+def max_and_top_k(logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's maximum [C, 1], a column holding it [C, 1], and its k largest values [C, k]
+    (unsorted) of ``logits`` [C, V], in about one read of the chunk.
+
+    The columns are cut into tiles of ``TOP_K_TILE``; the k largest values lie in the k tiles
+    with the largest maxima (a value in any other tile is below that tile's maximum, hence below
+    k values), so the search runs over the tile maxima and then over k tiles.
+    """
+    rows, vocab = logits.shape
+    if vocab % TOP_K_TILE or vocab // TOP_K_TILE < k:
+        row_max, argmax = logits.max(dim=1, keepdim=True)
+        return row_max, argmax, logits.topk(k, dim=1, sorted=False).values
+    tiles = logits.view(rows, vocab // TOP_K_TILE, TOP_K_TILE)
+    best = tiles.amax(dim=2).topk(k, dim=1).indices  # sorted: best[:, 0] holds the maximum
+    picked = tiles.gather(1, best.unsqueeze(2).expand(rows, k, TOP_K_TILE))
+    row_max, column = picked[:, 0].max(dim=1, keepdim=True)
+    argmax = best[:, :1] * TOP_K_TILE + column
+    return row_max, argmax, picked.view(rows, -1).topk(k, dim=1, sorted=False).values
 
 
 def chunk_base_kl(logits: Tensor, base_logits: Tensor, base_probs_out: Tensor) -> Tensor:
