@@ -1,19 +1,43 @@
-"""infosft compare: grid YAML checks, and resuming a half-finished grid without re-running cells."""
+"""The experiment engine behind `infosft compare` and `infosft demo`, on the tiny random model:
+every cell measured and recorded, fronts and verdicts, resuming, and nothing stale reused."""
 
+import contextlib
+import hashlib
+import io
 import json
+import os
+import re
 
 import pytest
 import yaml
 
-from infosft.experiments import compare
+from infosft.cli import main
+from infosft.experiments import engine, probes
+from infosft.experiments.grid import demo_spec_path, read_grid
+
+SCHEDULE = [{"method": "nll", "until_epoch": 0.5}, {"method": "infosft"}]
+REAL_PROBE_PASSED = probes.probe_passed
 
 
-def write_grid(tmp_path, model_dir, **changes):
-    """A two-cell grid (nll, infosft) of one optimizer step each on a tiny model."""
-    rows = [{"prompt": "Q: 2 + 3?\nA:", "completion": " 5"}] * 4
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+def passed_by_hash(completion, probe):
+    """The random tiny model answers no probe; here a probe "passes" by a fixed function of the
+    question and the completion, so the base gets some right and a tuned model can lose some.
+    Under test is the engine, not the probe scoring."""
+    return hashlib.sha256((probe.question + completion).encode()).digest()[0] % 2 == 0
+
+
+@pytest.fixture(autouse=True)
+def probes_scored_by_a_hash(monkeypatch):
+    monkeypatch.setattr(probes, "probe_passed", passed_by_hash)
+
+
+def write_grid(directory, model_dir, **changes):
+    """A grid of one task (4 rows, 2 held-out items) with ``changes`` to its top-level keys."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": f"Q: {a} + 3?\nA:", "completion": f" {a + 3}"} for a in range(4)]
+    (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = [{"id": "a", "q": "2 + 3", "answer": "5"}, {"id": "b", "q": "1 + 1", "answer": "2"}]
-    (tmp_path / "new.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    (directory / "new.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     task = {
         "data": "new.jsonl",
         "prompt": "Q: {q}?\nA:",
@@ -21,69 +45,277 @@ def write_grid(tmp_path, model_dir, **changes):
         "scorer": "exact",
         "generation": {"max_new_tokens": 2},
     }
-    (tmp_path / "new_task.yaml").write_text(yaml.safe_dump(task))
-    (tmp_path / "prompts.txt").write_text("Say hello.\n")
-    (tmp_path / "text.txt").write_text("The capital of France is Paris.\n")
+    (directory / "new_task.yaml").write_text(yaml.safe_dump(task))
+    (directory / "prompts.txt").write_text("Say hello.\n")
+    (directory / "text.txt").write_text("The capital of France is Paris.\n")
     grid = {
-        "model": str(model_dir),
-        "data": "train.jsonl",
-        "new_task": "new_task.yaml",
+        "model": os.path.relpath(model_dir, directory),
+        "tasks": [{"name": "sums", "data": "train.jsonl", "eval": "new_task.yaml"}],
         "prior_tasks": ["probes"],
         "general_prompts": "prompts.txt",
         "heldout_text": "text.txt",
-        "grid": {"methods": ["nll", "infosft"], "learning_rates": [1e-3], "epochs": [1]},
-        "training": {"max_steps": 1, "per_device_train_batch_size": 2, "save_strategy": "no"},
-        "eval_limit": 2,
+        "grid": {"methods": ["nll", "infosft"], "learning_rates": [1e-3], "seeds": [0]},
+        "training": {"per_device_train_batch_size": 2, "max_length": 64},
+        "eval_limit": 8,
         **changes,
     }
-    path = tmp_path / "grid.yaml"
+    path = directory / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     return path
 
 
-def test_unknown_key_in_grid_yaml_is_named(tmp_path, tiny_model_dir):
-    path = write_grid(tmp_path, tiny_model_dir, learning_rate=1e-4)
-    with pytest.raises(ValueError, match="learning_rate"):
-        compare.read_grid_config(path)
+def quiet(message):
+    pass
 
 
-def test_unknown_method_in_grid_is_rejected_before_training(tmp_path, tiny_model_dir):
-    path = write_grid(tmp_path, tiny_model_dir, grid={"methods": ["nll", "sft2"]})
-    with pytest.raises(ValueError, match="sft2"):
-        compare.read_grid_config(path)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model_dir):
+    """One `infosft compare` run of 2 learning rates x nll, infosft, SFT-then-InfoSFT and an
+    ASFT-like KL-anchored variant; returns its results, output directory and stdout."""
+    tmp = tmp_path_factory.mktemp("grid")
+    methods = [
+        "nll",
+        "infosft",
+        {"name": "sft-then-infosft", "loss_schedule": SCHEDULE},
+        {"name": "asft", "method": "dft", "kl_to_base": 0.1},
+    ]
+    grid = {"methods": methods, "learning_rates": [1e-3, 3e-2], "seeds": [0]}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probes, "probe_passed", passed_by_hash)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(
+                [
+                    "compare",
+                    "--config",
+                    str(write_grid(tmp, tiny_model_dir, grid=grid)),
+                    "--output-dir",
+                    str(tmp / "out"),
+                ]
+            )
+    assert code == 0
+    results = json.loads((tmp / "out" / "results.json").read_text())
+    return results, tmp / "out", out.getvalue()
 
 
-def test_cells_cover_the_grid_with_distinct_names(tmp_path, tiny_model_dir):
+def test_every_cell_names_its_task_method_learning_rate_and_per_item_records(finished):
+    results, _, _ = finished
+    cells = results["cells"]
+    assert sorted((c["curve"], c["learning_rate"]) for c in cells) == sorted(
+        (m, lr) for m in ("nll", "infosft", "sft-then-infosft", "asft") for lr in (1e-3, 3e-2)
+    )
+    base = results["base"]
+    for cell in cells:
+        assert cell["task"] == "sums" and cell["seed"] == 0
+        assert set(cell["task_correct"]) == set(base["new_tasks"]["sums"]["correct"])
+        known = {k for k, ok in base["probe_correct"].items() if ok}
+        # A tuned model is asked only the prior items the base answered correctly.
+        assert set(cell["probe_correct"]) == known
+        assert cell["retention"] == pytest.approx(sum(cell["probe_correct"].values()) / len(known))
+    asft = next(c for c in cells if c["curve"] == "asft")
+    assert (asft["method"], asft["kl_to_base"]) == ("dft", 0.1)
+
+
+def test_a_schedule_switches_method_within_a_one_epoch_cell(finished):
+    results, _, _ = finished
+    cell = next(c for c in results["cells"] if c["curve"] == "sft-then-infosft")
+    assert [row["method"] for row in cell["curve_log"]] == ["nll", "infosft"]
+
+
+def test_each_task_gets_fronts_and_a_verdict_per_method_against_nll(finished):
+    results, _, _ = finished
+    summary = results["fronts"]["sums"]
+    assert summary["reference"] == "nll"
+    assert [v["curve"] for v in summary["verdicts"]] == ["infosft", "sft-then-infosft", "asft"]
+    assert all(
+        v["sentence"].startswith(("at matched retention", "inconclusive", v["curve"], "nll"))
+        for v in summary["verdicts"]
+    )
+
+
+def test_the_report_states_each_verdict_before_any_table_and_stands_alone(finished):
+    results, out, stdout = finished
+    markdown = (out / "report.md").read_text()
+    first_table = markdown.index("\n|")
+    for verdict in results["fronts"]["sums"]["verdicts"]:
+        assert markdown.index(verdict["sentence"]) < first_table
+        assert verdict["sentence"] in stdout
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert linked and all((out / name).is_file() for name in linked)
+    html = (out / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') == len(linked)
+
+
+def test_a_rerun_of_a_finished_grid_trains_nothing(finished, monkeypatch):
+    results, out, _ = finished
+    trained = []
+    monkeypatch.setattr(engine, "train_cell", lambda *a, **k: trained.append(a) or 1 / 0)
+    spec = read_grid(out.parent / "grid.yaml")
+    again = engine.run_grid(spec, out, log=quiet)
+    assert not trained
+    assert again["cells"] == results["cells"]
+
+
+def test_an_interrupted_grid_resumes_with_only_the_missing_cells(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    grid = {"methods": ["nll", "infosft"], "learning_rates": [1e-3, 1e-2], "seeds": [0]}
+    spec = read_grid(write_grid(tmp_path, tiny_model_dir, grid=grid))
+    real_train = engine.train_cell
+    trained = []
+
+    def interrupt_third(plan, cell, *args, **kwargs):
+        trained.append(cell.name)
+        if len(trained) == 3:
+            raise KeyboardInterrupt
+        return real_train(plan, cell, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_cell", interrupt_third)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_grid(spec, tmp_path / "out", log=lines.append)
+    saved = {p.name: p.read_text() for p in (tmp_path / "out" / "cells").iterdir()}
+    assert len(saved) == 2 and not (tmp_path / "out" / "results.json").exists()
+    assert any(line.startswith("[2/4]") and "left" in line for line in lines)
+    assert "2 of 4 cells are saved" in lines[-1]
+
+    trained.clear()
+    monkeypatch.setattr(
+        engine,
+        "train_cell",
+        lambda plan, cell, *a, **k: trained.append(cell.name) or real_train(plan, cell, *a, **k),
+    )
+    results = engine.run_grid(spec, tmp_path / "out", log=quiet)
+    assert trained == [c.name for c in spec.cells()][2:]
+    assert len(results["cells"]) == 4
+    for name, text in saved.items():
+        assert (tmp_path / "out" / "cells" / name).read_text() == text
+
+
+@pytest.mark.parametrize("change", ["training data", "model"])
+def test_cells_made_with_other_data_or_another_model_are_never_reused(
+    change, tmp_path, tiny_model_dir, monkeypatch
+):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for item in tiny_model_dir.iterdir():
+        (model_dir / item.name).write_bytes(item.read_bytes())
+    path = write_grid(tmp_path, model_dir, grid={"methods": ["nll"], "learning_rates": [1e-3]})
+    engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    if change == "training data":
+        # Same file name, other content.
+        rows = (tmp_path / "train.jsonl").read_text().replace("+ 3", "+ 4")
+        (tmp_path / "train.jsonl").write_text(rows)
+    else:
+        weights = model_dir / "model.safetensors"
+        weights.write_bytes(weights.read_bytes())
+    loaded = []
+    monkeypatch.setattr(
+        "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0
+    )
+    with pytest.raises(ValueError, match=rf"made with another {change}.*another --output-dir"):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert not loaded
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("train.jsonl", r"train.jsonl:1: invalid|no training format"),
+        ("new_task.yaml", r"unknown scorer"),
+    ],
+)
+def test_bad_data_or_task_files_fail_before_the_model_is_loaded(
+    broken, message, tmp_path, tiny_model_dir, monkeypatch
+):
+    path = write_grid(tmp_path, tiny_model_dir)
+    if broken == "train.jsonl":
+        (tmp_path / broken).write_text('{"question": "no completion here"}\n')
+    else:
+        (tmp_path / broken).write_text(
+            "data: new.jsonl\nprompt: '{q}'\nanswer_field: answer\nscorer: fuzzy\n"
+        )
+    loaded = []
+    monkeypatch.setattr(
+        "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0
+    )
+    with pytest.raises(ValueError, match=message):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert not loaded
+
+
+def test_on_disk_cells_keep_their_model_and_are_measured_without_retraining(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import infosft.training
+
     path = write_grid(
         tmp_path,
         tiny_model_dir,
-        grid={"methods": ["nll", "dft"], "learning_rates": [1e-5, 5e-5], "epochs": [1, 2]},
+        keep_checkpoints=True,
+        grid={"methods": ["nll"], "learning_rates": [1e-3]},
     )
-    cells = compare.read_grid_config(path).cells()
-    assert len({c.name for c in cells}) == len(cells) == 8
+    spec = read_grid(path)
+    first = engine.run_grid(spec, tmp_path / "out", log=quiet)
+    cell = spec.cells()[0]
+    model_dir = tmp_path / "out" / "runs" / cell.name / "model"
+    assert (model_dir / "config.json").is_file()
+    (tmp_path / "out" / "cells" / f"{cell.name}.json").unlink()
+    monkeypatch.setattr(infosft.training, "train", lambda *a, **k: 1 / 0)
+    again = engine.run_grid(spec, tmp_path / "out", log=quiet)
+    assert again["cells"][0]["task_correct"] == first["cells"][0]["task_correct"]
+    assert again["cells"][0]["train_seconds"] is None
 
 
-def test_rerun_trains_only_the_cells_without_results(tmp_path, tiny_model_dir, monkeypatch):
-    import infosft.training.recipe as training_run
+def test_lm_eval_prior_tasks_count_toward_retention_like_our_own(tmp_path, tiny_model_dir):
+    from test_lm_eval import write_tasks
 
-    config = compare.read_grid_config(write_grid(tmp_path, tiny_model_dir))
-    out = tmp_path / "out"
-    first = compare.run_compare(config, out, log=lambda message: None)
-    assert [c["cell"]["method"] for c in first["cells"]] == ["nll", "infosft"]
-    kept = out / "cells" / f"{config.cells()[0].name}.json"
-    kept_text = kept.read_text()
-    (out / "cells" / f"{config.cells()[1].name}.json").unlink()
+    (tmp_path / "lm").mkdir()
+    write_tasks(tmp_path / "lm")
+    path = write_grid(
+        tmp_path,
+        tiny_model_dir,
+        prior_tasks=["probes", "lm_eval:arith_mc"],
+        lm_eval={"include_path": "lm", "batch_size": 4},
+        grid={"methods": ["nll"], "learning_rates": [1e-2]},
+    )
+    results = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    base, cell = results["base"], results["cells"][0]
+    lm_items = {k for k in base["probe_correct"] if k.startswith("lm_eval:arith_mc/")}
+    assert len(lm_items) == 8
+    assert lm_items <= set(cell["probe_correct"])
+    assert set(cell["retention_per_source"]) == {"probes", "lm_eval:arith_mc"}
+    assert "acc" in cell["lm_eval_delta"]["lm_eval:arith_mc"]
 
-    trained = []
-    real_train = training_run.train
 
-    def counting_train(spec, **kwargs):
-        trained.append(spec.args.method)
-        return real_train(spec, **kwargs)
+def test_a_bad_grid_is_one_line_on_the_command_line(tmp_path, tiny_model_dir, capsys):
+    path = write_grid(tmp_path, tiny_model_dir, keep_checkpoints="no")
+    assert main(["compare", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "keep_checkpoints must be true or false" in err
 
-    monkeypatch.setattr(training_run, "train", counting_train)
-    second = compare.run_compare(config, out, log=lambda message: None)
-    assert trained == ["infosft"]
-    assert kept.read_text() == kept_text
-    assert len(second["cells"]) == 2
-    assert (out / "report.html").is_file() and (out / "tradeoff.png").is_file()
+
+def test_the_demo_prints_the_grid_it_runs_for_compare_to_reuse(tmp_path, capsys):
+    assert main(["demo", "--print-spec"]) == 0
+    (tmp_path / "grid.yaml").write_text(capsys.readouterr().out)
+    assert read_grid(tmp_path / "grid.yaml").cells() == read_grid(demo_spec_path()).cells()
+
+
+@pytest.mark.slow
+def test_the_default_demo_spec_runs_on_the_embedded_model_at_reduced_size(tmp_path, monkeypatch):
+    """The packaged spec's own options, model and built-in tasks, shrunk to one step per cell."""
+    import dataclasses
+
+    monkeypatch.setattr(probes, "probe_passed", REAL_PROBE_PASSED)
+    spec = read_grid(demo_spec_path())
+    spec = dataclasses.replace(
+        spec,
+        tasks=[dataclasses.replace(t, n_train=8, n_test=4) for t in spec.tasks],
+        learning_rates=spec.learning_rates[-1:],
+        eval_limit=4,
+    )
+    results = engine.run_grid(spec, tmp_path, log=quiet)
+    assert {(c["task"], c["method"]) for c in results["cells"]} == {
+        (t, m) for t in ("arith_chain", "word_problems") for m in ("nll", "infosft")
+    }
+    assert all(len(c["task_correct"]) == 4 for c in results["cells"])

@@ -1,13 +1,12 @@
-"""Reports and plots: standalone HTML, atomic JSON, mean ± std, and the demo writing them all."""
+"""Reports, summaries and plots: standalone HTML, mean ± std over seeds, what a run resolves."""
 
 import base64
-import json
 import re
 import statistics
 
 import pytest
 
-from infosft.experiments import plots, report
+from infosft.experiments import plots, report, summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -35,33 +34,15 @@ def test_html_report_names_a_missing_image(tmp_path):
 
 def test_mean_std_uses_the_sample_standard_deviation():
     values = [0.5, 0.6, 0.8]
-    assert report.format_mean_std(values) == (
+    assert summary.format_mean_std(values) == (
         f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
     )
-    assert report.format_mean_std([0.25]) == "0.250"
-    assert report.format_mean_std([]) == "–"
-
-
-def test_json_is_written_atomically_with_non_finite_numbers_as_null(tmp_path):
-    path = report.write_json_atomic(tmp_path / "r.json", {"a": float("nan"), "b": [1.5]})
-    assert json.loads(path.read_text()) == {"a": None, "b": [1.5]}
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert summary.format_mean_std([0.25]) == "0.250"
+    assert summary.format_mean_std([]) == "–"
 
 
 def test_every_plot_writes_a_png(tmp_path):
     paths = [
-        plots.plot_tradeoff(
-            [plots.TradeoffPoint("nll", 0.8, 0.5, 0.05, 0.1), plots.TradeoffPoint("base", 1, 0)],
-            tmp_path / "a.png",
-            title="t",
-            x_label="x",
-            y_label="y",
-        ),
-        plots.plot_training_curves(
-            {"nll": [{"step": 1, "loss": 2.0, "nll": 2.0, "mean_q": 0.2, "entropy": 3.0}]},
-            tmp_path / "b.png",
-            title="t",
-        ),
         plots.plot_weight_mass(
             [0, 0.5, 1], [0.4, 0.6], {"dft": [0.2, 0.8]}, tmp_path / "c.png", title="t"
         ),
@@ -72,25 +53,47 @@ def test_every_plot_writes_a_png(tmp_path):
     assert all(p.read_bytes()[:8] == PNG_MAGIC for p in paths)
 
 
-def test_demo_writes_report_html_results_and_plots(tiny_model_dir, tmp_path):
-    from infosft.experiments.demo import DemoConfig, run_demo
+def records(curve, learning_rate, task_bits, probe_bits, seed=0):
+    """A cell record as the engine writes it (only the keys the summaries read)."""
+    return {
+        "task": "t",
+        "curve": curve,
+        "method": curve,
+        "learning_rate": learning_rate,
+        "epochs": 1,
+        "seed": seed,
+        "accuracy": sum(task_bits) / len(task_bits),
+        "retention": sum(probe_bits) / len(probe_bits),
+        "kl_base_tuned": 0.01,
+        "general_nll_delta": 0.0,
+        "train_seconds": 1.0,
+        "task_correct": {f"t/{i}": bool(b) for i, b in enumerate(task_bits)},
+        "probe_correct": {f"p/{i}": bool(b) for i, b in enumerate(probe_bits)},
+    }
 
-    config = DemoConfig(
-        model=str(tiny_model_dir),
-        methods=("infosft",),
-        steps=1,
-        batch_size=2,
-        n_test=2,
-        n_probes=2,
-        n_general_prompts=1,
-        max_new_tokens=4,
-    )
-    results = run_demo(config, tmp_path, log=lambda message: None)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert [(r["method"], r["seed"]) for r in saved["runs"]] == [("infosft", 0)]
-    assert saved["config"]["learning_rate"] == config.learning_rate
-    assert set(saved["summary"]) == {"infosft"}
-    assert results["runs"][0]["curves"], "training curves were not logged"
-    for name in ("report.md", "report.html"):
-        assert "new-task accuracy" in (tmp_path / name).read_text()
-    assert all((tmp_path / f).read_bytes()[:8] == PNG_MAGIC for f in saved["figures"])
+
+def test_seeds_of_a_setting_pool_into_one_row_and_settings_stay_apart():
+    cells = [
+        records("nll", 1e-4, [1, 0], [1, 1], seed=0),
+        records("nll", 1e-4, [1, 1], [1, 0], seed=1),
+        records("nll", 1e-3, [0, 0], [1, 1]),
+    ]
+    rows = summary.setting_rows(cells)
+    assert [(r["learning_rate"], r["seeds"]) for r in rows] == [(1e-4, [0, 1]), (1e-3, [0])]
+    assert rows[0]["accuracy"]["values"] == [0.5, 1.0]
+    assert rows[0]["accuracy"]["mean"] == 0.75
+
+
+def test_one_seed_says_its_intervals_leave_out_run_to_run_variation():
+    results = {
+        "spec": {"seeds": [0], "learning_rates": [1e-4, 1e-3, 1e-2], "epochs": [1]},
+        "base": {
+            "retention_items": 100,
+            "new_tasks": {"t": {"correct": dict.fromkeys(range(100))}},
+        },
+    }
+    text = " ".join(summary.resolution(results))
+    assert "±0.10" in text  # 100 items at 50%: the 95% Wilson interval is 0.40-0.60
+    assert "run-to-run variation is not in them" in text
+    results["spec"]["seeds"] = [0, 1, 2]
+    assert "resample items and seeds together" in " ".join(summary.resolution(results))

@@ -1,4 +1,4 @@
-"""``infosft compare``: a resumable grid of fine-tunes, scored on a new task and on prior ones."""
+"""``infosft compare``: a resumable grid of fine-tunes, each measured against its base model."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare",
-        help="run a grid (methods x learning rates x epochs) and plot the learn/forget trade-off",
+        help="run a grid (tasks x methods x learning rates x seeds) and compare the fronts",
         description=(
-            "Fine-tune your model on your data for every cell of a grid, measure each cell on a "
-            "new task and on prior-capability tasks, and write results.json, tradeoff.png and "
-            "report.md/.html. Rerunning resumes: finished cells are not re-run. The YAML format "
-            "is documented in infosft.experiments.compare."
+            "Fine-tune your model on your data for every cell of a grid, measure each cell on "
+            "new-task accuracy, retention of prior capabilities and KL(base || tuned), and write "
+            "each task's fronts with a verdict, results.json and report.md/.html. The whole grid "
+            "is checked before anything runs; rerunning resumes (finished cells are kept). The "
+            "YAML format is documented in infosft.experiments.grid; `infosft demo --print-spec` "
+            "prints a complete example."
         ),
     )
     parser.add_argument("--config", required=True, metavar="GRID.yaml", help="grid description")
@@ -22,15 +24,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infosft.experiments.compare import read_grid_config, run_compare
+    import datasets
 
-    config = read_grid_config(args.config)
-    summary = run_compare(config, args.output_dir)
-    for row in summary["grid"]:
-        print(
-            f"{row['method']:>10}  lr={row['learning_rate']:<8g} epochs={row['epochs']:<4g} "
-            f"new task {row['new_task_score']['mean']:.3f}  "
-            f"prior retention {row['prior_score']['mean']:.3f}"
-        )
-    print(f"report: {args.output_dir}/report.md")
+    from infosft.experiments.engine import run_grid
+    from infosft.experiments.grid import read_grid
+    from infosft.experiments.report import text_summary
+
+    spec = read_grid(args.config)
+    datasets.disable_progress_bars()
+    results = run_grid(spec, args.output_dir, title="InfoSFT compare")
+    print(text_summary(results))
+    print(f"report: {args.output_dir}/report.md (and report.html, results.json)")
     return 0

@@ -1,64 +1,55 @@
-"""``infosft demo``: nll, dft and infosft fine-tunes of the same model, measured side by side."""
+"""``infosft demo``: the packaged grid spec (two regimes, a learning-rate sweep) on SmolLM2."""
 
 from __future__ import annotations
 
 import argparse
 
-from infosft.models import DEFAULT_MODEL
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="fine-tune one model with each weighting on a built-in task and compare them",
+        help="when does InfoSFT learn more and forget less? two built-in regimes, fronts, verdicts",
         description=(
-            "Fine-tune the same base model with nll, dft and infosft on the built-in "
-            "arithmetic-chain task (same data, seed and learning rate), then measure held-out "
-            "accuracy, retention of prior capabilities, KL(base || tuned), general-text NLL and "
-            "training time. Writes report.md, report.html, results.json and PNG plots."
+            "Run the grid spec shipped with infosft: the embedded SmolLM2-135M-Instruct "
+            "fine-tuned with nll and infosft at three learning rates on two built-in tasks (a "
+            "new skill the base model cannot do, and word problems it partly can), every cell "
+            "measured on held-out accuracy, retention and KL(base || tuned); then each task's "
+            "fronts and a verdict. --full runs the complete protocol (3 seeds, dft, a p_bar "
+            "sweep, SFT-then-InfoSFT, eaft, talr, KL-anchored variants; hours on a CPU). "
+            "Rerunning resumes. The same runs on your own data: infosft compare."
         ),
     )
-    parser.add_argument("--output-dir", default="runs/demo", help="where results go")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="base model (name or directory)")
+    parser.add_argument("--full", action="store_true", help="the complete protocol (hours)")
+    parser.add_argument("--output-dir", default=None, help="default runs/demo or runs/demo-full")
+    parser.add_argument("--model", default=None, help="another base model (name or directory)")
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: fewer steps and problems, same code path"
+        "--print-spec", action="store_true", help="print the grid YAML (to edit for compare)"
     )
-    parser.add_argument("--seeds", type=int, default=None, help="repeat over N seeds (mean ± std)")
-    parser.add_argument("--methods", nargs="+", default=None, help="weightings to compare")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of every method")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per fine-tune")
-    parser.add_argument("--p-bar", type=float, default=None, help="InfoSFT's clip point")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from infosft.experiments.grid import demo_spec_path, read_grid
+
+    path = demo_spec_path(args.full)
+    if args.print_spec:
+        print(path.read_text(encoding="utf-8"), end="")
+        return 0
+    import dataclasses
+
     import datasets
 
-    from infosft.experiments.demo import (
-        DemoConfig,
-        plain_text_table,
-        quick_config,
-        results_table,
-        run_demo,
-    )
-    from infosft.objectives import check_p_bar, get_weighting
+    from infosft.experiments.engine import run_grid
+    from infosft.experiments.report import text_summary
 
-    overrides = {
-        "model": args.model,
-        "seeds": args.seeds,
-        "methods": tuple(args.methods) if args.methods else None,
-        "learning_rate": args.lr,
-        "steps": args.steps,
-        "p_bar": None if args.p_bar is None else check_p_bar(args.p_bar),
-    }
-    overrides = {key: value for key, value in overrides.items() if value is not None}
-    for method in overrides.get("methods", ()):
-        get_weighting(method)
-    # Progress is printed by the demo itself, one line per stage.
+    spec = read_grid(path)
+    if args.model is not None:
+        spec = dataclasses.replace(spec, model=args.model)
+    output_dir = args.output_dir or ("runs/demo-full" if args.full else "runs/demo")
     datasets.disable_progress_bars()
-    config = quick_config(**overrides) if args.quick else DemoConfig(**overrides)
-    results = run_demo(config, args.output_dir)
-    headers, rows = results_table(results)
-    print(plain_text_table(headers, rows))
-    print(f"\nreport: {args.output_dir}/report.md (and report.html, results.json, plots)")
+    title = "InfoSFT demo (full protocol)" if args.full else "InfoSFT demo"
+    results = run_grid(spec, output_dir, title=title)
+    print(text_summary(results))
+    minutes = results["timing"]["total_seconds"] / 60
+    print(f"took {minutes:.1f} min; report: {output_dir}/report.md (and report.html, results.json)")
     return 0

@@ -82,6 +82,52 @@ def _log_probs(model: Any, ids: Any, mask: Any) -> Any:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
+class KLReference:
+    """The base model's next-token log-probs on fixed texts (prompt + completion), computed
+    once, so that KL(base || tuned) of many tuned models costs one forward pass each.
+
+    Holds float32 log-probs [B, T, V] for every batch of ``batch_size`` texts.
+    """
+
+    def __init__(
+        self,
+        base_model: Any,
+        tokenizer: Any,
+        prompts: Sequence[str | list[dict[str, str]]],
+        completions: Sequence[str],
+        batch_size: int = 4,
+    ) -> None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        device = next(base_model.parameters()).device
+        self.batches = []
+        for start in range(0, len(prompts), batch_size):
+            seqs, spans = [], []
+            chunk = slice(start, start + batch_size)
+            for p, c in zip(prompts[chunk], completions[chunk], strict=True):
+                head = tokenizer(render_prompt(tokenizer, p), add_special_tokens=isinstance(p, str))
+                tail = tokenizer(c, add_special_tokens=False)["input_ids"]
+                seqs.append(head["input_ids"] + tail)
+                spans.append((len(head["input_ids"]), len(seqs[-1])))
+            ids, mask = pad_right(seqs, pad_id, device)
+            self.batches.append((ids, mask, spans, _log_probs(base_model, ids, mask)))
+
+    def kl(self, tuned_model: Any) -> dict[str, float]:
+        """Mean per-token KL(base || tuned) over the completion tokens (see kl_on_texts)."""
+        total, count = 0.0, 0
+        for ids, mask, spans, base_lp in self.batches:
+            tuned_lp = _log_probs(tuned_model, ids, mask)
+            if base_lp.shape != tuned_lp.shape:
+                raise ValueError(
+                    "base and tuned models have different vocabularies; KL is undefined"
+                )
+            kl = (base_lp.exp() * (base_lp - tuned_lp)).sum(-1)  # [B, T]
+            for row, (lo, hi) in enumerate(spans):
+                # Position t predicts token t + 1: completion tokens lo..hi-1 come from lo-1..hi-2.
+                total += kl[row, lo - 1 : hi - 1].double().sum().item()
+                count += hi - lo
+        return {"kl_base_tuned": total / max(count, 1), "kl_tokens": count}
+
+
 def kl_on_texts(
     base_model: Any,
     tuned_model: Any,
@@ -96,28 +142,8 @@ def kl_on_texts(
     over the full vocabulary; the result averages KL_t over all completion tokens. Both models
     must share the tokenizer.
     """
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(tuned_model.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(prompts), batch_size):
-        seqs, spans = [], []
-        chunk = slice(start, start + batch_size)
-        for p, c in zip(prompts[chunk], completions[chunk], strict=True):
-            head = tokenizer(render_prompt(tokenizer, p), add_special_tokens=isinstance(p, str))
-            tail = tokenizer(c, add_special_tokens=False)["input_ids"]
-            seqs.append(head["input_ids"] + tail)
-            spans.append((len(head["input_ids"]), len(seqs[-1])))
-        ids, mask = pad_right(seqs, pad_id, device)
-        base_lp = _log_probs(base_model, ids, mask)
-        tuned_lp = _log_probs(tuned_model, ids, mask)
-        if base_lp.shape != tuned_lp.shape:
-            raise ValueError("base and tuned models have different vocabularies; KL is undefined")
-        kl = (base_lp.exp() * (base_lp - tuned_lp)).sum(-1)  # [B, T]
-        for row, (lo, hi) in enumerate(spans):
-            # Position t predicts token t + 1: completion tokens lo..hi-1 come from lo-1..hi-2.
-            total += kl[row, lo - 1 : hi - 1].double().sum().item()
-            count += hi - lo
-    return {"kl_base_tuned": total / max(count, 1), "kl_tokens": count}
+    reference = KLReference(base_model, tokenizer, prompts, completions, batch_size)
+    return reference.kl(tuned_model)
 
 
 def kl_on_base_samples(

@@ -41,8 +41,14 @@ def probe_passed(completion: str, probe: Probe) -> bool:
     )
 
 
-def probe_records(model: Any, tokenizer: Any, items: Sequence[Probe]) -> list[dict[str, Any]]:
-    """Greedy short answers to the probes, scored: ``{"task_id", "completion", "passed"}``."""
+def probe_records(
+    model: Any, tokenizer: Any, items: Sequence[Probe], ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """Greedy short answers to the probes, scored: ``{"task_id", "completion", "passed"}``.
+
+    ``ids`` names the items (default ``probe-<position in items>``), so that a subset of the
+    probes keeps the ids the full set gave them.
+    """
     from infosft.evaluation import SamplingSettings, generate
 
     prompts = [
@@ -54,9 +60,10 @@ def probe_records(model: Any, tokenizer: Any, items: Sequence[Probe]) -> list[di
     ]
     settings = SamplingSettings(max_new_tokens=24, batch_size=len(prompts))
     completions = generate(model, tokenizer, prompts, settings, progress=False)
+    ids = [f"probe-{i}" for i in range(len(items))] if ids is None else list(ids)
     return [
-        {"task_id": f"probe-{i}", "completion": c[0], "passed": probe_passed(c[0], probe)}
-        for i, (probe, c) in enumerate(zip(items, completions, strict=True))
+        {"task_id": item_id, "completion": c[0], "passed": probe_passed(c[0], probe)}
+        for item_id, probe, c in zip(ids, items, completions, strict=True)
     ]
 
 

@@ -1,0 +1,445 @@
+"""The experiment engine: run (or resume) a grid of fine-tunes and measure each against its base.
+
+:func:`run_grid` is what ``infosft demo`` and ``infosft compare`` run. Top to bottom it
+
+1. loads everything the grid names and fingerprints it (the model's identity, the training
+   data's content, the measurement suite, each cell's training settings), and stops if the
+   output directory holds finished cells made with other settings;
+2. loads the base model once and measures it once (``base.json``);
+3. for each cell not finished before: fine-tunes a copy of the base model through
+   :func:`infosft.training.build_trainer` (in memory; with ``keep_checkpoints`` through
+   :func:`infosft.training.train` on disk, resumable mid-cell), measures it
+   (:mod:`infosft.experiments.measure`) and writes ``cells/<cell>.json`` atomically at once;
+4. summarises over seeds, draws each task's fronts with bootstrap intervals and writes
+   ``results.json``, the plots and ``report.md`` / ``report.html``.
+
+Progress is one line per event: each cell's start and result with the time left (estimated
+from the cells finished in this run), and a training-step line at most every
+``STEP_LINE_SECONDS``. Ctrl-C leaves every finished cell in place; the same command resumes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from infosft.evaluation.forgetting import KLReference
+from infosft.experiments import summary as summarize
+from infosft.experiments.grid import Cell, GridSpec
+from infosft.experiments.measure import (
+    Suite,
+    build_suite,
+    files_digest,
+    measure_base,
+    measure_tuned,
+)
+from infosft.files import environment, write_json_atomic
+from infosft.objectives import DEFAULT_P_BAR
+
+# Bump when what a cell file holds, or how it is measured, changes: old cells are not reused.
+RESULTS_FORMAT = 1
+STEP_LINE_SECONDS = 20.0
+CURVE_KEYS = (
+    "step",
+    "epoch",
+    "method",
+    "loss",
+    "nll",
+    "mean_q",
+    "mean_weight",
+    "entropy",
+    "grad_norm",
+)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def model_identity(name: str) -> str:
+    """What identifies a model: for a directory, each file's name, size and modification time
+    and config.json's content (hashing many gigabytes of weights would take minutes); for a
+    hub id, the id."""
+    from infosft.models import resolve_model_path
+
+    path = Path(resolve_model_path(name))
+    if not path.is_dir():
+        return name
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    config = (path / "config.json").read_text(encoding="utf-8")
+    return json.dumps([stats, config])
+
+
+class StepProgress(TrainerCallback):
+    """Prints a cell's training step at most every ``STEP_LINE_SECONDS``."""
+
+    def __init__(self, log: Callable[[str], None], prefix: str):
+        self.log, self.prefix = log, prefix
+        self.start = self.last = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if now - self.last < STEP_LINE_SECONDS or state.global_step >= state.max_steps:
+            return
+        self.last = now
+        rate = (now - self.start) / state.global_step
+        left = rate * (state.max_steps - state.global_step)
+        self.log(
+            f"{self.prefix} step {state.global_step}/{state.max_steps} ({rate:.1f} s/step, "
+            f"{_duration(left)} of training left)"
+        )
+
+
+class Plan:
+    """A grid ready to run: its suite, training data and fingerprints (no model loaded)."""
+
+    def __init__(self, spec: GridSpec):
+        from infosft.training.data import load_data
+
+        self.spec = spec
+        self.suite: Suite = build_suite(spec)
+        self._data = {}
+        self._data_digest = {}
+        for task in spec.tasks:
+            if not task.builtin:
+                self._data[task.name] = load_data(list(task.data), task.data_format)
+                local = [d for d in task.data if Path(d).exists()]
+                remote = [d for d in task.data if not Path(d).exists()]
+                self._data_digest[task.name] = json.dumps(
+                    [files_digest(local), remote, task.data_format]
+                )
+        self.model_id = model_identity(spec.model)
+
+    def data(self, cell: Cell) -> Any:
+        """The training rows of a cell: built-in tasks draw theirs from the cell's seed."""
+        from datasets import Dataset
+
+        task = self.spec.task(cell.task)
+        if not task.builtin:
+            return self._data[task.name]
+        return Dataset.from_list(self._builtin_rows(task, cell.seed))
+
+    def _builtin_rows(self, task: Any, seed: int) -> list[dict[str, Any]]:
+        from infosft.experiments import GENERATED_TASKS
+
+        generated = GENERATED_TASKS[task.name]
+        train, _ = generated.split(task.n_train, task.n_test, seed=seed, test_seed=0)
+        return [generated.sft_example(p) for p in train]
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        return {
+            "format": RESULTS_FORMAT,
+            "model": _hash(self.model_id),
+            "measures": self.suite.digest(),
+        }
+
+    def cell_fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """Per part, so that a mismatch can say what changed."""
+        task = self.spec.task(cell.task)
+        data = (
+            self._data_digest[task.name]
+            if not task.builtin
+            else json.dumps(self._builtin_rows(task, cell.seed))
+        )
+        return {
+            "format": RESULTS_FORMAT,
+            "model": _hash(self.model_id),
+            "training data": _hash(data),
+            "measures": self.suite.digest(cell.task),
+            "training settings": _hash(
+                json.dumps(
+                    [self.spec.training_values(cell), self.spec.keep_checkpoints],
+                    sort_keys=True,
+                    default=str,
+                )
+            ),
+        }
+
+
+def _hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _stale_cells(plan: Plan, cells_dir: Path) -> dict[str, dict[str, Any]]:
+    """The grid's finished cells; ValueError when any was made with other settings."""
+    done, stale = {}, {}
+    for cell in plan.spec.cells():
+        stored = _read_json(cells_dir / f"{cell.name}.json")
+        if stored is None:
+            continue
+        expected = plan.cell_fingerprint(cell)
+        changed = [k for k, v in expected.items() if stored.get("fingerprint", {}).get(k) != v]
+        if changed:
+            stale[cell.name] = changed
+        else:
+            done[cell.name] = stored
+    if stale:
+        what = sorted({part for parts in stale.values() for part in parts})
+        example = next(iter(stale))
+        raise ValueError(
+            f"{cells_dir} holds {len(stale)} finished cell(s) made with another "
+            f"{' and '.join(what)} (e.g. {example}); they would be reported as results of this "
+            f"grid. Use another --output-dir, or delete {cells_dir} to start over"
+        )
+    return done
+
+
+def train_cell(
+    plan: Plan, cell: Cell, base_model: Any, tokenizer: Any, cell_dir: Path, log: Callable
+) -> tuple[Any, float | None, list[dict[str, Any]]]:
+    """Fine-tune one cell; returns the tuned model (eval mode), the training seconds (None when
+    a saved model was reused) and the logged training curve."""
+    from infosft.training import RunSpec
+
+    spec = plan.spec
+    values = {**spec.training_values(cell), "data": plan.data(cell), "data_format": None}
+    if spec.keep_checkpoints:
+        return _train_on_disk(spec, values, cell, cell_dir / "model", log)
+    from transformers import PrinterCallback
+
+    from infosft.training import build_trainer
+
+    run = RunSpec.from_dict({**values, "output_dir": str(cell_dir)}, f"cell {cell.name}")
+    progress = StepProgress(log, f"    {cell.describe()}:")
+    model = copy.deepcopy(base_model).train()
+    trainer = build_trainer(run, model=model, tokenizer=tokenizer, callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    tuned = trainer.model
+    if hasattr(tuned, "merge_and_unload"):
+        tuned = tuned.merge_and_unload()
+    return tuned.eval(), seconds, _curve(trainer.state.log_history)
+
+
+def _train_on_disk(
+    spec: GridSpec, values: dict[str, Any], cell: Cell, model_dir: Path, log: Callable
+) -> tuple[Any, float | None, list[dict[str, Any]]]:
+    from infosft.models import load_model_and_tokenizer
+    from infosft.training import RunSpec, train
+    from infosft.training.outputs import METRICS_FILE, checkpoints, final_model_saved
+
+    seconds = None
+    if final_model_saved(model_dir):
+        log(f"    {cell.describe()}: trained before, measuring the saved model")
+    else:
+        run = RunSpec.from_dict(
+            {**values, "model": spec.model, "output_dir": str(model_dir)}, f"cell {cell.name}"
+        )
+        seconds = train(run, resume=bool(checkpoints(model_dir))).train_seconds
+    model, _ = load_model_and_tokenizer(str(model_dir), **_load_options(spec))
+    metrics = model_dir / METRICS_FILE
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return model.eval(), seconds, _curve(rows)
+
+
+def _curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: row[k] for k in CURVE_KEYS if k in row}
+        for row in log_history
+        if "loss" in row and "train_runtime" not in row
+    ]
+
+
+def _load_options(spec: GridSpec) -> dict[str, Any]:
+    import torch
+
+    options = dict(spec.model_init_kwargs or {"dtype": "float32"})
+    if torch.cuda.is_available():
+        options.setdefault("device", "cuda")
+    return options
+
+
+def run_grid(
+    spec: GridSpec,
+    output_dir: str | Path,
+    *,
+    title: str = "InfoSFT grid",
+    log: Callable[[str], None] = _stderr,
+) -> dict[str, Any]:
+    """Run or resume ``spec`` into ``output_dir``; returns the results written to results.json."""
+    from infosft.experiments.report import write_grid_report
+    from infosft.models import load_model_and_tokenizer
+
+    start = time.perf_counter()
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output-dir {output_dir} is a file; name a directory")
+    plan = Plan(spec)
+    cells_dir = output_dir / "cells"
+    done = _stale_cells(plan, cells_dir)
+    cells = spec.cells()
+    log(
+        f"{title}: {len(cells)} cells ({len(spec.tasks)} task(s) x {len(spec.variants)} "
+        f"method(s) x {len(spec.learning_rates)} learning rate(s) x {len(spec.epochs)} length(s) "
+        f"x {len(spec.seeds)} seed(s)), {len(done)} finished before; results in {output_dir}"
+    )
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    log(f"loading {spec.model}")
+    base_model, tokenizer = load_model_and_tokenizer(spec.model, **_load_options(spec))
+    base_model.eval()
+
+    base_path = output_dir / "base.json"
+    base = _read_json(base_path)
+    if base is None or base.get("fingerprint") != plan.base_fingerprint():
+        log("measuring the base model (once for every cell)")
+        measured = time.perf_counter()
+        # First: it also prepares each task's training rows, so bad data or a max_length that
+        # leaves no target fails before the longer measurements.
+        q_under_base = _q_under_base(plan, base_model, tokenizer)
+        base = {
+            "fingerprint": plan.base_fingerprint(),
+            **measure_base(base_model, tokenizer, plan.suite),
+            "q_under_base": q_under_base,
+        }
+        base["measure_seconds"] = time.perf_counter() - measured
+        write_json_atomic(base_path, base)
+    log(
+        "base: "
+        + ", ".join(f"{t} accuracy {v['accuracy']:.3f}" for t, v in base["new_tasks"].items())
+        + f"; retention items (prior items the base gets right): {base['retention_items']}"
+    )
+
+    kl_reference = KLReference(
+        base_model, tokenizer, plan.suite.general_prompts, base["general_samples"]
+    )
+    records, run_seconds = [], []
+    try:
+        for index, cell in enumerate(cells, start=1):
+            head = f"[{index}/{len(cells)}] {cell.describe()}"
+            if cell.name in done:
+                records.append(done[cell.name])
+                continue
+            log(f"{head}: training")
+            began = time.perf_counter()
+            model, seconds, curve = train_cell(
+                plan, cell, base_model, tokenizer, output_dir / "runs" / cell.name, log
+            )
+            trained = time.perf_counter()
+            measured = measure_tuned(model, tokenizer, plan.suite, cell.task, base, kl_reference)
+            del model
+            record = _cell_record(spec, cell, measured, seconds, curve)
+            record["measure_seconds"] = time.perf_counter() - trained
+            record["fingerprint"] = plan.cell_fingerprint(cell)
+            write_json_atomic(cells_dir / f"{cell.name}.json", record)
+            records.append(record)
+            run_seconds.append(time.perf_counter() - began)
+            left = sum(1 for c in cells[index:] if c.name not in done)
+            per_cell = sum(run_seconds) / len(run_seconds)
+            eta = f"; {left} cell(s) left, about {_duration(left * per_cell)}"
+            log(
+                f"{head}: accuracy {_fmt(record['accuracy'])}, retention "
+                f"{_fmt(record['retention'])}, KL {_fmt(record['kl_base_tuned'], 4)} "
+                f"({_duration(trained - began)} training, {_duration(record['measure_seconds'])} "
+                f"measuring){eta if left else ''}"
+            )
+    except KeyboardInterrupt:
+        log(
+            f"interrupted: {len(records)} of {len(cells)} cells are saved in {cells_dir}; run the "
+            "same command again to finish the others"
+        )
+        raise
+
+    results = {
+        "format": RESULTS_FORMAT,
+        "title": title,
+        "spec": spec.to_dict(),
+        "environment": environment(),
+        "base": {k: v for k, v in base.items() if k != "fingerprint"},
+        "cells": [{k: v for k, v in r.items() if k != "fingerprint"} for r in records],
+    }
+    results["summary"] = summarize.setting_rows(results["cells"])
+    results["fronts"] = summarize.task_fronts(results["cells"], base["probe_correct"], spec)
+    results["timing"] = {
+        "total_seconds": time.perf_counter() - start,
+        "cells_run": len(run_seconds),
+        "cells_reused": len(records) - len(run_seconds),
+    }
+    write_grid_report(results, output_dir)
+    write_json_atomic(output_dir / "results.json", results)
+    log(f"done in {_duration(results['timing']['total_seconds'])}: {output_dir / 'report.md'}")
+    return results
+
+
+def _cell_record(
+    spec: GridSpec, cell: Cell, measured: dict[str, Any], seconds: float | None, curve: list
+) -> dict[str, Any]:
+    variant = spec.variant(cell.variant)
+    training = spec.training_values(cell)
+    return {
+        "task": cell.task,
+        "curve": variant.name,
+        "method": variant.method,
+        "learning_rate": cell.learning_rate,
+        "epochs": cell.epochs,
+        "max_steps": training.get("max_steps"),
+        "seed": cell.seed,
+        "p_bar": training.get("p_bar", DEFAULT_P_BAR),
+        "method_args": variant.method_args,
+        "kl_to_base": variant.kl_to_base,
+        "loss_schedule": variant.loss_schedule,
+        "lora": spec.lora,
+        "train_seconds": seconds,
+        **measured,
+        "curve_log": curve,
+    }
+
+
+def _q_under_base(plan: Plan, model: Any, tokenizer: Any, rows: int = 32) -> dict[str, Any]:
+    """Per task, q of the first training rows' target tokens under the base model, as the
+    trainer prepares them: where the task sits between weak and strong prior."""
+    from infosft.experiments.diagnostics import q_summary
+    from infosft.experiments.q_profile import prepare_examples, score_prepared, target_log_probs
+    from infosft.training import RunSpec
+
+    summary = {}
+    for task in plan.spec.tasks:
+        cell = Cell(task.name, plan.spec.variants[0].name, 1e-5, None, plan.spec.seeds[0])
+        values = {
+            k: v
+            for k, v in plan.spec.training_values(cell).items()
+            if k not in ("method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
+        }
+        spec = RunSpec.from_dict(
+            {**values, "method": "nll", "data": plan.data(cell), "output_dir": "unused"}
+        )
+        prepared = prepare_examples(spec, copy.deepcopy(model), tokenizer, limit=rows)
+        log_q = target_log_probs(score_prepared(model, prepared))
+        summary[task.name] = q_summary(log_q, DEFAULT_P_BAR)
+    return summary
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )

@@ -1,0 +1,629 @@
+"""The grid spec: one YAML describes an experiment, checked whole before anything runs.
+
+``infosft compare --config GRID.yaml`` runs a grid spec; ``infosft demo`` runs one shipped with
+the package (``infosft demo --print-spec`` shows it). Paths are relative to the YAML's directory::
+
+    model: smollm2-135m-instruct        # name, checkpoint directory or hub id
+    model_init_kwargs: null             # how to load it, e.g. {dtype: bfloat16}; float32 default
+    tasks:                              # the new tasks; every cell trains on one of them
+      - arith_chain                     # a built-in generated task (arith_chain, word_problems)
+      - {name: word_problems, n_train: 96, n_test: 100, about: "strong prior"}
+      - name: my_task                   # your own: training data and its evaluation
+        data: train.jsonl               # one file or a list, in a TRL format (as infosft train)
+        data_format: null               # optional formatter for raw public datasets
+        eval: my_eval.yaml              # one or a list: task YAML, registered task, lm_eval:NAME
+    prior_tasks: [probes]               # retention items: the built-in probes, task YAMLs,
+                                        # registered tasks, lm_eval:NAME (lm-evaluation-harness)
+    lm_eval: {include_path: null, num_fewshot: null, apply_chat_template: false, batch_size: 8}
+    general_prompts: null               # file: KL(base || tuned) on base samples (built-in default)
+    heldout_text: null                  # file: general-text NLL (built-in default)
+    grid:
+      methods:                          # a scheme name, or a variant with its own settings
+        - nll
+        - infosft
+        - {name: infosft-p0.8, method: infosft, p_bar: 0.8}
+        - {name: sft-then-infosft, method: infosft,
+           loss_schedule: [{method: nll, until_epoch: 0.25}, {method: infosft}]}
+        - {name: asft, method: dft, kl_to_base: 0.1}
+      learning_rates: [3.0e-5, 1.0e-4, 3.0e-4]
+      epochs: [1]                       # or leave out and set training.max_steps
+      seeds: [0]
+    training: {per_device_train_batch_size: 8, max_length: 256}   # other InfoSFTConfig fields
+    lora: null                          # or {rank: 16, alpha: 32, dropout: 0.05}
+    eval_limit: null                    # measure only the first N items of each task
+    eval_batch_size: null               # prompts per generate call (default: each task's own)
+    keep_checkpoints: false             # true: train each cell on disk, resumable mid-cell
+
+A cell is (task, method variant, learning rate, epochs, seed). :func:`read_grid` parses and
+checks the whole file (keys, types, every variant's scheme settings, training options, LoRA,
+tasks, data files) and raises one ValueError naming the file (and line, for YAML syntax) before
+any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from infosft.files import read_yaml
+from infosft.models import DEFAULT_MODEL
+
+PROBES = "probes"
+LM_EVAL_PREFIX = "lm_eval:"
+TOP_KEYS = (
+    "model",
+    "model_init_kwargs",
+    "tasks",
+    "prior_tasks",
+    "lm_eval",
+    "general_prompts",
+    "heldout_text",
+    "grid",
+    "training",
+    "lora",
+    "eval_limit",
+    "eval_batch_size",
+    "keep_checkpoints",
+)
+GRID_KEYS = ("methods", "learning_rates", "epochs", "seeds")
+BUILTIN_TASK_KEYS = ("name", "n_train", "n_test", "about")
+DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about")
+VARIANT_KEYS = ("name", "method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
+LM_EVAL_KEYS = ("include_path", "num_fewshot", "apply_chat_template", "batch_size")
+DEFAULT_N_TRAIN = 128
+DEFAULT_N_TEST = 100
+# Training options a cell sets itself, and where in the grid each one belongs instead.
+CELL_OPTIONS = {
+    "learning_rate": "grid.learning_rates",
+    "num_train_epochs": "grid.epochs",
+    "seed": "grid.seeds",
+    "method": "grid.methods",
+    "p_bar": "a method entry: {name: ..., method: infosft, p_bar: 0.9}",
+    "method_args": "a method entry: {name: ..., method: eaft, method_args: {...}}",
+    "kl_to_base": "a method entry: {name: ..., method: nll, kl_to_base: 0.1}",
+    "loss_schedule": "a method entry: {name: ..., loss_schedule: [...]}",
+    "output_dir": "the --output-dir of the command",
+    "resume_from_checkpoint": "the grid itself (a rerun resumes)",
+    "model": "the top-level model key",
+    "data": "a task's data key",
+}
+# Options of every cell's training run unless the grid's training block sets them. In memory
+# the engine prints its own progress and keeps every step's log; on disk the Trainer prints.
+TRAINING_DEFAULTS = {"report_to": "none"}
+IN_MEMORY_DEFAULTS = {"logging_steps": 1, "disable_tqdm": True, "save_strategy": "no"}
+ON_DISK_DEFAULTS = {"logging_steps": 10}
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+SPECS_DIR = Path(__file__).parent / "specs"
+
+
+def demo_spec_path(full: bool = False) -> Path:
+    """The grid spec ``infosft demo`` runs (``--full``: the complete protocol)."""
+    return SPECS_DIR / ("demo_full.yaml" if full else "demo.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A method entry: a named curve of the fronts, with its scheme settings.
+
+    ``method`` is the scheme recorded for the cell; with a ``loss_schedule`` the schedule
+    decides the weighting at each step (its last entry by default for ``method``).
+    """
+
+    name: str
+    method: str
+    p_bar: float | None = None
+    method_args: dict[str, Any] | None = None
+    kl_to_base: float = 0.0
+    loss_schedule: list[dict[str, Any]] | None = None
+
+    def training_values(self) -> dict[str, Any]:
+        """The InfoSFTConfig fields of this variant (p_bar left at its default when unset)."""
+        values: dict[str, Any] = {"method": self.method, "kl_to_base": self.kl_to_base}
+        for key in ("p_bar", "method_args", "loss_schedule"):
+            if getattr(self, key) is not None:
+                values[key] = getattr(self, key)
+        return values
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A new task of the grid: a built-in generated task (``data`` None) or your own data with
+    one or more evaluation tasks."""
+
+    name: str
+    data: tuple[str, ...] | None = None
+    data_format: str | None = None
+    evals: tuple[str, ...] = ()
+    n_train: int = DEFAULT_N_TRAIN
+    n_test: int = DEFAULT_N_TEST
+    about: str = ""
+
+    @property
+    def builtin(self) -> bool:
+        return self.data is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One fine-tune of the grid; ``epochs`` is None when ``training.max_steps`` sets the length."""
+
+    task: str
+    variant: str
+    learning_rate: float
+    epochs: float | None
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """File-name-safe identifier, e.g. ``arith_chain-infosft-lr0.0001-ep1-seed0``."""
+        length = "" if self.epochs is None else f"-ep{self.epochs:g}"
+        return f"{self.task}-{self.variant}-lr{self.learning_rate:g}{length}-seed{self.seed}"
+
+    def describe(self) -> str:
+        """Short human-readable form for progress lines."""
+        length = "" if self.epochs is None else f" {self.epochs:g} ep"
+        return f"{self.task} {self.variant} lr={self.learning_rate:g}{length} seed {self.seed}"
+
+
+@dataclasses.dataclass
+class GridSpec:
+    """A parsed and checked grid YAML (format in this module's docstring)."""
+
+    source: str
+    model: str
+    tasks: list[TaskSpec]
+    variants: list[Variant]
+    learning_rates: list[float]
+    epochs: list[float | None]
+    seeds: list[int]
+    prior_tasks: list[str] = dataclasses.field(default_factory=lambda: [PROBES])
+    model_init_kwargs: dict[str, Any] | None = None
+    lm_eval: dict[str, Any] = dataclasses.field(default_factory=dict)
+    general_prompts: str | None = None
+    heldout_text: str | None = None
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lora: dict[str, Any] | None = None
+    eval_limit: int | None = None
+    eval_batch_size: int | None = None
+    keep_checkpoints: bool = False
+
+    def cells(self) -> list[Cell]:
+        """Every cell: seeds outermost (a finished seed has whole fronts), then tasks, methods,
+        learning rates and epochs."""
+        return [
+            Cell(task.name, variant.name, lr, epochs, seed)
+            for seed in self.seeds
+            for task in self.tasks
+            for variant in self.variants
+            for lr in self.learning_rates
+            for epochs in self.epochs
+        ]
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+    def training_values(self, cell: Cell) -> dict[str, Any]:
+        """The run-spec mapping of a cell but for ``data`` and ``output_dir``."""
+        mode = ON_DISK_DEFAULTS if self.keep_checkpoints else IN_MEMORY_DEFAULTS
+        values = {**TRAINING_DEFAULTS, **mode, **self.training}
+        values.update(self.variant(cell.variant).training_values())
+        values.update(learning_rate=cell.learning_rate, seed=cell.seed, lora=self.lora)
+        if cell.epochs is not None:
+            values["num_train_epochs"] = cell.epochs
+        if self.model_init_kwargs is not None:
+            values["model_init_kwargs"] = self.model_init_kwargs
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain values (for results.json and the report)."""
+        return dataclasses.asdict(self)
+
+
+def read_grid(path: str | Path) -> GridSpec:
+    """Parse and check a grid YAML; every problem is a ValueError (or FileNotFoundError) whose
+    message names the file, raised before any model is loaded or trained."""
+    path = Path(path)
+    values = read_yaml(path)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of keys to values, got {values!r}")
+    try:
+        return parse_grid(values, path.parent, str(path))
+    except (ValueError, OSError) as err:
+        message = str(err)
+        if message.startswith(str(path)):
+            raise
+        raise type(err)(f"{path}: {message}") from None
+
+
+def parse_grid(values: dict[str, Any], base_dir: Path, source: str = "<grid>") -> GridSpec:
+    """The :class:`GridSpec` of a grid mapping whose relative paths are relative to
+    ``base_dir``; ValueError (without the file name) for the first problem."""
+    if "p_bar" in values or "method" in values:
+        raise ValueError("p_bar and method belong to a method entry of grid.methods")
+    _check_keys(values, TOP_KEYS, "the grid")
+    for key in ("tasks", "grid"):
+        if key not in values:
+            raise ValueError(f"missing required key {key!r}")
+    grid = values["grid"]
+    if not isinstance(grid, dict):
+        raise ValueError(f"grid must be a mapping with keys {', '.join(GRID_KEYS)}, got {grid!r}")
+    _check_keys(grid, GRID_KEYS, "grid")
+    if "methods" not in grid or "learning_rates" not in grid:
+        raise ValueError("grid needs methods and learning_rates")
+    training = values.get("training") or {}
+    if not isinstance(training, dict):
+        raise ValueError(f"training must be a mapping of InfoSFTConfig fields, got {training!r}")
+    for key in training:
+        if key in CELL_OPTIONS:
+            raise ValueError(f"training.{key} is set per cell; set it in {CELL_OPTIONS[key]}")
+    if "max_steps" in training and training["max_steps"] not in (None, -1):
+        if "epochs" in grid:
+            raise ValueError(
+                "training.max_steps and grid.epochs both set how long each cell trains; keep one "
+                "(max_steps would silently override the epochs)"
+            )
+        epochs: list[float | None] = [None]
+    else:
+        epochs = [
+            _positive_number(e, "grid.epochs") for e in _list(grid.get("epochs", [1]), "epochs")
+        ]
+    spec = GridSpec(
+        source=source,
+        model=_resolve_model(values.get("model", DEFAULT_MODEL), base_dir),
+        tasks=_tasks(values["tasks"], base_dir),
+        variants=_variants(grid["methods"]),
+        learning_rates=[
+            _positive_number(lr, "grid.learning_rates")
+            for lr in _list(grid["learning_rates"], "learning_rates")
+        ],
+        epochs=epochs,
+        seeds=[_seed(s) for s in _list(grid.get("seeds", [0]), "seeds")],
+        prior_tasks=[
+            _resolve_task(t, base_dir, "prior_tasks", allow_probes=True)
+            for t in _list(values.get("prior_tasks", [PROBES]), "prior_tasks", top=True)
+        ],
+        model_init_kwargs=_mapping_or_none(values.get("model_init_kwargs"), "model_init_kwargs"),
+        lm_eval=_lm_eval_options(values.get("lm_eval"), base_dir),
+        general_prompts=_resolve_file(values.get("general_prompts"), base_dir, "general_prompts"),
+        heldout_text=_resolve_file(values.get("heldout_text"), base_dir, "heldout_text"),
+        training=dict(training),
+        lora=values.get("lora"),
+        eval_limit=_optional_count(values.get("eval_limit"), "eval_limit", "items"),
+        eval_batch_size=_optional_count(
+            values.get("eval_batch_size"), "eval_batch_size", "prompts"
+        ),
+        keep_checkpoints=_boolean(values.get("keep_checkpoints", False), "keep_checkpoints"),
+    )
+    for name, kind in (("learning_rates", "learning rate"), ("seeds", "seed")):
+        items = getattr(spec, name)
+        if len(set(items)) != len(items):
+            raise ValueError(f"grid.{name} lists a {kind} twice: {items}")
+    check_run_options(spec)
+    return spec
+
+
+def check_run_options(spec: GridSpec) -> None:
+    """Build the run spec of one cell per method variant (and the training options alone), so
+    that a bad p_bar, method_args, kl_to_base, loss schedule, training key or type, or LoRA key
+    fails now, naming where it is, not when its cell is reached."""
+    from datasets import Dataset
+
+    from infosft.training import RunSpec
+    from infosft.training.config import parse_loss_schedule
+
+    placeholder = Dataset.from_list([{"text": "x"}])
+    first = Cell(
+        spec.tasks[0].name, spec.variants[0].name, spec.learning_rates[0], spec.epochs[0], 0
+    )
+    plain = {
+        k: v
+        for k, v in spec.training_values(first).items()
+        if k not in ("method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
+    }
+    _run_spec(RunSpec, {**plain, "method": "nll"}, placeholder, "training")
+    for index, variant in enumerate(spec.variants):
+        where = f"grid.methods[{index}] ({variant.name})"
+        cell = dataclasses.replace(first, variant=variant.name)
+        run = _run_spec(RunSpec, spec.training_values(cell), placeholder, where)
+        # A switch at or after the end of a run never happens: the cell would be labelled with
+        # a schedule it did not train with.
+        entries = parse_loss_schedule(run.args.loss_schedule, run.args.p_bar) or []
+        switches = [e.until_epoch for e in entries if e.until_epoch is not None]
+        shortest = min((e for e in spec.epochs if e is not None), default=None)
+        if switches and shortest is not None and max(switches) >= shortest:
+            raise ValueError(
+                f"{where}: the loss_schedule switches at epoch {max(switches):g}, but cells train "
+                f"{shortest:g} epoch(s); give a fraction of the run (e.g. until_epoch: "
+                f"{shortest / 4:g})"
+            )
+
+
+def _run_spec(run_spec: Any, values: dict[str, Any], data: Any, where: str) -> Any:
+    try:
+        return run_spec.from_dict({**values, "data": data, "output_dir": "unused"})
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def _check_keys(values: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = [key for key in values if key not in allowed]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), allowed, n=2, cutoff=0.6)
+        hints.append(f"{key!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    raise ValueError(
+        f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(hints)}; "
+        f"allowed: {', '.join(allowed)}"
+    )
+
+
+def _list(value: Any, key: str, top: bool = False) -> list[Any]:
+    where = key if top else f"grid.{key}"
+    values = value if isinstance(value, list) else [value]
+    if not values or value is None:
+        raise ValueError(f"{where} must list at least one value")
+    return values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _positive_number(value: Any, where: str) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where} must hold positive finite numbers, got {value!r}")
+    return float(value)
+
+
+def _seed(value: Any) -> int:
+    if not _is_number(value) or value != int(value) or value < 0:
+        raise ValueError(f"grid.seeds must hold whole numbers >= 0, got {value!r}")
+    return int(value)
+
+
+def _boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{key} must be true or false, got {value!r} (YAML 1.2 reads yes/no/on/off as text)"
+        )
+    return value
+
+
+def _optional_count(value: Any, key: str, unit: str) -> int | None:
+    if value is None:
+        return None
+    if not _is_number(value) or value != int(value) or value < 1:
+        raise ValueError(
+            f"{key} must be a positive number of {unit} (or null for all), got {value!r}"
+        )
+    return int(value)
+
+
+def _count(value: Any, where: str, unit: str) -> int:
+    if not _is_number(value) or value != int(value) or value < 1:
+        raise ValueError(f"{where} must be a positive number of {unit}, got {value!r}")
+    return int(value)
+
+
+def _mapping_or_none(value: Any, key: str) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{key} must be a mapping or null, got {value!r}")
+    return value
+
+
+def _safe_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _SAFE_NAME.match(value):
+        raise ValueError(
+            f"{where} must be a name of letters, digits and . _ + - (it names files), got {value!r}"
+        )
+    return value
+
+
+def _variants(methods: Any) -> list[Variant]:
+    variants = []
+    for index, entry in enumerate(_list(methods, "methods")):
+        where = f"grid.methods[{index}]"
+        if isinstance(entry, str):
+            variants.append(Variant(name=_safe_name(entry, where), method=entry))
+            continue
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a scheme name or a mapping, got {entry!r}")
+        _check_keys(entry, VARIANT_KEYS, where)
+        schedule = entry.get("loss_schedule")
+        method = entry.get("method")
+        if method is None and isinstance(schedule, list) and schedule:
+            last = schedule[-1]
+            method = last.get("method") if isinstance(last, dict) else None
+        if not isinstance(method, str):
+            raise ValueError(f"{where} needs a method (a scheme name), got {method!r}")
+        extra = set(entry) - {"name", "method"}
+        if "name" not in entry and extra:
+            raise ValueError(f"{where} sets {', '.join(sorted(extra))}: give it a name of its own")
+        kl = entry.get("kl_to_base", 0.0)
+        if not _is_number(kl) or not math.isfinite(kl) or kl < 0:
+            raise ValueError(f"{where}.kl_to_base must be a finite number >= 0, got {kl!r}")
+        variants.append(
+            Variant(
+                name=_safe_name(entry.get("name", method), f"{where}.name"),
+                method=method,
+                p_bar=entry.get("p_bar"),
+                method_args=entry.get("method_args"),
+                kl_to_base=float(kl),
+                loss_schedule=schedule,
+            )
+        )
+    names = [v.name for v in variants]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(
+            f"grid.methods names {', '.join(duplicates)} twice; give each entry a name"
+        )
+    return variants
+
+
+def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
+    from infosft.experiments import GENERATED_TASKS
+
+    tasks = []
+    for index, entry in enumerate(_list(value, "tasks", top=True)):
+        where = f"tasks[{index}]"
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a built-in task name or a mapping, got {entry!r}")
+        name = _safe_name(entry.get("name"), f"{where}.name")
+        about = entry.get("about", "")
+        if not isinstance(about, str):
+            raise ValueError(f"{where}.about must be text, got {about!r}")
+        if "data" not in entry:
+            if name not in GENERATED_TASKS:
+                raise ValueError(
+                    f"{where}: {name!r} is not a built-in task ({', '.join(GENERATED_TASKS)}); "
+                    "for your own task give data: and eval:"
+                )
+            _check_keys(entry, BUILTIN_TASK_KEYS, f"{where} (built-in {name})")
+            tasks.append(
+                TaskSpec(
+                    name=name,
+                    n_train=_count(
+                        entry.get("n_train", DEFAULT_N_TRAIN), f"{where}.n_train", "rows"
+                    ),
+                    n_test=_count(
+                        entry.get("n_test", DEFAULT_N_TEST), f"{where}.n_test", "problems"
+                    ),
+                    about=about,
+                )
+            )
+            continue
+        _check_keys(entry, DATA_TASK_KEYS, where)
+        if "eval" not in entry:
+            raise ValueError(f"{where} ({name}) needs eval: the task(s) that measure it")
+        data = [
+            _resolve_data(d, base_dir, f"{where}.data")
+            for d in _list(entry["data"], f"{where}.data", top=True)
+        ]
+        data_format = entry.get("data_format")
+        if data_format is not None and not isinstance(data_format, str):
+            raise ValueError(f"{where}.data_format must be a formatter name, got {data_format!r}")
+        evals = [
+            _resolve_task(e, base_dir, f"{where}.eval", allow_probes=False)
+            for e in _list(entry["eval"], f"{where}.eval", top=True)
+        ]
+        tasks.append(
+            TaskSpec(name, tuple(data), data_format, tuple(dict.fromkeys(evals)), about=about)
+        )
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"tasks names one task twice: {names}")
+    return tasks
+
+
+def _resolve_model(value: Any, base_dir: Path) -> str:
+    """A model directory relative to the YAML, else the default name or a hub id."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"model must be one name, checkpoint directory or hub id (a string), got {value!r}"
+        )
+    candidate = base_dir / Path(value).expanduser()
+    if candidate.exists():
+        return str(candidate)
+    if value.strip().lower() == DEFAULT_MODEL or (
+        re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", value) and not value.startswith(".")
+    ):
+        return value
+    raise FileNotFoundError(f"model directory {candidate} does not exist")
+
+
+def _resolve_file(value: Any, base_dir: Path, key: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a file path, got {value!r}")
+    path = base_dir / Path(value).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{key}: {path} is a directory; name a file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{key} file {path} does not exist")
+    return str(path)
+
+
+def _resolve_data(value: Any, base_dir: Path, where: str) -> str:
+    """A data file relative to the YAML, or a hub dataset name ``org/name[...]``."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where} must be a file or a hub dataset name, got {value!r}")
+    path = base_dir / Path(value).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{where}: {path} is a directory; name the data files in it")
+    if path.exists() or Path(value).suffix.lower() in (".jsonl", ".json", ".parquet"):
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: data file {path} does not exist")
+        return str(path)
+    return value
+
+
+def _resolve_task(value: Any, base_dir: Path, where: str, allow_probes: bool) -> str:
+    """``probes``, ``lm_eval:NAME``, a registered task name, or a task YAML relative to the
+    grid YAML; unknown names are errors now."""
+    from infosft.evaluation import available_tasks
+
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where} entries must be task names or files, got {value!r}")
+    if value == PROBES and allow_probes:
+        return value
+    if value.startswith(LM_EVAL_PREFIX):
+        from infosft.evaluation.lm_eval_tasks import lm_eval_task_name, require_lm_eval
+
+        lm_eval_task_name(value)
+        require_lm_eval()
+        return value
+    if Path(value).suffix in (".yaml", ".yml"):
+        path = base_dir / Path(value).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: task file {path} does not exist")
+        return str(path)
+    if value in available_tasks():
+        return value
+    known = [PROBES] if allow_probes else []
+    raise ValueError(
+        f"{where}: unknown task {value!r}; give a task YAML file, lm_eval:NAME or one of "
+        f"{', '.join(known + available_tasks())}"
+    )
+
+
+def _lm_eval_options(value: Any, base_dir: Path) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"lm_eval must be a mapping of {', '.join(LM_EVAL_KEYS)}, got {value!r}")
+    _check_keys(value, LM_EVAL_KEYS, "lm_eval")
+    options = dict(value)
+    include = options.get("include_path")
+    if include is not None:
+        paths = include if isinstance(include, list) else [include]
+        resolved = []
+        for p in paths:
+            if not isinstance(p, str):
+                raise ValueError(f"lm_eval.include_path must be directories, got {p!r}")
+            path = base_dir / Path(p).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"lm_eval.include_path {path} does not exist")
+            resolved.append(str(path))
+        options["include_path"] = resolved
+    for key in ("num_fewshot", "batch_size"):
+        if options.get(key) is not None:
+            low = 0 if key == "num_fewshot" else 1
+            v = options[key]
+            if not _is_number(v) or v != int(v) or v < low:
+                raise ValueError(f"lm_eval.{key} must be a whole number >= {low}, got {v!r}")
+    if "apply_chat_template" in options:
+        _boolean(options["apply_chat_template"], "lm_eval.apply_chat_template")
+    return options

@@ -1,0 +1,340 @@
+"""Measuring a tuned model against its base, the same way for every cell of a grid.
+
+For one model the suite measures
+
+- **new-task accuracy**: the share of the task's held-out items whose first completion is
+  correct (greedy tasks: acc@1), pooled over the task's evaluation sources;
+- **retention**: of the prior-capability items the *base* model answers correctly (pooled over
+  the prior tasks: built-in probes, task YAMLs, lm-eval tasks), the share the tuned model still
+  answers correctly; a tuned model is asked only those items (the others cannot count);
+- **KL(base || tuned)**: mean per-token KL over the vocabulary on the base model's own samples
+  for general prompts (0 = unchanged where the base puts its mass);
+- **general-text NLL**: nats per token of plain text, and its change from the base.
+
+Items are keyed ``"<source>/<item id>"`` so that several sources pool into one dict of
+``{key: correct}``: ``task_correct`` and ``probe_correct``, the records
+:mod:`infosft.experiments.fronts` builds its fronts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from infosft.experiments import probes
+from infosft.experiments.grid import LM_EVAL_PREFIX, PROBES, GridSpec
+
+GENERAL_SAMPLE_TOKENS = 48
+EXAMPLES_KEPT = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Scored items from one place: the built-in probes, one of our tasks, or an lm-eval task."""
+
+    name: str
+    task: Any = None  # infosft.evaluation.Task
+    lm_eval: str | None = None
+
+
+@dataclasses.dataclass
+class Suite:
+    """Everything every model of a grid is measured on."""
+
+    new_tasks: dict[str, list[Source]]
+    priors: list[Source]
+    general_prompts: list[list[dict[str, str]]]
+    heldout_text: list[str]
+    limit: int | None = None
+    batch_size: int | None = None
+    lm_eval_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def digest(self, task: str | None = None) -> str:
+        """Hash of what decides the measurements of cells of ``task`` (all tasks: None)."""
+        tasks = self.new_tasks if task is None else {task: self.new_tasks[task]}
+        content = {
+            "new_tasks": {
+                t: [_source_content(s, self.limit) for s in ss] for t, ss in tasks.items()
+            },
+            "priors": [_source_content(s, self.limit) for s in self.priors],
+            "general_prompts": self.general_prompts,
+            "heldout_text": self.heldout_text,
+            "lm_eval": self.lm_eval_options,
+            "general_sample_tokens": GENERAL_SAMPLE_TOKENS,
+        }
+        return _sha(content)
+
+
+def build_suite(spec: GridSpec) -> Suite:
+    """Load every task the grid names (a bad task YAML or unknown lm-eval task fails here,
+    before any model is loaded)."""
+    from infosft.evaluation import load_task
+    from infosft.evaluation.forgetting import read_texts
+    from infosft.experiments import GENERATED_TASKS
+
+    def source(entry: str) -> Source:
+        if entry == PROBES:
+            return Source(PROBES)
+        if entry.startswith(LM_EVAL_PREFIX):
+            from infosft.evaluation.lm_eval_tasks import lm_eval_task_name
+
+            return Source(entry, lm_eval=lm_eval_task_name(entry))
+        task = load_task(entry)
+        return Source(task.name, task=task)
+
+    new_tasks = {}
+    for task in spec.tasks:
+        if task.builtin:
+            generated = GENERATED_TASKS[task.name]
+            evaluation = generated.evaluation_task(generated.held_out(task.n_test))
+            new_tasks[task.name] = [Source(task.name, task=evaluation)]
+        else:
+            new_tasks[task.name] = [source(e) for e in task.evals]
+    priors = [source(e) for e in spec.prior_tasks]
+    for sources in [priors, *new_tasks.values()]:
+        names = [s.name for s in sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two evaluation tasks share a name in {names}; rename one")
+    lm_eval_names = [
+        s.lm_eval for s in [*priors, *(s for ss in new_tasks.values() for s in ss)] if s.lm_eval
+    ]
+    if lm_eval_names:
+        from infosft.evaluation.lm_eval_tasks import _include_paths, _task_manager
+
+        include = _include_paths(spec.lm_eval.get("include_path"))
+        _task_manager(tuple(dict.fromkeys(lm_eval_names)), include)
+    prompts = read_texts(spec.general_prompts) if spec.general_prompts else probes.GENERAL_PROMPTS
+    texts = read_texts(spec.heldout_text) if spec.heldout_text else probes.GENERAL_TEXT
+    if not prompts or not texts:
+        raise ValueError("general_prompts and heldout_text files must hold at least one line")
+    return Suite(
+        new_tasks=new_tasks,
+        priors=priors,
+        general_prompts=[[{"role": "user", "content": p}] for p in prompts],
+        heldout_text=list(texts),
+        limit=spec.eval_limit,
+        batch_size=spec.eval_batch_size,
+        lm_eval_options=dict(spec.lm_eval),
+    )
+
+
+def score(
+    model: Any, tokenizer: Any, source: Source, suite: Suite, only: set[str] | None = None
+) -> tuple[dict[str, bool], list[str], dict[str, Any] | None]:
+    """One model on one source: ``{key: first completion correct}``, the first completions
+    (for the report) and, for lm-eval, its scores. ``only`` restricts our own sources to
+    those keys (lm-eval tasks are always run whole)."""
+    from infosft.evaluation import evaluate
+
+    prefix = f"{source.name}/"
+    if source.lm_eval is not None:
+        from infosft.evaluation.lm_eval_tasks import run_lm_eval
+
+        options = suite.lm_eval_options
+        result = run_lm_eval(
+            model,
+            tokenizer,
+            [source.lm_eval],
+            limit=suite.limit,
+            include_path=options.get("include_path"),
+            num_fewshot=options.get("num_fewshot"),
+            apply_chat_template=options.get("apply_chat_template", False),
+            batch_size=options.get("batch_size") or 8,
+            seed=0,
+        )
+        records = result["records"].get(source.lm_eval)
+        if records is None:
+            raise ValueError(
+                f"lm-eval task {source.lm_eval} has no metric scored 0/1 per item; retention and "
+                "accuracy need one (acc, exact_match, ...)"
+            )
+        correct = {prefix + r["task_id"]: bool(r["passed"]) for r in records}
+        return correct, [], result["scores"].get(source.lm_eval)
+    if source.task is None:
+        items = list(enumerate(probes.PROBES))[: suite.limit]
+        keyed = [
+            (f"probe-{i}", p) for i, p in items if only is None or prefix + f"probe-{i}" in only
+        ]
+        records = (
+            probes.probe_records(model, tokenizer, [p for _, p in keyed], [k for k, _ in keyed])
+            if keyed
+            else []
+        )
+    else:
+        task = source.task
+        items = task.items[: suite.limit]
+        if only is not None:
+            items = [item for item in items if prefix + str(item["id"]) in only]
+        settings = task.generation
+        if suite.batch_size is not None:
+            settings = dataclasses.replace(settings, batch_size=suite.batch_size)
+        task = dataclasses.replace(task, items=items)
+        records = (
+            evaluate(model, tokenizer, task, settings, progress=False)["samples"] if items else []
+        )
+    correct: dict[str, bool] = {}
+    for record in records:
+        correct.setdefault(prefix + str(record["task_id"]), bool(record["passed"]))
+    examples = [r["completion"] for r in records[:EXAMPLES_KEPT]]
+    return correct, examples, None
+
+
+def measure_base(model: Any, tokenizer: Any, suite: Suite) -> dict[str, Any]:
+    """The base model on every source, its samples on the general prompts, its general NLL."""
+    from infosft.evaluation import SamplingSettings, generate
+    from infosft.evaluation.forgetting import heldout_nll
+
+    clock = _Clock()
+    new_tasks = {}
+    for task, sources in suite.new_tasks.items():
+        correct, examples = {}, []
+        for source in sources:
+            got, shown, _ = score(model, tokenizer, source, suite)
+            correct.update(got)
+            examples = examples or shown
+        new_tasks[task] = {"accuracy": _share(correct), "correct": correct, "examples": examples}
+        clock.lap(task)
+    priors, lm_eval_scores = {}, {}
+    for source in suite.priors:
+        got, _, scores = score(model, tokenizer, source, suite)
+        priors[source.name] = got
+        if scores is not None:
+            lm_eval_scores[source.name] = scores
+        clock.lap(source.name)
+    sampling = SamplingSettings(
+        max_new_tokens=GENERAL_SAMPLE_TOKENS,
+        temperature=1.0,
+        batch_size=len(suite.general_prompts),
+        seed=0,
+    )
+    samples = generate(model, tokenizer, suite.general_prompts, sampling, progress=False)
+    clock.lap("general_samples")
+    probe_correct = {key: ok for got in priors.values() for key, ok in got.items()}
+    general_nll = heldout_nll(model, tokenizer, suite.heldout_text)["nll"]
+    clock.lap("general_nll")
+    return {
+        "new_tasks": new_tasks,
+        "prior": {
+            name: {"accuracy": _share(got), "correct": got, "base_correct": sum(got.values())}
+            for name, got in priors.items()
+        },
+        "probe_correct": probe_correct,
+        "retention_items": sum(probe_correct.values()),
+        "lm_eval_scores": lm_eval_scores,
+        "general_samples": [s[0] for s in samples],
+        "general_nll": general_nll,
+        "measure_seconds_by_part": clock.laps,
+    }
+
+
+def measure_tuned(
+    model: Any,
+    tokenizer: Any,
+    suite: Suite,
+    task: str,
+    base: dict[str, Any],
+    kl_reference: Any,
+) -> dict[str, Any]:
+    """A tuned model of ``task`` against the base: ``base`` from :func:`measure_base`,
+    ``kl_reference`` a :class:`infosft.evaluation.forgetting.KLReference` of the base model on
+    its general samples."""
+    from infosft.evaluation.forgetting import heldout_nll
+    from infosft.evaluation.lm_eval_tasks import score_deltas
+
+    clock = _Clock()
+    task_correct, per_source, examples = {}, {}, []
+    for source in suite.new_tasks[task]:
+        got, shown, _ = score(model, tokenizer, source, suite)
+        task_correct.update(got)
+        per_source[source.name] = _share(got)
+        examples = examples or shown
+    clock.lap("new_task")
+    probe_correct, retention, deltas = {}, {}, {}
+    for source in suite.priors:
+        known = {k for k, ok in base["prior"][source.name]["correct"].items() if ok}
+        got, _, scores = score(model, tokenizer, source, suite, only=known)
+        probe_correct.update(got)
+        retention[source.name] = _share({k: got[k] for k in known}) if known else None
+        if scores is not None:
+            deltas[source.name] = score_deltas(
+                {"t": base["lm_eval_scores"][source.name]}, {"t": scores}
+            )["t"]
+    clock.lap("prior")
+    known = [k for k, ok in base["probe_correct"].items() if ok]
+    kl = kl_reference.kl(model)["kl_base_tuned"]
+    clock.lap("kl")
+    nll = heldout_nll(model, tokenizer, suite.heldout_text)["nll"]
+    clock.lap("general_nll")
+    return {
+        "accuracy": _share(task_correct),
+        "accuracy_per_source": per_source,
+        "retention": _share({k: probe_correct[k] for k in known}) if known else None,
+        "retention_per_source": retention,
+        "lm_eval_delta": deltas,
+        "kl_base_tuned": kl,
+        "general_nll": nll,
+        "general_nll_delta": nll - base["general_nll"],
+        "examples": examples,
+        "task_correct": task_correct,
+        "probe_correct": probe_correct,
+        "measure_seconds_by_part": clock.laps,
+    }
+
+
+class _Clock:
+    """Seconds spent in each part of a measurement, for the progress lines and the results."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
+
+
+def _share(correct: dict[str, bool]) -> float | None:
+    return sum(correct.values()) / len(correct) if correct else None
+
+
+def _sha(content: Any) -> str:
+    text = json.dumps(content, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _source_content(source: Source, limit: int | None) -> Any:
+    """What decides a source's items and their scoring (for fingerprints)."""
+    if source.lm_eval is not None:
+        return {"lm_eval": source.lm_eval}
+    if source.task is None:
+        return {
+            "probes": [dataclasses.astuple(p) for p in probes.PROBES[:limit]],
+            "system": probes.PROBE_SYSTEM_PROMPT,
+        }
+    task = source.task
+    settings = {k: v for k, v in dataclasses.asdict(task.generation).items() if k != "batch_size"}
+    return {
+        "name": task.name,
+        "scorer": task.scorer,
+        "generation": settings,
+        "items": [
+            [item["id"], task.prompt(item), task.reference(item)] for item in task.items[:limit]
+        ],
+    }
+
+
+def files_digest(paths: Sequence[str | Path]) -> str:
+    """Hash of the bytes of files (every file under a directory), in order."""
+    digest = hashlib.sha256()
+    for path in map(Path, paths):
+        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for member in members:
+            digest.update(str(member.relative_to(path) if path.is_dir() else "").encode())
+            digest.update(member.read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,193 @@
+"""Grid specs: the whole grid is checked before anything runs, and paths are relative to it."""
+
+import math
+import os
+
+import pytest
+import yaml
+
+from infosft.experiments.grid import demo_spec_path, read_grid
+
+SWITCH_AT_1 = [{"method": "nll", "until_epoch": 1}]
+
+
+def write_grid(tmp_path, **changes):
+    """A valid grid over a data file and a task YAML next to it; ``changes`` replace or add
+    top-level keys (a ``grid`` mapping is merged key by key)."""
+    (tmp_path / "train.jsonl").write_text('{"prompt": "Q: 2 + 3?", "completion": " 5"}\n')
+    (tmp_path / "new.jsonl").write_text('{"id": "a", "q": "2 + 3", "answer": "5"}\n')
+    (tmp_path / "new_task.yaml").write_text(
+        "data: new.jsonl\nprompt: 'Q: {q}?'\nanswer_field: answer\nscorer: exact\n"
+    )
+    grid = {"methods": ["nll", "infosft"], "learning_rates": [1e-4, 1e-3], "seeds": [0]}
+    grid.update(changes.pop("grid", {}))
+    values = {
+        "tasks": [{"name": "mine", "data": "train.jsonl", "eval": "new_task.yaml"}],
+        "grid": grid,
+        "training": {"per_device_train_batch_size": 2},
+        **changes,
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_a_valid_grid_has_a_cell_per_task_method_rate_and_seed(tmp_path):
+    spec = read_grid(write_grid(tmp_path, grid={"seeds": [0, 1]}))
+    cells = spec.cells()
+    assert len(cells) == len({c.name for c in cells}) == 2 * 2 * 2
+    assert {(c.variant, c.learning_rate, c.seed) for c in cells} == {
+        (m, lr, s) for m in ("nll", "infosft") for lr in (1e-4, 1e-3) for s in (0, 1)
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"learning_rate": 1e-4}, r"unknown key.*'learning_rate'"),
+        ({"p_bar": 0.9}, r"p_bar and method belong to a method entry"),
+        ({"grid": {"methods": ["nll", "sft2"]}}, r"methods\[1\].*sft2"),
+        (
+            {"grid": {"methods": [{"name": "lo", "method": "infosft", "p_bar": 0.3}]}},
+            r"\(lo\).*p_bar",
+        ),
+        (
+            {"grid": {"methods": [{"name": "e", "method": "eaft", "method_args": {"top_k": 0}}]}},
+            r"\(e\).*top_k",
+        ),
+        ({"grid": {"methods": [{"name": "k", "method": "nll", "kl_to_base": -1}]}}, r"kl_to_base"),
+        ({"grid": {"methods": [{"method": "infosft", "p_bar": 0.9}]}}, r"give it a name"),
+        ({"grid": {"methods": ["nll", {"name": "nll", "method": "dft"}]}}, r"names nll twice"),
+        (
+            {
+                "grid": {
+                    "methods": [
+                        {"name": "s", "loss_schedule": [{"method": "nll"}, {"method": "dft"}]}
+                    ]
+                }
+            },
+            r"\(s\).*loss_schedule\[0\]",
+        ),
+        (
+            {
+                "grid": {
+                    "methods": [{"name": "w", "loss_schedule": [*SWITCH_AT_1, {"method": "dft"}]}]
+                }
+            },
+            r"\(w\).*switches at epoch 1, but cells train 1 epoch",
+        ),
+        ({"training": {"max_steps": "ten"}}, r"training: max_steps must be a whole number"),
+        ({"training": {"learning_rat": 1e-4}}, r"learning_rat.*did you mean learning_rate"),
+        ({"training": {"learning_rate": 1e-4}}, r"training.learning_rate.*grid.learning_rates"),
+        ({"training": {"max_steps": 5}, "grid": {"epochs": [1]}}, r"max_steps and grid.epochs"),
+        ({"training": "fast"}, r"training must be a mapping"),
+        ({"grid": {"learning_rates": [math.nan]}}, r"learning_rates.*nan"),
+        ({"grid": {"learning_rates": [0.0]}}, r"learning_rates.*positive"),
+        ({"grid": {"learning_rates": [-1e-4]}}, r"learning_rates.*positive"),
+        ({"grid": {"learning_rates": [True]}}, r"learning_rates.*True"),
+        ({"grid": {"learning_rates": "fast"}}, r"learning_rates.*'fast'"),
+        ({"grid": {"learning_rates": [1e-4, 1e-4]}}, r"learning rate twice"),
+        ({"grid": {"epochs": [0]}}, r"epochs.*positive"),
+        ({"grid": {"seeds": [-1]}}, r"seeds.*whole numbers >= 0"),
+        ({"grid": {"seeds": [1.5]}}, r"seeds.*1.5"),
+        ({"grid": {"seeds": ["a"]}}, r"seeds.*'a'"),
+        ({"grid": {"seeds": []}}, r"seeds must list at least one"),
+        ({"lora": {"rank": 8, "alfa": 16}}, r"alfa.*did you mean alpha"),
+        ({"lora": {"rank": 0}}, r"rank must be >= 1"),
+        ({"lora": "yes"}, r"lora must be a mapping"),
+        ({"eval_limit": 0}, r"eval_limit must be a positive number"),
+        ({"eval_limit": -1}, r"eval_limit must be a positive number"),
+        ({"eval_limit": 2.5}, r"eval_limit must be a positive number"),
+        ({"keep_checkpoints": "no"}, r"keep_checkpoints must be true or false, got 'no'"),
+        ({"tasks": ["arith_chainz"]}, r"'arith_chainz' is not a built-in task"),
+        ({"prior_tasks": ["probez"]}, r"prior_tasks: unknown task 'probez'"),
+        (
+            {"tasks": [{"name": "m", "data": "train.jsonl", "eval": "gsm9k"}]},
+            r"unknown task 'gsm9k'",
+        ),
+        ({"tasks": [{"name": "m", "data": "train.jsonl"}]}, r"needs eval"),
+        ({"tasks": [{"name": "m", "data": "missing.jsonl", "eval": "new_task.yaml"}]}, r"missing"),
+        (
+            {"tasks": [{"name": "a/b", "data": "train.jsonl", "eval": "new_task.yaml"}]},
+            r"names files",
+        ),
+        ({"model": ["a", "b"]}, r"model must be one name"),
+        ({"model": "./no-such-model"}, r"no-such-model does not exist"),
+    ],
+)
+def test_a_bad_grid_is_one_error_naming_the_file_and_the_problem(tmp_path, changes, message):
+    path = write_grid(tmp_path, **changes)
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as caught:
+        read_grid(path)
+    assert str(path) in str(caught.value)
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text("tasks: [arith_chain]\ngrid:\n  methods: [nll, infosft\n  seeds: [0]\n")
+    with pytest.raises(ValueError, match=rf"{path}:3: not valid YAML"):
+        read_grid(path)
+
+
+def test_model_and_files_resolve_against_the_grid_directory_not_the_working_directory(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    here = tmp_path / "grids"
+    here.mkdir()
+    (here / "model").symlink_to(tiny_model_dir)
+    path = write_grid(here, model="model", heldout_text="text.txt")
+    (here / "text.txt").write_text("Some text.\n")
+    elsewhere = tmp_path / "cwd"
+    (elsewhere / "model").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    spec = read_grid(os.path.relpath(path))
+    assert os.path.samefile(spec.model, here / "model")
+    assert os.path.samefile(spec.tasks[0].data[0], here / "train.jsonl")
+    assert os.path.samefile(spec.tasks[0].evals[0], here / "new_task.yaml")
+    assert os.path.samefile(spec.heldout_text, here / "text.txt")
+
+
+def test_a_method_entry_carries_its_own_scheme_settings(tmp_path):
+    schedule = [{"method": "nll", "until_epoch": 0.25}, {"method": "infosft"}]
+    methods = [
+        {"name": "p08", "method": "infosft", "p_bar": 0.8},
+        {"name": "warm", "loss_schedule": schedule},
+        {"name": "asft", "method": "dft", "kl_to_base": 0.1},
+    ]
+    spec = read_grid(write_grid(tmp_path, grid={"methods": methods}))
+    values = {
+        v.name: spec.training_values(c) for c in spec.cells() for v in [spec.variant(c.variant)]
+    }
+    assert values["p08"]["p_bar"] == 0.8 and values["p08"]["method"] == "infosft"
+    assert values["warm"]["loss_schedule"] == schedule and values["warm"]["method"] == "infosft"
+    assert values["asft"]["kl_to_base"] == 0.1 and values["asft"]["method"] == "dft"
+
+
+def test_max_steps_without_epochs_sets_the_length_of_every_cell(tmp_path):
+    spec = read_grid(write_grid(tmp_path, training={"max_steps": 3}))
+    assert {c.epochs for c in spec.cells()} == {None}
+    assert all(spec.training_values(c)["max_steps"] == 3 for c in spec.cells())
+    assert all("num_train_epochs" not in spec.training_values(c) for c in spec.cells())
+
+
+def test_the_default_demo_sweeps_three_rates_over_10x_for_nll_and_infosft_on_two_regimes():
+    spec = read_grid(demo_spec_path())
+    assert {"nll", "infosft"} <= {v.name for v in spec.variants}
+    assert len(spec.learning_rates) >= 3
+    assert max(spec.learning_rates) / min(spec.learning_rates) >= 10 * (1 - 1e-9)
+    assert {t.name for t in spec.tasks} == {"arith_chain", "word_problems"}
+    assert all(t.n_test >= 50 for t in spec.tasks)
+
+
+def test_the_full_demo_runs_the_whole_protocol():
+    spec = read_grid(demo_spec_path(full=True))
+    variants = {v.name: v for v in spec.variants}
+    assert {"nll", "dft", "infosft", "eaft", "talr"} <= set(variants)
+    assert {v.p_bar for v in variants.values() if v.method == "infosft"} >= {None, 0.8, 0.98}
+    assert any(v.loss_schedule for v in variants.values())
+    assert {(v.method, v.kl_to_base > 0) for v in variants.values()} >= {
+        ("dft", True),
+        ("nll", True),
+    }
+    assert len(spec.seeds) == 3
+    assert all(t.n_test >= 100 for t in spec.tasks)
