@@ -187,27 +187,23 @@ def _cell(value: Any) -> str:
 
 
 def environment(device: str) -> dict[str, Any]:
-    import importlib.metadata
-    import platform
-
+    """infosft's record of the machine (infosft.files.environment) with the suite's libraries,
+    the date, the device's name and the CUDA version."""
     import torch
+
+    from infosft.files import environment as run_environment
+    from infosft.files import library_versions
 
     names = ("transformers", "trl", "accelerate", "peft", "datasets", "triton", "liger-kernel")
     names += ("cut-cross-entropy", "deepspeed", "nvidia-cutlass-dsl", "pyarrow", "fsspec")
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
     cuda = device == "cuda"
     return {
+        **run_environment(),
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()}",
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
-        "python": platform.python_version(),
-        "versions": versions,
+        "versions": library_versions(names),
     }
 
 

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from infosft.cli import build_parser, main
 from infosft.cli.train import spec_from_args
 from infosft.training import LoraSpec, RunSpec
-from infosft.training.spec import device_defaults
+from infosft.training.spec import checkpointing_field, device_defaults
 
 ROWS = [{"prompt": f"What is {i} + 7?", "completion": f" {i + 7}."} for i in range(16)]
 TINY = {
@@ -156,12 +156,22 @@ def test_lora_flag_alone_gives_the_default_adapter_and_no_flag_none(tmp_path):
 def test_cpu_defaults_apply_only_to_keys_the_user_left_unset(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert device_defaults({}) == {
-        "use_cpu": True,
-        "bf16": False,
-        "activation_checkpointing": False,
-    }
+    assert device_defaults({}) == {"use_cpu": True, "bf16": False, checkpointing_field(): False}
     assert device_defaults({"bf16": True, "gradient_checkpointing": True}) == {"use_cpu": True}
+
+
+@pytest.mark.parametrize("name", ["activation_checkpointing", "gradient_checkpointing"])
+def test_either_name_of_activation_checkpointing_sets_the_installed_field(tmp_path, name):
+    """transformers 5.23 renamed gradient_checkpointing; a config may use either name."""
+    spec = RunSpec.from_dict({"data": "d.jsonl", "output_dir": str(tmp_path), name: True})
+    assert getattr(spec.args, checkpointing_field()) is True
+    assert spec.args.gradient_checkpointing is True  # 5.23+ keeps the old name in step
+
+
+def test_the_two_names_of_activation_checkpointing_must_agree(tmp_path, capsys):
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path)]
+    both = ["--set", "activation_checkpointing=true", "--set", "gradient_checkpointing=false"]
+    assert "one setting under two names" in error_of([*argv, *both], capsys)
 
 
 # --- what a run writes ---------------------------------------------------------------------
@@ -291,6 +301,21 @@ def test_resuming_a_finished_run_is_an_error_and_changes_nothing(full_run, capsy
     assert (full / "model.safetensors").read_bytes() == before
 
 
+def test_a_fresh_run_starts_over_what_an_interrupted_run_left_beside_its_checkpoints(
+    full_run, tiny_model_dir, data_file, tmp_path
+):
+    """TRL writes the model card at every checkpoint; once the user deletes the checkpoints of
+    an interrupted run, its card, config and log do not block a fresh start there."""
+    _, full = full_run
+    left = tmp_path / "left"
+    left.mkdir()
+    for name in ("README.md", "run_config.json", "metrics.jsonl"):
+        shutil.copy(full / name, left / name)
+    argv = ["train", "--model", str(tiny_model_dir), "--data", data_file]
+    assert main([*argv, "--output-dir", str(left), *sets({**TINY, "max_steps": 1})]) == 0
+    assert sorted(train_losses(read_metrics(left / "metrics.jsonl"))) == [1]
+
+
 def test_lora_saves_the_adapter_and_a_merged_model_that_matches_it(
     tiny_model_dir, data_file, tmp_path
 ):
@@ -373,12 +398,14 @@ def test_an_empty_output_dir_is_an_error(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
-        ({"README.md": "mine", "config.json": "{}"}, "final model of an earlier run"),
+        ({"config.json": "{}", "_finished.json": "{}"}, "final model of an earlier run"),
+        ({"README.md": "mine", "config.json": "{}"}, "holds a model"),
         ({"README.md": "mine", "src": None}, "not an infosft run directory"),
+        ({"README.md": "mine", "run_config.json": "{}"}, "not an infosft run directory"),
         ({"checkpoint-3": None}, "pass --resume"),
-        ({"adapter": None, "run_config.json": "{}"}, "final model of an earlier run"),
+        ({"adapter": None, "run_config.json": "{}"}, "holds a model"),
     ],
-    ids=["finished-run", "foreign-files", "checkpoints", "former-lora-run"],
+    ids=["finished-run", "a-model", "foreign-files", "a-readme", "checkpoints", "lora-adapter"],
 )
 def test_a_fresh_run_refuses_a_directory_it_would_clobber(tmp_path, capsys, layout, message):
     for name, text in layout.items():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from infosft.experiments import q_profile as insp
+from infosft.objectives import available_weightings, token_weights
 
 P_BAR = 0.93
 
@@ -27,7 +28,9 @@ def test_weight_mass_table_matches_a_float64_reference():
     qs = [0.001, 0.005, 0.05, 0.2, 0.2, 0.45, 0.6, 0.8, 0.95, 0.995]
     log_probs = torch.tensor([math.log(q) for q in qs], dtype=torch.float32)
     edges = insp.Q_BIN_EDGES
-    table = insp.weight_mass_table(log_probs, ["nll", "dft", "infosft"], P_BAR)
+    methods = ("nll", "dft", "infosft")
+    weights = {m: token_weights(log_probs, m, P_BAR) for m in methods}
+    table = insp.weight_mass_table(log_probs, weights)
 
     def bin_of(q):
         return next(i for i in range(len(edges) - 1) if edges[i] <= q < edges[i + 1])
@@ -36,7 +39,7 @@ def test_weight_mass_table_matches_a_float64_reference():
     for q in qs:
         token_share[bin_of(q)] += 1 / len(qs)
     assert table["token_share"] == pytest.approx(token_share, abs=1e-9)
-    for method in ("nll", "dft", "infosft"):
+    for method in methods:
         weights = [reference_weight(q, method) for q in qs]
         mass = [0.0] * (len(edges) - 1)
         for q, w in zip(qs, weights, strict=True):
@@ -150,6 +153,100 @@ def test_scored_log_probs_equal_a_float64_forward_pass(tiny_model_dir):
         assert example.log_probs[1:] == pytest.approx(expected.tolist(), abs=1e-4)
 
 
+def test_eaft_and_talr_weights_are_their_per_token_weights_in_training_micro_batches(
+    tiny_model_dir, tmp_path
+):
+    """Schemes that are not functions of q get their real weights: eaft from each token's
+    top-20 entropy, talr from tau over micro-batches of per_device_train_batch_size rows, both
+    against float64 formulas on the full logits."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from infosft.training import RunSpec
+
+    rows = [{"prompt": f"Q: {i} + 3?\nA:", "completion": " " + "7 " * (i + 1)} for i in range(3)]
+    values = {"output_dir": str(tmp_path), "report_to": [], "per_device_train_batch_size": 2}
+    spec = RunSpec.from_dict({**values, "data": Dataset.from_list(rows)})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    schemes = insp.resolve_schemes(spec, ["eaft", "talr"])
+    prepared = insp.prepare_examples(spec, model, tokenizer)
+    got = insp.scheme_weights(insp.score_prepared(model, prepared, 2, schemes), schemes)
+
+    model64 = AutoModelForCausalLM.from_pretrained(tiny_model_dir).double().eval()
+    eaft, talr = [], []
+    for start in (0, 2):  # the micro-batches: rows 0-1, then row 2
+        log_qs = []
+        for row in prepared.select(range(start, min(start + 2, len(prepared)))):
+            ids = torch.tensor(row["input_ids"])
+            with torch.no_grad():
+                logits = model64(input_ids=ids[None]).logits[0, :-1]
+            targets = torch.tensor(row["labels"][1:]) != -100
+            log_q = logits.log_softmax(-1).gather(-1, ids[1:, None])[:, 0][targets]
+            top = logits[targets].topk(20, dim=-1).values.log_softmax(-1)
+            eaft += ((-(top.exp() * top).sum(-1)) / math.log(20)).tolist()
+            log_qs.append(log_q)
+        means = sorted(float(-lq.mean()) for lq in log_qs)
+        tau = (means[(len(means) - 1) // 2] + means[len(means) // 2]) / 2
+        talr += [max(math.exp(lq / tau), 0.01) for lq in torch.cat(log_qs).tolist()]
+    assert got["eaft"].tolist() == pytest.approx(eaft, abs=1e-4)
+    assert got["talr"].tolist() == pytest.approx(talr, abs=1e-4)
+
+
+def test_regime_numbers_match_a_float64_count():
+    qs = [0.01, 0.04, 0.3, 0.6, 0.95, 0.99]
+    log_probs = torch.tensor([math.log(q) for q in qs])
+    weights = {"dft": torch.tensor(qs)}
+    numbers = insp.regime_numbers(log_probs, weights, P_BAR)
+    assert numbers["share_q_ge_p_bar"] == pytest.approx(2 / 6)
+    assert numbers["share_q_lt_low"] == pytest.approx(2 / 6)
+    assert numbers["median_q"] == pytest.approx(0.3)  # torch's median: the lower middle value
+    assert numbers["mean_weight"]["dft"] == pytest.approx(sum(qs) / 6)
+
+
+REFERENCE = {
+    "model": "the demo's model",
+    "tasks": {
+        "weak": {
+            "regime": "new skill",
+            "median_q": 0.9,
+            "share_q_ge_p_bar": 0.5,
+            "share_q_lt_low": 0.05,
+            "mean_weight": {"infosft": 0.15},
+            "base_accuracy": 0.0,
+            "verdicts": ["at matched retention, infosft learns less"],
+        },
+        "strong": {
+            "regime": "strong prior",
+            "median_q": 0.7,
+            "share_q_ge_p_bar": 0.3,
+            "share_q_lt_low": 0.2,
+            "mean_weight": {"infosft": 0.18},
+            "base_accuracy": None,
+            "verdicts": None,
+        },
+    },
+}
+
+
+def test_the_data_is_printed_beside_each_demo_regime_with_what_the_demo_found():
+    mine = {
+        "median_q": 0.42,
+        "share_q_ge_p_bar": 0.123,
+        "share_q_lt_low": 0.321,
+        "mean_weight": {"infosft": 0.2},
+    }
+    text = "\n".join(insp.format_regimes(REFERENCE, P_BAR, mine))
+    header = next(line for line in text.splitlines() if "your data" in line)
+    assert header.split() == ["your", "data", "weak", "strong"]
+    assert next(line for line in text.splitlines() if line.startswith("share q >= p_bar")).split()[
+        -3:
+    ] == ["0.123", "0.500", "0.300"]
+    assert "at matched retention, infosft learns less" in text
+    assert "strong (strong prior):\n    not measured yet" in text
+    assert "does not place data on the axis" in text
+
+
 def test_lowest_q_tokens_come_in_ascending_q_with_their_context():
     examples = [
         insp.ScoredExample([5, 6, 7], [False, True, True], [0.0, math.log(0.5), math.log(0.01)]),
@@ -180,7 +277,7 @@ def test_inspect_command_reports_the_completion_tokens_and_writes_json_and_plots
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "inspect"
     argv = ["inspect", "--model", str(tiny_model_dir), "--data", str(data)]
-    code = main([*argv, "--output-dir", str(out), "--methods", "nll", "infosft"])
+    code = main([*argv, "--output-dir", str(out)])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     summary = json.loads((out / "inspect.json").read_text())
@@ -189,8 +286,13 @@ def test_inspect_command_reports_the_completion_tokens_and_writes_json_and_plots
     expected = sum(len(tokenizer(r["completion"])["input_ids"]) + 1 for r in rows)
     assert summary["num_target_tokens"] == expected
     assert f"{expected} target tokens in 2 examples" in printed
-    assert set(summary["bins"]["mass_share"]) == {"nll", "infosft"}
-    assert sum(summary["bins"]["mass_share"]["nll"]) == pytest.approx(1.0)
+    # Every registered scheme, those that are not functions of q included.
+    assert list(summary["bins"]["mass_share"]) == available_weightings()
+    for method in ("nll", "eaft", "talr"):
+        assert sum(summary["bins"]["mass_share"][method]) == pytest.approx(1.0)
+    assert set(summary["regime"]["mean_weight"]) == set(available_weightings())
+    for task in summary["regimes_reference"]["tasks"]:
+        assert task in printed
     for name in summary["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["figures"]

@@ -5,10 +5,13 @@ calls are intercepted at huggingface_hub's HfApi)."""
 import json
 import math
 import shutil
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
 from infosft.cli import main
 from infosft.training import RunSpec, build_trainer, train
@@ -35,9 +38,9 @@ def data(tmp_path_factory):
     return path
 
 
-def run(tiny_model_dir, data, output_dir, **options):
+def run(tiny_model_dir, data, output_dir, resume=False, **options):
     values = {"model": str(tiny_model_dir), "data": str(data), "output_dir": str(output_dir)}
-    return train(RunSpec.from_dict({**values, **TINY, **options}))
+    return train(RunSpec.from_dict({**values, **TINY, **options}), resume=resume)
 
 
 @pytest.fixture(scope="module")
@@ -48,25 +51,43 @@ def full_run(tiny_model_dir, data, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def lora_push(tiny_model_dir, data, tmp_path_factory):
-    """A LoRA run with push_to_hub; returns its output dir, the repos created and, per upload,
-    its arguments and the files the folder held at that moment."""
-    out = tmp_path_factory.mktemp("card-lora") / "run"
-    created, uploads = [], []
+class FakeHub:
+    """HfApi.create_repo and upload_folder intercepted: the repos created and, per upload, its
+    arguments, the files it would send (the folder's files filtered as upload_folder filters
+    them) and the model card; ``interrupt_at`` raises KeyboardInterrupt in that commit's
+    upload, as a kill during a checkpoint's push would stop the run."""
+
+    def __init__(self, patch: pytest.MonkeyPatch, interrupt_at: str | None = None):
+        self.created, self.uploads, self.interrupt_at = [], [], interrupt_at
+        patch.setattr(HfApi, "create_repo", lambda api, *a, **k: self.create_repo(*a, **k))
+        patch.setattr(HfApi, "upload_folder", lambda api, **kwargs: self.upload_folder(**kwargs))
 
     def create_repo(self, repo_id, **kwargs):
-        created.append(repo_id)
+        self.created.append(repo_id)
         return type("RepoUrl", (), {"repo_id": repo_id})()
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*"))
-        card = (Path(folder_path) / "README.md").read_text(encoding="utf-8")
-        uploads.append({"repo_id": repo_id, "files": files, "card": card, **kwargs})
+        if self.interrupt_at is not None and kwargs.get("commit_message") == self.interrupt_at:
+            raise KeyboardInterrupt(self.interrupt_at)
+        folder = Path(folder_path)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        ignored = [*(kwargs.get("ignore_patterns") or []), *DEFAULT_IGNORE_PATTERNS]
+        sent = list(filter_repo_objects(files, ignore_patterns=ignored))
+        card = (folder / "README.md").read_text(encoding="utf-8")
+        self.uploads.append({"repo_id": repo_id, "files": sent, "card": card, **kwargs})
+        done = Future()  # what run_as_future=True returns, for the Trainer's checkpoint pushes
+        done.set_result(None)
+        return done
 
+
+@pytest.fixture(scope="module")
+def lora_push(tiny_model_dir, data, tmp_path_factory):
+    """A LoRA run with push_to_hub and a checkpoint at every step (the Trainer pushes each one,
+    copying the checkpoint's adapter files to the top of the output dir); returns its output
+    dir, the repos created and the uploads (see FakeHub)."""
+    out = tmp_path_factory.mktemp("card-lora") / "run"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(HfApi, "create_repo", create_repo)
-        patch.setattr(HfApi, "upload_folder", upload_folder)
+        hub = FakeHub(patch)
         run(
             tiny_model_dir,
             data,
@@ -74,8 +95,10 @@ def lora_push(tiny_model_dir, data, tmp_path_factory):
             lora={"rank": 4, "alpha": 8},
             push_to_hub=True,
             hub_model_id="someone/tiny-infosft",
+            save_strategy="steps",
+            save_steps=1,
         )
-    return out, created, uploads
+    return out, hub.created, hub.uploads
 
 
 def card_of(directory) -> ModelCard:
@@ -151,7 +174,11 @@ def test_a_lora_run_card_describes_the_merged_model_and_the_adapter(lora_push):
 def test_push_to_hub_uploads_the_model_with_its_card_through_the_trainer(lora_push):
     out, created, uploads = lora_push
     assert created == ["someone/tiny-infosft"]
-    (upload,) = uploads
+    assert [u["commit_message"] for u in uploads] == [
+        *(f"Training in progress, step {step}" for step in (1, 2, 3)),
+        "End of training",
+    ]
+    upload = uploads[-1]
     assert upload["repo_id"] == "someone/tiny-infosft"
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(
         upload["files"]
@@ -163,6 +190,74 @@ def test_push_to_hub_uploads_the_model_with_its_card_through_the_trainer(lora_pu
     assert "checkpoint-*" in upload["ignore_patterns"]
     assert upload["card"] == (out / "README.md").read_text(encoding="utf-8")
     assert "infosft" in ModelCard(upload["card"]).data.tags
+
+
+PUSHED = {
+    "push_to_hub": True,
+    "hub_model_id": "someone/tiny-infosft",
+    "save_strategy": "steps",
+    "save_steps": 1,
+    "weight_source": "base",
+}
+
+
+@pytest.fixture(scope="module")
+def interrupted_push(tiny_model_dir, data, tmp_path_factory):
+    """A run with push_to_hub, a checkpoint at every step and weight_source: base, killed while
+    the Trainer pushed its step-2 checkpoint (after copying its model files to the top)."""
+    out = tmp_path_factory.mktemp("card-interrupted") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        FakeHub(patch, interrupt_at="Training in progress, step 2")
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny_model_dir, data, out, **PUSHED)
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    return out
+
+
+def training_steps(directory) -> list[int]:
+    lines = (Path(directory) / "metrics.jsonl").read_text().splitlines()
+    return [record["step"] for record in map(json.loads, lines) if "mean_q" in record]
+
+
+def test_an_interrupted_run_that_pushed_to_the_hub_resumes(
+    interrupted_push, tiny_model_dir, data, tmp_path
+):
+    out = shutil.copytree(interrupted_push, tmp_path / "run")
+    with pytest.MonkeyPatch.context() as patch:
+        hub = FakeHub(patch)
+        run(tiny_model_dir, data, out, resume=True, **PUSHED)
+    assert training_steps(out) == [1, 2, 3]
+    assert [u["commit_message"] for u in hub.uploads] == [
+        "Training in progress, step 3",
+        "End of training",
+    ]
+    sent = hub.uploads[-1]["files"]
+    assert {"README.md", "model.safetensors", "run_config.json", "metrics.jsonl"} <= set(sent)
+
+
+def test_the_hub_gets_neither_the_base_log_prob_cache_nor_the_bookkeeping(interrupted_push):
+    assert any((interrupted_push / "_base_log_probs").rglob("*.npz"))
+    with pytest.MonkeyPatch.context() as patch:
+        hub = FakeHub(patch)
+        HfApi().upload_folder(
+            repo_id="someone/tiny-infosft",
+            folder_path=interrupted_push,
+            ignore_patterns=["_*", "checkpoint-*"],  # the Trainer's, as it passes them
+        )
+    sent = hub.uploads[0]["files"]
+    assert not [name for name in sent if name.startswith(("_", "checkpoint-"))]
+
+
+def test_a_fresh_run_starts_over_an_interrupted_one_whose_checkpoints_were_deleted(
+    interrupted_push, tiny_model_dir, data, tmp_path
+):
+    out = shutil.copytree(interrupted_push, tmp_path / "run")
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    with pytest.MonkeyPatch.context() as patch:
+        FakeHub(patch)
+        run(tiny_model_dir, data, out, **PUSHED)
+    assert training_steps(out) == [1, 2, 3]
 
 
 def test_eval_adds_its_results_to_the_model_card(full_run, tiny_model_dir, tmp_path):

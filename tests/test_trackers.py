@@ -1,6 +1,7 @@
 """Every InfoSFT diagnostic reaches the trackers of ``report_to``: a tiny run logs to
 TensorBoard, and its event files, read back, hold each diagnostic under the name the README
-gives (``train/...``, ``eval/...``) with the value of the run's own log."""
+gives (``train/...``, ``eval/...``) with the value of the run's own log; the final evaluation is
+logged by the training's own writer (its run), not by a second one opened after training."""
 
 import json
 from pathlib import Path
@@ -30,39 +31,54 @@ TRAIN_DIAGNOSTICS = (
 EVAL_DIAGNOSTICS = ("loss", "nll", "mean_q", "mean_weight", "zero_weight_share", "entropy")
 
 
-@pytest.fixture(scope="module")
-def tensorboard_run(tiny_model_dir, tmp_path_factory):
-    """3 steps with report_to tensorboard: one step of nll then infosft, the KL anchor on, an
-    evaluation at step 2 (and the final one). Returns the event files and metrics.jsonl."""
-    root = tmp_path_factory.mktemp("tensorboard")
+def train_with_tensorboard(tiny_model_dir, root, rows, **options):
+    """train() on ``rows`` (evaluated on the same rows) with report_to tensorboard; returns the
+    result, the TensorBoard log dir (the Trainer's runs/<date>_<host>) and metrics.jsonl."""
     data = root / "train.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS), encoding="utf-8")
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     spec = {
         "model": str(tiny_model_dir),
         "data": str(data),
         "eval_data": str(data),
         "output_dir": str(root / "run"),
         "report_to": "tensorboard",
-        "loss_schedule": [{"method": "nll", "until_step": 1}, {"method": "infosft"}],
-        "kl_to_base": 0.1,
-        "max_steps": 3,
         "logging_steps": 1,
-        "eval_strategy": "steps",
-        "eval_steps": 2,
         "per_device_train_batch_size": 4,
         "max_length": 64,
-        "learning_rate": 1e-2,
         "save_strategy": "no",
         "disable_tqdm": True,
+        **options,
     }
     result = train(RunSpec.from_dict(spec))
-    (log_dir,) = (result.output_dir / "runs").iterdir()  # the Trainer's runs/<date>_<host>
+    (log_dir,) = (result.output_dir / "runs").iterdir()
+    logs = [json.loads(line) for line in Path(result.metrics_path).read_text().splitlines()]
+    return result, log_dir, logs
+
+
+def read_events(path):
     events = event_accumulator.EventAccumulator(
-        str(log_dir), size_guidance={"scalars": 0, "tensors": 0}
+        str(path), size_guidance={"scalars": 0, "tensors": 0}
     )
     events.Reload()
-    logs = [json.loads(line) for line in Path(result.metrics_path).read_text().splitlines()]
-    return events, logs
+    return events
+
+
+@pytest.fixture(scope="module")
+def tensorboard_run(tiny_model_dir, tmp_path_factory):
+    """3 steps: one step of nll then infosft, the KL anchor on, an evaluation at step 2 (and
+    the final one). Returns the event files and metrics.jsonl."""
+    _, log_dir, logs = train_with_tensorboard(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("tensorboard"),
+        ROWS,
+        loss_schedule=[{"method": "nll", "until_step": 1}, {"method": "infosft"}],
+        kl_to_base=0.1,
+        max_steps=3,
+        eval_strategy="steps",
+        eval_steps=2,
+        learning_rate=1e-2,
+    )
+    return read_events(log_dir), logs
 
 
 def scalars(events, tag):
@@ -107,3 +123,15 @@ def test_the_run_settings_are_in_tensorboard_text(tensorboard_run):
     settings = json.loads(args.tensor_proto.string_val[0].decode())
     assert settings["kl_to_base"] == 0.1 and settings["p_bar"] == 0.93
     assert [entry["method"] for entry in settings["loss_schedule"]] == ["nll", "infosft"]
+
+
+def test_the_final_evaluation_is_written_by_the_training_run(tiny_model_dir, tmp_path):
+    """With eval_strategy: no, the evaluation after the last step runs inside the training loop:
+    TensorBoard's writer of the training (one event file) holds it, as MLflow's and trackio's
+    runs, which close when training ends, do."""
+    result, log_dir, logs = train_with_tensorboard(tiny_model_dir, tmp_path, ROWS[:8], max_steps=2)
+    (event_file,) = log_dir.iterdir()
+    events = read_events(event_file)
+    assert set(scalars(events, "train/loss")) == {1, 2}
+    assert scalars(events, "eval/loss") == {2: pytest.approx(result.metrics["eval_loss"])}
+    assert [log["step"] for log in logs if "eval_loss" in log] == [2]

@@ -216,6 +216,21 @@ def test_lora_trains_only_the_adapter(tiny_model_dir, tokenizer, examples, tmp_p
     assert trainer.state.log_history[0]["loss"] == pytest.approx(float(loss), rel=1e-4)
 
 
+def test_a_deep_copy_of_the_model_after_build_trainer_trains_on_its_own(
+    tiny_model_dir, tokenizer, examples, tmp_path
+):
+    """TRL's SFTTrainer patches the forward of the model it is given with a closure over that
+    model; a copy taken after build_trainer must still run (and train) its own weights."""
+    model = load_model(tiny_model_dir)
+    build(tiny_model_dir, tokenizer, examples, tmp_path / "first", model=model)
+    twin = copy.deepcopy(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    _, update = train(build(tiny_model_dir, tokenizer, examples, tmp_path / "twin", model=twin))
+    assert update["model.embed_tokens.weight"].abs().max() > 0
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]), name
+
+
 def test_evaluation_reports_weighted_loss_and_nll_in_one_forward_pass(
     tiny_model_dir, tokenizer, examples, tmp_path
 ):
@@ -246,7 +261,7 @@ def test_static_weights_give_the_update_of_the_frozen_base_weights(
     lr, steps = 20.0, 3
     options = {"weight_source": "base", "max_steps": steps, "learning_rate": lr}
     trainer = build(tiny_model_dir, tokenizer, examples, tmp_path, **options)
-    assert len(list((tmp_path / "out" / "base_log_probs").glob("*/shard-*.npz"))) == 1
+    assert len(list((tmp_path / "out" / "_base_log_probs").glob("*/shard-*.npz"))) == 1
     _, update = train(trainer)
 
     def reference_sgd(weight_source):

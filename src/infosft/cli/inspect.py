@@ -28,9 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "One forward pass of the model over the data, prepared exactly as infosft train "
             "prepares it with the same options (chat template, assistant-only or completion-only "
             "masking, max_length): the distribution of target-token q, each method's share of "
-            "total weight per q bin, the lowest-q tokens in context, and how InfoSFT's weight "
-            "moves with p_bar. Prints tables and writes inspect.json and PNG plots to "
-            "--output-dir."
+            "total weight per q bin (every registered scheme, eaft and talr with their real "
+            "per-token weights), where the data sits next to the demo's weak- and strong-prior "
+            "tasks, the lowest-q tokens in context, and how InfoSFT's weight moves with p_bar. "
+            "Prints tables and writes inspect.json and PNG plots to --output-dir."
         ),
     )
     add_run_spec_arguments(parser)
@@ -41,9 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-length", type=positive_int, help="tokens kept per example (default 1024)"
     )
     parser.add_argument(
-        "--methods",
-        nargs="+",
-        help="schemes, each a function of q (default: every registered function of q)",
+        "--methods", nargs="+", help="schemes to show (default: every registered scheme)"
     )
     parser.add_argument("--lowest", type=positive_int, default=10, help="lowest-q tokens to show")
     parser.add_argument("--output-dir", default="runs/inspect", help="where json and plots go")
@@ -52,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from infosft.experiments.q_profile import run_inspect
-    from infosft.objectives import available_weightings, get_scheme
+    from infosft.objectives import available_weightings
     from infosft.training import resolve_spec
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -66,12 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "output_dir": args.output_dir,
     }
     spec = resolve_spec(args.config, args.set, flags)
-    if args.methods:
-        methods = args.methods
-        for method in methods:
-            get_scheme(method, p_bar=spec.args.p_bar)
-    else:
-        methods = [m for m in available_weightings() if get_scheme(m, p_bar=spec.args.p_bar).q_only]
+    methods = args.methods or available_weightings()
     summary, text = run_inspect(
         spec, args.output_dir, methods=methods, limit=args.limit, k_lowest=args.lowest
     )

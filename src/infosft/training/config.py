@@ -285,6 +285,17 @@ class InfoSFTConfig(SFTConfig):
                 f"{self.num_train_epochs}"
             )
 
+    @property
+    def schedule(self) -> list[ScheduleEntry]:
+        """The run's weighting, resolved: the loss schedule's entries in order (one entry, for
+        ``method``, without a schedule)."""
+        return list(self._schedule)
+
+    @property
+    def methods(self) -> list[str]:
+        """The weighting methods of the run, each once, in schedule order."""
+        return list(dict.fromkeys(entry.method for entry in self._schedule))
+
     def schedule_entry(self, epoch: float | None, global_step: int) -> ScheduleEntry:
         """The schedule entry (method and resolved scheme) active for the next optimizer step,
         after ``global_step`` steps and ``epoch`` epochs (fractional; None before training)."""

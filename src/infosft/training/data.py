@@ -320,17 +320,9 @@ def _formatted_locator(source: str, data_format: str) -> Callable[[int], str]:
 def pad_tokenized(rows: list[dict[str, list[int]]], pad_token_id: int = 0) -> tuple[Any, Any, Any]:
     """Tokenized rows (``input_ids``, ``labels``) -> right-padded ``input_ids``, ``attention_mask``
     and ``labels``, each [B, T] int64 on the CPU; labels are IGNORE_INDEX on padding."""
-    import torch
-
     from infosft.losses import IGNORE_INDEX
+    from infosft.models import pad_right
 
-    width = max(len(row["input_ids"]) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for b, row in enumerate(rows):
-        n = len(row["input_ids"])
-        input_ids[b, :n] = torch.as_tensor(row["input_ids"])
-        attention_mask[b, :n] = 1
-        labels[b, :n] = torch.as_tensor(row["labels"])
+    input_ids, attention_mask = pad_right([row["input_ids"] for row in rows], pad_token_id)
+    labels, _ = pad_right([row["labels"] for row in rows], IGNORE_INDEX)
     return input_ids, attention_mask, labels

@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from infosft.files import read_text, write_text_atomic
+from infosft.training.outputs import CARD_FILE, METRICS_FILE, read_run_config
 
-CARD_FILE = "README.md"
-RUN_CONFIG_FILE = "run_config.json"
-METRICS_FILE = "metrics.jsonl"
 TAGS = ("infosft", "trl", "sft", "text-generation")
 # The embedded default model is a 4-bit GGUF build of this Hub model (see infosft.models.smollm2).
 EMBEDDED_MODELS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
@@ -102,10 +100,10 @@ def model_card_text(
     from huggingface_hub import ModelCardData
 
     args = trainer.args
-    record = _run_record(Path(args.output_dir))
+    record = read_run_config(Path(args.output_dir))
     base_name, base_hub_id = _base_model(trainer, record)
     lora = _lora(trainer, record)
-    methods = _methods(args)
+    methods = args.methods
     all_tags = list(dict.fromkeys([*TAGS, *(["lora", "peft"] if lora else []), *_as_list(tags)]))
     datasets = _as_list(dataset_name) or _hub_datasets(record.get("data"))
     name = model_name or Path(args.output_dir).resolve().name
@@ -336,18 +334,6 @@ def _keep_evaluation(old_card: str, new_card: str) -> str:
 # ---- the parts of a card ---------------------------------------------------------------------
 
 
-def _run_record(output_dir: Path) -> dict[str, Any]:
-    """run_config.json of a run of infosft.training.train ({} for a trainer built otherwise)."""
-    path = output_dir / RUN_CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(read_text(path))
-    except (ValueError, OSError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def _base_model(trainer: Any, record: dict[str, Any]) -> tuple[str, str | None]:
     """(how the run named its base model, its Hub id or None for a local directory)."""
     name = record.get("model")
@@ -380,13 +366,6 @@ def _lora(trainer: Any, record: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _methods(args: Any) -> list[str]:
-    """The weighting methods the run uses, in schedule order."""
-    if args.loss_schedule:
-        return list(dict.fromkeys(entry["method"] for entry in args.loss_schedule))
-    return [args.method]
-
-
 def _summary(base_name: str, base_hub_id: str | None, methods: list[str], lora: Any) -> str:
     if base_hub_id and base_name in EMBEDDED_MODELS:
         base = (
@@ -406,14 +385,23 @@ def _summary(base_name: str, base_hub_id: str | None, methods: list[str], lora: 
     )
 
 
-def _formula(method: str) -> str:
-    """The first paragraph of the docstring of ``method``'s weight function: its formula."""
+def _formula(scheme: Any) -> str:
+    """The first paragraph of the docstring of ``scheme``'s weight function: its formula."""
     import infosft.objectives as objectives
 
-    scheme = objectives.get_weighting(method)
-    weight = getattr(objectives, f"{method}_weight", None) or scheme._weight
+    weight = getattr(objectives, f"{scheme.method}_weight", None) or scheme._weight
     doc = inspect.getdoc(weight) or ""
-    return " ".join(doc.split("\n\n")[0].split()) or f"weights of the registered scheme `{method}`"
+    first = " ".join(doc.split("\n\n")[0].split())
+    return first or f"weights of the registered scheme `{scheme.method}`"
+
+
+def _until(entry: Any) -> str:
+    """Where a loss schedule entry ends."""
+    if entry.until_step is not None:
+        return f"step {entry.until_step}"
+    if entry.until_epoch is not None:
+        return f"epoch {entry.until_epoch:g}"
+    return "the end"
 
 
 def _objective(args: Any) -> str:
@@ -424,30 +412,15 @@ def _objective(args: Any) -> str:
         "gives the target token, sg a stop-gradient.",
         "",
     ]
-    import infosft.objectives as objectives
-
-    normalised = [m for m in _methods(args) if objectives.get_weighting(m).self_normalised]
+    schedule = args.schedule
+    normalised = dict.fromkeys(e.method for e in schedule if e.scheme.self_normalised)
     if normalised:
         names = ", ".join(f"`{m}`" for m in normalised)
         lines[0] += f" ({names} divides by the sum of the weights instead.)"
     if args.loss_schedule:
-        rows = []
-        for entry in args.loss_schedule:
-            until = (
-                f"step {entry['until_step']}"
-                if entry.get("until_step")
-                else f"epoch {entry['until_epoch']}"
-                if entry.get("until_epoch")
-                else "the end"
-            )
-            rows.append(
-                [
-                    f"`{entry['method']}`",
-                    _formula(entry["method"]),
-                    _args(entry.get("method_args")),
-                    until,
-                ]
-            )
+        rows = [
+            [f"`{e.method}`", _formula(e.scheme), _args(e.method_args), _until(e)] for e in schedule
+        ]
         lines += [
             "Loss schedule:",
             "",
@@ -455,7 +428,7 @@ def _objective(args: Any) -> str:
             "",
         ]
     else:
-        lines += [f"- method: `{args.method}`: {_formula(args.method)}"]
+        lines += [f"- method: `{args.method}`: {_formula(schedule[0].scheme)}"]
         lines += [f"- method_args: {_args(args.method_args)}"]
     source = {
         "current": "`current` (q from the model being trained, recomputed every step)",

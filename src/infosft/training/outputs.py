@@ -8,15 +8,26 @@
 - ``README.md``: the model card (objective, data, settings, final diagnostics, evaluations);
 - ``run_config.json``: the resolved run spec, data sources and environment;
 - ``metrics.jsonl``: one JSON object per logging step, flushed as it is written;
-- the Trainer's ``checkpoint-N`` directories, from which ``resume`` continues.
+- ``_finished.json``: written last, once the final model is complete: the run is finished;
+- the Trainer's ``checkpoint-N`` directories, from which ``resume`` continues, and with
+  ``weight_source: base`` the base model's log q in ``_base_log_probs/``.
 
-Nothing is overwritten by accident: a fresh run refuses a directory that holds anything but the
-bookkeeping of an unfinished run (another run's model or checkpoints, or unrelated files such as
-a project's README.md when ``--output-dir`` points at the working directory).
+"Finished" is the marker, not the model files: with ``push_to_hub`` the Trainer copies every
+checkpoint's config.json and weights to the top of ``output_dir`` (and TRL writes the card at
+every checkpoint), so an interrupted run holds them too. ``push_to_hub`` uploads the directory
+as the Trainer does, leaving out names starting with ``_`` and ``checkpoint-``: the model, the
+tokenizer, the card, ``adapter/``, ``run_config.json`` (with the paths as the run was given
+them), ``metrics.jsonl``, TensorBoard's ``runs/`` and the Trainer's ``training_args.bin`` go up;
+the marker and the base log-prob cache (large, and recomputed from the model and data) do not.
+
+Nothing is overwritten by accident: a fresh run refuses a directory that holds a finished run,
+a model that no unfinished run of infosft left there, or unrelated files (such as a project's
+README.md when ``--output-dir`` points at the working directory).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -27,20 +38,33 @@ from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from infosft.files import append_jsonl, write_text_atomic
+from infosft.files import append_jsonl, write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 RUN_CONFIG_FILE = "run_config.json"
+CARD_FILE = "README.md"
 ADAPTER_DIR = "adapter"
+FINISHED_FILE = "_finished.json"
+BASE_LOG_PROBS_DIR = "_base_log_probs"
+"""Where ``weight_source: base`` caches the base model's log q (``_``: never uploaded)."""
 TRAINER_STATE = "trainer_state.json"
 INCOMPLETE_SUFFIX = ".incomplete"
 # What an unfinished run leaves besides checkpoints: a fresh run may start over on top of it.
-RESTARTABLE = {RUN_CONFIG_FILE, METRICS_FILE, "base_log_probs", "runs"}
-# Files of a final model. config.json is moved into place last, so it marks a complete save.
-FINAL_MODEL_MARKERS = ("config.json", "model.safetensors", "model.safetensors.index.json")
-FINAL_MODEL_LAST = "config.json"
+RESTARTABLE = {RUN_CONFIG_FILE, METRICS_FILE, BASE_LOG_PROBS_DIR, "runs"}
+# Files of a model at the top of a directory, including those the Trainer copies there from
+# each checkpoint when it pushes to the Hub.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "*.bin.index.json",
+    "adapter_config.json",
+    "adapter_model.*",
+)
 
 
 def _logged_step(line: str) -> float:
@@ -103,44 +127,79 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def holds_model_files(output_dir: Path) -> bool:
-    """Whether ``output_dir`` holds any file of a final model (complete or not)."""
-    return (
-        any((output_dir / name).is_file() for name in FINAL_MODEL_MARKERS)
-        or (output_dir / ADAPTER_DIR).is_dir()
-    )
+def is_model_file(path: Path) -> bool:
+    """Whether ``path`` is a model's file or a LoRA run's ``adapter/`` (see MODEL_FILES)."""
+    if path.is_dir():
+        return path.name == ADAPTER_DIR
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_FILES)
 
 
 def final_model_saved(output_dir: Path) -> bool:
     """Whether a run's final save into ``output_dir`` completed (the run is finished)."""
-    return (output_dir / FINAL_MODEL_LAST).is_file()
+    return (output_dir / FINISHED_FILE).is_file()
 
 
 def check_output_dir(output_dir: Path) -> None:
-    """ValueError unless ``output_dir`` is a directory (or a path to create) a run may write to:
-    not a file, and not a finished run or another project's files."""
+    """ValueError unless ``output_dir`` is a directory (or a path to create) a run may start in:
+    not a file, not a finished run, and holding nothing but what an unfinished run left."""
     _reject_file(output_dir)
     if not output_dir.is_dir():
         return
-    if holds_model_files(output_dir):
+    if final_model_saved(output_dir):
         raise ValueError(
             f"{output_dir} holds the final model of an earlier run; choose another --output-dir "
             "(or delete that run first). To train further from that model, pass it as --model"
         )
-    foreign = sorted(
-        path.name
-        for path in output_dir.iterdir()
-        if path.name not in RESTARTABLE
-        and not path.name.startswith(".")
-        and not path.name.endswith(INCOMPLETE_SUFFIX)
-        and path not in checkpoints(output_dir)
+    pushed = _pushed_to_hub(output_dir)
+    others = sorted(
+        (path for path in output_dir.iterdir() if not _left_by_a_run(path, pushed)),
+        key=lambda path: path.name,
     )
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    if not others:
+        return
+    shown = ", ".join(path.name for path in others[:5]) + (", ..." if len(others) > 5 else "")
+    if any(is_model_file(path) for path in others):
         raise ValueError(
-            f"{output_dir} is not empty and is not an infosft run directory (it holds {shown}); "
-            "choose a new or empty --output-dir"
+            f"{output_dir} holds a model ({shown}) that no unfinished infosft run left there; "
+            "choose another --output-dir (or delete it first). To train further from that "
+            "model, pass it as --model"
         )
+    raise ValueError(
+        f"{output_dir} is not empty and is not an infosft run directory (it holds {shown}); "
+        "choose a new or empty --output-dir"
+    )
+
+
+def _left_by_a_run(path: Path, pushed: bool) -> bool:
+    """Whether ``path`` (in an output directory) is what an unfinished run leaves: its
+    bookkeeping, the model card TRL writes at every checkpoint and, when the run pushed to the
+    Hub, the files the Trainer copies to the top at every checkpoint."""
+    name = path.name
+    if name in RESTARTABLE or name.startswith(".") or name.endswith(INCOMPLETE_SUFFIX):
+        return True
+    if name.partition("-")[0] == PREFIX_CHECKPOINT_DIR and path.is_dir():
+        return True
+    if name == CARD_FILE and path.is_file():
+        from infosft.training.model_card import is_infosft_card
+
+        return is_infosft_card(path.parent)
+    return pushed and path.is_file()
+
+
+def _pushed_to_hub(output_dir: Path) -> bool:
+    """Whether the run recorded in ``output_dir``'s run_config.json pushed to the Hub."""
+    args = read_run_config(output_dir).get("args")
+    return isinstance(args, dict) and bool(args.get("push_to_hub"))
+
+
+def read_run_config(output_dir: Path) -> dict[str, Any]:
+    """The run_config.json a run of :func:`infosft.training.train` wrote in ``output_dir``;
+    {} when there is none (a trainer built otherwise) or it is unreadable."""
+    try:
+        record = json.loads(Path(output_dir, RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def checkpoint_to_resume(output_dir: Path, resume: bool | str | os.PathLike) -> str | None:
@@ -204,11 +263,14 @@ def training_finished(checkpoint: str | None) -> bool:
 
 
 def save_final_model(trainer: Any, output_dir: Path) -> None:
-    """Write the trained model and tokenizer at the top of ``output_dir``, file by file atomically.
+    """Write the trained model and tokenizer at the top of ``output_dir``, file by file
+    atomically, then the marker that the run is finished (:data:`FINISHED_FILE`).
 
     A LoRA model is saved twice: the adapter in ``adapter/`` and the adapter merged into the
     base weights at the top, which ``from_pretrained`` and vLLM load without PEFT. The model
-    card (README.md, see :mod:`infosft.training.model_card`) is written with it.
+    card (README.md, see :mod:`infosft.training.model_card`) is written with it. Model files at
+    the top that the final model does not have (the Trainer's copies of a LoRA checkpoint's
+    adapter, when it pushed to the Hub) are deleted: ``from_pretrained`` would load them.
     """
     staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
     try:
@@ -225,12 +287,18 @@ def save_final_model(trainer: Any, output_dir: Path) -> None:
         else:
             trainer.save_model(str(staging), _internal_call=True)
         if trainer.is_world_process_zero():
-            # config.json last: its presence says the whole final model is in place.
-            items = sorted(staging.iterdir(), key=lambda item: item.name == FINAL_MODEL_LAST)
-            for item in items:
+            for path in output_dir.iterdir():
+                if path.is_file() and is_model_file(path) and not (staging / path.name).exists():
+                    path.unlink()
+            for item in staging.iterdir():
                 target = output_dir / item.name
                 if item.is_dir() and target.is_dir():
                     shutil.rmtree(target)
                 os.replace(item, target)
+            state = trainer.state
+            write_json_atomic(
+                output_dir / FINISHED_FILE,
+                {"global_step": state.global_step, "max_steps": state.max_steps},
+            )
     finally:
         shutil.rmtree(staging, ignore_errors=True)

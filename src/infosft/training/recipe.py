@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from infosft.training.outputs import (
     METRICS_FILE,
     RUN_CONFIG_FILE,
+    TRAINER_STATE,
     checkpoint_to_resume,
     metrics_logger,
     read_trainer_state,
@@ -55,7 +56,7 @@ def build_trainer(
 
     Data is loaded and checked before the model, so bad data fails fast. With
     ``weight_source: base`` the trainer's dataset preparation computes the base model's log q
-    and caches it under ``output_dir/base_log_probs``.
+    and caches it under ``output_dir/_base_log_probs``.
     """
     from infosft.models import load_model_and_tokenizer
     from infosft.training.data import load_data
@@ -99,6 +100,8 @@ def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
         model is loaded), and :class:`infosft.training.NonFiniteLossError` (a ValueError) when
         the loss becomes NaN or infinite.
     """
+    from transformers import TrainerState
+
     output_dir = Path(spec.args.output_dir)
     checkpoint = checkpoint_to_resume(output_dir, resume or spec.args.resume_from_checkpoint)
     trainer = build_trainer(spec)
@@ -128,15 +131,19 @@ def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
 
     start = time.perf_counter()
     if training_finished(checkpoint):
-        # The run ended but its final save did not: save the last checkpoint's model, without
-        # the extra step the Trainer would take when resumed at max_steps.
+        # The run ended but its final save did not: save the last checkpoint's model and state
+        # (with the evaluations it logged), without the extra step the Trainer would take when
+        # resumed at max_steps.
         trainer._load_from_checkpoint(checkpoint)
+        trainer.state = TrainerState.load_from_json(Path(checkpoint, TRAINER_STATE))
         metrics: dict[str, Any] = {}
     else:
         metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
     train_seconds = time.perf_counter() - start
-    if trainer.eval_dataset is not None:
-        metrics.update(trainer.evaluate())
+    # The trainer evaluated after the last step (InfoSFTTrainer's EvaluateAtEnd), in the loop.
+    evaluations = [log for log in trainer.state.log_history if "eval_loss" in log]
+    if evaluations:
+        metrics.update({k: v for k, v in evaluations[-1].items() if k.startswith("eval_")})
     save_final_model(trainer, output_dir)
     if spec.args.push_to_hub:
         # The Trainer's own upload of output_dir (model, card, logs), once all of it is there.

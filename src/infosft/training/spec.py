@@ -8,7 +8,10 @@ A run YAML (``infosft train --config FILE``) holds
   formatter for raw public datasets) and ``lora`` (``{rank, alpha, dropout, target_modules}``,
   ``true`` for the defaults, absent or ``null`` for full fine-tuning);
 - how to train it: every :class:`~infosft.training.InfoSFTConfig` field (``method``, ``p_bar``,
-  ``learning_rate``, ``max_steps``, ``output_dir``, ...).
+  ``learning_rate``, ``max_steps``, ``output_dir``, ...). ``activation_checkpointing`` and
+  ``gradient_checkpointing`` (and their ``_kwargs``) are one setting under two names:
+  transformers 5.23 renamed the field, and either name is set on whichever field the installed
+  version has (see :data:`CHECKPOINTING_NAMES`).
 
 :func:`resolve_spec` merges the defaults, the file, ``--set KEY=VALUE`` assignments and the
 command-line flags, in that order of precedence (a flag wins over ``--set``, which wins over
@@ -35,6 +38,12 @@ if TYPE_CHECKING:
 RUN_KEYS = ("model", "model_init_kwargs", "data", "eval_data", "data_format", "lora")
 """Keys of a run YAML that are not InfoSFTConfig fields."""
 LORA_KEYS = ("rank", "alpha", "dropout", "target_modules")
+CHECKPOINTING_NAMES = (
+    ("activation_checkpointing", "gradient_checkpointing"),
+    ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"),
+)
+"""(name since transformers 5.23, name before it): either sets the field the installed
+transformers has, the new one where both exist (5.23 keeps the old as a deprecated alias)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +167,7 @@ class RunSpec:
                 f"{where}: {', '.join(legacy)} are written as one mapping now: "
                 "lora: {rank: 32, alpha: 64, dropout: 0.05, target_modules: all-linear}"
             )
+        values = _installed_checkpointing_names(values, fields, where)
         check_keys(list(values), where, [*fields, *RUN_KEYS])
         run = {key: values[key] for key in RUN_KEYS if key in values}
         options = {key: value for key, value in values.items() if key not in RUN_KEYS}
@@ -239,6 +249,30 @@ def _merge_lora(old: Any, new: Any) -> Any:
     if isinstance(new, dict) and isinstance(old, dict):
         return {**old, **new}
     return new
+
+
+def _installed_checkpointing_names(
+    values: dict[str, Any], fields: dict[str, Any], where: str
+) -> dict[str, Any]:
+    """``values`` with each checkpointing setting (either name of CHECKPOINTING_NAMES) under
+    the name the installed transformers has; ValueError when both names disagree."""
+    values = dict(values)
+    for names in CHECKPOINTING_NAMES:
+        given = {name: values.pop(name) for name in names if name in values}
+        if len({repr(value) for value in given.values()}) > 1:
+            raise ValueError(
+                f"{where} sets {' and '.join(given)}, one setting under two names, to different "
+                "values; keep one"
+            )
+        if given:
+            values[next(name for name in names if name in fields)] = next(iter(given.values()))
+    return values
+
+
+def checkpointing_field() -> str:
+    """The installed transformers' name of the activation checkpointing switch."""
+    new, old = CHECKPOINTING_NAMES[0]
+    return new if new in config_fields() else old
 
 
 def config_fields() -> dict[str, Any]:
@@ -333,8 +367,8 @@ def device_defaults(values: dict[str, Any]) -> dict[str, Any]:
         defaults["use_cpu"] = True
     if "bf16" not in values and "fp16" not in values:
         defaults["bf16"] = cuda and torch.cuda.is_bf16_supported()
-    if not cuda and not {"gradient_checkpointing", "activation_checkpointing"} & set(values):
-        defaults["activation_checkpointing"] = False
+    if not cuda and not set(CHECKPOINTING_NAMES[0]) & set(values):
+        defaults[checkpointing_field()] = False
     return {key: value for key, value in defaults.items() if key not in values}
 
 

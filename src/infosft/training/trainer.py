@@ -28,23 +28,21 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 from trl import SFTTrainer
 
 from infosft.losses import IGNORE_INDEX
 from infosft.losses.lm_head import loss_in_lm_head, output_embeddings, take_head_loss
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
-from infosft.training.outputs import final_model_saved
+from infosft.training.outputs import BASE_LOG_PROBS_DIR, final_model_saved
 from infosft.training.static_weights import COLUMN, compute_base_log_probs, with_base_log_probs
 
 logger = logging.getLogger(__name__)
 
 # Marks a KL-anchor base model that projects with the trained model's own LM head.
 _SAME_HEAD = object()
-
-BASE_LOG_PROBS_DIR = "base_log_probs"
-"""Where ``weight_source: base`` caches the base model's log q, under ``output_dir``."""
 
 # Per-micro-batch values gathered across ranks; every column but the first is summed per log.
 _COLUMNS = (
@@ -67,6 +65,27 @@ class NonFiniteLossError(ValueError):
 
 def _is_peft(model: Any) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
+def _patchable(model: nn.Module) -> nn.Module:
+    """The module whose ``forward`` TRL's SFTTrainer patches: the model, or PEFT's base model."""
+    return model.get_base_model() if _is_peft(model) else model
+
+
+def _undo_fused_lm_head(model: nn.Module, given_forward: Any) -> None:
+    """Give ``model`` back the ``forward`` it had before ``SFTTrainer.__init__``.
+
+    TRL 1.16's SFTTrainer calls ``trl.trainer.utils.add_fused_lm_head``, which sets
+    ``model.forward`` to a method whose closure holds the model's own bound ``forward``: a deep
+    copy of the model would run the original's forward (and train the original's weights).
+    InfoSFTTrainer computes its loss in the LM head and never calls ``fused_lm_head=True``.
+    """
+    if model.__dict__.get("forward") is given_forward:
+        return
+    if given_forward is None:
+        del model.forward  # the class's forward again
+    else:
+        model.forward = given_forward
 
 
 def count_targets(labels: list[int]) -> int:
@@ -137,6 +156,34 @@ def marked_template_tokenizer(tokenizer: Any, args: InfoSFTConfig) -> Any:
     return training_tokenizer
 
 
+def lm_head_inputs(model: nn.Module, model_inputs: dict[str, Any]) -> tuple[Tensor, Tensor, Any]:
+    """What ``model``'s LM head receives on ``model_inputs``: the final hidden states [B, T, H]
+    and the head's weight [V, H] and bias [V] (or None), from one forward pass that builds no
+    logits. Run it under ``torch.no_grad()`` unless the hidden states need gradients.
+    """
+
+    def capture(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
+        # A "loss" of 1 as the head's output: take_head_loss then refuses a model that
+        # transforms its logits (soft-capping, scaling), whose hidden states would mislead.
+        return hidden_states.new_ones(()), (hidden_states, weight, bias)
+
+    with loss_in_lm_head(output_embeddings(model), capture) as result:
+        outputs = model(**model_inputs)
+    take_head_loss(outputs, result)
+    return result["stats"]
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate after the last optimizer step with ``eval_strategy: no``, inside the training
+    loop (the Trainer itself does so for ``steps`` and ``epoch``): trackers that close their run
+    when training ends (MLflow, trackio) log it in the training's run, and the last checkpoint
+    holds it."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.eval_strategy == IntervalStrategy.NO:
+            control.should_evaluate = True
+
+
 class InfoSFTTrainer(SFTTrainer):
     """SFTTrainer computing ``nll``, ``dft``, ``infosft`` or any registered scheme with the fused
     weighted NLL, normalised by the token count of the whole optimizer step.
@@ -154,14 +201,16 @@ class InfoSFTTrainer(SFTTrainer):
     - examples left without a target token (a prompt filling ``max_length``) are dropped with a
       warning that counts them, and examples cut at ``max_length`` are counted in a warning;
     - with ``weight_source: base``, a ``base_log_probs`` column computed once with the model as
-      it is before training (cached under ``output_dir/base_log_probs``).
+      it is before training (cached under ``output_dir/_base_log_probs``).
 
     Logged every logging step: loss, ``nll`` of the same tokens, ``mean_q``, ``mean_weight``,
     ``zero_weight_share``, ``entropy``, ``tokens_per_second``, ``num_tokens``, ``kl_to_base``
     (when set) and the active ``method``, as a string and as ``method/<name>`` 0/1 values
     (evaluation logs the token statistics with an ``eval_`` prefix; trackers show them as
-    ``train/...`` and ``eval/...``). A NaN or infinite training loss stops training with
-    :class:`NonFiniteLossError`. :meth:`create_model_card` writes the InfoSFT model card.
+    ``train/...`` and ``eval/...``). With evaluation data the last step is always followed by
+    an evaluation, in the training loop (:class:`EvaluateAtEnd`). A NaN or infinite training
+    loss stops training with :class:`NonFiniteLossError`. :meth:`create_model_card` writes the
+    InfoSFT model card.
     """
 
     def __init__(
@@ -185,17 +234,20 @@ class InfoSFTTrainer(SFTTrainer):
         # Read by _prepare_dataset, which SFTTrainer.__init__ calls.
         self._template_tokenizer = marked_template_tokenizer(processing_class, args)
         self._initial_model = model
-        # The KL anchor's base model for full fine-tuning: a frozen copy taken before TRL patches
-        # the model's forward. With PEFT the base is the same model with its adapters disabled.
+        # The KL anchor's base model for full fine-tuning: a frozen copy of the model as given.
+        # With PEFT the base is the same model with its adapters disabled.
         self._frozen_base = None
         if args.kl_to_base and kwargs.get("peft_config") is None and not _is_peft(model):
             self._frozen_base = copy.deepcopy(model).eval().requires_grad_(False)
+        is_module = isinstance(model, nn.Module)
+        given_forward = _patchable(model).__dict__.get("forward") if is_module else None
         super().__init__(
             model=model,
             args=args,
             processing_class=self._template_tokenizer or processing_class,
             **kwargs,
         )
+        _undo_fused_lm_head(_patchable(self.model), given_forward)
         # Checkpoints keep the tokenizer's own template: several inference engines reject the
         # {% generation %} tag.
         if self._template_tokenizer is not None:
@@ -211,14 +263,14 @@ class InfoSFTTrainer(SFTTrainer):
             self.data_collator = with_base_log_probs(self.data_collator)
         if self._frozen_base is not None:
             self._frozen_base.to(self.args.device)
+        if self.eval_dataset is not None:
+            self.add_callback(EvaluateAtEnd())
         # compute_loss below consumes num_items_in_batch itself, whatever the model's forward takes,
         # so the Trainer must count it.
         self.model_accepts_loss_kwargs = True
         self._sums: dict[str, dict[str, float]] = {}
         self._window_start: float | None = None
         self._last_method = args.schedule_entry(None, 0).method
-        schedule = args.loss_schedule or [{"method": args.method}]
-        self._methods = list(dict.fromkeys(entry["method"] for entry in schedule))
 
     def _prepare_dataset(
         self,
@@ -344,17 +396,13 @@ class InfoSFTTrainer(SFTTrainer):
         logits are built. The weight is ``_SAME_HEAD`` when the base shares the trained head.
         """
 
-        def capture(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
-            return hidden_states.new_zeros(()), (hidden_states, weight, bias)
-
         if self._frozen_base is not None:
             base, adapters_off = self._frozen_base, contextlib.nullcontext()
         else:
             base = model
             adapters_off = self.accelerator.unwrap_model(model).disable_adapter()
-        with adapters_off, loss_in_lm_head(output_embeddings(base), capture) as result:
-            base(**model_inputs)
-        hidden, weight, bias = result["stats"]
+        with adapters_off:
+            hidden, weight, bias = lm_head_inputs(base, model_inputs)
         if self._frozen_base is None and weight is output_embeddings(model).weight:
             return hidden, _SAME_HEAD, None
         return hidden, weight, bias
@@ -446,7 +494,7 @@ class InfoSFTTrainer(SFTTrainer):
                 # The same as numbers, one 0/1 line per method of the run: trackers that keep
                 # only numbers (MLflow drops strings) still show which method is active and
                 # where a loss schedule switches.
-                for method in self._methods:
+                for method in self.args.methods:
                     logs[f"method/{method}"] = float(method == self._last_method)
         super().log(logs, start_time)
 
