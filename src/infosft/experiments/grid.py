@@ -43,7 +43,6 @@ any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 
 from infosft.files import read_yaml
 from infosft.models import DEFAULT_MODEL
+from infosft.training.spec import check_keys
 
 PROBES = "probes"
 LM_EVAL_PREFIX = "lm_eval:"
@@ -353,17 +353,7 @@ def _run_spec(run_spec: Any, values: dict[str, Any], data: Any, where: str) -> A
 
 
 def _check_keys(values: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    unknown = [key for key in values if key not in allowed]
-    if not unknown:
-        return
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), allowed, n=2, cutoff=0.6)
-        hints.append(f"{key!r}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
-    raise ValueError(
-        f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {', '.join(hints)}; "
-        f"allowed: {', '.join(allowed)}"
-    )
+    check_keys(list(values), where, list(allowed), list_allowed=True)
 
 
 def _list(value: Any, key: str, top: bool = False) -> list[Any]:

@@ -283,8 +283,9 @@ def config_fields() -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(InfoSFTConfig) if f.init}
 
 
-def check_keys(keys: list[str], where: str, allowed: list[str]) -> None:
-    """ValueError naming each key not in ``allowed``, with the nearest valid names."""
+def check_keys(keys: list[str], where: str, allowed: list[str], list_allowed: bool = False) -> None:
+    """ValueError naming each key not in ``allowed``, with the nearest valid names (and, with
+    ``list_allowed``, every allowed name: for short lists)."""
     unknown = [key for key in keys if key not in allowed]
     if not unknown:
         return
@@ -292,7 +293,10 @@ def check_keys(keys: list[str], where: str, allowed: list[str]) -> None:
     for key in unknown:
         close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.6)
         hints.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-    raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {'; '.join(hints)}")
+    listed = f"; allowed: {', '.join(allowed)}" if list_allowed else ""
+    raise ValueError(
+        f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {'; '.join(hints)}{listed}"
+    )
 
 
 _KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
