@@ -295,6 +295,23 @@ def test_a_bad_grid_is_one_line_on_the_command_line(tmp_path, tiny_model_dir, ca
     assert len(err.splitlines()) == 1 and "keep_checkpoints must be true or false" in err
 
 
+@pytest.mark.parametrize("output_dir", ["", "elsewhere"])
+def test_results_never_land_among_unrelated_files(
+    tmp_path, tiny_model_dir, monkeypatch, output_dir
+):
+    path = write_grid(tmp_path / "grid", tiny_model_dir)
+    work = tmp_path / "work"
+    (work / "elsewhere").mkdir(parents=True)
+    (work / "results.json").write_text("mine")
+    (work / "elsewhere" / "report.md").write_text("mine")
+    monkeypatch.chdir(work)
+    with pytest.raises(ValueError, match="--output-dir"):
+        engine.run_grid(read_grid(path), output_dir, log=quiet)
+    assert (work / "results.json").read_text() == "mine"
+    assert (work / "elsewhere" / "report.md").read_text() == "mine"
+    assert not (work / "cells").exists() and not (work / "elsewhere" / "cells").exists()
+
+
 def test_the_demo_prints_the_grid_it_runs_for_compare_to_reuse(tmp_path, capsys):
     assert main(["demo", "--print-spec"]) == 0
     (tmp_path / "grid.yaml").write_text(capsys.readouterr().out)

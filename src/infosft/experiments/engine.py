@@ -278,6 +278,27 @@ def _load_options(spec: GridSpec) -> dict[str, Any]:
     return options
 
 
+def check_output_dir(output_dir: str | Path) -> Path:
+    """``output_dir`` as a Path, if a grid may write there: a new or empty directory, or one an
+    earlier grid run wrote (it holds ``cells/``). Anything else is refused before any work: the
+    results, report and plots would overwrite files of the same name (``--output-dir ""``, an
+    unset shell variable, would write into the working directory)."""
+    if not str(output_dir).strip():
+        raise ValueError("--output-dir is empty; name a directory for the results")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output-dir {output_dir} is a file; name a directory")
+    if output_dir.is_dir() and not (output_dir / "cells").is_dir():
+        held = sorted(path.name for path in output_dir.iterdir())
+        if held:
+            shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+            raise ValueError(
+                f"--output-dir {output_dir} is not empty and holds no earlier grid run (it holds "
+                f"{shown}); choose a new or empty directory"
+            )
+    return output_dir
+
+
 def run_grid(
     spec: GridSpec,
     output_dir: str | Path,
@@ -290,9 +311,7 @@ def run_grid(
     from infosft.models import load_model_and_tokenizer
 
     start = time.perf_counter()
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"--output-dir {output_dir} is a file; name a directory")
+    output_dir = check_output_dir(output_dir)
     plan = Plan(spec)
     cells_dir = output_dir / "cells"
     done = _stale_cells(plan, cells_dir)
