@@ -122,9 +122,18 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from infosft.training import train
 
-    result = train(spec_from_args(args), resume=args.resume)
+    try:
+        result = train(spec_from_args(args), resume=args.resume)
+    finally:
+        # Under torchrun / accelerate launch the process group Accelerate opened is still up;
+        # left to interpreter exit, gloo's threads were once torn down mid-flight there ("terminate
+        # called without an active exception", SIGABRT on one rank after a finished run).
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     print(f"model:   {result.output_dir}")
     print(f"metrics: {result.metrics_path}")
     print(f"config:  {result.config_path}")
