@@ -27,7 +27,20 @@ METHOD_COLORS = {
     "dft_mix": "#e377c2",
     "power": "#17becf",
 }
-_FALLBACK_COLORS = ("#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5")
+_FALLBACK_COLORS = (
+    "#bcbd22",
+    "#7f7f7f",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#9edae5",
+    "#dbdb8d",
+)
+LEGEND_OUTSIDE = 5
+"""Above this many curves a legend goes beside the axes, where it covers no point."""
 
 
 def method_color(method: str, index: int = 0) -> str:
@@ -186,10 +199,14 @@ def plot_fronts(
     plt = _pyplot()
     verdicts = [textwrap.fill(v["sentence"], 120) for v in summary.get("verdicts", [])]
     lines = sum(v.count("\n") + 1 for v in verdicts)
-    fig, ax = plt.subplots(figsize=(7.6, 5.0 + 0.15 * lines))
     curves = list(summary["fronts"])
-    for index, curve in enumerate(curves):
-        color = method_color(curve, index)
+    outside = len(curves) > LEGEND_OUTSIDE
+    fig, ax = plt.subplots(figsize=(9.4 if outside else 7.6, 5.0 + 0.15 * lines))
+    # Variants (a method under another name: infosft-p0.8, sft-then-infosft, ...) draw dashed in
+    # palette colours numbered among themselves, so no two of them share a colour up to ten.
+    variants = [curve for curve in curves if curve not in METHOD_COLORS]
+    for curve in curves:
+        color = method_color(curve, variants.index(curve) if curve in variants else 0)
         mine = [p for p in summary["points"] if p["curve"] == curve]
         ax.scatter(
             [p["retention"] for p in mine], [p["accuracy"] for p in mine], color=color, alpha=0.35
@@ -204,6 +221,7 @@ def plot_fronts(
             where="pre",
             color=color,
             linewidth=2,
+            linestyle="--" if curve in variants else "-",
             label=curve,
         )
         ax.scatter([p["retention"] for p in steps], [p["accuracy"] for p in steps], color=color)
@@ -224,7 +242,10 @@ def plot_fronts(
     ax.set_ylabel(y_label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    else:
+        ax.legend(loc="best", fontsize=8)
     if verdicts:
         # Below the x label, inside the axes' artists so that tight_layout makes room for it.
         ax.text(0.0, -0.13, "\n".join(verdicts), transform=ax.transAxes, va="top", fontsize=7)
