@@ -40,6 +40,7 @@ from infosft.experiments.measure import (
     files_digest,
     measure_base,
     measure_tuned,
+    text_digest,
 )
 from infosft.files import environment, write_json_atomic
 from infosft.objectives import DEFAULT_P_BAR
@@ -146,7 +147,7 @@ class Plan:
     def base_fingerprint(self) -> dict[str, Any]:
         return {
             "format": RESULTS_FORMAT,
-            "model": _hash(self.model_id),
+            "model": text_digest(self.model_id),
             "measures": self.suite.digest(),
         }
 
@@ -160,10 +161,10 @@ class Plan:
         )
         return {
             "format": RESULTS_FORMAT,
-            "model": _hash(self.model_id),
-            "training data": _hash(data),
+            "model": text_digest(self.model_id),
+            "training data": text_digest(data),
             "measures": self.suite.digest(cell.task),
-            "training settings": _hash(
+            "training settings": text_digest(
                 json.dumps(
                     [self.spec.training_values(cell), self.spec.keep_checkpoints],
                     sort_keys=True,
@@ -171,12 +172,6 @@ class Plan:
                 )
             ),
         }
-
-
-def _hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -303,9 +303,13 @@ def _share(correct: dict[str, bool]) -> float | None:
     return sum(correct.values()) / len(correct) if correct else None
 
 
-def _sha(content: Any) -> str:
-    text = json.dumps(content, sort_keys=True, default=str)
+def text_digest(text: str) -> str:
+    """The short hash every fingerprint of a grid run uses: sha256 of ``text``, 16 hex digits."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _sha(content: Any) -> str:
+    return text_digest(json.dumps(content, sort_keys=True, default=str))
 
 
 def _source_content(source: Source, limit: int | None) -> Any:
