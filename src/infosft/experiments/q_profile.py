@@ -114,13 +114,19 @@ def score_prepared(
             inputs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
             hidden, weight, bias = lm_head_inputs(model, {**inputs, "use_cache": False})
             labels = labels.to(hidden.device)
-            log_probs = score_targets(hidden, weight, labels, lm_head_bias=bias).log_probs.cpu()
-            weights = {
+            # Every pass over the LM head also yields log q: one pass per richer scheme, and
+            # a plain one only when there is none.
+            scores = {
                 scheme.method: score_targets(
                     hidden, weight, labels, lm_head_bias=bias, method=scheme
-                ).weights.cpu()
+                )
                 for scheme in richer
             }
+            first = next(iter(scores.values()), None)
+            if first is None:
+                first = score_targets(hidden, weight, labels, lm_head_bias=bias)
+            log_probs = first.log_probs.cpu()
+            weights = {method: result.weights.cpu() for method, result in scores.items()}
             for row, example in enumerate(chunk):
                 n = len(example["input_ids"])
                 # The first token has no prefix, so it is never a target (the causal shift).
