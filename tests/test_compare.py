@@ -188,6 +188,14 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_cells(
     results = engine.run_grid(spec, tmp_path / "out", log=quiet)
     assert trained == [c.name for c in spec.cells()][2:]
     assert len(results["cells"]) == 4
+    # The grid's cost counts the cells of the interrupted run too, not only this invocation's.
+    timing = results["timing"]
+    assert (timing["cells_run"], timing["cells_reused"]) == (2, 2)
+    base = json.loads((tmp_path / "out" / "base.json").read_text())
+    assert timing["compute_seconds"] == pytest.approx(
+        base["measure_seconds"]
+        + sum(c["train_seconds"] + c["measure_seconds"] for c in results["cells"])
+    )
     for name, text in saved.items():
         assert (tmp_path / "out" / "cells" / name).read_text() == text
 

@@ -50,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     title = "InfoSFT demo (full protocol)" if args.full else "InfoSFT demo"
     results = run_grid(spec, output_dir, title=title)
     print(text_summary(results))
-    minutes = results["timing"]["total_seconds"] / 60
-    print(f"took {minutes:.1f} min; report: {output_dir}/report.md (and report.html, results.json)")
+    timing = results["timing"]
+    minutes, compute = timing["total_seconds"] / 60, timing["compute_seconds"] / 60
+    print(
+        f"took {minutes:.1f} min ({compute:.1f} min of training and measuring over all "
+        f"{len(results['cells'])} cells, those of earlier runs included); report: "
+        f"{output_dir}/report.md (and report.html, results.json)"
+    )
     return 0

@@ -396,10 +396,20 @@ def run_grid(
         "total_seconds": time.perf_counter() - start,
         "cells_run": len(run_seconds),
         "cells_reused": len(records) - len(run_seconds),
+        # What the whole grid cost, also when it was finished over several invocations (a
+        # resumed run's total_seconds counts only the last one): training and measuring summed
+        # over every cell, plus measuring the base once. A cell measured from a model already on
+        # disk has no training time (None) and adds only its measuring.
+        "compute_seconds": base.get("measure_seconds", 0.0)
+        + sum((r["train_seconds"] or 0.0) + r["measure_seconds"] for r in records),
     }
     write_grid_report(results, output_dir)
     write_json_atomic(output_dir / "results.json", results)
-    log(f"done in {_duration(results['timing']['total_seconds'])}: {output_dir / 'report.md'}")
+    log(
+        f"done in {_duration(results['timing']['total_seconds'])} (all {len(records)} cells: "
+        f"{_duration(results['timing']['compute_seconds'])} of training and measuring): "
+        f"{output_dir / 'report.md'}"
+    )
     return results
 
 
