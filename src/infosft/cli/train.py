@@ -126,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
     from infosft.training import train
 
-    distributed = False
     try:
         result = train(spec_from_args(args), resume=args.resume)
     finally:

@@ -207,13 +207,8 @@ def grid_markdown(results: Mapping[str, Any], figures: Mapping[str, Path]) -> st
         f"Model `{spec['model']}` fine-tuned on {len(tasks)} task(s) with {methods} at learning "
         f"rates {lrs}, {len(spec['seeds'])} seed(s): {len(results['cells'])} cells "
         f"({timing['cells_run']} run now, {timing['cells_reused']} from an earlier run), "
-        f"{timing['total_seconds'] / 60:.1f} min"
-        + (
-            f" ({timing['compute_seconds'] / 60:.1f} min of training and measuring over all cells)"
-            if timing.get("compute_seconds") is not None
-            else ""
-        )
-        + ". Every cell is measured on new-task accuracy, "
+        f"{timing['total_seconds'] / 60:.1f} min ({timing['compute_seconds'] / 60:.1f} min of "
+        "training and measuring over all cells). Every cell is measured on new-task accuracy, "
         "retention of prior capabilities and KL(base ‖ tuned); each method's front is the "
         "upper-right envelope of its cells in (retention, accuracy).",
         "## Verdicts",
