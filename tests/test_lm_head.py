@@ -1,10 +1,13 @@
 """The model-level scorer: a causal LM run with its LM head intercepted."""
 
+import math
+
 import pytest
 import torch
 
 from conftest import build_tiny_llama
 from infosft.losses import IGNORE_INDEX, target_log_probs
+from infosft.losses.lm_head import causal_lm_loss
 
 VOCAB = 300
 
@@ -67,3 +70,40 @@ def test_a_model_that_transforms_its_logits_is_refused():
     model.register_forward_hook(soft_cap)
     with pytest.raises(ValueError, match="transforms its LM head output"):
         target_log_probs(model, *batch())
+
+
+def infosft_loss_from_full_logits(model, input_ids, attention_mask, labels, num_items, p_bar):
+    """The InfoSFT loss written out in float64 from the model's full logits:
+    sum_t w(q_t) * -log q_t / num_items, w(q) = q * max(0, 1 - logit(q) / logit(p_bar)),
+    w detached; returns the loss and the gradient of every parameter."""
+    model.zero_grad()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.double()
+    log_q = logits[:, :-1].log_softmax(-1).gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0]
+    mask = labels[:, 1:] != IGNORE_INDEX
+    q = log_q.detach().exp()
+    logit_q = torch.log(q) - torch.log1p(-q)
+    c = math.log(p_bar / (1 - p_bar))
+    w = q * torch.clamp(1 - logit_q / c, min=0)
+    loss = -(w * log_q)[mask].sum() / num_items
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_causal_lm_loss_equals_the_float64_objective_on_full_logits_with_its_gradients():
+    model = build_tiny_llama(VOCAB).double()
+    input_ids, attention_mask, labels = batch()
+    num_items = 17  # as if other accumulation micro-batches held more targets
+    expected, expected_grads = infosft_loss_from_full_logits(
+        model, input_ids, attention_mask, labels, num_items, 0.9
+    )
+    model.zero_grad()
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    loss, stats = causal_lm_loss(
+        model, inputs, method="infosft", p_bar=0.9, num_items_in_batch=num_items
+    )
+    loss.backward()
+    # The weights are computed in float32 from log q (by design), hence 1e-6, not 1e-12.
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-6, atol=1e-9)
+    assert int(stats.num_tokens) == int((labels[:, 1:] != IGNORE_INDEX).sum())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, expected_grads[name], rtol=1e-5, atol=1e-9)

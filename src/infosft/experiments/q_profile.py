@@ -99,7 +99,7 @@ def score_prepared(
     training would see, though not in training's shuffled order).
     """
     from infosft.losses import score_targets
-    from infosft.training.trainer import lm_head_inputs
+    from infosft.losses.lm_head import lm_head_inputs
 
     device = next(model.parameters()).device
     richer = [scheme for scheme in schemes if not scheme.q_only]

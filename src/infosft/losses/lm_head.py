@@ -13,13 +13,15 @@ fused loss) in place of the [B, T, V] logits. Because this happens inside the LM
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from infosft.losses.fused import score_targets
+from infosft.losses.fused import TokenStats, fused_weighted_nll_loss, score_targets
+from infosft.losses.reference import IGNORE_INDEX
+from infosft.objectives import Scheme
 
 HeadLossFn = Callable[[Tensor, Tensor, Tensor | None], tuple[Tensor, Any]]
 """``fn(hidden_states [B, T, H], weight [V, H], bias [V] | None) -> (loss, stats)``."""
@@ -120,3 +122,84 @@ def target_log_probs(
             outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         take_head_loss(outputs, result)
     return result["stats"].log_probs.float()
+
+
+def lm_head_inputs(model: nn.Module, model_inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor, Any]:
+    """What ``model``'s LM head receives on ``model_inputs``: the final hidden states [B, T, H]
+    and the head's weight [V, H] and bias [V] (or None), from one forward pass that builds no
+    logits. Run it under ``torch.no_grad()`` unless the hidden states need gradients.
+    """
+
+    def capture(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
+        # A "loss" of 1 as the head's output: take_head_loss then refuses a model that
+        # transforms its logits (soft-capping, scaling), whose hidden states would mislead.
+        return hidden_states.new_ones(()), (hidden_states, weight, bias)
+
+    with loss_in_lm_head(output_embeddings(model), capture) as result:
+        outputs = model(**model_inputs)
+    take_head_loss(outputs, result)
+    return result["stats"]
+
+
+def causal_lm_loss(
+    model: nn.Module,
+    inputs: Mapping[str, Any],
+    *,
+    method: str | Scheme = "infosft",
+    p_bar: float | None = None,
+    method_args: Mapping[str, Any] | None = None,
+    num_items_in_batch: int | Tensor | None = None,
+    base: tuple[Tensor, Tensor | None, Tensor | None] | None = None,
+    kl_to_base: float = 0.0,
+    target_weights: Tensor | None = None,
+) -> tuple[Tensor, TokenStats]:
+    """The fused weighted NLL of a causal LM on one micro-batch, from one forward pass of
+    ``model`` that builds no [B, T, V] logits: the one step every trainer integration runs
+    (InfoSFTTrainer, the axolotl and ms-swift plugins).
+
+    Args:
+        model: a causal LM (``transformers`` ``*ForCausalLM``, possibly PEFT/DDP/FSDP/DeepSpeed
+            wrapped) with ``get_output_embeddings()``.
+        inputs: the batch as a Trainer passes it: ``input_ids`` [B, T], ``labels`` [B, T]
+            (IGNORE_INDEX where no loss applies, not yet shifted), and whatever else the model's
+            forward takes (``attention_mask``, ``position_ids``, ...). ``labels`` is not passed
+            to the model, and neither is ``use_cache`` (set to False).
+        method, p_bar, method_args, num_items_in_batch, kl_to_base, target_weights: as in
+            :func:`~infosft.losses.fused.fused_weighted_nll_loss`.
+        base: for the KL anchor, the frozen base model's head inputs on the same batch
+            (:func:`lm_head_inputs`): hidden states [B, T, H'], head weight [V, H'] and bias,
+            read as constants; a weight of None means the base shares the trained model's head.
+
+    Returns:
+        ``(loss, stats)``: the float32 scalar loss (summed over this micro-batch's targets and
+        divided by ``num_items_in_batch``; the caller scales for data parallelism as its
+        trainer expects) and the micro-batch's :class:`~infosft.losses.fused.TokenStats`.
+    """
+    labels = inputs["labels"]
+    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    model_inputs["use_cache"] = False
+    base_hidden, base_weight, base_bias = base or (None, None, None)
+
+    def head_loss(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
+        shares_head = base is not None and base_weight is None
+        return fused_weighted_nll_loss(
+            hidden_states,
+            weight,
+            labels.to(hidden_states.device),
+            method=method,
+            p_bar=p_bar,
+            method_args=method_args,
+            num_items_in_batch=num_items_in_batch,
+            ignore_index=IGNORE_INDEX,
+            lm_head_bias=bias,
+            base_hidden_states=base_hidden,
+            base_lm_head_weight=weight if shares_head else base_weight,
+            base_lm_head_bias=bias if shares_head else base_bias,
+            kl_to_base=kl_to_base,
+            return_stats=True,
+            target_weights=target_weights,
+        )
+
+    with loss_in_lm_head(output_embeddings(model), head_loss) as result:
+        outputs = model(**model_inputs)
+    return take_head_loss(outputs, result), result["stats"]

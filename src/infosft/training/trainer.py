@@ -33,16 +33,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 from trl import SFTTrainer
 
 from infosft.losses import IGNORE_INDEX
-from infosft.losses.lm_head import loss_in_lm_head, output_embeddings, take_head_loss
+from infosft.losses.lm_head import causal_lm_loss, lm_head_inputs, output_embeddings
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
 from infosft.training.outputs import BASE_LOG_PROBS_DIR, final_model_saved
 from infosft.training.static_weights import COLUMN, compute_base_log_probs, with_base_log_probs
 
 logger = logging.getLogger(__name__)
-
-# Marks a KL-anchor base model that projects with the trained model's own LM head.
-_SAME_HEAD = object()
 
 # Per-micro-batch values gathered across ranks; every column but the first is summed per log.
 _COLUMNS = (
@@ -154,23 +151,6 @@ def marked_template_tokenizer(tokenizer: Any, args: InfoSFTConfig) -> Any:
     training_tokenizer = copy.deepcopy(tokenizer)
     training_tokenizer.chat_template = marked
     return training_tokenizer
-
-
-def lm_head_inputs(model: nn.Module, model_inputs: dict[str, Any]) -> tuple[Tensor, Tensor, Any]:
-    """What ``model``'s LM head receives on ``model_inputs``: the final hidden states [B, T, H]
-    and the head's weight [V, H] and bias [V] (or None), from one forward pass that builds no
-    logits. Run it under ``torch.no_grad()`` unless the hidden states need gradients.
-    """
-
-    def capture(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
-        # A "loss" of 1 as the head's output: take_head_loss then refuses a model that
-        # transforms its logits (soft-capping, scaling), whose hidden states would mislead.
-        return hidden_states.new_ones(()), (hidden_states, weight, bias)
-
-    with loss_in_lm_head(output_embeddings(model), capture) as result:
-        outputs = model(**model_inputs)
-    take_head_loss(outputs, result)
-    return result["stats"]
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -343,47 +323,31 @@ class InfoSFTTrainer(SFTTrainer):
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ) -> Tensor | tuple[Tensor, Any]:
-        from infosft.losses.fused import fused_weighted_nll_loss
-
         mode = "train" if self.model.training else "eval"
         entry = self.args.schedule_entry(self.state.epoch, self.state.global_step)
-        labels = inputs["labels"]
         target_weights = self._target_weights(inputs, entry)
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", COLUMN)}
-        model_inputs["use_cache"] = False
-        base = self._base_head_inputs(model, model_inputs) if self.args.kl_to_base else None
-
-        def head_loss(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
-            base_hidden, base_weight, base_bias = base or (None, None, None)
-            return fused_weighted_nll_loss(
-                hidden_states,
-                weight,
-                labels.to(hidden_states.device),
-                method=entry.scheme,
-                num_items_in_batch=num_items_in_batch,
-                ignore_index=IGNORE_INDEX,
-                lm_head_bias=bias,
-                base_hidden_states=base_hidden,
-                # With PEFT the head is usually the base model's own (LoRA leaves it alone).
-                base_lm_head_weight=weight if base_weight is _SAME_HEAD else base_weight,
-                base_lm_head_bias=bias if base_weight is _SAME_HEAD else base_bias,
-                kl_to_base=self.args.kl_to_base,
-                return_stats=True,
-                target_weights=target_weights,
-            )
-
-        with loss_in_lm_head(output_embeddings(model), head_loss) as result:
-            outputs = model(**model_inputs)
-        loss = take_head_loss(outputs, result)
+        batch = {k: v for k, v in inputs.items() if k != COLUMN}
+        forward_inputs = {k: v for k, v in batch.items() if k != "labels"}
+        forward_inputs["use_cache"] = False
+        base = self._base_head_inputs(model, forward_inputs) if self.args.kl_to_base else None
+        loss, stats = causal_lm_loss(
+            model,
+            batch,
+            method=entry.scheme,
+            num_items_in_batch=num_items_in_batch,
+            base=base,
+            kl_to_base=self.args.kl_to_base,
+            target_weights=target_weights,
+        )
         # As in Trainer.compute_loss: num_items_in_batch counts every rank's tokens and DDP
         # averages gradients over ranks, so scale the rank's sum back up.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-        self._record(mode, loss, result["stats"], inputs, entry.method)
+        self._record(mode, loss, stats, inputs, entry.method)
         if return_outputs:
             # compute_metrics needs the full logits: a second forward, without gradients.
             with torch.no_grad():
-                outputs = model(**model_inputs)
+                outputs = model(**forward_inputs)
             return loss, outputs
         return loss
 
@@ -393,7 +357,7 @@ class InfoSFTTrainer(SFTTrainer):
     ) -> tuple[Tensor, Any, Tensor | None]:
         """The base model's final hidden states [B, T, H] on this batch and its LM head (weight,
         bias), for the KL anchor: one forward without gradients, the head intercepted so no
-        logits are built. The weight is ``_SAME_HEAD`` when the base shares the trained head.
+        logits are built. The weight is None when the base shares the trained head.
         """
 
         if self._frozen_base is not None:
@@ -404,7 +368,7 @@ class InfoSFTTrainer(SFTTrainer):
         with adapters_off:
             hidden, weight, bias = lm_head_inputs(base, model_inputs)
         if self._frozen_base is None and weight is output_embeddings(model).weight:
-            return hidden, _SAME_HEAD, None
+            return hidden, None, None
         return hidden, weight, bias
 
     def _record(
