@@ -122,13 +122,17 @@ def test_a_schedule_switches_method_within_a_one_epoch_cell(finished):
     assert [row["method"] for row in cell["curve_log"]] == ["nll", "infosft"]
 
 
-def test_each_task_gets_fronts_and_a_verdict_per_method_against_nll(finished):
+def test_each_task_gets_fronts_and_both_halves_of_a_verdict_per_method_against_nll(finished):
     results, _, _ = finished
     summary = results["fronts"]["sums"]
     assert summary["reference"] == "nll"
-    assert [v["curve"] for v in summary["verdicts"]] == ["infosft", "sft-then-infosft", "asft"]
+    assert [(v["curve"], v["matched"]) for v in summary["verdicts"]] == [
+        (curve, matched)
+        for curve in ("infosft", "sft-then-infosft", "asft")
+        for matched in ("retention", "accuracy")
+    ]
     assert all(
-        v["sentence"].startswith(("at matched retention", "inconclusive", v["curve"], "nll"))
+        v["sentence"].startswith((f"at matched {v['matched']}", "inconclusive", v["curve"], "nll"))
         for v in summary["verdicts"]
     )
 

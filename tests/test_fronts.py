@@ -47,7 +47,7 @@ def test_attainable_accuracy_is_the_best_among_points_retaining_at_least_the_lev
     assert math.isnan(fronts.attainable(retention, accuracy, 0.95))
 
 
-def test_matched_gap_is_the_mean_staircase_difference_over_the_shared_retention_range():
+def test_matched_gap_is_the_mean_staircase_difference_over_the_shared_matched_range():
     # X: (0.6, .5) (0.8, .4) (0.9, .3); Y: (0.7, .35) (0.85, .2) (1.0, .1). Shared [0.7, 0.9]:
     # (0.7, 0.8]: .4 - .2; (0.8, 0.85]: .3 - .2; (0.85, 0.9]: .3 - .1  -> 0.035 / 0.2 = 0.175.
     gap, low, high = fronts.matched_gap(
@@ -67,7 +67,7 @@ def test_matched_gap_at_one_shared_retention_level_is_the_difference_there():
     assert (gap, low, high) == (pytest.approx(0.2), 0.8, 0.8)
 
 
-def test_matched_gap_is_none_when_the_retention_ranges_do_not_overlap():
+def test_matched_gap_is_none_when_the_matched_ranges_do_not_overlap():
     assert (
         fronts.matched_gap(
             np.array([0.9, 0.95]), np.array([0.1, 0.0]), np.array([0.5]), np.array([0.4])
@@ -164,7 +164,7 @@ def test_disjoint_fronts_where_the_right_one_also_learns_more_is_dominance():
         cell("nll", "lr=1", bits(20, 200, offset=50), bits(60, 100)),
     ]
     result = fronts.compare(cells, "infosft", "nll", resamples=300)
-    assert result.retention_range is None and result.gap is None
+    assert result.matched_range is None and result.gap is None
     assert result.decision == "dominates"
     assert result.sentence.startswith("infosft dominates nll")
 
@@ -187,7 +187,13 @@ def test_compare_all_compares_every_other_curve_with_the_reference():
         cell("dft", "s", bits(5, 50), kept),
         cell("infosft", "s", bits(5, 50), kept),
     ]
-    assert [c.curve for c in fronts.compare_all(cells, resamples=50)] == ["dft", "infosft"]
+    halves = [(c.curve, c.matched) for c in fronts.compare_all(cells, resamples=50)]
+    assert halves == [
+        ("dft", "retention"),
+        ("dft", "accuracy"),
+        ("infosft", "retention"),
+        ("infosft", "accuracy"),
+    ]
     with pytest.raises(ValueError, match="reference curve 'sft'"):
         fronts.compare_all(cells, reference="sft")
 
@@ -223,14 +229,86 @@ def test_bands_are_nan_above_the_retention_a_curve_reaches():
     assert math.isnan(band["low"][1]) and math.isnan(band["high"][1])
 
 
-def test_summary_is_json_ready_and_carries_one_verdict_per_other_curve():
+def test_a_curve_that_keeps_more_at_the_same_accuracy_forgets_less_with_an_interval():
+    learned = bits(100, 200)
+    cells = [
+        cell("infosft", "lr=1", learned, bits(90, 100)),
+        cell("nll", "lr=1", learned, bits(60, 100, offset=50)),
+    ]
+    result = fronts.compare(cells, "infosft", "nll", matched="accuracy", resamples=500)
+    assert result.decision == "forgets_less"
+    assert result.matched_range == (0.5, 0.5)
+    assert result.gap == pytest.approx(0.3)
+    assert 0 < result.interval[0] < 0.3 < result.interval[1]
+    assert result.sentence.startswith(
+        "at matched accuracy (accuracy 0.50), infosft keeps more than nll by 0.300 retention"
+    )
+
+
+def test_the_forgetting_half_is_the_staircase_gap_with_the_axes_swapped():
+    # infosft (accuracy, retention): (0.3, 0.9) (0.5, 0.8); nll: (0.4, 0.7) (0.6, 0.5).
+    # Shared accuracy [0.4, 0.5]: R_infosft = 0.8 and R_nll = 0.5 on (0.4, 0.5] -> gap 0.3.
+    cells = [
+        cell("infosft", "lr=1", bits(30, 100), bits(90, 100)),
+        cell("infosft", "lr=2", bits(50, 100), bits(80, 100)),
+        cell("nll", "lr=1", bits(40, 100, offset=3), bits(70, 100, offset=5)),
+        cell("nll", "lr=2", bits(60, 100, offset=3), bits(50, 100, offset=5)),
+    ]
+    result = fronts.compare(cells, "infosft", "nll", matched="accuracy", resamples=200)
+    assert result.matched_range == (0.4, 0.5)
+    assert result.gap == pytest.approx(0.3, abs=1e-12)
+
+
+def test_a_point_past_every_reference_setting_is_said_in_words_with_its_numbers():
+    # The reference's most-retaining setting keeps 0.811 at accuracy 0.500; the curve keeps
+    # 0.847 at 0.525: no matched retention level exists, yet the curve reaches further.
+    cells = [
+        cell("sft-then-infosft", "lr=3e-5", bits(105, 200), bits(847, 1000)),
+        cell("nll", "lr=3e-5", bits(100, 200, offset=7), bits(811, 1000, offset=11)),
+        cell("nll", "lr=1e-4", bits(140, 200, offset=7), bits(600, 1000, offset=11)),
+    ]
+    learning, forgetting = (
+        fronts.compare(cells, "sft-then-infosft", "nll", matched=m, resamples=300)
+        for m in ("retention", "accuracy")
+    )
+    said = (
+        "sft-then-infosft keeps more than any nll setting: retention 0.847 vs 0.811 at accuracy "
+        "0.525 vs 0.500"
+    )
+    assert learning.matched_range is None
+    assert forgetting.beyond and forgetting.beyond[0].startswith(said)
+    assert said in forgetting.sentence
+    # The other way round, nll is more accurate than any sft-then-infosft setting.
+    assert learning.beyond[0].startswith(
+        "nll learns more than any sft-then-infosft setting: accuracy 0.700 vs 0.525"
+    )
+
+
+def test_a_curve_reaching_no_further_gets_no_sentence_about_it():
+    kept = bits(9, 10)
+    cells = [cell("nll", "s", bits(5, 50), kept), cell("infosft", "s", bits(5, 50), kept)]
+    for matched in ("retention", "accuracy"):
+        assert fronts.compare(cells, "infosft", "nll", matched=matched, resamples=50).beyond == ()
+
+
+def test_an_unknown_matched_axis_is_refused():
+    kept = bits(9, 10)
+    cells = [cell("nll", "s", bits(5, 50), kept), cell("infosft", "s", bits(5, 50), kept)]
+    with pytest.raises(ValueError, match="matched must be one of"):
+        fronts.compare(cells, "infosft", "nll", matched="loss")
+
+
+def test_summary_is_json_ready_and_carries_both_halves_per_other_curve():
     import json
 
     kept = bits(9, 10)
     cells = [cell("nll", "s", bits(5, 50), kept), cell("infosft", "s", bits(9, 50), kept)]
     summary = fronts.fronts_summary(cells, resamples=100)
     json.dumps(summary)
-    assert [v["curve"] for v in summary["verdicts"]] == ["infosft"]
+    assert [(v["curve"], v["matched"]) for v in summary["verdicts"]] == [
+        ("infosft", "retention"),
+        ("infosft", "accuracy"),
+    ]
     assert set(summary["fronts"]) == {"nll", "infosft"}
 
 

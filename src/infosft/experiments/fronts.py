@@ -22,6 +22,13 @@ and which retention items it answered correctly. From the cells:
 The verdict is "X learns more" (or less) only when the interval excludes 0 and the fronts
 overlap in at least ``confidence`` of the resamples; otherwise it is inconclusive at this size.
 
+That is half of "learn more and forget less". The other half swaps the axes: **matched
+accuracy** is the accuracy range both sweeps cover, ``R(a)`` the best retention among a curve's
+points with accuracy >= a, and the gap the mean of ``R_X(a) - R_Y(a)`` there ("X forgets less",
+or more), with the same paired bootstrap. Each half also says in words when one curve reaches
+a region the other never does (it keeps more, or learns more, than any setting of the other),
+which no matched range can show, with the share of resamples in which that holds.
+
 Per-cell record the experiment engine stores (results.json), one per fine-tune::
 
     {"task": "arith_chain", "method": "infosft", "learning_rate": 1e-4, "epochs": 1, "seed": 0,
@@ -35,6 +42,7 @@ base answers correctly). :func:`cells_from_records` turns those records into cel
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -78,16 +86,22 @@ class Point:
 
 @dataclass(frozen=True)
 class Comparison:
-    """``curve`` against ``reference`` at matched retention, with a bootstrap interval.
+    """``curve`` against ``reference`` at a matched level of one axis, with a bootstrap interval.
 
-    ``gap`` is mean over ``retention_range`` of A_curve(r) - A_reference(r) (accuracy points,
-    positive when ``curve`` learns more); None when the fronts do not overlap in retention.
-    ``decision`` is one of "learns_more", "learns_less", "dominates", "inconclusive".
+    ``matched`` names the axis held equal: "retention" (the learning half: ``gap`` is the mean
+    over the shared retention range ``matched_range`` of A_curve(r) - A_reference(r), accuracy
+    points, positive when ``curve`` learns more) or "accuracy" (the forgetting half:
+    ``matched_range`` is the shared accuracy range and ``gap`` the mean of
+    R_curve(a) - R_reference(a), retention points, positive when ``curve`` forgets less).
+    ``gap`` and ``matched_range`` are None when the fronts do not overlap on that axis.
+    ``decision`` is one of "learns_more", "learns_less", "forgets_less", "forgets_more",
+    "dominates", "inconclusive". ``beyond`` holds a sentence per curve that reaches past every
+    setting of the other on the compared axis (already part of ``sentence``).
     """
 
     curve: str
     reference: str
-    retention_range: tuple[float, float] | None
+    matched_range: tuple[float, float] | None
     gap: float | None
     interval: tuple[float, float] | None
     overlap_share: float
@@ -95,6 +109,16 @@ class Comparison:
     sentence: str
     confidence: float = DEFAULT_CONFIDENCE
     details: dict[str, Any] = field(default_factory=dict)
+    matched: str = "retention"
+    beyond: tuple[str, ...] = ()
+
+
+# Per matched axis: (axis read as the level, axis compared at it, the word for a positive gap,
+# for a negative one, and how the compared quantity is phrased).
+_HALVES = {
+    "retention": ("retention", "accuracy", "learns_more", "learns_less", "learns more than"),
+    "accuracy": ("accuracy", "retention", "forgets_less", "forgets_more", "keeps more than"),
+}
 
 
 def default_curve(record: Mapping[str, Any]) -> str:
@@ -282,11 +306,17 @@ def compare(
     curve: str,
     reference: str,
     *,
+    matched: str = "retention",
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> Comparison:
-    """``curve`` against ``reference`` at matched retention, with a paired bootstrap interval."""
+    """``curve`` against ``reference`` with a paired bootstrap interval: at matched retention
+    (``matched="retention"``, does it learn more?) or at matched accuracy
+    (``matched="accuracy"``, does it forget less?)."""
+    if matched not in _HALVES:
+        raise ValueError(f"matched must be one of {sorted(_HALVES)}, got {matched!r}")
+    level_axis, value_axis, more, less, verb = _HALVES[matched]
     estimate = points(cells)
     mine = [p for p in estimate if p.curve == curve]
     theirs = [p for p in estimate if p.curve == reference]
@@ -296,78 +326,130 @@ def compare(
             raise ValueError(f"no cells for curve {name!r}; the cells have {available}")
 
     def arrays(ps: Sequence[Point]) -> tuple[np.ndarray, np.ndarray]:
-        return np.array([p.retention for p in ps]), np.array([p.accuracy for p in ps])
+        return (
+            np.array([getattr(p, level_axis) for p in ps]),
+            np.array([getattr(p, value_axis) for p in ps]),
+        )
 
     observed = matched_gap(*arrays(mine), *arrays(theirs))
     boot, keys = _resample_points(cells, resamples, seed)
+    levels, values = getattr(boot, level_axis), getattr(boot, value_axis)
     x_cols = [i for i, k in enumerate(keys) if k[0] == curve]
     y_cols = [i for i, k in enumerate(keys) if k[0] == reference]
     gaps = []
     for b in range(resamples):
         result = matched_gap(
-            boot.retention[b, x_cols],
-            boot.accuracy[b, x_cols],
-            boot.retention[b, y_cols],
-            boot.accuracy[b, y_cols],
+            levels[b, x_cols], values[b, x_cols], levels[b, y_cols], values[b, y_cols]
         )
         if result is not None:
             gaps.append(result[0])
     overlap_share = len(gaps) / resamples
+    beyond = _beyond(mine, theirs, boot, x_cols, y_cols, value_axis, level_axis, verb)
     details = {
         "retention": {name: _span(ps) for name, ps in ((curve, mine), (reference, theirs))},
+        "accuracy": {
+            name: _span(ps, "accuracy") for name, ps in ((curve, mine), (reference, theirs))
+        },
         "best_accuracy": {
             curve: max(p.accuracy for p in mine),
             reference: max(p.accuracy for p in theirs),
         },
+        "best_retention": {
+            curve: max(p.retention for p in mine),
+            reference: max(p.retention for p in theirs),
+        },
     }
     if observed is None:
-        return _without_overlap(
-            cells, curve, reference, mine, theirs, boot, x_cols, y_cols, confidence, details
-        )
-    gap, low, high = observed
-    interval = _percentile_interval(np.array(gaps), confidence) if gaps else None
-    decisive = (
-        interval is not None
-        and overlap_share >= confidence
-        and (interval[0] > 0 or interval[1] < 0)
-    )
-    where = f"at matched retention ({_range(low, high)})"
-    if decisive:
-        decision = "learns_more" if gap > 0 else "learns_less"
-        winner, loser = (curve, reference) if gap > 0 else (reference, curve)
-        lo, hi = (interval[0], interval[1]) if gap > 0 else (-interval[1], -interval[0])
-        sentence = (
-            f"{where}, {winner} learns more than {loser} by {abs(gap):.3f} "
-            f"({confidence:.0%} interval {lo:.3f} to {hi:.3f})"
+        comparison = _without_overlap(
+            curve, reference, mine, theirs, boot, x_cols, y_cols, confidence, details, matched
         )
     else:
-        decision = "inconclusive"
-        reason = (
-            f"the fronts overlap in only {overlap_share:.0%} of resamples"
-            if overlap_share < confidence
-            else "the interval includes 0"
+        gap, low, high = observed
+        interval = _percentile_interval(np.array(gaps), confidence) if gaps else None
+        decisive = (
+            interval is not None
+            and overlap_share >= confidence
+            and (interval[0] > 0 or interval[1] < 0)
         )
-        shown = "n/a" if interval is None else f"{interval[0]:+.3f} to {interval[1]:+.3f}"
-        sentence = (
-            f"inconclusive at this size: {where}, {curve} − {reference} = {gap:+.3f} "
-            f"({confidence:.0%} interval {shown}; {reason})"
+        where = f"at matched {level_axis} ({_range(low, high, level_axis)})"
+        if decisive:
+            decision = more if gap > 0 else less
+            winner, loser = (curve, reference) if gap > 0 else (reference, curve)
+            lo, hi = (interval[0], interval[1]) if gap > 0 else (-interval[1], -interval[0])
+            unit = "" if matched == "retention" else " retention"
+            sentence = (
+                f"{where}, {winner} {verb} {loser} by {abs(gap):.3f}{unit} "
+                f"({confidence:.0%} interval {lo:.3f} to {hi:.3f})"
+            )
+        else:
+            decision = "inconclusive"
+            reason = (
+                f"the fronts overlap in only {overlap_share:.0%} of resamples"
+                if overlap_share < confidence
+                else "the interval includes 0"
+            )
+            shown = "n/a" if interval is None else f"{interval[0]:+.3f} to {interval[1]:+.3f}"
+            sentence = (
+                f"inconclusive at this size: {where}, {value_axis} {curve} − {reference} = "
+                f"{gap:+.3f} ({confidence:.0%} interval {shown}; {reason})"
+            )
+        comparison = Comparison(
+            curve=curve,
+            reference=reference,
+            matched_range=(low, high),
+            gap=gap,
+            interval=interval,
+            overlap_share=overlap_share,
+            decision=decision,
+            sentence=sentence,
+            confidence=confidence,
+            details=details,
+            matched=matched,
         )
-    return Comparison(
-        curve=curve,
-        reference=reference,
-        retention_range=(low, high),
-        gap=gap,
-        interval=interval,
-        overlap_share=overlap_share,
-        decision=decision,
-        sentence=sentence,
-        confidence=confidence,
-        details=details,
+    if not beyond:
+        return comparison
+    return dataclasses.replace(
+        comparison,
+        sentence="; ".join([comparison.sentence, *beyond]),
+        beyond=tuple(beyond),
     )
+
+
+def _beyond(
+    mine: Sequence[Point],
+    theirs: Sequence[Point],
+    boot: _Resamples,
+    x_cols: list[int],
+    y_cols: list[int],
+    axis: str,
+    other: str,
+    verb: str,
+) -> list[str]:
+    """A sentence for each curve whose best ``axis`` value exceeds every point of the other's,
+    naming its point past them (the best on ``other`` among those) against the other's best,
+    and the share of resamples in which the curve still reaches further."""
+    sentences = []
+    for (ps, cols), (qs, q_cols) in (
+        ((mine, x_cols), (theirs, y_cols)),
+        ((theirs, y_cols), (mine, x_cols)),
+    ):
+        their_best = max(qs, key=lambda p: (getattr(p, axis), getattr(p, other)))
+        past = [p for p in ps if getattr(p, axis) > getattr(their_best, axis)]
+        if not past:
+            continue
+        best = max(past, key=lambda p: (getattr(p, other), getattr(p, axis)))
+        drawn = getattr(boot, axis)
+        share = float(np.mean(drawn[:, cols].max(axis=1) > drawn[:, q_cols].max(axis=1)))
+        sentences.append(
+            f"{best.curve} {verb} any {their_best.curve} setting: {axis} "
+            f"{getattr(best, axis):.3f} vs {getattr(their_best, axis):.3f} at {other} "
+            f"{getattr(best, other):.3f} vs {getattr(their_best, other):.3f} "
+            f"(further in {share:.0%} of resamples)"
+        )
+    return sentences
 
 
 def _without_overlap(
-    cells: Sequence[Cell],
     curve: str,
     reference: str,
     mine: Sequence[Point],
@@ -377,47 +459,58 @@ def _without_overlap(
     y_cols: list[int],
     confidence: float,
     details: dict[str, Any],
+    matched: str,
 ) -> Comparison:
-    """Every cell of one curve retains more than every cell of the other: no matched level.
+    """Every point of one curve lies past every point of the other on the matched axis: no
+    matched level.
 
-    The curve to the right *dominates* when it also learns more at its best (interval of the
-    difference of best accuracies above 0); otherwise the sweeps trade off and the verdict is
-    inconclusive until they are widened to overlap.
+    The curve further along the matched axis *dominates* when it is also better at its best on
+    the other axis (interval of the difference of bests above 0); otherwise the sweeps trade
+    off and the verdict is inconclusive until they are widened to overlap.
     """
+    level_axis, value_axis = _HALVES[matched][:2]
     right, left = (
-        (curve, reference) if mine[0].retention > theirs[0].retention else (reference, curve)
+        (curve, reference)
+        if getattr(mine[0], level_axis) > getattr(theirs[0], level_axis)
+        else (reference, curve)
     )
     r_cols, l_cols = (x_cols, y_cols) if right == curve else (y_cols, x_cols)
-    best = boot.accuracy[:, r_cols].max(axis=1) - boot.accuracy[:, l_cols].max(axis=1)
+    drawn = getattr(boot, value_axis)
+    best = drawn[:, r_cols].max(axis=1) - drawn[:, l_cols].max(axis=1)
     interval = _percentile_interval(best, confidence)
-    diff = details["best_accuracy"][right] - details["best_accuracy"][left]
-    spans = details["retention"]
-    where = f"{right} retains {_range(*spans[right])}, {left} {_range(*spans[left])}"
+    bests = details[f"best_{value_axis}"]
+    diff = bests[right] - bests[left]
+    spans = details[level_axis]
+    where = (
+        f"{right} {_range(*spans[right], level_axis)}, {left} {_range(*spans[left], level_axis)}"
+    )
+    more = "retains more" if level_axis == "retention" else "is more accurate"
     if interval[0] > 0:
         decision = "dominates"
         sentence = (
-            f"{right} dominates {left}: every {right} cell retains more ({where}) and its best "
-            f"accuracy is higher by {diff:.3f} ({confidence:.0%} interval {interval[0]:.3f} to "
-            f"{interval[1]:.3f})"
+            f"{right} dominates {left}: every {right} cell {more} ({where}) and its best "
+            f"{value_axis} is higher by {diff:.3f} ({confidence:.0%} interval {interval[0]:.3f} "
+            f"to {interval[1]:.3f})"
         )
     else:
         decision = "inconclusive"
         sentence = (
-            f"inconclusive at this size: the fronts do not overlap in retention ({where}); "
-            f"best accuracy {right} − {left} = {diff:+.3f} ({confidence:.0%} interval "
+            f"inconclusive at this size: the fronts do not overlap in {level_axis} ({where}); "
+            f"best {value_axis} {right} − {left} = {diff:+.3f} ({confidence:.0%} interval "
             f"{interval[0]:+.3f} to {interval[1]:+.3f}); widen the learning-rate sweep so they do"
         )
     return Comparison(
         curve=curve,
         reference=reference,
-        retention_range=None,
+        matched_range=None,
         gap=None,
         interval=interval,
         overlap_share=0.0,
         decision=decision,
         sentence=sentence,
         confidence=confidence,
-        details={**details, "best_accuracy_difference": {"right": right, "value": diff}},
+        details={**details, f"best_{value_axis}_difference": {"right": right, "value": diff}},
+        matched=matched,
     )
 
 
@@ -429,14 +522,24 @@ def compare_all(
     confidence: float = DEFAULT_CONFIDENCE,
     seed: int = 0,
 ) -> list[Comparison]:
-    """Every other curve against ``reference`` (plain SFT by default), in first-seen order."""
+    """Every other curve against ``reference`` (plain SFT by default), in first-seen order,
+    each twice: at matched retention (learns more?) then at matched accuracy (forgets less?)."""
     curves = list(dict.fromkeys(c.curve for c in cells))
     if reference not in curves:
         raise ValueError(f"reference curve {reference!r} has no cells; the cells have {curves}")
     return [
-        compare(cells, curve, reference, resamples=resamples, confidence=confidence, seed=seed)
+        compare(
+            cells,
+            curve,
+            reference,
+            matched=matched,
+            resamples=resamples,
+            confidence=confidence,
+            seed=seed,
+        )
         for curve in curves
         if curve != reference
+        for matched in _HALVES
     ]
 
 
@@ -508,12 +611,14 @@ def fronts_summary(
             {
                 "curve": c.curve,
                 "reference": c.reference,
-                "retention_range": c.retention_range,
+                "matched": c.matched,
+                "matched_range": c.matched_range,
                 "gap": c.gap,
                 "interval": c.interval,
                 "overlap_share": c.overlap_share,
                 "decision": c.decision,
                 "sentence": c.sentence,
+                "beyond": list(c.beyond),
             }
             for c in comparisons
         ],
@@ -522,9 +627,9 @@ def fronts_summary(
     }
 
 
-def _span(ps: Sequence[Point]) -> tuple[float, float]:
-    return (min(p.retention for p in ps), max(p.retention for p in ps))
+def _span(ps: Sequence[Point], axis: str = "retention") -> tuple[float, float]:
+    return (min(getattr(p, axis) for p in ps), max(getattr(p, axis) for p in ps))
 
 
-def _range(low: float, high: float) -> str:
-    return f"retention {low:.2f}" if low == high else f"retention {low:.2f}–{high:.2f}"
+def _range(low: float, high: float, axis: str = "retention") -> str:
+    return f"{axis} {low:.2f}" if low == high else f"{axis} {low:.2f}–{high:.2f}"
