@@ -37,7 +37,8 @@ class Rows(Dataset):
 
 def infosft_gradients(model, rows):
     """float64 gradients of sum_t w(q_t) * -log q_t / N over all four rows (N: their targets),
-    w(q) = q * max(0, 1 - logit(q) / logit(p_bar)) detached, written out from full logits."""
+    w(q) = q * max(0, 1 - logit(q) / logit(p_bar)) detached, written out from full logits; and
+    the targets' mean q and mean w."""
     model = model.double()
     model.zero_grad()
     logits = model(input_ids=rows.input_ids).logits
@@ -47,7 +48,8 @@ def infosft_gradients(model, rows):
     q = log_q.detach().exp()
     w = q * torch.clamp(1 - (torch.log(q) - torch.log1p(-q)) / math.log(P_BAR / (1 - P_BAR)), min=0)
     (-(w * log_q)[mask].sum() / mask.sum()).backward()
-    return {name: param.grad.clone() for name, param in model.named_parameters()}
+    grads = {name: param.grad.clone() for name, param in model.named_parameters()}
+    return grads, float(q[mask].mean()), float(w[mask].mean())
 
 
 def test_a_plain_trainer_with_the_fused_loss_takes_the_exact_step_under_accumulation(tmp_path):
@@ -56,7 +58,7 @@ def test_a_plain_trainer_with_the_fused_loss_takes_the_exact_step_under_accumula
     rows = Rows()
     model = build_tiny_llama(VOCAB)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
-    expected = infosft_gradients(build_tiny_llama(VOCAB), rows)
+    expected, mean_q, mean_weight = infosft_gradients(build_tiny_llama(VOCAB), rows)
     args = TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=2,
@@ -79,8 +81,9 @@ def test_a_plain_trainer_with_the_fused_loss_takes_the_exact_step_under_accumula
         step = (before[name] - param.detach()).double()
         torch.testing.assert_close(step, expected[name], rtol=1e-4, atol=1e-6)
     logged = next(entry for entry in trainer.state.log_history if "infosft/mean_q" in entry)
-    assert 0 < logged["infosft/mean_q"] < 1
-    assert 0 <= logged["infosft/zero_weight_share"] <= 1
+    assert logged["infosft/mean_q"] == pytest.approx(mean_q, rel=1e-4)
+    assert logged["infosft/mean_weight"] == pytest.approx(mean_weight, rel=1e-4)
+    assert logged["infosft/zero_weight_share"] == 0.0  # a random model gives no q near 0.9
 
 
 def test_an_unknown_method_or_a_negative_anchor_is_refused_before_training(tmp_path):

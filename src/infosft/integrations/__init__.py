@@ -17,11 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from infosft.losses.fused import TokenStats
 from infosft.losses.lm_head import causal_lm_loss, lm_head_inputs, output_embeddings
 from infosft.objectives import get_scheme
-
-# The token statistics a plugin adds to the trainer's logs (means over the logged window).
-_STAT_FIELDS = ("num_tokens", "sum_q", "sum_weight", "num_zero_weight", "sum_nll", "sum_entropy")
 
 
 def _unwrapped(trainer: Any, model: nn.Module) -> nn.Module:
@@ -64,7 +62,8 @@ def use_fused_loss(
     frozen_base = None
     if kl_to_base and not hasattr(model, "disable_adapter"):
         frozen_base = copy.deepcopy(model).eval().requires_grad_(False)
-    sums: dict[str, dict[str, float]] = {}
+    # Per mode, the TokenStats fields summed over the micro-batches since the last log.
+    sums: dict[str, list[float]] = {}
 
     def base_head_inputs(model: nn.Module, forward_inputs: dict[str, Any]):
         with torch.no_grad():
@@ -99,11 +98,11 @@ def use_fused_loss(
             accelerator = getattr(trainer, "accelerator", None)
             loss = loss * (accelerator.num_processes if accelerator is not None else 1)
         mode = "train" if model.training else "eval"
-        window = sums.setdefault(mode, dict.fromkeys((*_STAT_FIELDS, "sum_kl"), 0.0))
-        for name in _STAT_FIELDS:
-            window[name] += float(getattr(stats, name))
-        if stats.sum_kl is not None:
-            window["sum_kl"] += float(stats.sum_kl)
+        values = [0.0 if value is None else float(value) for value in stats]
+        window = sums.get(mode)
+        sums[mode] = (
+            values if window is None else [a + b for a, b in zip(window, values, strict=True)]
+        )
         if return_outputs:
             with torch.no_grad():
                 outputs = model(**forward_inputs)
@@ -115,18 +114,10 @@ def use_fused_loss(
     def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         window = sums.pop(mode, None)
-        if window and window["num_tokens"]:
+        if window and window[0]:
+            stats = TokenStats(*window[:-1], sum_kl=window[-1] if kl_to_base else None)
             prefix = "eval_infosft/" if mode == "eval" else "infosft/"
-            count = window["num_tokens"]
-            means = {
-                "mean_q": window["sum_q"] / count,
-                "mean_weight": window["sum_weight"] / count,
-                "zero_weight_share": window["num_zero_weight"] / count,
-                "nll": window["sum_nll"] / count,
-                "entropy": window["sum_entropy"] / count,
-            }
-            if kl_to_base:
-                means["kl_to_base"] = window["sum_kl"] / count
+            means = {("kl_to_base" if k == "kl" else k): v for k, v in stats.means().items()}
             logs = {**logs, **{prefix + name: value for name, value in means.items()}}
         return original_log(logs, *args, **kwargs)
 
