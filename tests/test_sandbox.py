@@ -453,11 +453,21 @@ def test_output_that_is_not_utf8_is_kept_with_replacement_characters(mode):
     assert "\ufffd\ufffd ok" in result.output
 
 
-def test_a_sandbox_that_cannot_be_started_is_an_error_not_an_exception(mode, monkeypatch):
-    def no_fork(*args, **kwargs):
-        raise BlockingIOError(11, "Resource temporarily unavailable")
+@pytest.mark.parametrize(
+    ("module", "name", "error"),
+    [
+        (subprocess, "Popen", BlockingIOError(11, "Resource temporarily unavailable")),
+        (os, "pipe", OSError(24, "Too many open files")),
+    ],
+    ids=["no fork", "no file descriptors"],
+)
+def test_a_sandbox_that_cannot_be_started_is_an_error_not_an_exception(
+    mode, monkeypatch, module, name, error
+):
+    def fail(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(sandbox.subprocess, "Popen", no_fork)
+    monkeypatch.setattr(module, name, fail)
     result = run_python("pass\n", mode=mode)
     assert (result.status, result.passed) == ("error", False)
     assert result.detail.startswith("the sandbox could not be started: ")

@@ -301,18 +301,31 @@ def run_python(
         return SandboxResult("rejected", None, "", 0.0, concrete, rejection)
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
-        if concrete == "bwrap":
-            work, cwd = SANDBOX_HOME, "/"
+        try:  # until the supervisor runs, every failure is the sandbox's: no content is used
+            if concrete == "bwrap":
+                work, cwd, prefix = SANDBOX_HOME, "/", bwrap_command(max_disk_bytes)
+            else:
+                work = cwd = tempfile.mkdtemp(dir=private_root())
+                stack.callback(remove_later, work)
+                prefix = []
+            report_r, report_w = os.pipe()
+            stack.callback(os.close, report_r)
             try:
-                prefix = bwrap_command(max_disk_bytes)
-            except FileNotFoundError as error:
-                return SandboxResult("error", None, "", 0.0, concrete, str(error))
-        else:
-            work = cwd = tempfile.mkdtemp(dir=private_root())
-            stack.callback(remove_later, work)
-            prefix = []
-        report_r, report_w = os.pipe()
-        stack.callback(os.close, report_r)
+                proc = subprocess.Popen(
+                    [*prefix, *supervisor_command()],
+                    cwd=cwd,
+                    env=scrubbed_env(work),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(report_w,),
+                    start_new_session=True,
+                )
+            finally:
+                os.close(report_w)
+        except OSError as error:  # bwrap missing, no fork or exec, no file descriptors or disk
+            detail = f"the sandbox could not be started: {error}"
+            return SandboxResult("error", None, "", 0.0, concrete, detail)
         config = {
             "program_path": os.path.join(work, "program.py"),
             "mode": concrete,
@@ -332,22 +345,6 @@ def run_python(
             },
             "disk": {"max_bytes": max_disk_bytes, "max_files": max_files, "tmpfs": prefix != []},
         }
-        try:
-            proc = subprocess.Popen(
-                [*prefix, *supervisor_command()],
-                cwd=cwd,
-                env=scrubbed_env(work),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(report_w,),
-                start_new_session=True,
-            )
-        except OSError as error:  # cannot fork or execute: nothing of the program ran yet
-            detail = f"the sandbox could not be started: {error}"
-            return SandboxResult("error", None, "", 0.0, concrete, detail)
-        finally:
-            os.close(report_w)
         send_input(proc, config, source)
         deadline = start + SETUP_S + timeout + GRACE_S
         try:
