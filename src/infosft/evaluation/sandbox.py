@@ -240,13 +240,10 @@ def encode_program(program: object, max_bytes: int) -> tuple[bytes, str]:
     if len(program) > max_bytes:  # each character takes at least one byte
         return b"", too_large
     try:
-        source = program.encode("utf-8")
+        source = str.encode(program, "utf-8")  # str's own method, whatever a subclass defines
     except UnicodeEncodeError as error:
-        character = ascii(error.object[error.start])
-        return (
-            b"",
-            f"the program cannot be encoded as UTF-8: {character} at character {error.start}",
-        )
+        where = f"{error.object[error.start]!a} at character {error.start}"
+        return b"", f"the program cannot be encoded as UTF-8: {where}"
     if len(source) > max_bytes:
         return b"", too_large
     return source, ""
