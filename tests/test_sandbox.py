@@ -399,6 +399,80 @@ def test_huge_output_is_capped(mode):
     assert len(result.output) <= 10_000
 
 
+# Content that cannot be a program file: the sample is rejected, before anything starts, with
+# its reason; never "error", which would stop the evaluation as if the sandbox were broken.
+UNRUNNABLE = {
+    "lone surrogate": ('x = "\ud800"\n', r"cannot be encoded as UTF-8: '\ud800' at character 5"),
+    "lone low surrogate in the tests": ("pass\n# \udfff\n", "cannot be encoded as UTF-8"),
+    "larger than the file limit": ("#" * (sandbox.DEFAULT_MAX_FILE_BYTES + 1), "larger than"),
+    "over the limit in UTF-8 bytes only": (
+        "#" + "\u00e9" * (sandbox.DEFAULT_MAX_FILE_BYTES // 2),
+        "larger than",
+    ),
+    "bytes": (b"print(1)\n", "not text but bytes"),
+    "None": (None, "not text but NoneType"),
+}
+
+
+@pytest.mark.parametrize("case", UNRUNNABLE, ids=list(UNRUNNABLE))
+def test_content_that_cannot_be_a_program_file_is_rejected_with_its_reason(mode, case):
+    program, reason = UNRUNNABLE[case]
+    result = run_python(program, mode=mode)
+    assert (result.status, result.passed, result.returncode) == ("rejected", False, None)
+    assert reason in result.detail
+
+
+def test_a_program_larger_than_the_disk_cap_is_rejected(mode):
+    result = run_python("x = 1\n" + "#" * 5000, mode=mode, max_disk_bytes=4096)
+    assert (result.status, result.detail) == (
+        "rejected",
+        "the program is larger than the 4096 bytes a file in the sandbox may hold",
+    )
+
+
+def test_a_program_of_exactly_the_limit_runs(mode):
+    program = "x = 1\n" + "#" * (4096 - 7) + "\n"
+    assert run_python(program, mode=mode, max_disk_bytes=4096).status == "passed"
+
+
+def test_a_program_beyond_pipe_and_argv_sizes_runs(mode):
+    # 3 MiB: more than a pipe holds and more than the kernel allows for argv and environment.
+    program = f"x = {'a' * 3 * 2**20!r}\nassert len(x) == 3 * 2**20\n"
+    assert run_python(program, mode=mode).status == "passed"
+
+
+def test_nul_bytes_in_a_program_fail_it_with_python_s_reason(mode):
+    result = run_python("x = 1\x00\n", mode=mode)
+    assert (result.status, result.returncode) == ("failed", 1)
+    assert "null bytes" in result.output
+
+
+def test_output_that_is_not_utf8_is_kept_with_replacement_characters(mode):
+    result = sandboxed("import os\nos.write(1, b'\\xff\\xfe ok\\n')\n", mode)
+    assert result.status == "passed"
+    assert "\ufffd\ufffd ok" in result.output
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "error"),
+    [
+        (subprocess, "Popen", BlockingIOError(11, "Resource temporarily unavailable")),
+        (os, "pipe", OSError(24, "Too many open files")),
+    ],
+    ids=["no fork", "no file descriptors"],
+)
+def test_a_sandbox_that_cannot_be_started_is_an_error_not_an_exception(
+    mode, monkeypatch, module, name, error
+):
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(module, name, fail)
+    result = run_python("pass\n", mode=mode)
+    assert (result.status, result.passed) == ("error", False)
+    assert result.detail.startswith("the sandbox could not be started: ")
+
+
 @pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), 1e12, "soon"])
 def test_a_timeout_that_is_not_a_positive_number_is_rejected(timeout):
     with pytest.raises(ValueError, match="timeout"):

@@ -116,8 +116,9 @@ def read_samples(path: str) -> list[dict]:
             ) from None
         if not isinstance(row, dict) or "task_id" not in row or "completion" not in row:
             raise ValueError(f"{path}:{n}: each line needs 'task_id' and 'completion'")
-        if not isinstance(row["task_id"], str) or not isinstance(row["completion"], str):
-            raise ValueError(f"{path}:{n}: 'task_id' and 'completion' must be strings")
+        # A completion that is not text is the sample's failure, scored as "rejected".
+        if not isinstance(row["task_id"], str):
+            raise ValueError(f"{path}:{n}: 'task_id' must be a string")
         samples.append(row)
     if not samples:
         raise ValueError(f"samples file {path} is empty")

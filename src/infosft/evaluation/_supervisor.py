@@ -1,7 +1,7 @@
 """The trusted side of one sandboxed program. Run as ``python -I -B -S -c <this source>``.
 
 The evaluator (``sandbox.py``) starts this script, inside bubblewrap in the ``bwrap`` mode, and
-writes its configuration to stdin. Three processes take part:
+writes its configuration and the program's bytes to stdin. Three processes take part:
 
 1. this supervisor, which runs nothing of the program: it forks the program's process, enforces
    the wall-clock timeout and the disk caps, kills whatever is left, and writes the verdict as
@@ -284,21 +284,28 @@ def bootstrap_source() -> tuple[str, int]:
     return source, source[: source.index(DONE_CALL)].count("\n") + 1
 
 
-def read_config() -> dict:
-    """The configuration: a decimal byte count, a newline, then that many bytes of JSON."""
+def read_exactly(size: int) -> bytes:
+    """``size`` bytes of stdin (a bytearray: appending stays linear for a large program)."""
+    data = bytearray()
+    while len(data) < size:
+        chunk = os.read(0, min(size - len(data), 1 << 20))
+        if not chunk:
+            raise RuntimeError("sandbox: configuration cut short")
+        data += chunk
+    return bytes(data)
+
+
+def read_input() -> tuple:
+    """The configuration and the program. A header line gives both sizes in bytes, then come
+    the JSON configuration (trusted) and the program's UTF-8 bytes, which are never parsed."""
     header = b""
     while not header.endswith(b"\n"):
         byte = os.read(0, 1)
         if not byte:
             raise RuntimeError("sandbox: configuration cut short")
         header += byte
-    size, body = int(header), b""
-    while len(body) < size:
-        chunk = os.read(0, size - len(body))
-        if not chunk:
-            raise RuntimeError("sandbox: configuration cut short")
-        body += chunk
-    return json.loads(body)
+    config_size, program_size = (int(n) for n in header.split())
+    return json.loads(read_exactly(config_size)), read_exactly(program_size)
 
 
 def set_limits(limits: dict) -> None:
@@ -615,7 +622,7 @@ def supervise(pid: int, ready: int, config: dict) -> dict:
 def main() -> None:
     import ctypes
 
-    config = read_config()
+    config, program = read_input()
     report = config["report_fd"]
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -625,8 +632,8 @@ def main() -> None:
     prctl(libc, PR_SET_CHILD_SUBREAPER, 1)
     signal.pthread_sigmask(signal.SIG_BLOCK, [DONE_SIGNAL])
     os.chdir(config["work"])
-    with open(config["program_path"], "w", encoding="utf-8") as f:
-        f.write(config["program"])
+    with open(config["program_path"], "wb") as f:
+        f.write(program)
     ready, ready_w = os.pipe()
     supervisor = os.getpid()
     pid = os.fork()

@@ -3,7 +3,9 @@
 Results are a dict ``{"task", "settings", "metrics", "samples"}`` (plus ``"sandbox"``, the mode
 that ran code); ``samples`` holds one record per completion (``task_id``, ``sample_index``,
 ``completion``, ``passed``; for code also ``status`` and, when it did not pass, ``returncode``,
-``detail`` and the end of its ``output``) in input order.
+``detail`` and the end of its ``output``) in input order. A sample whose content cannot be
+scored (a completion that is not text, a program that cannot be built or written) fails alone
+with status ``"rejected"`` and its ``detail``; the metrics count the samples of each status.
 
 Completions are appended to a JSON-lines progress file as they are generated, so an interrupted
 run resumes where it stopped. Each row carries the key of everything that decided it (model
@@ -17,6 +19,7 @@ import hashlib
 import json
 import threading
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -39,6 +42,7 @@ from infosft.files import write_json_atomic
 write_json = write_json_atomic  # the one atomic JSON writer, re-exported by infosft.evaluation
 
 OUTPUT_TAIL_CHARS = 2000  # of a failed program's output, kept in its record as the reason
+REASON_CHARS = 300  # of the error that kept a sample's program from being built
 
 
 def default_ks(n: int) -> list[int]:
@@ -67,6 +71,28 @@ def sandbox_record(result: SandboxResult) -> dict[str, Any]:
     return record
 
 
+def rejected_record(reason: str) -> dict[str, Any]:
+    """The record of a sample whose content could not be scored: it fails, and says why."""
+    return {"passed": False, "status": "rejected", "returncode": None, "detail": reason}
+
+
+def not_text(completion: object) -> str:
+    """Why a completion that is not a str is rejected (a samples file may hold any JSON)."""
+    return f"the completion is not text but {type(completion).__name__}"
+
+
+def build_program(task: Task, item: dict[str, Any], completion: object) -> tuple[str, str]:
+    """The program of one code sample and ``""``, or ``""`` and why it cannot be built. The
+    builder only joins the task's text and the completion, so whatever it raises comes from
+    that content: the sample's failure, never the run's."""
+    if not isinstance(completion, str):
+        return "", not_text(completion)
+    try:
+        return task.program(item, completion), ""
+    except Exception as error:  # raised by this sample's content (see above)
+        return "", f"its program could not be built: {error!r}"[:REASON_CHARS]
+
+
 def run_checked(
     programs: Sequence[str], workers: int, timeout: float, mode: str, progress: bool
 ) -> list[SandboxResult]:
@@ -93,7 +119,7 @@ def run_checked(
         first = describe(results[errors[0]])
         raise SandboxError(
             f"the {mode} sandbox could not run {len(errors)} of {len(programs)} programs, so "
-            f"nothing was scored; the first (number {errors[0]}) ended {first}"
+            f"nothing was scored; the first ended {first}"
         )
     return results
 
@@ -110,6 +136,8 @@ def score_samples(
 
     Code is run in the sandbox after it has shown it can run a known-good program and fail a
     known-bad one; SandboxError otherwise, or when programs cannot be run (never a 0 score).
+    A sample whose own content cannot be scored gets status ``"rejected"`` and the rest are
+    scored (see the module docstring).
     """
     items = task.by_id()
     missing = sorted({s["task_id"] for s in samples} - set(items))
@@ -118,27 +146,41 @@ def score_samples(
     records = [dict(s) for s in samples]
     if task.program is not None:
         mode = check_sandbox(sandbox, timeout)
-        programs = [task.program(items[s["task_id"]], s["completion"]) for s in samples]
-        results = run_checked(programs, workers, timeout, mode, progress)
-        for record, result in zip(records, results, strict=True):
-            record.update(sandbox_record(result))
+        built = [build_program(task, items[s["task_id"]], s["completion"]) for s in samples]
+        runnable = [i for i, (_, rejection) in enumerate(built) if not rejection]
+        results = run_checked([built[i][0] for i in runnable], workers, timeout, mode, progress)
+        for i, (_, rejection) in enumerate(built):
+            if rejection:
+                records[i].update(rejected_record(rejection))
+        for i, result in zip(runnable, results, strict=True):
+            records[i].update(sandbox_record(result))
     else:
-        completions = [s["completion"] for s in samples]
-        references = [task.reference(items[s["task_id"]]) for s in samples]
-        for record, ok in zip(records, SCORERS[task.scorer](completions, references), strict=True):
-            record["passed"] = bool(ok)
+        texts = []
+        for i, sample in enumerate(samples):
+            if isinstance(sample["completion"], str):
+                texts.append(i)
+            else:
+                records[i].update(rejected_record(not_text(sample["completion"])))
+        completions = [samples[i]["completion"] for i in texts]
+        references = [task.reference(items[samples[i]["task_id"]]) for i in texts]
+        scores = SCORERS[task.scorer](completions, references)
+        for i, ok in zip(texts, scores, strict=True):
+            records[i]["passed"] = bool(ok)
     return records
 
 
 def summarize_records(
     records: Sequence[dict[str, Any]], greedy: bool, seed: int = 0
 ) -> dict[str, float]:
-    """Group records by ``task_id`` (first-seen order) and compute acc@1 / pass@k with CIs."""
+    """Group records by ``task_id`` (first-seen order) and compute acc@1 / pass@k with CIs,
+    plus ``num_<status>``: how many samples ended with each status (code, rejected)."""
     groups: dict[str, list[bool]] = {}
     for r in records:
         groups.setdefault(r["task_id"], []).append(bool(r["passed"]))
     n = min(len(g) for g in groups.values())
-    return summarize(list(groups.values()), default_ks(n), greedy=greedy, seed=seed)
+    metrics = summarize(list(groups.values()), default_ks(n), greedy=greedy, seed=seed)
+    statuses = Counter(r["status"] for r in records if "status" in r)
+    return metrics | {f"num_{status}": count for status, count in sorted(statuses.items())}
 
 
 def item_key(run_key: str, task: Task, item: dict[str, Any]) -> str:

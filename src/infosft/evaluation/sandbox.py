@@ -71,9 +71,11 @@ class SandboxResult:
 
     ``status`` is ``"passed"`` (its last statement returned normally), ``"failed"`` (it raised
     or exited), ``"timeout"``, ``"output_limit"`` (printed more than allowed), ``"disk_limit"``
-    (wrote more than allowed), ``"killed"`` (a signal, e.g. the CPU limit) or ``"error"`` (the
-    sandbox could not run it: not the program's fault). ``returncode`` is the program's exit
-    status (negative: the signal), None when it did not exit by itself; ``detail`` says why.
+    (wrote more than allowed), ``"killed"`` (a signal, e.g. the CPU limit), ``"rejected"`` (its
+    content cannot be a program file: not text, not encodable as UTF-8, or larger than the file
+    limit; it never ran) or ``"error"`` (the sandbox could not run it: not the program's
+    fault). ``returncode`` is the program's exit status (negative: the signal), None when it did
+    not exit by itself; ``detail`` says why.
     """
 
     status: str
@@ -228,13 +230,35 @@ def read_capped(proc: subprocess.Popen, deadline: float, max_bytes: int) -> tupl
                 return b"".join(chunks)[:max_bytes], "cap"
 
 
-def send_config(proc: subprocess.Popen, config: dict) -> None:
-    """Write the configuration to the supervisor's stdin (a thread: it may exceed a pipe)."""
+def encode_program(program: object, max_bytes: int) -> tuple[bytes, str]:
+    """``program`` as the UTF-8 bytes of its file and ``""``; or ``b""`` and why it cannot be a
+    program file (the sample's fault, decided before anything starts): it is not a str, holds
+    characters UTF-8 cannot encode (lone surrogates), or is larger than ``max_bytes``."""
+    if not isinstance(program, str):
+        return b"", f"the program is not text but {type(program).__name__}"
+    too_large = f"the program is larger than the {max_bytes} bytes a file in the sandbox may hold"
+    if len(program) > max_bytes:  # each character takes at least one byte
+        return b"", too_large
+    try:
+        source = str.encode(program, "utf-8")  # str's own method, whatever a subclass defines
+    except UnicodeEncodeError as error:
+        where = f"{error.object[error.start]!a} at character {error.start}"
+        return b"", f"the program cannot be encoded as UTF-8: {where}"
+    if len(source) > max_bytes:
+        return b"", too_large
+    return source, ""
+
+
+def send_input(proc: subprocess.Popen, config: dict, source: bytes) -> None:
+    """Write the configuration and the program to the supervisor's stdin (a thread: they may
+    exceed a pipe). The program travels as raw bytes after the JSON, so that nothing in it
+    can change how the supervisor reads its configuration."""
     body = json.dumps(config).encode()
 
     def write() -> None:
         with contextlib.suppress(OSError):
-            proc.stdin.write(b"%d\n" % len(body) + body)
+            proc.stdin.write(b"%d %d\n" % (len(body), len(source)) + body)
+            proc.stdin.write(source)
         with contextlib.suppress(OSError):
             proc.stdin.close()
 
@@ -254,8 +278,12 @@ def run_python(
 ) -> SandboxResult:
     """Run the Python source ``program`` in a fresh sandbox and report how it ended.
 
+    A program that cannot be written as a source file is ``"rejected"`` before anything
+    starts; ``"error"`` only ever means that the sandbox itself failed.
+
     Args:
-        program: source code, run as ``__main__`` from ``program.py`` in its own directory.
+        program: source code, run as ``__main__`` from ``program.py`` in its own directory;
+            at most ``min(max_file_bytes, max_disk_bytes)`` bytes of UTF-8.
         timeout: wall-clock seconds before the program is killed (finite, > 0).
         memory_bytes: address-space limit of the program (RLIMIT_AS).
         max_output_bytes: stdout + stderr kept; a program printing more is killed.
@@ -265,22 +293,37 @@ def run_python(
     """
     timeout = validate_timeout(timeout)
     concrete = resolve_mode(mode)
+    source, rejection = encode_program(program, min(max_file_bytes, max_disk_bytes))
+    if rejection:
+        return SandboxResult("rejected", None, "", 0.0, concrete, rejection)
     start = time.monotonic()
     with contextlib.ExitStack() as stack:
-        if concrete == "bwrap":
-            work, cwd = SANDBOX_HOME, "/"
+        try:  # until the supervisor runs, every failure is the sandbox's: no content is used
+            if concrete == "bwrap":
+                work, cwd, prefix = SANDBOX_HOME, "/", bwrap_command(max_disk_bytes)
+            else:
+                work = cwd = tempfile.mkdtemp(dir=private_root())
+                stack.callback(remove_later, work)
+                prefix = []
+            report_r, report_w = os.pipe()
+            stack.callback(os.close, report_r)
             try:
-                prefix = bwrap_command(max_disk_bytes)
-            except FileNotFoundError as error:
-                return SandboxResult("error", None, "", 0.0, concrete, str(error))
-        else:
-            work = cwd = tempfile.mkdtemp(dir=private_root())
-            stack.callback(remove_later, work)
-            prefix = []
-        report_r, report_w = os.pipe()
-        stack.callback(os.close, report_r)
+                proc = subprocess.Popen(
+                    [*prefix, *supervisor_command()],
+                    cwd=cwd,
+                    env=scrubbed_env(work),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(report_w,),
+                    start_new_session=True,
+                )
+            finally:
+                os.close(report_w)
+        except OSError as error:  # bwrap missing, no fork or exec, no file descriptors or disk
+            detail = f"the sandbox could not be started: {error}"
+            return SandboxResult("error", None, "", 0.0, concrete, detail)
         config = {
-            "program": program,
             "program_path": os.path.join(work, "program.py"),
             "mode": concrete,
             "work": work,
@@ -299,20 +342,7 @@ def run_python(
             },
             "disk": {"max_bytes": max_disk_bytes, "max_files": max_files, "tmpfs": prefix != []},
         }
-        try:
-            proc = subprocess.Popen(
-                [*prefix, *supervisor_command()],
-                cwd=cwd,
-                env=scrubbed_env(work),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                pass_fds=(report_w,),
-                start_new_session=True,
-            )
-        finally:
-            os.close(report_w)
-        send_config(proc, config)
+        send_input(proc, config, source)
         deadline = start + SETUP_S + timeout + GRACE_S
         try:
             output, ended_by = read_capped(proc, deadline, max_output_bytes)
