@@ -280,3 +280,14 @@ def test_compute_loss_func_refuses_a_zero_num_items_in_batch_when_called():
     fn = infosft.compute_loss_func(method="nll")
     with pytest.raises(ValueError, match="num_items_in_batch must be a count > 0"):
         fn({"logits": logits}, labels, num_items_in_batch=torch.tensor(0))
+
+
+def test_check_targets_checks_a_tensor_count_in_its_read_of_the_labels():
+    # What an accelerator's num_items_in_batch meets (check_num_items_in_batch leaves its value
+    # to this read); a CPU tensor takes the same path here.
+    from infosft.losses.reference import check_targets
+
+    targets = torch.tensor([[1, 2, -100]])
+    assert check_targets(targets, 5, -100, torch.tensor(3)).tolist() == [[True, True, False]]
+    with pytest.raises(ValueError, match=r"num_items_in_batch must be a count > 0 .*, got 0:"):
+        check_targets(targets, 5, -100, torch.tensor(0))

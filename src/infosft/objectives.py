@@ -23,6 +23,11 @@ Registering a scheme of your own:
   defaults and what it reads (``entropy=True``, ``top_k_entropy=True`` with a ``top_k``
   argument, ``batch_statistic=fn(tokens, sequence_ids)``, ``self_normalised=True``).
 
+Either is tried at once on a dense grid of tokens (:func:`probe_scheme`), and again whenever it
+is resolved with other arguments: a weight that is not finite, negative or above
+:data:`MAX_WEIGHT`, of the wrong shape or dtype, or an exception, is a ValueError naming the
+scheme and the q.
+
 Built in (q = p(target), l = -log q): ``nll`` (w = 1), ``dft`` (w = q), ``infosft``
 (w = q max(0, 1 - logit(q)/logit(p_bar))), ``eaft`` (w = (H_K / ln K)^alpha, H_K the entropy of
 the softmax over the K largest logits), ``talr`` (w = max(q^(1/tau), 0.01), tau the median over

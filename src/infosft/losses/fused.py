@@ -725,10 +725,13 @@ def fused_weighted_nll_loss(
         p_bar: InfoSFT's clip point in (0, 1); None means 0.93 (or the scheme's own).
         method_args: the scheme's other arguments by name, e.g. ``{"top_k": 20}`` for eaft.
         num_items_in_batch: target tokens in the whole optimizer step (all accumulation
-            micro-batches and ranks); None divides by this batch's target count. A
-            self-normalised scheme divides by its weight sum instead
-            (:func:`~infosft.losses.reference.loss_denominator`); a batch statistic (TALR's
-            tau) is taken over this call's sequences (the micro-batch on this rank).
+            micro-batches and ranks), finite and > 0, a Python number or a one-element tensor
+            (on an accelerator checked in the read of the labels the loss makes anyway, no
+            extra wait: :func:`~infosft.losses.reference.check_num_items_in_batch`); None
+            divides by this batch's target count. A self-normalised scheme divides by its
+            weight sum instead (:func:`~infosft.losses.reference.loss_denominator`); a batch
+            statistic (TALR's tau) is taken over this call's sequences (the micro-batch on
+            this rank).
         ignore_index: label value that is not a target.
         lm_head_bias: optional [V] bias of the projection.
         base_hidden_states: [B, T, H'] final hidden states of the frozen base model on the
@@ -745,16 +748,24 @@ def fused_weighted_nll_loss(
             next to their gradient).
         target_weights: optional [B, T] float weights aligned with labels (same positions as
             labels, before the shift), used instead of the scheme's w -- e.g. static weights
-            computed once from the frozen base model. Read as constants (no gradient).
+            computed once from the frozen base model. Read as constants (no gradient); at
+            target positions each must be finite and within [0,
+            :data:`~infosft.objectives.MAX_WEIGHT`].
         use_compile: run the per-chunk softmax through ``torch.compile``; None does so on CUDA
             when Triton is installed.
 
     Returns:
-        float32 scalar (float64 for float64 inputs), or ``(loss, stats)`` with return_stats.
+        float32 scalar (float64 for float64 inputs), or ``(loss, stats)`` with return_stats;
+        0 with zero gradients when no label is a target (whatever ``num_items_in_batch``).
         Its gradients for hidden states, weight and bias (those that require grad, with grad
         mode on) are computed during this call; backward only scales them by the upstream
         gradient and casts them to each input's dtype. On CUDA, bf16/fp16 matmuls accumulate
         in float32; on CPU, bf16/fp16 inputs are computed in float32 (faster there).
+
+    Raises:
+        ValueError: naming the argument, before any matmul, for each bad one (the checks
+            shared with the reference loss, :func:`~infosft.losses.reference.check_loss_arguments`
+            and :func:`~infosft.losses.reference.check_targets`, then shapes and chunk_size).
     """
     problem = _prepare(
         hidden_states,
