@@ -529,7 +529,7 @@ def test_every_entry_point_refuses_a_bad_argument_by_name(entry, kwargs, message
 @pytest.mark.parametrize("entry", ["fused", "reference", "compute_loss_func"])
 @pytest.mark.parametrize("num_items", [0, -4, math.nan, torch.tensor(0), torch.tensor([-4.0])])
 def test_every_loss_refuses_a_num_items_in_batch_that_is_not_positive(entry, num_items):
-    with pytest.raises(ValueError, match="num_items_in_batch must be a count > 0"):
+    with pytest.raises(ValueError, match="num_items_in_batch must be a finite count > 0"):
         call_entry_point(entry, num_items_in_batch=num_items)
 
 
@@ -568,7 +568,9 @@ def test_int32_labels_give_the_float64_loss():
 @cuda
 def test_cuda_num_items_in_batch_tensor_of_zero_is_refused_and_a_positive_one_divides():
     hidden, weight, bias, labels = (t.detach().cuda() for t in make_problem(torch.float64))
-    with pytest.raises(ValueError, match=r"num_items_in_batch must be a count > 0 .*, got 0:"):
+    with pytest.raises(
+        ValueError, match=r"num_items_in_batch must be a finite count > 0 .*, got 0:"
+    ):
         fused_weighted_nll_loss(
             hidden, weight, labels, num_items_in_batch=torch.tensor(0, device="cuda")
         )

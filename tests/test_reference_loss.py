@@ -196,7 +196,7 @@ def float64_nll(logits, labels):
 )
 def test_a_num_items_in_batch_that_is_not_a_positive_count_is_refused(num_items):
     logits, labels = make_batch()
-    with pytest.raises(ValueError, match="num_items_in_batch must be a count > 0"):
+    with pytest.raises(ValueError, match="num_items_in_batch must be a finite count > 0"):
         infosft.weighted_nll_loss(logits, labels, method="nll", num_items_in_batch=num_items)
 
 
@@ -278,7 +278,7 @@ def test_compute_loss_func_refuses_a_bad_ignore_index_when_built():
 def test_compute_loss_func_refuses_a_zero_num_items_in_batch_when_called():
     logits, labels = make_batch()
     fn = infosft.compute_loss_func(method="nll")
-    with pytest.raises(ValueError, match="num_items_in_batch must be a count > 0"):
+    with pytest.raises(ValueError, match="num_items_in_batch must be a finite count > 0"):
         fn({"logits": logits}, labels, num_items_in_batch=torch.tensor(0))
 
 
@@ -289,5 +289,7 @@ def test_check_targets_checks_a_tensor_count_in_its_read_of_the_labels():
 
     targets = torch.tensor([[1, 2, -100]])
     assert check_targets(targets, 5, -100, torch.tensor(3)).tolist() == [[True, True, False]]
-    with pytest.raises(ValueError, match=r"num_items_in_batch must be a count > 0 .*, got 0:"):
+    with pytest.raises(
+        ValueError, match=r"num_items_in_batch must be a finite count > 0 .*, got 0:"
+    ):
         check_targets(targets, 5, -100, torch.tensor(0))

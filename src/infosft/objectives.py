@@ -335,7 +335,7 @@ def real_number(name: str, value: Any, requirement: str) -> float:
     try:
         return float(number)
     except OverflowError:  # a Python int beyond float's range
-        return math.copysign(math.inf, number)
+        return math.inf if number > 0 else -math.inf
 
 
 def check_p_bar(p_bar: Any) -> float:

@@ -53,14 +53,17 @@ def check_ignore_index(ignore_index: Any) -> int:
     return int(ignore_index)
 
 
-NUM_ITEMS = "a count > 0 (int, float or one-element tensor) of the optimizer step's target tokens"
+NUM_ITEMS = (
+    "a finite count > 0 (int, float or one-element tensor) of the optimizer step's target tokens"
+)
 
 
-def _bad_count(value: float) -> ValueError:
+def _bad_count(value: float | int) -> ValueError:
     return ValueError(
-        f"num_items_in_batch must be {NUM_ITEMS}, got {value}: the loss divides by it, so 0 "
-        "or less would give NaN or gradient ascent; a step with no target token at all has "
-        "nothing to train on (leave such examples out), and None divides by this batch's count"
+        f"num_items_in_batch must be {NUM_ITEMS}, got {describe(value)}: the loss divides by "
+        "it, so 0 or less would give NaN or gradient ascent; a step with no target token at "
+        "all has nothing to train on (leave such examples out); None divides by this batch's "
+        "count"
     )
 
 
@@ -83,11 +86,10 @@ def check_num_items_in_batch(num_items_in_batch: Any) -> int | float | Tensor | 
             )
         return num_items_in_batch.reshape(())
     value = real_number("num_items_in_batch", num_items_in_batch, NUM_ITEMS)
+    tensor = isinstance(num_items_in_batch, Tensor)
     if not 0.0 < value < math.inf:
-        raise _bad_count(value)
-    if isinstance(num_items_in_batch, Tensor):
-        return num_items_in_batch.reshape(())
-    return num_items_in_batch
+        raise _bad_count(num_items_in_batch.item() if tensor else num_items_in_batch)
+    return num_items_in_batch.reshape(()) if tensor else num_items_in_batch
 
 
 class LossArguments(NamedTuple):
