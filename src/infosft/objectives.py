@@ -54,11 +54,12 @@ DEFAULT_P_BAR = 0.93
 # (logit, log q / tau) finite, so a zero weight is 0 * finite and never 0 * inf.
 LOG_Q_FLOOR = -1e4
 
-# The largest weight a scheme may give. A weight scales its token's gradient against plain
-# SFT's w = 1, so w = 1e4 already multiplies that token's step by 10^4 at a learning rate tuned
-# for w ~ 1, and 1e4 x a logit gradient of up to 1 x |h| soon leaves fp16's range (65504);
-# the built-in schemes stay within [0, max(1, k)] (power's k q^k).
 MAX_WEIGHT = 1e4
+"""The largest weight a scheme may give, checked when it is registered or resolved.
+
+A weight scales its token's gradient against plain SFT's w = 1: w = 1e4 already multiplies one
+token's step 10^4-fold at a learning rate tuned for w ~ 1, and such gradients soon leave fp16's
+range (65504). The built-in schemes stay within [0, max(1, k)] (power's w = k q^k)."""
 
 
 class TokenInputs(NamedTuple):
@@ -370,7 +371,7 @@ def register_weighting(name: str, fn: WeightFn, *, overwrite: bool = False) -> N
 
     ``fn(log_probs, p_bar)`` receives detached float32 log-probabilities in [-inf, 0] of any
     shape and returns float weights of the same shape, each finite and within
-    [0, :data:`MAX_WEIGHT`]. It is tried here on several hundred q at p_bar = 0.93
+    [0, :data:`MAX_WEIGHT`]. It is tried here on about 1200 q at p_bar = 0.93
     (:func:`probe_scheme`), and again for each other p_bar it is resolved with; a weight outside
     that range, of the wrong shape or dtype, or an exception is a ValueError naming the q, and
     nothing is registered. For a scheme that reads more than q, takes arguments or normalises
@@ -721,9 +722,9 @@ def get_weighting(name: str) -> Scheme:
     return get_scheme(name)
 
 
-# log q a little above 0 is rounding (bf16's log-softmax is off by up to ~0.06 at logsumexp
-# 16); more is not a log-probability (e.g. -log q or a logit passed by mistake).
 LOG_Q_ROUNDING = 0.1
+"""How far above 0 :func:`token_weights` reads a log q as rounding (a bf16 log-softmax is off by
+up to ~0.06 at logsumexp 16); more is not a log-probability (-log q or a logit by mistake)."""
 
 
 def token_weights(
