@@ -484,3 +484,100 @@ def test_cuda_all_ignored_batch_gives_zero_gradients():
     loss.backward()
     assert loss.item() == 0.0
     assert all(not leaf.grad.any() for leaf in on_gpu)
+
+
+# ---- every entry point refuses what cannot be right ------------------------------------------
+
+
+def call_entry_point(entry, **kwargs):
+    """Call a public loss entry point on the same small problem with ``kwargs`` changed."""
+    hidden, weight, _, labels = make_problem()
+    labels = kwargs.pop("labels", labels)
+    if entry == "fused":
+        return fused_weighted_nll_loss(hidden, weight, labels, **kwargs)
+    if entry == "score_targets":
+        kwargs.pop("num_items_in_batch", None)
+        return fused.score_targets(hidden, weight, labels, **kwargs)
+    logits = (hidden @ weight.t()).detach()
+    if entry == "reference":
+        return infosft.weighted_nll_loss(logits, labels, **kwargs)
+    num_items = kwargs.pop("num_items_in_batch", None)
+    loss_fn = infosft.compute_loss_func(**kwargs)
+    return loss_fn({"logits": logits}, labels, num_items_in_batch=num_items)
+
+
+ENTRY_POINTS = ["fused", "score_targets", "reference", "compute_loss_func"]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"p_bar": "0.9"}, "p_bar must be a number in"),
+        ({"p_bar": 1.0}, "p_bar must lie strictly between 0 and 1"),
+        ({"method": "power", "method_args": {"k": math.nan}}, "k must be a finite number"),
+        ({"method": "power", "method_args": {"k": 1e5}}, r"'power' .* \(too large\) at q = "),
+        ({"ignore_index": -100.0}, "ignore_index must be an integer"),
+        ({"labels": torch.zeros(B, T)}, "labels must be an integer tensor"),
+    ],
+)
+def test_every_entry_point_refuses_a_bad_argument_by_name(entry, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        call_entry_point(entry, **kwargs)
+
+
+@pytest.mark.parametrize("entry", ["fused", "reference", "compute_loss_func"])
+@pytest.mark.parametrize("num_items", [0, -4, math.nan, torch.tensor(0), torch.tensor([-4.0])])
+def test_every_loss_refuses_a_num_items_in_batch_that_is_not_positive(entry, num_items):
+    with pytest.raises(ValueError, match="num_items_in_batch must be a finite count > 0"):
+        call_entry_point(entry, num_items_in_batch=num_items)
+
+
+@pytest.mark.parametrize("value", [-0.5, 2e4, math.nan])
+def test_a_target_weight_outside_0_to_max_weight_at_a_target_is_refused_by_position(value):
+    hidden, weight, _, labels = make_problem()
+    target_weights = torch.ones(B, T)
+    target_weights[1, 3] = value
+    with pytest.raises(ValueError, match=r"target_weights\[1, 3\] is .* within \[0, 10000\]"):
+        fused_weighted_nll_loss(hidden, weight, labels, target_weights=target_weights)
+
+
+@pytest.mark.parametrize("num_items", [None, 5, torch.tensor(5)])
+@pytest.mark.parametrize("method", objectives.available_weightings())
+def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients_with_any_divisor(
+    method, num_items
+):
+    hidden, weight, bias, _ = make_problem()
+    labels = torch.full((B, T), -100)
+    loss = fused_weighted_nll_loss(
+        hidden, weight, labels, method=method, lm_head_bias=bias, num_items_in_batch=num_items
+    )
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(not leaf.grad.any() for leaf in (hidden, weight, bias))
+
+
+def test_int32_labels_give_the_float64_loss():
+    hidden, weight, bias, labels = make_problem(torch.float64)
+    loss = fused_weighted_nll_loss(hidden, weight, labels.int(), lm_head_bias=bias)
+    ref_loss, _ = float64_reference(hidden, weight, bias, labels)
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-12)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_num_items_in_batch_tensor_of_zero_is_refused_and_a_positive_one_divides():
+    hidden, weight, bias, labels = (t.detach().cuda() for t in make_problem(torch.float64))
+    with pytest.raises(
+        ValueError, match=r"num_items_in_batch must be a finite count > 0 .*, got 0:"
+    ):
+        fused_weighted_nll_loss(
+            hidden, weight, labels, num_items_in_batch=torch.tensor(0, device="cuda")
+        )
+    loss = fused_weighted_nll_loss(
+        hidden, weight, labels, lm_head_bias=bias, num_items_in_batch=torch.tensor(40).cuda()
+    )
+    ref_loss, _ = float64_reference(
+        hidden.cpu(), weight.cpu(), bias.cpu(), labels.cpu(), num_items_in_batch=40
+    )
+    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-10)

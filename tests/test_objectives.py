@@ -123,15 +123,10 @@ def test_register_weighting_adds_a_scheme_everywhere():
         _REGISTRY.pop("square_test")
 
 
-def test_a_scheme_returning_the_wrong_shape_is_reported():
-    infosft.register_weighting("bad_shape_test", lambda lp, p: lp.sum())
-    try:
-        with pytest.raises(ValueError, match="bad_shape_test"):
-            infosft.token_weights(torch.zeros(3), "bad_shape_test")
-    finally:
-        from infosft.objectives import _REGISTRY
-
-        _REGISTRY.pop("bad_shape_test")
+def test_a_scheme_returning_the_wrong_shape_is_refused_at_registration(registry):
+    with pytest.raises(ValueError, match=r"'bad_shape_test' returned \(\) for \d+ tokens"):
+        infosft.register_weighting("bad_shape_test", lambda lp, p: lp.sum())
+    assert "bad_shape_test" not in infosft.available_weightings()
 
 
 @settings(max_examples=300, deadline=None)
@@ -234,11 +229,13 @@ def test_the_weight_callback_sees_per_token_values_only(registry):
         return torch.ones_like(tokens.log_probs)
 
     infosft.register_scheme("spy_test", spy)
+    scheme = infosft.get_scheme("spy_test")
+    seen.clear()  # registration and get_scheme try the weight on probe tokens
     hidden, weight = torch.randn(2, 9, 4), torch.randn(7, 4)
     infosft.fused_weighted_nll_loss(
-        hidden, weight, torch.randint(0, 7, (2, 9)), method="spy_test", chunk_size=5
+        hidden, weight, torch.randint(0, 7, (2, 9)), method=scheme, chunk_size=5
     )
-    _probe, *chunks = seen  # the first call is get_scheme's check on extreme tokens
+    chunks = seen
     assert [t.log_probs.shape for t in chunks] == [(5,), (5,), (5,), (1,)]
     assert all(isinstance(t, infosft.TokenInputs) and t.entropy is None for t in chunks)
 
@@ -271,10 +268,9 @@ def test_a_resolved_scheme_refuses_a_different_p_bar_next_to_it():
         )
 
 
-def test_a_scheme_returning_non_finite_weights_is_reported_when_resolved(registry):
-    infosft.register_weighting("inv_q_test", lambda lp, p_bar: (-lp).exp())
-    with pytest.raises(ValueError, match="non-finite weights"):
-        infosft.get_scheme("inv_q_test")
+def test_a_scheme_returning_non_finite_weights_is_refused_at_registration(registry):
+    with pytest.raises(ValueError, match=r"'inv_q_test' .* weight inf \(non-finite\) at q = 3.7"):
+        infosft.register_weighting("inv_q_test", lambda lp, p_bar: (-lp).exp())
 
 
 def test_token_weights_refuses_a_scheme_that_is_not_a_function_of_q():
@@ -328,3 +324,185 @@ def test_a_scheme_survives_deepcopy_and_pickling_by_name():
         0.9,
         {"top_k": 5, "alpha": 1.0},
     )
+
+
+# ---- what registration and resolution refuse ------------------------------------------------
+
+
+def reported_q(message: str) -> float:
+    """The q an error message names ("... at q = 0.301 (log q = ...")."""
+    return float(re.search(r"at q = ([-+.e\d]+|inf|nan) ", message).group(1))
+
+
+def test_a_weighting_that_is_nan_on_part_of_the_unit_interval_is_refused_naming_the_q(registry):
+    def nan_between(log_probs, p_bar):
+        q = log_probs.exp()
+        return torch.where((q > 0.3) & (q < 0.31), math.nan, q)
+
+    with pytest.raises(ValueError, match=r"'nan_test' .*weight nan \(non-finite\)") as error:
+        infosft.register_weighting("nan_test", nan_between)
+    assert 0.3 < reported_q(str(error.value)) < 0.31
+    assert "nan_test" not in infosft.available_weightings()
+
+
+def test_resolving_a_scheme_at_a_p_bar_tries_its_weight_at_q_equal_to_that_p_bar(registry):
+    probed = []
+
+    def spy(log_probs, p_bar):
+        probed.append(log_probs.double().exp())
+        return torch.ones_like(log_probs)
+
+    infosft.register_weighting("spy_q_test", spy)
+    probed.clear()
+    infosft.get_scheme("spy_q_test", p_bar=0.9137)
+    assert min((q - 0.9137).abs().min().item() for q in probed) < 1e-6
+
+
+def test_the_probe_covers_q_near_0_and_near_1_in_float32_and_float64(registry):
+    probed = []
+
+    def spy(log_probs, p_bar):
+        probed.append(log_probs)
+        return torch.ones_like(log_probs)
+
+    infosft.register_weighting("spy_range_test", spy)
+    assert {lp.dtype for lp in probed} == {torch.float32, torch.float64}
+    for log_probs in probed:
+        q = log_probs.double().exp()
+        assert len(q) >= 300
+        assert q.min() == 0.0 and (q > 0).any() and q[q > 0].min() < 1e-40
+        assert q.max() == 1.0 and ((q > 1 - 1e-6) & (q < 1)).any()
+
+
+def test_a_weighting_that_is_0_times_inf_at_q_equal_0_is_refused_naming_q_0(registry):
+    def naive_infosft(log_probs, p_bar):
+        q = log_probs.exp()
+        logit = log_probs - torch.log(1 - q)  # -inf at q = 0, so q * factor is 0 * inf
+        return q * (1 - logit / math.log(p_bar / (1 - p_bar))).clamp(min=0)
+
+    with pytest.raises(ValueError, match=r"nan \(non-finite\) at q = 0 \(log q = -inf"):
+        infosft.register_weighting("naive_test", naive_infosft)
+
+
+def test_a_weighting_with_negative_weights_is_refused(registry):
+    with pytest.raises(ValueError, match=r"'minus_q_test' .*\(negative\) at q = "):
+        infosft.register_weighting("minus_q_test", lambda lp, p_bar: 0.5 - lp.exp())
+
+
+def test_a_weighting_with_weights_above_max_weight_is_refused(registry):
+    with pytest.raises(ValueError, match=r"weight 1e\+38 \(too large\) .*\[0, 10000\]"):
+        infosft.register_weighting("huge_test", lambda lp, p_bar: torch.full_like(lp, 1e38))
+
+
+def test_a_weighting_returning_integer_weights_is_refused(registry):
+    with pytest.raises(ValueError, match=r"'int_test' returned torch\.int64 weights"):
+        infosft.register_weighting("int_test", lambda lp, p_bar: (lp < -1).long())
+
+
+def test_a_weighting_that_raises_is_refused_naming_the_exception(registry):
+    def broken(log_probs, p_bar):
+        raise RuntimeError("shape mismatch\nsecond line")
+
+    with pytest.raises(ValueError, match=r"'broken_test': its weight raised RuntimeError \("):
+        infosft.register_weighting("broken_test", broken)
+
+
+def test_a_refused_overwrite_keeps_the_registered_scheme(registry):
+    infosft.register_weighting("kept_test", lambda lp, p_bar: lp.exp())
+    with pytest.raises(ValueError, match="kept_test"):
+        infosft.register_weighting("kept_test", lambda lp, p_bar: -lp.exp(), overwrite=True)
+    w = infosft.token_weights(torch.tensor([math.log(0.25)]), "kept_test")
+    assert w.item() == pytest.approx(0.25)
+
+
+def test_an_entropy_scheme_is_probed_at_zero_entropy(registry):
+    def inverse_entropy(tokens, p_bar):
+        return tokens.log_probs.exp() / tokens.entropy
+
+    with pytest.raises(ValueError, match=r"'inv_h_test' .*\(non-finite\) .*entropy = 0,"):
+        infosft.register_scheme("inv_h_test", inverse_entropy, entropy=True)
+
+
+def test_a_batch_statistic_scheme_is_probed_on_a_micro_batch_of_certain_tokens(registry):
+    def mean_nll(tokens, sequence_ids):
+        return -tokens.log_probs.clamp(min=-1e4).mean()
+
+    def inverse_statistic(tokens, p_bar):
+        return torch.ones_like(tokens.log_probs) / tokens.statistic
+
+    with pytest.raises(
+        ValueError, match=r"'inv_tau_test' .*\(too large\) at q = 1 .*batch statistic = "
+    ):
+        infosft.register_scheme("inv_tau_test", inverse_statistic, batch_statistic=mean_nll)
+
+
+def test_resolving_a_users_scheme_with_arguments_probes_them(registry):
+    def scaled(tokens, p_bar, *, scale):
+        return scale * tokens.log_probs.exp()
+
+    infosft.register_scheme("scaled_test", scaled, method_args={"scale": 1.0})
+    assert infosft.get_scheme("scaled_test", method_args={"scale": 3}).method_args["scale"] == 3
+    with pytest.raises(ValueError, match=r"'scaled_test' \(p_bar=0.93, scale=-1.0\) .*negative"):
+        infosft.get_scheme("scaled_test", method_args={"scale": -1})
+
+
+def test_power_with_a_k_whose_weight_exceeds_max_weight_is_refused():
+    with pytest.raises(ValueError, match=r"'power' \(p_bar=0.93, k=20000.0\) .*too large"):
+        infosft.get_scheme("power", method_args={"k": 2e4})
+
+
+@pytest.mark.parametrize(
+    ("method", "p_bar", "method_args"),
+    [
+        ("infosft", 0.5001, None),
+        ("infosft", 0.9999, None),
+        ("power", 0.93, {"k": 1e-3}),
+        ("power", 0.93, {"k": 1000.0}),
+        ("eaft", 0.93, {"top_k": 2, "alpha": 50.0}),
+        ("dft_mix", 0.93, {"alpha": 0.0}),
+    ],
+)
+def test_built_in_schemes_pass_the_probe_at_extreme_arguments(method, p_bar, method_args):
+    infosft.get_scheme(method, p_bar=p_bar, method_args=method_args)
+
+
+def test_a_non_finite_method_arg_is_refused_by_name(registry):
+    infosft.register_scheme(
+        "free_test", lambda t, p_bar, *, c: t.log_probs.exp(), method_args={"c": 1.0}
+    )
+    with pytest.raises(ValueError, match="method 'free_test': c must be a finite number, got nan"):
+        infosft.get_scheme("free_test", method_args={"c": math.nan})
+
+
+def test_a_non_finite_method_arg_default_is_refused_at_registration(registry):
+    with pytest.raises(ValueError, match="finite numbers, got 'c': inf"):
+        infosft.register_scheme(
+            "inf_default_test",
+            lambda t, p_bar, *, c: t.log_probs.exp(),
+            method_args={"c": math.inf},
+        )
+
+
+@pytest.mark.parametrize("p_bar", ["0.9", True, [0.9], torch.tensor([0.9, 0.9])])
+def test_p_bar_that_is_not_one_number_is_refused(p_bar):
+    with pytest.raises(ValueError, match="p_bar must be a number in"):
+        infosft.get_scheme("infosft", p_bar=p_bar)
+
+
+def test_p_bar_may_be_a_numpy_float_or_a_one_element_tensor():
+    import numpy as np
+
+    assert infosft.get_scheme("infosft", p_bar=np.float32(0.9)).p_bar == pytest.approx(0.9)
+    assert infosft.get_scheme("infosft", p_bar=torch.tensor([0.9])).p_bar == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("value", [math.nan, 2.3])
+def test_token_weights_refuses_nan_or_positive_log_probs_naming_the_index(value):
+    log_probs = torch.tensor([-0.5, -1.0, value])
+    with pytest.raises(ValueError, match=r"log_probs must hold log q in \[-inf, 0\], .* index 2"):
+        infosft.token_weights(log_probs)
+
+
+def test_token_weights_refuses_integer_log_probs_with_a_value_error():
+    with pytest.raises(ValueError, match="log_probs must be a floating-point tensor"):
+        infosft.token_weights(torch.zeros(3, dtype=torch.long))

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,3 +161,135 @@ def test_compute_loss_func_validates_eagerly():
         infosft.compute_loss_func(method="nope")
     with pytest.raises(ValueError, match="p_bar"):
         infosft.compute_loss_func(p_bar=1.2)
+
+
+# ---- what the loss refuses, and what it computes at the edges -------------------------------
+
+
+def float64_nll(logits, labels):
+    """-sum(log q) over targets, in float64, and the target count."""
+    targets = labels[:, 1:]
+    mask = targets != -100
+    log_p = logits.detach().double()[:, :-1].log_softmax(-1)
+    lp = log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
+    return -lp.sum().item(), int(mask.sum())
+
+
+@pytest.mark.parametrize(
+    "num_items",
+    [
+        0,
+        -4,
+        0.0,
+        math.nan,
+        math.inf,
+        -math.inf,
+        True,
+        "12",
+        [12],
+        torch.tensor(0),
+        torch.tensor(-4.0),
+        torch.tensor(math.nan),
+        torch.tensor(True),
+        torch.tensor([3, 4]),
+    ],
+)
+def test_a_num_items_in_batch_that_is_not_a_positive_count_is_refused(num_items):
+    logits, labels = make_batch()
+    with pytest.raises(ValueError, match="num_items_in_batch must be a finite count > 0"):
+        infosft.weighted_nll_loss(logits, labels, method="nll", num_items_in_batch=num_items)
+
+
+@pytest.mark.parametrize(
+    "make_count",
+    [int, float, np.int64, torch.tensor, lambda n: torch.tensor([n], dtype=torch.bfloat16)],
+    ids=["int", "float", "numpy", "0-d tensor", "1-element bf16 tensor"],
+)
+def test_num_items_in_batch_may_be_any_one_positive_number(make_count):
+    logits, labels = make_batch()
+    total, _ = float64_nll(logits, labels)
+    loss = infosft.weighted_nll_loss(
+        logits, labels, method="nll", num_items_in_batch=make_count(24)
+    )
+    assert loss.shape == ()
+    assert loss.item() == pytest.approx(total / 24, rel=1e-6)
+
+
+@pytest.mark.parametrize("num_items", [None, 5, torch.tensor(5)])
+@pytest.mark.parametrize("method", infosft.available_weightings())
+def test_a_batch_without_targets_gives_zero_loss_and_zero_gradient_with_any_divisor(
+    method, num_items
+):
+    logits = torch.randn(2, 4, 32, requires_grad=True)
+    labels = torch.full((2, 4), -100)
+    loss = infosft.weighted_nll_loss(logits, labels, method=method, num_items_in_batch=num_items)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+@pytest.mark.parametrize("ignore_index", [-100.0, "-100", None, True])
+def test_an_ignore_index_that_is_not_an_int_is_refused(ignore_index):
+    logits, labels = make_batch()
+    with pytest.raises(ValueError, match="ignore_index must be an integer label value"):
+        infosft.weighted_nll_loss(logits, labels, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_labels_that_are_not_integers_are_refused(dtype):
+    logits, labels = make_batch()
+    with pytest.raises(ValueError, match="labels must be an integer tensor of token ids"):
+        infosft.weighted_nll_loss(logits, labels.clamp(min=0).to(dtype))
+
+
+def test_int32_labels_give_the_float64_loss():
+    logits, labels = make_batch()
+    total, n = float64_nll(logits, labels)
+    loss = infosft.weighted_nll_loss(logits, labels.int(), method="nll")
+    assert loss.item() == pytest.approx(total / n, rel=1e-6)
+
+
+def test_labels_on_another_device_than_the_logits_are_refused():
+    logits, labels = make_batch()
+    with pytest.raises(ValueError, match="labels is on meta but logits on cpu"):
+        infosft.weighted_nll_loss(logits, labels.to("meta"))
+
+
+def test_integer_logits_are_refused():
+    _, labels = make_batch()
+    with pytest.raises(ValueError, match="logits must be a floating-point tensor"):
+        infosft.weighted_nll_loss(torch.zeros(2, 7, 11, dtype=torch.long), labels)
+
+
+@pytest.mark.parametrize("kl_to_base", [True, "0.5", math.nan, -1.0, math.inf])
+def test_a_kl_to_base_that_is_not_a_finite_number_at_least_0_is_refused(kl_to_base):
+    logits, labels = make_batch()
+    with pytest.raises(ValueError, match="kl_to_base must be a finite number >= 0"):
+        infosft.weighted_nll_loss(
+            logits, labels, base_logits=logits.detach(), kl_to_base=kl_to_base
+        )
+
+
+def test_compute_loss_func_refuses_a_bad_ignore_index_when_built():
+    with pytest.raises(ValueError, match="ignore_index must be an integer"):
+        infosft.compute_loss_func(ignore_index=-100.5)
+
+
+def test_compute_loss_func_refuses_a_zero_num_items_in_batch_when_called():
+    logits, labels = make_batch()
+    fn = infosft.compute_loss_func(method="nll")
+    with pytest.raises(ValueError, match="num_items_in_batch must be a finite count > 0"):
+        fn({"logits": logits}, labels, num_items_in_batch=torch.tensor(0))
+
+
+def test_check_targets_checks_a_tensor_count_in_its_read_of_the_labels():
+    # What an accelerator's num_items_in_batch meets (check_num_items_in_batch leaves its value
+    # to this read); a CPU tensor takes the same path here.
+    from infosft.losses.reference import check_targets
+
+    targets = torch.tensor([[1, 2, -100]])
+    assert check_targets(targets, 5, -100, torch.tensor(3)).tolist() == [[True, True, False]]
+    with pytest.raises(
+        ValueError, match=r"num_items_in_batch must be a finite count > 0 .*, got 0:"
+    ):
+        check_targets(targets, 5, -100, torch.tensor(0))

@@ -23,6 +23,11 @@ Registering a scheme of your own:
   defaults and what it reads (``entropy=True``, ``top_k_entropy=True`` with a ``top_k``
   argument, ``batch_statistic=fn(tokens, sequence_ids)``, ``self_normalised=True``).
 
+Either is tried at once on a dense grid of tokens (:func:`probe_scheme`), and again whenever it
+is resolved with other arguments: a weight that is not finite, negative or above
+:data:`MAX_WEIGHT`, of the wrong shape or dtype, or an exception, is a ValueError naming the
+scheme and the q.
+
 Built in (q = p(target), l = -log q): ``nll`` (w = 1), ``dft`` (w = q), ``infosft``
 (w = q max(0, 1 - logit(q)/logit(p_bar))), ``eaft`` (w = (H_K / ln K)^alpha, H_K the entropy of
 the softmax over the K largest logits), ``talr`` (w = max(q^(1/tau), 0.01), tau the median over
@@ -32,7 +37,9 @@ weight sum), ``dft_mix`` (w = alpha q + 1 - alpha), ``power`` (w = k q^k).
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -46,6 +53,13 @@ DEFAULT_P_BAR = 0.93
 # Below log q = -1e4, q is 0 in float32 anyway; flooring log q there keeps every derived value
 # (logit, log q / tau) finite, so a zero weight is 0 * finite and never 0 * inf.
 LOG_Q_FLOOR = -1e4
+
+MAX_WEIGHT = 1e4
+"""The largest weight a scheme may give, checked when it is registered or resolved.
+
+A weight scales its token's gradient against plain SFT's w = 1: w = 1e4 already multiplies one
+token's step 10^4-fold at a learning rate tuned for w ~ 1, and such gradients soon leave fp16's
+range (65504). The built-in schemes stay within [0, max(1, k)] (power's w = k q^k)."""
 
 
 class TokenInputs(NamedTuple):
@@ -291,6 +305,48 @@ def _check_power(p_bar: float, *, k: float) -> None:
         raise ValueError(f"power needs a finite k > 0 (w = k q^k), got k={k}")
 
 
+# ---- scalar arguments ----------------------------------------------------------------------
+
+
+def is_real_number(value: Any) -> bool:
+    """A Python or NumPy int or float, or a one-element int/float tensor (any device); a bool
+    is not a number here."""
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def describe(value: Any) -> str:
+    """A short description of a refused value, for an error message."""
+    if isinstance(value, Tensor):
+        if value.numel() == 1:
+            return f"a {value.dtype} tensor holding {value.item()!r}"
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def real_number(name: str, value: Any, requirement: str) -> float:
+    """``value`` as a float if it is one real number (:func:`is_real_number`), else ValueError
+    "``name`` must be ``requirement``". The range is the caller's to check; a tensor is read
+    with ``.item()``, which waits for its device."""
+    if not is_real_number(value):
+        raise ValueError(f"{name} must be {requirement}, got {describe(value)}")
+    number = value.item() if isinstance(value, Tensor) else value
+    try:
+        return float(number)
+    except OverflowError:  # a Python int beyond float's range
+        return math.inf if number > 0 else -math.inf
+
+
+def check_p_bar(p_bar: Any) -> float:
+    """Validate p_bar, a number in (0, 1), and return it as a float."""
+    value = real_number("p_bar", p_bar, "a number in (0, 1)")
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"p_bar must lie strictly between 0 and 1, got {p_bar!r}")
+    return value
+
+
 # ---- registry ------------------------------------------------------------------------------
 
 
@@ -303,18 +359,28 @@ def _check_name(name: str, overwrite: bool) -> None:
         )
 
 
+def _add(name: str, definition: _Definition) -> None:
+    """Register ``definition`` once its defaults pass its own check and :func:`probe_scheme`;
+    on a ValueError the registry is unchanged."""
+    _bind(name, definition, None, None)
+    _REGISTRY[name] = definition
+
+
 def register_weighting(name: str, fn: WeightFn, *, overwrite: bool = False) -> None:
     """Make ``fn`` available as ``method=name`` on every path (losses, trainer, CLI, plots).
 
     ``fn(log_probs, p_bar)`` receives detached float32 log-probabilities in [-inf, 0] of any
-    shape and returns weights of the same shape, finite for every input. For a scheme that
-    reads more than q, takes arguments or normalises itself, use :func:`register_scheme`.
+    shape and returns float weights of the same shape, each finite and within
+    [0, :data:`MAX_WEIGHT`]. It is tried here on about 1200 q at p_bar = 0.93
+    (:func:`probe_scheme`), and again for each other p_bar it is resolved with; a weight outside
+    that range, of the wrong shape or dtype, or an exception is a ValueError naming the q, and
+    nothing is registered. For a scheme that reads more than q, takes arguments or normalises
+    itself, use :func:`register_scheme`.
     """
     _check_name(name, overwrite)
     if not callable(fn):
-        raise TypeError(f"weighting {name!r} must be callable as fn(log_probs, p_bar), got {fn!r}")
-
-    _REGISTRY[name] = _Definition(_of_q(fn), MappingProxyType({}), False, False, None, False, None)
+        raise ValueError(f"weighting {name!r} must be callable as fn(log_probs, p_bar), got {fn!r}")
+    _add(name, _Definition(_of_q(fn), MappingProxyType({}), False, False, None, False, None))
 
 
 def _of_q(fn: WeightFn) -> SchemeWeightFn:
@@ -343,10 +409,10 @@ def register_scheme(
 
     Args:
         name: the ``method`` name.
-        weight: ``weight(tokens, p_bar, **method_args) -> [N]`` weights, finite for every
-            input, from the :class:`TokenInputs` of N target tokens.
-        method_args: the scheme's arguments and their defaults; a user's value is converted to
-            the default's type (int or float), unknown names are refused.
+        weight: ``weight(tokens, p_bar, **method_args) -> [N]`` float weights, each finite and
+            within [0, :data:`MAX_WEIGHT`], from the :class:`TokenInputs` of N target tokens.
+        method_args: the scheme's arguments and their (finite) defaults; a user's value is
+            converted to the default's type (int or float), unknown names are refused.
         entropy: ``tokens.entropy`` (full-vocabulary entropy) is filled in.
         top_k_entropy: ``tokens.top_k_entropy`` is filled in, with K = the ``top_k`` argument
             (which ``method_args`` must declare).
@@ -357,30 +423,39 @@ def register_scheme(
             token count (see :func:`infosft.losses.reference.loss_denominator`).
         validate: ``validate(p_bar, **method_args)`` raising ValueError for bad values.
         overwrite: replace a scheme registered under ``name``.
+
+    The defaults (with p_bar = 0.93) must pass ``validate``, and the weight is tried on a dense
+    grid of tokens (:func:`probe_scheme`) here and whenever the scheme is resolved with other
+    arguments; either failing is a ValueError, and nothing is registered.
     """
     _check_name(name, overwrite)
-    if not callable(weight):
-        raise TypeError(f"scheme {name!r}: weight must be callable, got {weight!r}")
+    functions = {"weight": weight, "batch_statistic": batch_statistic, "validate": validate}
+    for role, fn in functions.items():
+        if not callable(fn) and (fn is not None or role == "weight"):
+            raise ValueError(f"scheme {name!r}: {role} must be callable, got {fn!r}")
     defaults = dict(method_args or {})
     for arg, value in defaults.items():
-        if (
-            not isinstance(arg, str)
-            or isinstance(value, bool)
-            or not isinstance(value, int | float)
-        ):
-            raise ValueError(f"scheme {name!r}: method_args must map names to numbers, got {arg!r}")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not isinstance(arg, str) or not number or not math.isfinite(value):
+            raise ValueError(
+                f"scheme {name!r}: method_args must map names to finite numbers, got "
+                f"{arg!r}: {value!r}"
+            )
     if top_k_entropy and not isinstance(defaults.get("top_k"), int):
         raise ValueError(
             f"scheme {name!r} reads the top-K entropy, so method_args must declare an int top_k"
         )
-    _REGISTRY[name] = _Definition(
-        weight,
-        MappingProxyType(defaults),
-        entropy,
-        top_k_entropy,
-        batch_statistic,
-        self_normalised,
-        validate,
+    _add(
+        name,
+        _Definition(
+            weight,
+            MappingProxyType(defaults),
+            entropy,
+            top_k_entropy,
+            batch_statistic,
+            self_normalised,
+            validate,
+        ),
     )
 
 
@@ -400,17 +475,6 @@ def _definition(name: str) -> _Definition:
         ) from None
 
 
-def check_p_bar(p_bar: float) -> float:
-    """Validate p_bar in (0, 1) and return it as a float."""
-    try:
-        value = float(p_bar)
-    except (TypeError, ValueError):
-        raise ValueError(f"p_bar must be a number in (0, 1), got {p_bar!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"p_bar must lie strictly between 0 and 1, got {p_bar!r}")
-    return value
-
-
 def _bind_args(
     method: str, defaults: Mapping[str, int | float], given: Mapping[str, Any] | None
 ) -> dict[str, int | float]:
@@ -428,7 +492,9 @@ def _bind_args(
     bound = dict(defaults)
     for name, value in given.items():
         want = type(defaults[name])
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise ValueError(f"method {method!r}: {name} must be a finite number, got {value!r}")
         if want is int and ok and float(value).is_integer():
             bound[name] = int(value)
         elif want is float and ok:
@@ -437,10 +503,6 @@ def _bind_args(
             kind = "an integer" if want is int else "a number"
             raise ValueError(f"method {method!r}: {name} must be {kind}, got {value!r}")
     return bound
-
-
-# log q values every scheme is tried on when it is resolved: a weight must be finite for each.
-_PROBE_LOG_Q = (0.0, -1e-30, -0.5, -3.0, -200.0, -math.inf)
 
 
 def get_scheme(
@@ -459,8 +521,9 @@ def get_scheme(
         method_args: the scheme's other arguments by name (e.g. ``{"top_k": 20}`` for eaft);
             missing ones take their defaults.
 
-    The weight is tried once on a few extreme tokens (log q = 0 ... -inf); a weight that is not
-    finite there, or not of the tokens' shape, is reported here.
+    The weight is tried with these arguments on a dense grid of tokens (:func:`probe_scheme`);
+    a weight that is not finite, negative or above :data:`MAX_WEIGHT` there, or not a float
+    tensor of the tokens' shape, is reported here, naming the q.
     """
     if isinstance(method, Scheme):
         same_p_bar = p_bar is None or check_p_bar(p_bar) == method.p_bar
@@ -473,7 +536,16 @@ def get_scheme(
                 "pass them to get_scheme instead of next to the scheme"
             )
         return method
-    definition = _definition(method)
+    return _bind(method, _definition(method), p_bar, method_args)
+
+
+def _bind(
+    method: str,
+    definition: _Definition,
+    p_bar: float | None,
+    method_args: Mapping[str, Any] | None,
+) -> Scheme:
+    """``definition`` with validated p_bar and arguments, its weight probed."""
     p_bar = check_p_bar(DEFAULT_P_BAR if p_bar is None else p_bar)
     args = _bind_args(method, definition.defaults, method_args)
     if definition.validate is not None:
@@ -488,7 +560,7 @@ def get_scheme(
         _weight=definition.weight,
         _batch_statistic=definition.batch_statistic,
     )
-    _probe(scheme)
+    probe_scheme(scheme)
     return scheme
 
 
@@ -496,29 +568,150 @@ def _resolve(method: str, p_bar: float, method_args: dict[str, int | float]) -> 
     return get_scheme(method, p_bar=p_bar, method_args=method_args)
 
 
-def _probe(scheme: Scheme) -> None:
-    """Run the scheme on extreme tokens; ValueError naming it if the weights are unusable."""
-    log_probs = torch.tensor(_PROBE_LOG_Q)
-    n = log_probs.numel()
-    spread = torch.linspace(0.0, 1.0, n)
-    tokens = TokenInputs(
-        log_probs,
-        entropy=spread * 5.0 if scheme.needs_entropy else None,
-        top_k_entropy=spread * math.log(scheme.top_k) if scheme.top_k is not None else None,
+# ---- probing a scheme ----------------------------------------------------------------------
+
+# log q every weight is tried on: q from e^-100 to 1 - 1e-7 on three scales (e^-100 ... e^-1,
+# 0.001 ... 0.999 in steps of 0.001, 0.9 ... 1 - 1e-7 evenly in log(1 - q)), and the ends of
+# [-inf, 0] that rounding and underflow produce (float64; also tried rounded to float32).
+_PROBE_LOG_Q = torch.cat(
+    [
+        torch.linspace(-100.0, -1.0, 100, dtype=torch.float64),
+        torch.linspace(0.0, 1.0, 1001, dtype=torch.float64)[1:-1].log(),
+        torch.log1p(-torch.logspace(-1.0, -7.0, 61, dtype=torch.float64)),
+        torch.tensor(
+            [0.0, -1e-30, -1e-12, -30.0, -200.0, LOG_Q_FLOOR, -1e30, -math.inf],
+            dtype=torch.float64,
+        ),
+    ]
+)
+# Entropies (nats) each q is paired with for a scheme that reads them: from a one-hot
+# distribution to a uniform one over 2^18 tokens (ln 2^18 = 12.5 > ln of any LM vocabulary).
+_PROBE_ENTROPY = (0.0, 1e-6, 0.5, 3.0, 12.5)
+# Top-K entropies as shares of their largest value, ln K.
+_PROBE_TOP_K_SHARE = (0.0, 1e-6, 0.5, 1.0)
+
+
+def _probe_tokens(scheme: Scheme, dtype: torch.dtype) -> TokenInputs:
+    """Every probe q (with 41 more around p_bar), times every probe entropy the scheme reads."""
+    around_p_bar = torch.linspace(scheme.p_bar - 0.05, scheme.p_bar + 0.05, 41).double()
+    columns = [torch.cat([_PROBE_LOG_Q, around_p_bar.clamp(1e-7, 1 - 1e-7).log()])]
+    if scheme.needs_entropy:
+        columns.append(torch.tensor(_PROBE_ENTROPY, dtype=torch.float64))
+    if scheme.top_k is not None:
+        shares = torch.tensor(_PROBE_TOP_K_SHARE, dtype=torch.float64)
+        columns.append(shares * math.log(scheme.top_k))
+    grid = torch.cartesian_prod(*columns).to(dtype)
+    if grid.dim() == 1:
+        return TokenInputs(grid)
+    return TokenInputs(
+        grid[:, 0],
+        entropy=grid[:, 1] if scheme.needs_entropy else None,
+        top_k_entropy=grid[:, -1] if scheme.top_k is not None else None,
     )
-    statistic = scheme.statistic(tokens, torch.arange(n) // 2)
-    weights = scheme.weights(tokens._replace(statistic=statistic))
-    if not isinstance(weights, Tensor) or weights.shape != log_probs.shape:
+
+
+def _probe_call(
+    scheme: Scheme, what: str, fn: Callable[..., Any], tokens: TokenInputs, *args: Any
+) -> Any:
+    """``fn(tokens, *args)``, an exception in it reported as a ValueError naming the scheme."""
+    dtype = tokens.log_probs.dtype
+    try:
+        with torch.no_grad():
+            return fn(tokens, *args)
+    except Exception as err:  # any failure of a user's function is the user's to fix
+        first_line = (str(err).splitlines() or [""])[0]
+        raise ValueError(
+            f"weighting {scheme.method!r}: its {what} raised {type(err).__name__} "
+            f"({first_line}) on {dtype} probe tokens with log q in [-inf, 0]; it must accept "
+            "any such tokens"
+        ) from err
+
+
+def _probe_batches(scheme: Scheme, tokens: TokenInputs) -> list[TokenInputs]:
+    """The probe tokens as the micro-batches the weight is tried on: all of them at once, and
+    for a scheme with a batch statistic also the near-certain ones (q >= 0.999), the certain
+    ones (q rounds to 1) and the hopeless ones (log q <= -30) alone, each with the statistic
+    of its own tokens."""
+    fn = scheme._batch_statistic
+    if fn is None:
+        return [tokens]
+    batches = []
+    for subset in (
+        torch.ones_like(tokens.log_probs, dtype=torch.bool),
+        tokens.log_probs >= math.log(0.999),
+        tokens.log_probs.exp() == 1.0,
+        tokens.log_probs <= -30.0,
+    ):
+        part = TokenInputs(*(None if t is None else t[subset] for t in tokens))
+        sequence_ids = torch.arange(part.log_probs.numel()) // 8
+        statistic = _probe_call(scheme, "batch statistic", fn, part, sequence_ids)
+        if not isinstance(statistic, Tensor):
+            raise ValueError(
+                f"weighting {scheme.method!r}: its batch statistic returned "
+                f"{type(statistic).__name__}, expected a tensor"
+            )
+        batches.append(part._replace(statistic=statistic.detach()))
+    return batches
+
+
+def probe_scheme(scheme: Scheme) -> None:
+    """Try the scheme's weight on a dense grid of tokens, in float32 and in float64.
+
+    The grid: about 1200 q from e^-100 to 1 - 1e-7 (log-spaced far from 1, in steps of 0.001
+    over (0, 1), log(1 - q)-spaced near 1, dense around p_bar) plus q = 0 and q = 1; each
+    paired with entropies from 0 to 12.5 nats when the scheme reads them. A scheme with a batch
+    statistic is tried on four micro-batches: all these tokens, the near-certain ones, the
+    certain ones and the hopeless ones, each under its own statistic. Takes about a millisecond.
+
+    Raises:
+        ValueError: naming the scheme, and for a bad weight the q (and entropy, statistic) and
+            the value, if the weight function or statistic raises, returns anything but a
+            float tensor of the tokens' shape, or gives a weight that is not finite, negative or
+            above :data:`MAX_WEIGHT`.
+    """
+    weigh = functools.partial(scheme._weight, **scheme.method_args)
+    for dtype in (torch.float32, torch.float64):
+        tokens = _probe_tokens(scheme, dtype)
+        for batch in _probe_batches(scheme, tokens):
+            weights = _probe_call(scheme, "weight", weigh, batch, scheme.p_bar)
+            _check_probe_weights(scheme, batch, weights, dtype)
+
+
+def _check_probe_weights(
+    scheme: Scheme, tokens: TokenInputs, weights: Any, dtype: torch.dtype
+) -> None:
+    n = tokens.log_probs.numel()
+    if not isinstance(weights, Tensor) or weights.shape != tokens.log_probs.shape:
         got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
         raise ValueError(
             f"weighting {scheme.method!r} returned {got} for {n} tokens, expected a tensor of "
-            f"shape {tuple(log_probs.shape)} (one weight per token)"
+            f"shape ({n},) (one weight per token)"
         )
-    if not bool(torch.isfinite(weights).all()):
+    if not torch.is_floating_point(weights):
         raise ValueError(
-            f"weighting {scheme.method!r} returned non-finite weights {weights.tolist()} for "
-            f"log q = {list(_PROBE_LOG_Q)}; a weight must be finite for every log q in [-inf, 0]"
+            f"weighting {scheme.method!r} returned {weights.dtype} weights; return a "
+            "floating-point tensor (e.g. with .float())"
         )
+    w = weights.double()
+    bad = (~torch.isfinite(w) | (w < 0) | (w > MAX_WEIGHT)).nonzero()
+    if bad.numel() == 0:
+        return
+    i = int(bad[0, 0])
+    value, log_q = w[i].item(), tokens.log_probs[i].item()
+    kind = "non-finite" if not math.isfinite(value) else "negative" if value < 0 else "too large"
+    at = f"q = {math.exp(log_q):.6g} (log q = {log_q:.6g}"
+    if tokens.entropy is not None:
+        at += f", entropy = {tokens.entropy[i].item():.6g}"
+    if tokens.top_k_entropy is not None:
+        at += f", top-{scheme.top_k} entropy = {tokens.top_k_entropy[i].item():.6g}"
+    if isinstance(tokens.statistic, Tensor) and tokens.statistic.numel() == 1:
+        at += f", batch statistic = {tokens.statistic.item():.6g}"
+    args = "".join(f", {k}={v}" for k, v in scheme.method_args.items())
+    raise ValueError(
+        f"weighting {scheme.method!r} (p_bar={scheme.p_bar}{args}) gives weight {value:.6g} "
+        f"({kind}) at {at}, {dtype}); every weight must be finite and within "
+        f"[0, {MAX_WEIGHT:g}] (infosft.objectives.MAX_WEIGHT) for every q in [0, 1]"
+    )
 
 
 def get_weighting(name: str) -> Scheme:
@@ -527,6 +720,11 @@ def get_weighting(name: str) -> Scheme:
     Kept for callers that only validate a name; new code calls :func:`get_scheme`.
     """
     return get_scheme(name)
+
+
+LOG_Q_ROUNDING = 0.1
+"""How far above 0 :func:`token_weights` reads a log q as rounding (a bf16 log-softmax is off by
+up to ~0.06 at logsumexp 16); more is not a log-probability (-log q or a logit by mistake)."""
 
 
 def token_weights(
@@ -538,8 +736,10 @@ def token_weights(
     """Per-token weights w(q) of a scheme that is a function of q alone, detached.
 
     Args:
-        log_probs: log q of the target tokens, any shape, any float dtype. Values above 0
-            (rounding) are treated as 0.
+        log_probs: log q of the target tokens, any shape, any float dtype. Values up to
+            :data:`LOG_Q_ROUNDING` above 0 (rounding) are treated as 0. On CPU, NaN or a
+            larger value is a ValueError; on an accelerator the values are not read here (that
+            would wait for the device), and NaN gives NaN.
         method: a registered scheme name (see :func:`available_weightings`) or a
             :class:`Scheme`; it must be a function of q alone (:attr:`Scheme.q_only`).
         p_bar: the expert's confidence in its own token; InfoSFT's clip point (None: 0.93).
@@ -555,8 +755,16 @@ def token_weights(
             f"{' and '.join(scheme.depends_on())}); score its tokens with "
             "infosft.losses.score_targets and call Scheme.weights(TokenInputs(...))"
         )
-    if not torch.is_floating_point(log_probs):
-        raise TypeError(f"log_probs must be a floating-point tensor, got {log_probs.dtype}")
+    if not isinstance(log_probs, Tensor) or not torch.is_floating_point(log_probs):
+        raise ValueError(f"log_probs must be a floating-point tensor, got {describe(log_probs)}")
+    if log_probs.device.type == "cpu":
+        bad = (torch.isnan(log_probs) | (log_probs > LOG_Q_ROUNDING)).reshape(-1).nonzero()
+        if bad.numel():
+            value = log_probs.reshape(-1)[bad[0, 0]].item()
+            raise ValueError(
+                f"log_probs must hold log q in [-inf, 0], got {value} at flat index "
+                f"{int(bad[0, 0])}; pass log-probabilities (not -log q, logits or NaN)"
+            )
     flat = TokenInputs(log_probs.reshape(-1))
     return scheme.weights(flat).reshape(log_probs.shape)
 

@@ -38,14 +38,14 @@ from torch import Tensor
 from infosft.losses.chunking import rows_per_block, rows_per_chunk
 from infosft.losses.reference import (
     IGNORE_INDEX,
-    check_kl_to_base,
+    check_loss_arguments,
     check_targets,
     loss_denominator,
     normalizer,
     shift_labels,
     weighted_sum,
 )
-from infosft.objectives import Scheme, TokenInputs, get_scheme
+from infosft.objectives import Scheme, TokenInputs
 
 # Tests set this to run the CUDA layout on CPU: bf16/fp16 matmul operands with float32 results
 # (emulated on CPU, which has no mm(out_dtype=) kernel) and the gradient in its own buffer of
@@ -551,17 +551,6 @@ class _FusedWeightedNLL(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
-def _check_floats(hidden: Tensor, tensors: Mapping[str, Tensor | None]) -> None:
-    for name, tensor in tensors.items():
-        if tensor is not None and not torch.is_floating_point(tensor):
-            raise TypeError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
-        if tensor is not None and tensor.device != hidden.device:
-            raise ValueError(
-                f"{name} is on {tensor.device} but hidden_states on {hidden.device}; "
-                "move them to one device"
-            )
-
-
 def _check_head(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor, prefix: str = ""
 ) -> None:
@@ -601,14 +590,26 @@ def _prepare(
     use_compile: bool | None,
 ) -> _Problem:
     """Validate a call once and turn it into a :class:`_Problem`."""
-    scheme = get_scheme(method, p_bar=p_bar, method_args=method_args)
     base_hidden, base_weight, base_bias = base
+    inputs = {"hidden_states": hidden, "lm_head_weight": weight, "lm_head_bias": bias}
+    inputs |= {"base_hidden_states": base_hidden, "base_lm_head_weight": base_weight}
+    inputs |= {"base_lm_head_bias": base_bias, "target_weights": target_weights}
+    scheme, labels, num_items_in_batch, ignore_index, beta = check_loss_arguments(
+        labels,
+        inputs,
+        method=method,
+        p_bar=p_bar,
+        method_args=method_args,
+        num_items_in_batch=num_items_in_batch,
+        ignore_index=ignore_index,
+        kl_to_base=kl_to_base,
+        base_name="base_hidden_states",
+    )
     if (base_hidden is None) != (base_weight is None):
         raise ValueError(
             "the KL anchor needs both base_hidden_states and base_lm_head_weight (the base "
             "model's final hidden states and its LM head); got only one of them"
         )
-    beta = check_kl_to_base(kl_to_base, base_hidden is not None, "base_hidden_states")
     _check_head(hidden, weight, bias, labels)
     if beta > 0:
         _check_head(base_hidden, base_weight, base_bias, labels, prefix="base_")
@@ -622,10 +623,6 @@ def _prepare(
             f"target_weights must be [B, T] like labels {tuple(labels.shape)}; "
             f"got {tuple(target_weights.shape)}"
         )
-    floats = {"lm_head_weight": weight, "lm_head_bias": bias, "target_weights": target_weights}
-    floats |= {"base_hidden_states": base_hidden, "base_lm_head_weight": base_weight}
-    floats |= {"base_lm_head_bias": base_bias, "hidden_states": hidden}
-    _check_floats(hidden, floats)
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
     ):
@@ -635,19 +632,14 @@ def _prepare(
         raise ValueError(f"{scheme.method} top_k={scheme.top_k} exceeds the vocabulary ({vocab})")
 
     targets = shift_labels(labels, ignore_index)
-    mask = check_targets(targets, vocab, ignore_index)
+    # Shifted like labels: position t carries the weight of its target labels[t + 1].
+    shifted_weights = None if target_weights is None else shift_labels(target_weights.detach(), 0)
+    mask = check_targets(targets, vocab, ignore_index, num_items_in_batch, shifted_weights)
     positions = mask.reshape(-1).nonzero().squeeze(1)
     targets = targets.reshape(-1).index_select(0, positions)
     fixed = None
-    if target_weights is not None:
-        # Shifted like labels: position t carries the weight of its target labels[t + 1].
-        fixed = shift_labels(target_weights.detach(), 0).reshape(-1).index_select(0, positions)
-        fixed = fixed.float()
-        if not bool(torch.isfinite(fixed).all()):
-            raise ValueError(
-                "target_weights has a non-finite value at a target position (labels != "
-                "ignore_index); weights of ignored positions are not read and may be anything"
-            )
+    if shifted_weights is not None:
+        fixed = shifted_weights.reshape(-1).index_select(0, positions).float()
 
     device = hidden.device
     if torch.is_autocast_enabled(device.type):
@@ -733,10 +725,13 @@ def fused_weighted_nll_loss(
         p_bar: InfoSFT's clip point in (0, 1); None means 0.93 (or the scheme's own).
         method_args: the scheme's other arguments by name, e.g. ``{"top_k": 20}`` for eaft.
         num_items_in_batch: target tokens in the whole optimizer step (all accumulation
-            micro-batches and ranks); None divides by this batch's target count. A
-            self-normalised scheme divides by its weight sum instead
-            (:func:`~infosft.losses.reference.loss_denominator`); a batch statistic (TALR's
-            tau) is taken over this call's sequences (the micro-batch on this rank).
+            micro-batches and ranks), finite and > 0, a Python number or a one-element tensor
+            (on an accelerator checked in the read of the labels the loss makes anyway, no
+            extra wait: :func:`~infosft.losses.reference.check_num_items_in_batch`); None
+            divides by this batch's target count. A self-normalised scheme divides by its
+            weight sum instead (:func:`~infosft.losses.reference.loss_denominator`); a batch
+            statistic (TALR's tau) is taken over this call's sequences (the micro-batch on
+            this rank).
         ignore_index: label value that is not a target.
         lm_head_bias: optional [V] bias of the projection.
         base_hidden_states: [B, T, H'] final hidden states of the frozen base model on the
@@ -753,16 +748,24 @@ def fused_weighted_nll_loss(
             next to their gradient).
         target_weights: optional [B, T] float weights aligned with labels (same positions as
             labels, before the shift), used instead of the scheme's w -- e.g. static weights
-            computed once from the frozen base model. Read as constants (no gradient).
+            computed once from the frozen base model. Read as constants (no gradient); at
+            target positions each must be finite and within [0,
+            :data:`~infosft.objectives.MAX_WEIGHT`].
         use_compile: run the per-chunk softmax through ``torch.compile``; None does so on CUDA
             when Triton is installed.
 
     Returns:
-        float32 scalar (float64 for float64 inputs), or ``(loss, stats)`` with return_stats.
+        float32 scalar (float64 for float64 inputs), or ``(loss, stats)`` with return_stats;
+        0 with zero gradients when no label is a target (whatever ``num_items_in_batch``).
         Its gradients for hidden states, weight and bias (those that require grad, with grad
         mode on) are computed during this call; backward only scales them by the upstream
         gradient and casts them to each input's dtype. On CUDA, bf16/fp16 matmuls accumulate
         in float32; on CPU, bf16/fp16 inputs are computed in float32 (faster there).
+
+    Raises:
+        ValueError: naming the argument, before any matmul, for each bad one (the checks
+            shared with the reference loss, :func:`~infosft.losses.reference.check_loss_arguments`
+            and :func:`~infosft.losses.reference.check_targets`, then shapes and chunk_size).
     """
     problem = _prepare(
         hidden_states,

@@ -12,13 +12,23 @@ a self-normalised one (``memft``), whose D is its weight sum (:func:`loss_denomi
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from infosft.objectives import Scheme, TokenInputs, get_scheme
+from infosft.objectives import (
+    MAX_WEIGHT,
+    Scheme,
+    TokenInputs,
+    describe,
+    get_scheme,
+    is_real_number,
+    real_number,
+)
 
 IGNORE_INDEX = -100
 """Label of a position without a target (no loss), as in transformers and TRL."""
@@ -33,18 +43,165 @@ def shift_labels(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     return torch.nn.functional.pad(labels[..., 1:], (0, 1), value=ignore_index)
 
 
-def check_targets(targets: Tensor, vocab_size: int, ignore_index: int) -> Tensor:
-    """Boolean mask of target positions; ValueError naming any label outside [0, vocab_size)."""
+def check_ignore_index(ignore_index: Any) -> int:
+    """Validate the label value that marks positions without a target; returned as an int."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise ValueError(
+            f"ignore_index must be an integer label value (transformers uses -100), got "
+            f"{describe(ignore_index)}"
+        )
+    return int(ignore_index)
+
+
+NUM_ITEMS = (
+    "a finite count > 0 (int, float or one-element tensor) of the optimizer step's target tokens"
+)
+
+
+def _bad_count(value: float | int) -> ValueError:
+    return ValueError(
+        f"num_items_in_batch must be {NUM_ITEMS}, got {describe(value)}: the loss divides by "
+        "it, so 0 or less would give NaN or gradient ascent; a step with no target token at "
+        "all has nothing to train on (leave such examples out); None divides by this batch's "
+        "count"
+    )
+
+
+def check_num_items_in_batch(num_items_in_batch: Any) -> int | float | Tensor | None:
+    """Validate the loss divisor given by the caller (the HF Trainer passes a tensor).
+
+    A Python number or a CPU tensor must be finite and > 0, checked here. A tensor on an
+    accelerator is only checked to be one number here, since reading its value waits for the
+    device; :func:`check_targets` checks the value in the read of the labels it makes anyway.
+
+    Returns:
+        None, the number, or the tensor as a 0-dim tensor (the loss stays a 0-dim scalar).
+    """
+    if num_items_in_batch is None:
+        return None
+    if isinstance(num_items_in_batch, Tensor) and num_items_in_batch.device.type != "cpu":
+        if not is_real_number(num_items_in_batch):
+            raise ValueError(
+                f"num_items_in_batch must be {NUM_ITEMS}, got {describe(num_items_in_batch)}"
+            )
+        return num_items_in_batch.reshape(())
+    value = real_number("num_items_in_batch", num_items_in_batch, NUM_ITEMS)
+    tensor = isinstance(num_items_in_batch, Tensor)
+    if not 0.0 < value < math.inf:
+        raise _bad_count(num_items_in_batch.item() if tensor else num_items_in_batch)
+    return num_items_in_batch.reshape(()) if tensor else num_items_in_batch
+
+
+class LossArguments(NamedTuple):
+    """What every loss entry point takes besides its tensors, validated once."""
+
+    scheme: Scheme
+    labels: Tensor
+    """[B, T] int64."""
+    num_items_in_batch: int | float | Tensor | None
+    ignore_index: int
+    kl_to_base: float
+
+
+def check_loss_arguments(
+    labels: Any,
+    inputs: Mapping[str, Any],
+    *,
+    method: str | Scheme,
+    p_bar: float | None,
+    method_args: Mapping[str, Any] | None,
+    num_items_in_batch: Any,
+    ignore_index: Any,
+    kl_to_base: Any,
+    base_name: str,
+) -> LossArguments:
+    """The one check of a loss call's arguments, before anything is computed.
+
+    Args:
+        labels: must be an integer tensor of token ids (any integer dtype; returned as int64).
+        inputs: the call's float tensors by argument name, the first one the main input (e.g.
+            logits or hidden_states); None for one not given. Each must be a floating-point
+            tensor on the main input's device, and so must ``labels`` be.
+        base_name: the input that carries the base model for the KL anchor.
+        method, p_bar, method_args, num_items_in_batch, ignore_index, kl_to_base: as for
+            :func:`weighted_nll_loss`; see :func:`infosft.objectives.get_scheme`,
+            :func:`check_num_items_in_batch`, :func:`check_kl_to_base`.
+
+    Shapes are the caller's to check; values inside tensors are checked by
+    :func:`check_targets`, in the one read of the device the loss makes anyway.
+    """
+    scheme = get_scheme(method, p_bar=p_bar, method_args=method_args)
+    ignore_index = check_ignore_index(ignore_index)
+    num_items_in_batch = check_num_items_in_batch(num_items_in_batch)
+    beta = check_kl_to_base(kl_to_base, inputs.get(base_name) is not None, base_name)
+    main_name, main = next(iter(inputs.items()))
+    for name, tensor in inputs.items():
+        if tensor is None:
+            continue
+        if not isinstance(tensor, Tensor) or not torch.is_floating_point(tensor):
+            raise ValueError(f"{name} must be a floating-point tensor, got {describe(tensor)}")
+        if tensor.device != main.device:
+            raise ValueError(
+                f"{name} is on {tensor.device} but {main_name} on {main.device}; "
+                "move them to one device"
+            )
+    integer = isinstance(labels, Tensor) and not (
+        labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex()
+    )
+    if not integer:
+        raise ValueError(f"labels must be an integer tensor of token ids, got {describe(labels)}")
+    if labels.device != main.device:
+        raise ValueError(
+            f"labels is on {labels.device} but {main_name} on {main.device}; "
+            "move them to one device"
+        )
+    return LossArguments(scheme, labels.long(), num_items_in_batch, ignore_index, beta)
+
+
+def check_targets(
+    targets: Tensor,
+    vocab_size: int,
+    ignore_index: int,
+    num_items_in_batch: int | float | Tensor | None = None,
+    target_weights: Tensor | None = None,
+) -> Tensor:
+    """Boolean mask [B, T] of the target positions of ``targets`` ([B, T] int64, shifted).
+
+    One read of the device checks what is in the tensors: every target lies in
+    [0, vocab_size); a tensor ``num_items_in_batch`` is finite and > 0 (see
+    :func:`check_num_items_in_batch`); ``target_weights`` ([B, T] float, aligned with
+    ``targets``) are finite and within [0, MAX_WEIGHT] at the target positions. ValueError
+    naming the first problem otherwise.
+    """
     mask = targets != ignore_index
-    bad = mask & ((targets < 0) | (targets >= vocab_size))
-    if bool(bad.any()):
-        value = int(targets[bad][0])
+    bad_labels = mask & ((targets < 0) | (targets >= vocab_size))
+    problem = bad_labels.any()
+    count = num_items_in_batch if isinstance(num_items_in_batch, Tensor) else None
+    if count is not None:
+        problem = problem | (~(count > 0) | ~torch.isfinite(count)).to(problem.device)
+    bad_weights = None
+    if target_weights is not None:
+        in_range = (target_weights >= 0) & (target_weights <= MAX_WEIGHT)
+        bad_weights = mask & ~in_range
+        problem = problem | bad_weights.any()
+    if not bool(problem):
+        return mask
+    if bool(bad_labels.any()):
+        value = int(targets[bad_labels][0])
         raise ValueError(
             f"label {value} is outside the vocabulary [0, {vocab_size}) and is not "
             f"ignore_index={ignore_index}; check that the tokenizer matches the model and that "
             "padding positions in labels are set to ignore_index"
         )
-    return mask
+    if bad_weights is not None and bool(bad_weights.any()):
+        row, col = (int(i) for i in bad_weights.nonzero()[0])
+        raise ValueError(
+            f"target_weights[{row}, {col + 1}] is {target_weights[row, col].item()} at a target "
+            f"position (labels != ignore_index); a weight there must be finite and within "
+            f"[0, {MAX_WEIGHT:g}] (non-finite, negative or larger ones are refused; weights of "
+            "ignored positions are not read)"
+        )
+    raise _bad_count(count.item())
 
 
 def normalizer(num_items_in_batch: int | Tensor | None, num_targets: Tensor) -> Tensor | int:
@@ -85,13 +242,10 @@ def loss_denominator(
     return denominator * share
 
 
-def check_kl_to_base(kl_to_base: float, base_given: bool, base_name: str) -> float:
+def check_kl_to_base(kl_to_base: Any, base_given: bool, base_name: str) -> float:
     """Validate the KL anchor's coefficient beta >= 0 and that the base model's input is there."""
-    try:
-        beta = float(kl_to_base)
-    except (TypeError, ValueError):
-        raise ValueError(f"kl_to_base must be a number >= 0, got {kl_to_base!r}") from None
-    if not 0.0 <= beta < float("inf"):
+    beta = real_number("kl_to_base", kl_to_base, "a finite number >= 0")
+    if not 0.0 <= beta < math.inf:
         raise ValueError(f"kl_to_base must be a finite number >= 0, got {kl_to_base!r}")
     if beta > 0 and not base_given:
         raise ValueError(
@@ -129,9 +283,11 @@ def weighted_nll_loss(
         p_bar: InfoSFT's clip point in (0, 1); None means 0.93 (or the scheme's own).
         method_args: the scheme's other arguments by name, e.g. ``{"top_k": 20}`` for eaft.
         num_items_in_batch: target tokens in the whole optimizer step (all accumulation
-            micro-batches and ranks); None divides by this batch's target count
+            micro-batches and ranks), finite and > 0: a Python number or a one-element tensor
+            of any dtype (an accelerator's is checked without an extra wait for the device,
+            :func:`check_num_items_in_batch`); None divides by this batch's target count
             (:func:`loss_denominator` for self-normalised schemes).
-        ignore_index: label value that is not a target.
+        ignore_index: label value (an int) that is not a target.
         base_logits: [B, T, V] logits of the base model on the same inputs (read as constants),
             for the KL anchor.
         kl_to_base: beta of the anchor ``beta * sum_t KL(p_base || p_theta) / N`` over target
@@ -139,10 +295,24 @@ def weighted_nll_loss(
 
     Returns:
         float32 scalar (float64 for float64 logits). With no target token it is 0 and still
-        backpropagates (zero gradient).
+        backpropagates (zero gradient), with ``num_items_in_batch`` (a micro-batch of a step
+        whose other micro-batches have the targets) or without.
+
+    Raises:
+        ValueError: naming the argument, before any computation, for each bad one
+            (:func:`check_loss_arguments`, shapes, :func:`check_targets`).
     """
-    scheme = get_scheme(method, p_bar=p_bar, method_args=method_args)
-    beta = check_kl_to_base(kl_to_base, base_logits is not None, "base_logits")
+    scheme, labels, num_items_in_batch, ignore_index, beta = check_loss_arguments(
+        labels,
+        {"logits": logits, "base_logits": base_logits},
+        method=method,
+        p_bar=p_bar,
+        method_args=method_args,
+        num_items_in_batch=num_items_in_batch,
+        ignore_index=ignore_index,
+        kl_to_base=kl_to_base,
+        base_name="base_logits",
+    )
     if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(
             f"logits must be [B, T, V] and labels [B, T] with the same B and T; got logits "
@@ -157,7 +327,7 @@ def weighted_nll_loss(
     if scheme.top_k is not None and scheme.top_k > vocab:
         raise ValueError(f"{scheme.method} top_k={scheme.top_k} exceeds the vocabulary ({vocab})")
     targets = shift_labels(labels, ignore_index)
-    mask = check_targets(targets, vocab, ignore_index)
+    mask = check_targets(targets, vocab, ignore_index, num_items_in_batch)
     # float32 at least (float64 stays float64, for reference checks).
     dtype = torch.promote_types(logits.dtype, torch.float32)
     target_logits = logits[mask].to(dtype)
@@ -200,6 +370,7 @@ def compute_loss_func(
     multi-device averaging stay exact. (No KL anchor: the Trainer has no base-model logits.)
     """
     scheme = get_scheme(method, p_bar=p_bar, method_args=method_args)
+    ignore_index = check_ignore_index(ignore_index)
 
     def loss_fn(outputs: Any, labels: Tensor, num_items_in_batch: Any = None) -> Tensor:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
