@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 
 import pytest
 import yaml
@@ -224,6 +225,24 @@ def test_cells_made_with_other_data_or_another_model_are_never_reused(
     with pytest.raises(ValueError, match=rf"made with another {change}.*another --output-dir"):
         engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     assert not loaded
+
+
+def test_once_stale_cells_are_deleted_as_advised_a_stale_base_is_measured_again(
+    tmp_path, tiny_model_dir
+):
+    path = write_grid(tmp_path, tiny_model_dir, grid={"methods": ["nll"], "learning_rates": [1e-3]})
+    before = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    # Same file name, other rows: the base records q of each task's first training rows.
+    rows = (tmp_path / "train.jsonl").read_text().replace("+ 3", "+ 4")
+    (tmp_path / "train.jsonl").write_text(rows)
+    with pytest.raises(ValueError, match=r"made with another training data.*delete .*cells"):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+
+    shutil.rmtree(tmp_path / "out" / "cells")
+    lines = []
+    after = engine.run_grid(read_grid(path), tmp_path / "out", log=lines.append)
+    assert any("measuring the base model" in line and "training rows" in line for line in lines)
+    assert after["base"]["q_under_base"] != before["base"]["q_under_base"]
 
 
 @pytest.mark.parametrize(
