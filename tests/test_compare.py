@@ -294,6 +294,27 @@ def test_on_disk_cells_keep_their_model_and_are_measured_without_retraining(
     assert again["cells"][0]["train_seconds"] is None
 
 
+def test_a_model_kept_on_disk_from_other_training_settings_is_never_measured_as_a_cell(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    grid = {"methods": ["nll"], "learning_rates": [1e-3]}
+    path = write_grid(tmp_path, tiny_model_dir, keep_checkpoints=True, grid=grid)
+    engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    training = {"per_device_train_batch_size": 2, "max_length": 48}
+    path = write_grid(tmp_path, tiny_model_dir, keep_checkpoints=True, grid=grid, training=training)
+    # The stale cell is refused; deleting cells/ as advised leaves runs/ with its model.
+    with pytest.raises(ValueError, match=r"made with another training settings"):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    shutil.rmtree(tmp_path / "out" / "cells")
+    loaded = []
+    monkeypatch.setattr(
+        "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0
+    )
+    with pytest.raises(ValueError, match=r"holds a model trained with another training settings"):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert not loaded
+
+
 def test_lm_eval_prior_tasks_count_toward_retention_like_our_own(tmp_path, tiny_model_dir):
     from test_lm_eval import write_tasks
 

@@ -49,6 +49,8 @@ from infosft.objectives import DEFAULT_P_BAR
 # Bump when what a cell file holds, or how it is measured, changes: old cells are not reused.
 RESULTS_FORMAT = 2
 STEP_LINE_SECONDS = 20.0
+# Beside a cell's model on disk: the training fingerprint it was (or is being) trained with.
+TRAINED_WITH = "trained_with.json"
 CURVE_KEYS = (
     "step",
     "epoch",
@@ -176,10 +178,9 @@ class Plan:
             parts[f"training rows of {task.name}"] = _digest([self._rows_digest(cell), values])
         return parts
 
-    def cell_fingerprint(self, cell: Cell) -> dict[str, Any]:
-        """Per part, so that a mismatch can say what changed: everything that decides the
-        cell's training and measurement (the model, its task whole, its training data, the
-        suite's parts that measure it, its training options)."""
+    def training_fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """Per part: everything that decides the model a cell trains (the model, its task, its
+        training data, its training options)."""
         task = dataclasses.asdict(self.spec.task(cell.task))
         return {
             **self._model_parts(),
@@ -188,11 +189,15 @@ class Plan:
                 {k: v for k, v in task.items() if k not in ("about", "data", "evals")}
             ),
             "training data": self._rows_digest(cell),
-            **self.suite.fingerprint(cell.task),
             "training settings": _digest(
                 [self.spec.training_values(cell), self.spec.keep_checkpoints]
             ),
         }
+
+    def cell_fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """Per part, so that a mismatch can say what changed: everything that decides the
+        cell's training and measurement (the suite's parts that measure it)."""
+        return {**self.training_fingerprint(cell), **self.suite.fingerprint(cell.task)}
 
 
 def _digest(value: Any) -> str:
@@ -243,6 +248,25 @@ def _stale_cells(plan: Plan, cells_dir: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _stale_models(plan: Plan, runs_dir: Path, done: dict[str, Any]) -> None:
+    """ValueError when a cell still to measure has a model or checkpoints on disk (from
+    ``keep_checkpoints``) trained with other settings: it would be measured, or resumed, as
+    this grid's cell."""
+    for cell in plan.spec.cells():
+        cell_dir = runs_dir / cell.name
+        model_dir = cell_dir / "model"
+        if cell.name in done or not model_dir.is_dir() or not any(model_dir.iterdir()):
+            continue
+        stored = _read_json(cell_dir / TRAINED_WITH)
+        changed = changed_parts(stored, plan.training_fingerprint(cell))
+        if changed:
+            raise ValueError(
+                f"{model_dir} holds a model trained with another {_listing(changed)}; it would "
+                f"be measured as cell {cell.name} of this grid. Delete {cell_dir} to train it "
+                "again, or use another --output-dir"
+            )
+
+
 def train_cell(
     plan: Plan, cell: Cell, base_model: Any, tokenizer: Any, cell_dir: Path, log: Callable
 ) -> tuple[Any, float | None, list[dict[str, Any]]]:
@@ -253,6 +277,8 @@ def train_cell(
     spec = plan.spec
     values = {**spec.training_values(cell), "data": plan.data(cell), "data_format": None}
     if spec.keep_checkpoints:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cell_dir / TRAINED_WITH, plan.training_fingerprint(cell))
         return _train_on_disk(spec, values, cell, cell_dir / "model", log)
     from transformers import PrinterCallback
 
@@ -349,6 +375,8 @@ def run_grid(
     plan = Plan(spec)
     cells_dir = output_dir / "cells"
     done = _stale_cells(plan, cells_dir)
+    if spec.keep_checkpoints:
+        _stale_models(plan, output_dir / "runs", done)
     cells = spec.cells()
     log(
         f"{title}: {len(cells)} cells ({len(spec.tasks)} task(s) x {len(spec.variants)} "
