@@ -2,10 +2,12 @@
 
 :func:`run_grid` is what ``infosft demo`` and ``infosft compare`` run. Top to bottom it
 
-1. loads everything the grid names and fingerprints it (the model's identity, the training
-   data's content, the measurement suite, each cell's training settings), and stops if the
-   output directory holds finished cells made with other settings;
-2. loads the base model once and measures it once (``base.json``);
+1. loads everything the grid names and fingerprints it, per part (the model's identity and
+   load options, each task whole, the training data's content, every part of the measurement
+   suite, each cell's training settings), and stops with one line naming what changed if the
+   output directory holds finished cells, or models kept on disk, made with other settings;
+2. loads the base model once and measures it once (``base.json``; measured again when its
+   fingerprint changed);
 3. for each cell not finished before: fine-tunes a copy of the base model through
    :func:`infosft.training.build_trainer` (in memory; with ``keep_checkpoints`` through
    :func:`infosft.training.train` on disk, resumable mid-cell), measures it
