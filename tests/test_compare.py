@@ -227,6 +227,27 @@ def test_cells_made_with_other_data_or_another_model_are_never_reused(
     assert not loaded
 
 
+def test_cells_whose_names_once_collided_each_keep_their_own_file_and_resume(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    # Tasks t and t-x with methods x-nll and nll, at two rates equal to six digits.
+    task = {"data": "train.jsonl", "eval": "new_task.yaml"}
+    path = write_grid(
+        tmp_path,
+        tiny_model_dir,
+        tasks=[{"name": "t", **task}, {"name": "t-x", **task}],
+        grid={
+            "methods": ["nll", {"name": "x-nll", "method": "nll"}],
+            "learning_rates": [1e-3, 1.000001e-3],
+        },
+    )
+    first = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert len(list((tmp_path / "out" / "cells").iterdir())) == len(first["cells"]) == 8
+    monkeypatch.setattr(engine, "train_cell", lambda *a, **k: 1 / 0)
+    again = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert again["cells"] == first["cells"]
+
+
 def test_once_stale_cells_are_deleted_as_advised_a_stale_base_is_measured_again(
     tmp_path, tiny_model_dir
 ):
