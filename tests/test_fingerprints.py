@@ -156,3 +156,11 @@ def test_a_changed_model_makes_the_cells_and_the_base_stale(tmp_path):
 def test_a_task_description_is_a_label_and_keeps_the_cells(tmp_path):
     tasks = [{"name": "sums", "data": "train.jsonl", "eval": "new_task.yaml", "about": "easy"}]
     assert changes_between(plan(tmp_path), plan(tmp_path, tasks=tasks)) == ([], [])
+
+
+def test_a_finished_cell_fits_only_the_cell_it_was_made_for(tmp_path):
+    # Two methods with the same settings train alike, but are two cells of the fronts.
+    grid = {"methods": ["nll", {"name": "x-nll", "method": "nll"}], "learning_rates": [1e-3]}
+    both = plan(tmp_path, grid=grid)
+    nll, x_nll = both.spec.cells()
+    assert changed_parts(both.cell_fingerprint(nll), both.cell_fingerprint(x_nll)) == ["cell"]

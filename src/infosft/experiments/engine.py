@@ -185,6 +185,8 @@ class Plan:
         training data, its training options)."""
         task = dataclasses.asdict(self.spec.task(cell.task))
         return {
+            # Its identity: a file copied or renamed to another cell's name is not that cell.
+            "cell": cell.name,
             **self._model_parts(),
             # The description is a label; data and evaluation files count by their content.
             "task settings": _digest(
