@@ -308,18 +308,18 @@ def parse_grid(values: dict[str, Any], base_dir: Path, source: str = "<grid>") -
         ),
         keep_checkpoints=_boolean(values.get("keep_checkpoints", False), "keep_checkpoints"),
     )
-    for name, kind in (
-        ("learning_rates", "learning rate"),
-        ("epochs", "length"),
-        ("seeds", "seed"),
+    for name, kind, alike in (
+        ("learning_rates", "learning rate", "1.0e-4 and 1e-4"),
+        ("epochs", "length", "1 and 1.0"),
+        ("seeds", "seed", "0 and 0.0"),
     ):
         items = getattr(spec, name)
         twice = next((v for v in items if items.count(v) > 1), None)
         if twice is not None:
             raise ValueError(
                 f"grid.{name} lists the {kind} {exact_number(twice)} twice (as numbers: "
-                f"{', '.join(map(exact_number, items))}); equal numbers such as 1.0e-4 and 1e-4 "
-                "are the same cells, so list each once"
+                f"{', '.join(map(exact_number, items))}); equal numbers such as {alike} are the "
+                "same cells, so list each once"
             )
     check_run_options(spec)
     return spec
@@ -463,7 +463,7 @@ def _variants(methods: Any) -> list[Variant]:
                 loss_schedule=schedule,
             )
         )
-    _distinct_names([v.name for v in variants], "grid.methods", "give each entry a name")
+    _distinct_names([v.name for v in variants], "grid.methods", "give each entry its own name")
     return variants
 
 
