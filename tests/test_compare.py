@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 
 import pytest
 import yaml
@@ -230,6 +231,45 @@ def test_cells_made_with_other_data_or_another_model_are_never_reused(
     assert not loaded
 
 
+def test_cells_whose_names_once_collided_each_keep_their_own_file_and_resume(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    # Tasks t and t-x with methods x-nll and nll, at two rates equal to six digits.
+    task = {"data": "train.jsonl", "eval": "new_task.yaml"}
+    path = write_grid(
+        tmp_path,
+        tiny_model_dir,
+        tasks=[{"name": "t", **task}, {"name": "t-x", **task}],
+        grid={
+            "methods": ["nll", {"name": "x-nll", "method": "nll"}],
+            "learning_rates": [1e-3, 1.000001e-3],
+        },
+    )
+    first = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert len(list((tmp_path / "out" / "cells").iterdir())) == len(first["cells"]) == 8
+    monkeypatch.setattr(engine, "train_cell", lambda *a, **k: 1 / 0)
+    again = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert again["cells"] == first["cells"]
+
+
+def test_once_stale_cells_are_deleted_as_advised_a_stale_base_is_measured_again(
+    tmp_path, tiny_model_dir
+):
+    path = write_grid(tmp_path, tiny_model_dir, grid={"methods": ["nll"], "learning_rates": [1e-3]})
+    before = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    # Same file name, other rows: the base records q of each task's first training rows.
+    rows = (tmp_path / "train.jsonl").read_text().replace("+ 3", "+ 4")
+    (tmp_path / "train.jsonl").write_text(rows)
+    with pytest.raises(ValueError, match=r"made with another training data.*delete .*cells"):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+
+    shutil.rmtree(tmp_path / "out" / "cells")
+    lines = []
+    after = engine.run_grid(read_grid(path), tmp_path / "out", log=lines.append)
+    assert any("measuring the base model" in line and "training rows" in line for line in lines)
+    assert after["base"]["q_under_base"] != before["base"]["q_under_base"]
+
+
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
@@ -277,6 +317,27 @@ def test_on_disk_cells_keep_their_model_and_are_measured_without_retraining(
     again = engine.run_grid(spec, tmp_path / "out", log=quiet)
     assert again["cells"][0]["task_correct"] == first["cells"][0]["task_correct"]
     assert again["cells"][0]["train_seconds"] is None
+
+
+def test_a_model_kept_on_disk_from_other_training_settings_is_never_measured_as_a_cell(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    grid = {"methods": ["nll"], "learning_rates": [1e-3]}
+    path = write_grid(tmp_path, tiny_model_dir, keep_checkpoints=True, grid=grid)
+    engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    training = {"per_device_train_batch_size": 2, "max_length": 48}
+    path = write_grid(tmp_path, tiny_model_dir, keep_checkpoints=True, grid=grid, training=training)
+    # The stale cell is refused; deleting cells/ as advised leaves runs/ with its model.
+    with pytest.raises(ValueError, match=r"made with another training settings"):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    shutil.rmtree(tmp_path / "out" / "cells")
+    loaded = []
+    monkeypatch.setattr(
+        "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0
+    )
+    with pytest.raises(ValueError, match=r"holds a model trained with another training settings"):
+        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    assert not loaded
 
 
 def test_lm_eval_prior_tasks_count_toward_retention_like_our_own(tmp_path, tiny_model_dir):

@@ -6,7 +6,9 @@ import os
 import pytest
 import yaml
 
-from infosft.experiments.grid import demo_spec_path, read_grid
+from infosft.experiments.fronts import exact_number
+from infosft.experiments.grid import Cell, demo_spec_path, read_grid
+from infosft.experiments.summary import setting_label
 
 SWITCH_AT_1 = [{"method": "nll", "until_epoch": 1}]
 
@@ -86,7 +88,7 @@ def test_a_valid_grid_has_a_cell_per_task_method_rate_and_seed(tmp_path):
         ({"grid": {"learning_rates": [-1e-4]}}, r"learning_rates.*positive"),
         ({"grid": {"learning_rates": [True]}}, r"learning_rates.*True"),
         ({"grid": {"learning_rates": "fast"}}, r"learning_rates.*'fast'"),
-        ({"grid": {"learning_rates": [1e-4, 1e-4]}}, r"learning rate twice"),
+        ({"grid": {"learning_rates": [1e-4, 1e-4]}}, r"learning rate 0.0001 twice"),
         ({"grid": {"epochs": [0]}}, r"epochs.*positive"),
         ({"grid": {"seeds": [-1]}}, r"seeds.*whole numbers >= 0"),
         ({"grid": {"seeds": [1.5]}}, r"seeds.*1.5"),
@@ -120,6 +122,84 @@ def test_a_bad_grid_is_one_error_naming_the_file_and_the_problem(tmp_path, chang
     with pytest.raises((ValueError, FileNotFoundError), match=message) as caught:
         read_grid(path)
     assert str(path) in str(caught.value)
+
+
+def test_no_two_different_cells_share_a_file_name():
+    # Dashes in names and numbers that print alike under %g used to line up into one name.
+    cells = [
+        Cell(task, variant, lr, epochs, seed)
+        for task in ("t", "t-x", "t-x-nll")
+        for variant in ("nll", "x-nll", "nll-lr0.0001")
+        for lr in (1e-4, 1.000001e-4, 0.1)
+        for epochs in (None, 1.0, 1.0000001)
+        for seed in (0, 1, 10)
+    ]
+    assert len({cell.name for cell in cells}) == len(cells)
+
+
+def test_tasks_and_methods_whose_names_line_up_get_their_own_cell_files(tmp_path):
+    task = {"data": "train.jsonl", "eval": "new_task.yaml"}
+    spec = read_grid(
+        write_grid(
+            tmp_path,
+            tasks=[{"name": "t", **task}, {"name": "t-x", **task}],
+            grid={"methods": ["nll", {"name": "x-nll", "method": "nll"}], "learning_rates": [1e-4]},
+        )
+    )
+    names = {(c.task, c.variant): c.name for c in spec.cells()}
+    assert names[("t", "x-nll")] != names[("t-x", "nll")]
+
+
+def test_a_learning_rate_that_prints_like_another_gets_its_own_cell_file_and_label(tmp_path):
+    spec = read_grid(write_grid(tmp_path, grid={"learning_rates": [1e-4, 1.000001e-4]}))
+    nll = {c.learning_rate: c for c in spec.cells() if c.variant == "nll"}
+    assert nll[1e-4].name == "mine,nll,lr0.0001,ep1,seed0"
+    assert nll[1.000001e-4].name == "mine,nll,lr0.0001000001,ep1,seed0"
+    # The label is what groups seeds into one point of a front.
+    labels = {setting_label({"learning_rate": lr, "epochs": 1}) for lr in nll}
+    assert len(labels) == 2
+
+
+@pytest.mark.parametrize("value", [1e-4, 3e-5, 1.000001e-4, 0.1 + 0.2, 1 / 3, 2.0, 1e-300])
+def test_a_number_in_a_cell_name_reads_back_as_exactly_that_number(value):
+    assert float(exact_number(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("axes", "message"),
+    [
+        (
+            "learning_rates: [1.0e-4, 1e-4]",
+            r"grid.learning_rates lists the learning rate 0.0001 twice",
+        ),
+        ("learning_rates: [1.0e-4], epochs: [1, 1.0]", r"grid.epochs lists the length 1 twice"),
+        ("learning_rates: [1.0e-4], seeds: [0, 0.0]", r"grid.seeds lists the seed 0 twice"),
+    ],
+)
+def test_two_entries_that_make_the_same_cells_are_refused_when_the_grid_is_read(
+    tmp_path, axes, message
+):
+    path = write_grid(tmp_path)
+    path.write_text(
+        "tasks: [{name: mine, data: train.jsonl, eval: new_task.yaml}]\n"
+        f"grid: {{methods: [nll], {axes}}}\n"
+    )
+    with pytest.raises(ValueError, match=message + r".*are the same cells") as caught:
+        read_grid(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_method_names_that_differ_only_in_case_are_refused_as_one_file(tmp_path):
+    methods = ["nll", {"name": "NLL", "method": "nll"}]
+    with pytest.raises(ValueError, match=r"grid.methods names nll twice \(nll, NLL differ only"):
+        read_grid(write_grid(tmp_path, grid={"methods": methods}))
+
+
+def test_task_names_that_differ_only_in_case_are_refused_as_one_file(tmp_path):
+    task = {"data": "train.jsonl", "eval": "new_task.yaml"}
+    tasks = [{"name": "sums", **task}, {"name": "Sums", **task}]
+    with pytest.raises(ValueError, match=r"tasks names sums twice \(sums, Sums differ only"):
+        read_grid(write_grid(tmp_path, tasks=tasks))
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):

@@ -2,10 +2,12 @@
 
 :func:`run_grid` is what ``infosft demo`` and ``infosft compare`` run. Top to bottom it
 
-1. loads everything the grid names and fingerprints it (the model's identity, the training
-   data's content, the measurement suite, each cell's training settings), and stops if the
-   output directory holds finished cells made with other settings;
-2. loads the base model once and measures it once (``base.json``);
+1. loads everything the grid names and fingerprints it, per part (the model's identity and
+   load options, each task whole, the training data's content, every part of the measurement
+   suite, each cell's training settings), and stops with one line naming what changed if the
+   output directory holds finished cells, or models kept on disk, made with other settings;
+2. loads the base model once and measures it once (``base.json``; measured again when its
+   fingerprint changed);
 3. for each cell not finished before: fine-tunes a copy of the base model through
    :func:`infosft.training.build_trainer` (in memory; with ``keep_checkpoints`` through
    :func:`infosft.training.train` on disk, resumable mid-cell), measures it
@@ -21,6 +23,7 @@ from the cells finished in this run), and a training-step line at most every
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -33,7 +36,7 @@ from transformers import TrainerCallback
 
 from infosft.evaluation.forgetting import KLReference
 from infosft.experiments import summary as summarize
-from infosft.experiments.grid import Cell, GridSpec
+from infosft.experiments.grid import METHOD_OPTIONS, Cell, GridSpec
 from infosft.experiments.measure import (
     Suite,
     build_suite,
@@ -46,8 +49,10 @@ from infosft.files import environment, write_json_atomic
 from infosft.objectives import DEFAULT_P_BAR
 
 # Bump when what a cell file holds, or how it is measured, changes: old cells are not reused.
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2
 STEP_LINE_SECONDS = 20.0
+# Beside a cell's model on disk: the training fingerprint it was (or is being) trained with.
+TRAINED_WITH = "trained_with.json"
 CURVE_KEYS = (
     "step",
     "epoch",
@@ -144,34 +149,75 @@ class Plan:
         train, _ = generated.split(task.n_train, task.n_test, seed=seed, test_seed=0)
         return [generated.sft_example(p) for p in train]
 
-    def base_fingerprint(self) -> dict[str, Any]:
+    def q_run(self, task: Any) -> tuple[Cell, dict[str, Any]]:
+        """The cell whose training rows ``q_under_base`` scores for ``task`` (the first seed's)
+        and the training options that prepare them (those of any method)."""
+        cell = Cell(task.name, self.spec.variants[0].name, 1e-5, None, self.spec.seeds[0])
+        values = {
+            k: v for k, v in self.spec.training_values(cell).items() if k not in METHOD_OPTIONS
+        }
+        return cell, values
+
+    def _model_parts(self) -> dict[str, Any]:
         return {
             "format": RESULTS_FORMAT,
             "model": text_digest(self.model_id),
-            "measures": self.suite.digest(),
+            "model_init_kwargs": _digest(self.spec.model_init_kwargs),
+        }
+
+    def _rows_digest(self, cell: Cell) -> str:
+        task = self.spec.task(cell.task)
+        if task.builtin:
+            return text_digest(json.dumps(self._builtin_rows(task, cell.seed)))
+        return text_digest(self._data_digest[task.name])
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        """Per part, like :meth:`cell_fingerprint`: the model, the whole suite, and what
+        ``q_under_base`` scores (each task's first training rows, prepared as for training)."""
+        parts = {**self._model_parts(), **self.suite.fingerprint()}
+        for task in self.spec.tasks:
+            cell, values = self.q_run(task)
+            parts[f"training rows of {task.name}"] = _digest([self._rows_digest(cell), values])
+        return parts
+
+    def training_fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """Per part: everything that decides the model a cell trains (the model, its task, its
+        training data, its training options)."""
+        task = dataclasses.asdict(self.spec.task(cell.task))
+        return {
+            # Its identity: a file copied or renamed to another cell's name is not that cell.
+            "cell": cell.name,
+            **self._model_parts(),
+            # The description is a label; data and evaluation files count by their content.
+            "task settings": _digest(
+                {k: v for k, v in task.items() if k not in ("about", "data", "evals")}
+            ),
+            "training data": self._rows_digest(cell),
+            "training settings": _digest(
+                [self.spec.training_values(cell), self.spec.keep_checkpoints]
+            ),
         }
 
     def cell_fingerprint(self, cell: Cell) -> dict[str, Any]:
-        """Per part, so that a mismatch can say what changed."""
-        task = self.spec.task(cell.task)
-        data = (
-            self._data_digest[task.name]
-            if not task.builtin
-            else json.dumps(self._builtin_rows(task, cell.seed))
-        )
-        return {
-            "format": RESULTS_FORMAT,
-            "model": text_digest(self.model_id),
-            "training data": text_digest(data),
-            "measures": self.suite.digest(cell.task),
-            "training settings": text_digest(
-                json.dumps(
-                    [self.spec.training_values(cell), self.spec.keep_checkpoints],
-                    sort_keys=True,
-                    default=str,
-                )
-            ),
-        }
+        """Per part, so that a mismatch can say what changed: everything that decides the
+        cell's training and measurement (the suite's parts that measure it)."""
+        return {**self.training_fingerprint(cell), **self.suite.fingerprint(cell.task)}
+
+
+def _digest(value: Any) -> str:
+    return text_digest(json.dumps(value, sort_keys=True, default=str))
+
+
+def changed_parts(stored: Any, expected: dict[str, Any]) -> list[str]:
+    """The parts of a fingerprint whose digest differs from a stored one (or that only one of
+    them has)."""
+    stored = stored if isinstance(stored, dict) else {}
+    return [k for k in dict.fromkeys([*expected, *stored]) if stored.get(k) != expected.get(k)]
+
+
+def _listing(parts: list[str], shown: int = 3) -> str:
+    more = f" and {len(parts) - shown} more" if len(parts) > shown else ""
+    return ", ".join(parts[:shown]) + more
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -183,14 +229,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _stale_cells(plan: Plan, cells_dir: Path) -> dict[str, dict[str, Any]]:
-    """The grid's finished cells; ValueError when any was made with other settings."""
+    """The grid's finished cells; ValueError when any was made with other settings (a finished
+    cell is a result: it is never overwritten, nor reported for settings it was not made with)."""
     done, stale = {}, {}
     for cell in plan.spec.cells():
         stored = _read_json(cells_dir / f"{cell.name}.json")
         if stored is None:
             continue
-        expected = plan.cell_fingerprint(cell)
-        changed = [k for k, v in expected.items() if stored.get("fingerprint", {}).get(k) != v]
+        changed = changed_parts(stored.get("fingerprint"), plan.cell_fingerprint(cell))
         if changed:
             stale[cell.name] = changed
         else:
@@ -200,10 +246,29 @@ def _stale_cells(plan: Plan, cells_dir: Path) -> dict[str, dict[str, Any]]:
         example = next(iter(stale))
         raise ValueError(
             f"{cells_dir} holds {len(stale)} finished cell(s) made with another "
-            f"{' and '.join(what)} (e.g. {example}); they would be reported as results of this "
+            f"{_listing(what)} (e.g. {example}); they would be reported as results of this "
             f"grid. Use another --output-dir, or delete {cells_dir} to start over"
         )
     return done
+
+
+def _stale_models(plan: Plan, runs_dir: Path, done: dict[str, Any]) -> None:
+    """ValueError when a cell still to measure has a model or checkpoints on disk (from
+    ``keep_checkpoints``) trained with other settings: it would be measured, or resumed, as
+    this grid's cell."""
+    for cell in plan.spec.cells():
+        cell_dir = runs_dir / cell.name
+        model_dir = cell_dir / "model"
+        if cell.name in done or not model_dir.is_dir() or not any(model_dir.iterdir()):
+            continue
+        stored = _read_json(cell_dir / TRAINED_WITH)
+        changed = changed_parts(stored, plan.training_fingerprint(cell))
+        if changed:
+            raise ValueError(
+                f"{model_dir} holds a model trained with another {_listing(changed)}; it would "
+                f"be measured as cell {cell.name} of this grid. Delete {cell_dir} to train it "
+                "again, or use another --output-dir"
+            )
 
 
 def train_cell(
@@ -216,6 +281,8 @@ def train_cell(
     spec = plan.spec
     values = {**spec.training_values(cell), "data": plan.data(cell), "data_format": None}
     if spec.keep_checkpoints:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cell_dir / TRAINED_WITH, plan.training_fingerprint(cell))
         return _train_on_disk(spec, values, cell, cell_dir / "model", log)
     from transformers import PrinterCallback
 
@@ -275,7 +342,8 @@ def _load_options(spec: GridSpec) -> dict[str, Any]:
 
 def check_output_dir(output_dir: str | Path) -> Path:
     """``output_dir`` as a Path, if a grid may write there: a new or empty directory, or one an
-    earlier grid run wrote (it holds ``cells/``). Anything else is refused before any work: the
+    earlier grid run wrote (it holds ``cells/``, or ``base.json`` once stale cells were deleted
+    as advised). Anything else is refused before any work: the
     results, report and plots would overwrite files of the same name (``--output-dir ""``, an
     unset shell variable, would write into the working directory)."""
     if not str(output_dir).strip():
@@ -283,7 +351,8 @@ def check_output_dir(output_dir: str | Path) -> Path:
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output-dir {output_dir} is a file; name a directory")
-    if output_dir.is_dir() and not (output_dir / "cells").is_dir():
+    earlier_run = (output_dir / "cells").is_dir() or (output_dir / "base.json").is_file()
+    if output_dir.is_dir() and not earlier_run:
         held = sorted(path.name for path in output_dir.iterdir())
         if held:
             shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
@@ -310,6 +379,8 @@ def run_grid(
     plan = Plan(spec)
     cells_dir = output_dir / "cells"
     done = _stale_cells(plan, cells_dir)
+    if spec.keep_checkpoints:
+        _stale_models(plan, output_dir / "runs", done)
     cells = spec.cells()
     log(
         f"{title}: {len(cells)} cells ({len(spec.tasks)} task(s) x {len(spec.variants)} "
@@ -323,8 +394,12 @@ def run_grid(
 
     base_path = output_dir / "base.json"
     base = _read_json(base_path)
-    if base is None or base.get("fingerprint") != plan.base_fingerprint():
-        log("measuring the base model (once for every cell)")
+    # The base is remeasured, not refused, when it changed: every finished cell matched above,
+    # so what changed (a task without finished cells, the seed order) alters no result.
+    changed = changed_parts(base and base.get("fingerprint"), plan.base_fingerprint())
+    if changed:
+        why = "" if base is None else f"; its {_listing(changed)} changed"
+        log(f"measuring the base model (once for every cell{why})")
         measured = time.perf_counter()
         # First: it also prepares each task's training rows, so bad data or a max_length that
         # leaves no target fails before the longer measurements.
@@ -446,12 +521,7 @@ def _q_under_base(plan: Plan, model: Any, tokenizer: Any, rows: int = 32) -> dic
 
     summary = {}
     for task in plan.spec.tasks:
-        cell = Cell(task.name, plan.spec.variants[0].name, 1e-5, None, plan.spec.seeds[0])
-        values = {
-            k: v
-            for k, v in plan.spec.training_values(cell).items()
-            if k not in ("method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
-        }
+        cell, values = plan.q_run(task)
         spec = RunSpec.from_dict(
             {**values, "method": "nll", "data": plan.data(cell), "output_dir": "unused"}
         )

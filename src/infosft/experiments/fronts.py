@@ -58,6 +58,14 @@ _NOT_SETTING_KEYS = {"task", "method", "seed", "task_correct", "probe_correct", 
 _SETTING_KEYS = ("learning_rate", "epochs", "num_train_epochs", "max_steps", "p_bar")
 
 
+def exact_number(value: float) -> str:
+    """``value`` as short text that reads back as exactly ``value`` (``%g`` where that is exact,
+    else the shortest round-trip form), so two different numbers never share a label or a file
+    name: 1e-4 is ``0.0001``, 1.000001e-4 is ``0.0001000001``."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 @dataclass(frozen=True)
 class Cell:
     """One measured fine-tune.
@@ -129,7 +137,7 @@ def default_curve(record: Mapping[str, Any]) -> str:
 
 def default_setting(record: Mapping[str, Any]) -> str:
     """The point a record belongs to: its learning rate, epochs, ... (everything but the seed)."""
-    parts = [f"{key}={record[key]:g}" for key in _SETTING_KEYS if key in record]
+    parts = [f"{key}={exact_number(record[key])}" for key in _SETTING_KEYS if key in record]
     if not parts:
         others = sorted(k for k in record if k not in _NOT_SETTING_KEYS)
         parts = [f"{k}={record[k]}" for k in others if isinstance(record[k], int | float | str)]

@@ -48,6 +48,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from infosft.experiments.fronts import exact_number
 from infosft.files import read_yaml
 from infosft.models import DEFAULT_MODEL
 from infosft.training.spec import check_keys
@@ -73,6 +74,8 @@ GRID_KEYS = ("methods", "learning_rates", "epochs", "seeds")
 BUILTIN_TASK_KEYS = ("name", "n_train", "n_test", "about")
 DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about")
 VARIANT_KEYS = ("name", "method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
+# The training options a method entry sets (the rest of a cell's options are the grid's).
+METHOD_OPTIONS = VARIANT_KEYS[1:]
 LM_EVAL_KEYS = ("include_path", "num_fewshot", "apply_chat_template", "batch_size")
 DEFAULT_N_TRAIN = 128
 DEFAULT_N_TEST = 100
@@ -159,14 +162,18 @@ class Cell:
 
     @property
     def name(self) -> str:
-        """File-name-safe identifier, e.g. ``arith_chain-infosft-lr0.0001-ep1-seed0``."""
-        length = "" if self.epochs is None else f"-ep{self.epochs:g}"
-        return f"{self.task}-{self.variant}-lr{self.learning_rate:g}{length}-seed{self.seed}"
+        """The cell's file name (without suffix), e.g. ``arith_chain,infosft,lr0.0001,ep1,seed0``:
+        its identity, parts joined by a comma (which task and method names cannot hold) and
+        numbers written exactly, so two different cells never share a name."""
+        length = [] if self.epochs is None else [f"ep{exact_number(self.epochs)}"]
+        parts = [self.task, self.variant, f"lr{exact_number(self.learning_rate)}", *length]
+        return ",".join([*parts, f"seed{self.seed}"])
 
     def describe(self) -> str:
         """Short human-readable form for progress lines."""
-        length = "" if self.epochs is None else f" {self.epochs:g} ep"
-        return f"{self.task} {self.variant} lr={self.learning_rate:g}{length} seed {self.seed}"
+        length = "" if self.epochs is None else f" {exact_number(self.epochs)} ep"
+        lr = exact_number(self.learning_rate)
+        return f"{self.task} {self.variant} lr={lr}{length} seed {self.seed}"
 
 
 @dataclasses.dataclass
@@ -301,10 +308,19 @@ def parse_grid(values: dict[str, Any], base_dir: Path, source: str = "<grid>") -
         ),
         keep_checkpoints=_boolean(values.get("keep_checkpoints", False), "keep_checkpoints"),
     )
-    for name, kind in (("learning_rates", "learning rate"), ("seeds", "seed")):
+    for name, kind, alike in (
+        ("learning_rates", "learning rate", "1.0e-4 and 1e-4"),
+        ("epochs", "length", "1 and 1.0"),
+        ("seeds", "seed", "0 and 0.0"),
+    ):
         items = getattr(spec, name)
-        if len(set(items)) != len(items):
-            raise ValueError(f"grid.{name} lists a {kind} twice: {items}")
+        twice = next((v for v in items if items.count(v) > 1), None)
+        if twice is not None:
+            raise ValueError(
+                f"grid.{name} lists the {kind} {exact_number(twice)} twice (as numbers: "
+                f"{', '.join(map(exact_number, items))}); equal numbers such as {alike} are the "
+                "same cells, so list each once"
+            )
     check_run_options(spec)
     return spec
 
@@ -322,11 +338,7 @@ def check_run_options(spec: GridSpec) -> None:
     first = Cell(
         spec.tasks[0].name, spec.variants[0].name, spec.learning_rates[0], spec.epochs[0], 0
     )
-    plain = {
-        k: v
-        for k, v in spec.training_values(first).items()
-        if k not in ("method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
-    }
+    plain = {k: v for k, v in spec.training_values(first).items() if k not in METHOD_OPTIONS}
     _run_spec(RunSpec, {**plain, "method": "nll"}, placeholder, "training")
     for index, variant in enumerate(spec.variants):
         where = f"grid.methods[{index}] ({variant.name})"
@@ -451,13 +463,18 @@ def _variants(methods: Any) -> list[Variant]:
                 loss_schedule=schedule,
             )
         )
-    names = [v.name for v in variants]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(
-            f"grid.methods names {', '.join(duplicates)} twice; give each entry a name"
-        )
+    _distinct_names([v.name for v in variants], "grid.methods", "give each entry its own name")
     return variants
+
+
+def _distinct_names(names: list[str], where: str, fix: str) -> None:
+    """Names become cell file names: equal ones, or ones that differ only in letter case (one
+    file on macOS and Windows), would share files."""
+    for name in names:
+        same = [n for n in names if n.casefold() == name.casefold()]
+        if len(same) > 1:
+            spelled = "" if len(set(same)) == 1 else f" ({', '.join(same)} differ only in case)"
+            raise ValueError(f"{where} names {name} twice{spelled}; {fix}")
 
 
 def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
@@ -511,9 +528,7 @@ def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
         tasks.append(
             TaskSpec(name, tuple(data), data_format, tuple(dict.fromkeys(evals)), about=about)
         )
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise ValueError(f"tasks names one task twice: {names}")
+    _distinct_names([t.name for t in tasks], "tasks", "give each task its own name")
     return tasks
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import time
 from collections.abc import Sequence
@@ -31,6 +32,10 @@ from infosft.experiments.grid import LM_EVAL_PREFIX, PROBES, GridSpec
 
 GENERAL_SAMPLE_TOKENS = 48
 EXAMPLES_KEPT = 2
+# The grid key that sets a Suite field, to name it where its fingerprint changed.
+GRID_KEY_OF = {"limit": "eval_limit", "batch_size": "eval_batch_size"}
+# What a task's program builder is given in place of a model's completion when fingerprinted.
+FINGERPRINT_COMPLETION = "<completion>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,20 +59,29 @@ class Suite:
     batch_size: int | None = None
     lm_eval_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def digest(self, task: str | None = None) -> str:
-        """Hash of what decides the measurements of cells of ``task`` (all tasks: None)."""
-        tasks = self.new_tasks if task is None else {task: self.new_tasks[task]}
-        content = {
-            "new_tasks": {
-                t: [_source_content(s, self.limit) for s in ss] for t, ss in tasks.items()
-            },
-            "priors": [_source_content(s, self.limit) for s in self.priors],
-            "general_prompts": self.general_prompts,
-            "heldout_text": self.heldout_text,
-            "lm_eval": self.lm_eval_options,
-            "general_sample_tokens": GENERAL_SAMPLE_TOKENS,
-        }
-        return _sha(content)
+    def fingerprint(self, task: str | None = None) -> dict[str, str]:
+        """Digests of what decides the measurements of cells of ``task`` (all tasks: None), one
+        per part so that a mismatch can name what changed. Every field of the suite is covered,
+        an evaluation task whole (each of its fields, see :func:`task_content`)."""
+        parts = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "new_tasks":
+                for name in value if task is None else [task]:
+                    for source in value[name]:
+                        parts[f"evaluation task {source.name} of {name}"] = _sha(
+                            _source_content(source, self)
+                        )
+            elif field.name == "priors":
+                for source in value:
+                    parts[f"prior task {source.name}"] = _sha(_source_content(source, self))
+            elif field.name == "general_prompts":
+                parts["general_prompts"] = _sha([value, GENERAL_SAMPLE_TOKENS])
+            elif field.name == "lm_eval_options":
+                parts["lm_eval"] = _sha(_lm_eval_content(self))
+            else:
+                parts[GRID_KEY_OF.get(field.name, field.name)] = _sha(value)
+        return parts
 
 
 def build_suite(spec: GridSpec) -> Suite:
@@ -170,9 +184,7 @@ def score(
         items = task.items[: suite.limit]
         if only is not None:
             items = [item for item in items if prefix + str(item["id"]) in only]
-        settings = task.generation
-        if suite.batch_size is not None:
-            settings = dataclasses.replace(settings, batch_size=suite.batch_size)
+        settings = generation_settings(task, suite)
         task = dataclasses.replace(task, items=items)
         records = (
             evaluate(model, tokenizer, task, settings, progress=False)["samples"] if items else []
@@ -312,24 +324,64 @@ def _sha(content: Any) -> str:
     return text_digest(json.dumps(content, sort_keys=True, default=str))
 
 
-def _source_content(source: Source, limit: int | None) -> Any:
+def generation_settings(task: Any, suite: Suite) -> Any:
+    """How a task's completions are drawn in this suite: the task's own settings, with the
+    suite's batch size when it sets one."""
+    if suite.batch_size is None:
+        return task.generation
+    return dataclasses.replace(task.generation, batch_size=suite.batch_size)
+
+
+def _source_content(source: Source, suite: Suite) -> Any:
     """What decides a source's items and their scoring (for fingerprints)."""
     if source.lm_eval is not None:
         return {"lm_eval": source.lm_eval}
     if source.task is None:
         return {
-            "probes": [dataclasses.astuple(p) for p in probes.PROBES[:limit]],
+            "probes": [dataclasses.astuple(p) for p in probes.PROBES[: suite.limit]],
             "system": probes.PROBE_SYSTEM_PROMPT,
         }
-    task = source.task
-    settings = {k: v for k, v in dataclasses.asdict(task.generation).items() if k != "batch_size"}
+    task = dataclasses.replace(
+        source.task,
+        items=source.task.items[: suite.limit],
+        generation=generation_settings(source.task, suite),
+    )
+    return task_content(task)
+
+
+def task_content(task: Any) -> dict[str, Any]:
+    """Every field of an evaluation task (:class:`infosft.evaluation.Task`) as plain values,
+    for fingerprints: data fields as they are (every item whole, the generation settings), and
+    a function field (prompt, reference, program) by what it returns for each item, given a
+    stand-in completion where it takes one. A field added to Task later is covered too."""
+    content = {}
+    for field in dataclasses.fields(task):
+        value = getattr(task, field.name)
+        if callable(value):
+            takes = len(inspect.signature(value).parameters)
+            extra = (FINGERPRINT_COMPLETION,)[: takes - 1]
+            value = [value(item, *extra) for item in task.items]
+        elif dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        content[field.name] = value
+    return content
+
+
+def _lm_eval_content(suite: Suite) -> dict[str, Any]:
+    """The lm-eval options, the content of the task directories they include, and the
+    lm-eval version (which defines its built-in tasks) when a source is an lm-eval task."""
+    options = suite.lm_eval_options
+    include = options.get("include_path") or []
+    sources = [*suite.priors, *(s for ss in suite.new_tasks.values() for s in ss)]
+    version = None
+    if any(s.lm_eval for s in sources):
+        from importlib.metadata import version as installed
+
+        version = installed("lm_eval")
     return {
-        "name": task.name,
-        "scorer": task.scorer,
-        "generation": settings,
-        "items": [
-            [item["id"], task.prompt(item), task.reference(item)] for item in task.items[:limit]
-        ],
+        "options": options,
+        "included": files_digest(include if isinstance(include, list) else [include]),
+        "version": version,
     }
 
 

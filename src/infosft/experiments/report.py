@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from infosft.experiments import plots
+from infosft.experiments.fronts import exact_number
 from infosft.experiments.summary import METRICS, format_mean_std, resolution
 from infosft.files import write_text_atomic
 
@@ -101,7 +102,11 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _length(row: Mapping[str, Any]) -> str:
-    return f"{row['epochs']:g} ep" if row.get("epochs") is not None else f"{row['max_steps']} steps"
+    return (
+        f"{exact_number(row['epochs'])} ep"
+        if row.get("epochs") is not None
+        else f"{row['max_steps']} steps"
+    )
 
 
 def setting_table(results: Mapping[str, Any], task: str) -> tuple[list[str], list[list[str]]]:
@@ -127,7 +132,7 @@ def setting_table(results: Mapping[str, Any], task: str) -> tuple[list[str], lis
         rows.append(
             [
                 row["curve"],
-                f"{row['learning_rate']:g}",
+                exact_number(row["learning_rate"]),
                 _length(row),
                 str(len(row["seeds"])),
                 *[format_mean_std(row[key]["values"], digits) for key, _, digits in METRICS],
@@ -143,7 +148,7 @@ def cell_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         [
             c["task"],
             c["curve"],
-            f"{c['learning_rate']:g}",
+            exact_number(c["learning_rate"]),
             _length(c),
             str(c["seed"]),
             *[_number(c.get(key), digits) for key, _, digits in METRICS],
@@ -200,7 +205,7 @@ def grid_markdown(results: Mapping[str, Any], figures: Mapping[str, Path]) -> st
     spec, base = results["spec"], results["base"]
     tasks = list(base["new_tasks"])
     methods = ", ".join(f"`{v['name']}`" for v in spec["variants"])
-    lrs = ", ".join(f"{lr:g}" for lr in spec["learning_rates"])
+    lrs = ", ".join(exact_number(lr) for lr in spec["learning_rates"])
     timing = results["timing"]
     parts = [
         f"# {results['title']}",
@@ -274,7 +279,7 @@ def grid_markdown(results: Mapping[str, Any], figures: Mapping[str, Path]) -> st
 
 
 def setting_text(cell: Mapping[str, Any]) -> str:
-    return f"lr {cell['learning_rate']:g}, {_length(cell)}, seed {cell['seed']}"
+    return f"lr {exact_number(cell['learning_rate'])}, {_length(cell)}, seed {cell['seed']}"
 
 
 def write_grid_report(results: Mapping[str, Any], output_dir: str | Path) -> tuple[Path, Path]:

@@ -48,11 +48,11 @@ def format_mean_std(values: Sequence[float | None], digits: int = 3) -> str:
 def setting_label(record: Mapping[str, Any]) -> str:
     """A point of a front: its learning rate and run length (everything but the seed)."""
     length = (
-        f"{record['epochs']:g} ep"
+        f"{fronts.exact_number(record['epochs'])} ep"
         if record.get("epochs") is not None
         else f"{record['max_steps']} steps"
     )
-    return f"lr {record['learning_rate']:g}, {length}"
+    return f"lr {fronts.exact_number(record['learning_rate'])}, {length}"
 
 
 def setting_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
