@@ -192,21 +192,43 @@ def heldout_nll(
     return {"nll": total / max(count, 1), "tokens": count}
 
 
-def read_texts(path: str | Path) -> list[str]:
+def read_texts(path: str | Path, what: str = "text file") -> list[str]:
     """Texts from a file: JSON lines (``text`` or ``prompt`` field, or a bare string) or plain
-    text with one item per non-empty line."""
+    text with one item per non-empty line.
+
+    ValueError naming the file (``what``: how the user gave it, e.g. ``--heldout``) and the
+    line for a line that is not JSON or holds no text, and for a file with no text at all
+    (an empty file is never a silent fallback to built-in texts).
+    """
+    from infosft.files import read_text
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"text file {path} does not exist")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix != ".jsonl":
-        return lines
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {path} {state}")
     texts = []
-    for line in lines:
-        row = json.loads(line)
-        texts.append(row if isinstance(row, str) else row.get("text", row.get("prompt")))
-    if any(not isinstance(t, str) for t in texts):
-        raise ValueError(f"{path}: every line needs a 'text' or 'prompt' string")
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            texts.append(line)
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{what} {path}:{number}: not valid JSON ({err.msg} at column {err.colno}); "
+                'each line is a JSON string or {"text": ...} object'
+            ) from None
+        text = row.get("text", row.get("prompt")) if isinstance(row, dict) else row
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"{what} {path}:{number}: each line needs a non-empty 'text' or 'prompt' "
+                f"string (or is one JSON string), got {line.strip()[:80]}"
+            )
+        texts.append(text)
+    if not texts:
+        raise ValueError(f"{what} {path} holds no texts; give at least one line of text")
     return texts
 
 
@@ -223,12 +245,16 @@ def forgetting_report(
 ) -> dict[str, float | None]:
     """Retention, KL(base || tuned) and held-out NLL delta (tuned minus base) in one dict.
 
-    General prompts are sent as user chat messages when the tokenizer has a chat template.
+    General prompts are sent as user chat messages when the tokenizer has a chat template;
+    None (not an empty list) for ``general_prompts`` or ``heldout_texts`` takes the built-in
+    ones.
     """
-    prompts = list(general_prompts or DEFAULT_GENERAL_PROMPTS)
+    prompts = list(DEFAULT_GENERAL_PROMPTS if general_prompts is None else general_prompts)
+    texts = list(DEFAULT_HELDOUT_TEXTS if heldout_texts is None else heldout_texts)
+    if not prompts or not texts:
+        raise ValueError("general_prompts and heldout_texts must not be empty (None: built-in)")
     if getattr(tokenizer, "chat_template", None):
         prompts = [[{"role": "user", "content": p}] for p in prompts]
-    texts = list(heldout_texts or DEFAULT_HELDOUT_TEXTS)
     report = retention(base_records, tuned_records)
     report.update(
         kl_on_base_samples(
