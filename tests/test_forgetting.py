@@ -117,3 +117,13 @@ def test_read_texts_keeps_every_non_empty_line_of_a_text_file(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text('first\n\n  \n{"text": "kept as is"}\n')
     assert read_texts(path) == ["first", '{"text": "kept as is"}']
+
+
+def test_a_base_model_with_another_vocabulary_is_an_error_not_an_index_error(models):
+    from infosft.evaluation.forgetting import forgetting_report
+
+    base, _, tokenizer = models
+    other = build_tiny_llama(len(tokenizer) + 2, seed=1)
+    records = [record("a", True)]
+    with pytest.raises(ValueError, match=f"{len(tokenizer)} embedding rows, the tuned model"):
+        forgetting_report(base, other, tokenizer, records, records, progress=False)

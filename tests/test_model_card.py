@@ -323,7 +323,7 @@ def test_evaluating_a_task_again_replaces_only_that_task(full_run, tmp_path):
     indexed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert indexed == {("alpha", "acc@1"): 0.75, ("beta", "acc@1"): 0.5}
     assert card.text.count("### alpha") == 1 and "a2.json" in card.text
-    assert "a.json`" not in card.text and "b.json" in card.text
+    assert "a.json." not in card.text and "b.json" in card.text
 
 
 def test_a_card_written_again_keeps_its_evaluations(tiny_model_dir, data, tmp_path):

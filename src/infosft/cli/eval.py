@@ -254,14 +254,16 @@ def check_flags(args: argparse.Namespace) -> None:
     if not args.lm_eval and given(args, LM_EVAL_FLAGS):
         raise ValueError(f"{', '.join(given(args, LM_EVAL_FLAGS))} need --lm-eval TASK ...")
     if args.samples:
-        ignored = given(args, {**GENERATION_FLAGS, **FORGETTING_FLAGS})
-        ignored += given(args, {"batch_size": "--batch-size", "seed": "--seed"})
-        ignored += given(args, {"device": "--device", "dtype": "--dtype", "limit": "--limit"})
-        if args.model or args.base_model or args.lm_eval or not args.task or ignored:
-            drop = ["--model/--base-model/--lm-eval", *ignored]
+        if not args.task:
+            raise ValueError("--samples scores completions of a task: add --task NAME")
+        generating = {"model": "--model", "base_model": "--base-model", "lm_eval": "--lm-eval"}
+        generating.update({**GENERATION_FLAGS, **FORGETTING_FLAGS, "batch_size": "--batch-size"})
+        generating.update({"seed": "--seed", "device": "--device", "dtype": "--dtype"})
+        ignored = given(args, {**generating, "limit": "--limit"})
+        if ignored:
             raise ValueError(
-                "--samples scores existing completions of --task (which it needs); drop "
-                f"{', '.join(drop)}: they apply when a model generates"
+                f"--samples scores existing completions of --task; drop {', '.join(ignored)}: "
+                "they apply when a model generates"
             )
         return
     if not args.task and given(args, GENERATION_FLAGS):

@@ -232,6 +232,18 @@ def read_texts(path: str | Path, what: str = "text file") -> list[str]:
     return texts
 
 
+def check_shared_vocabulary(base_model: Any, tuned_model: Any, tokenizer: Any) -> None:
+    """ValueError unless both models have one embedding row per token of ``tokenizer`` (KL and
+    NLL compare their next-token distributions token by token)."""
+    rows = [model.get_input_embeddings().num_embeddings for model in (base_model, tuned_model)]
+    if rows[0] != rows[1] or len(tokenizer) > min(rows):
+        raise ValueError(
+            f"the base model has {rows[0]} embedding rows, the tuned model {rows[1]} and the "
+            f"tokenizer {len(tokenizer)} tokens; forgetting needs the base model the tuned "
+            "model was fine-tuned from (one vocabulary)"
+        )
+
+
 def forgetting_report(
     base_model: Any,
     tuned_model: Any,
@@ -249,6 +261,7 @@ def forgetting_report(
     None (not an empty list) for ``general_prompts`` or ``heldout_texts`` takes the built-in
     ones.
     """
+    check_shared_vocabulary(base_model, tuned_model, tokenizer)
     prompts = list(DEFAULT_GENERAL_PROMPTS if general_prompts is None else general_prompts)
     texts = list(DEFAULT_HELDOUT_TEXTS if heldout_texts is None else heldout_texts)
     if not prompts or not texts:

@@ -183,7 +183,7 @@ def read_task_spec(path: str | Path) -> TaskSpec:
             raise ValueError(f"{path}: {key} must not be empty")
     if checked["scorer"] not in SCORER_NAMES:
         raise ValueError(
-            f"{path}: scorer must be one of {', '.join(SCORER_NAMES)}, got {checked['scorer']!r}"
+            f"{path}: unknown scorer {checked['scorer']!r}; choose one of {', '.join(SCORER_NAMES)}"
         )
     if "messages" in checked:
         check_messages(checked["messages"], f"{path}: messages")
