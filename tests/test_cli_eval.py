@@ -458,10 +458,20 @@ def test_generation_flags_without_a_task_are_an_error(tmp_path, capsys):
     assert "--temperature set how --task is generated" in capsys.readouterr().err
 
 
-def test_a_missing_lm_eval_task_directory_is_reported_before_loading(tmp_path, capsys):
-    argv = ["eval", "--lm-eval", "arc_easy", "--lm-eval-include", str(tmp_path / "none")]
+@pytest.mark.parametrize(("entry", "state"), [("none", "does not exist"), ("f.yaml", "is a file")])
+def test_an_lm_eval_task_directory_that_is_not_one_is_reported_before_loading(
+    tmp_path, capsys, entry, state
+):
+    (tmp_path / "f.yaml").write_text("task: x\n")
+    argv = ["eval", "--lm-eval", "arc_easy", "--lm-eval-include", str(tmp_path / entry)]
     assert main([*argv, "--model", "no/such/model"]) == 2
-    assert f"lm-eval task directory {tmp_path / 'none'} does not exist" in capsys.readouterr().err
+    assert f"lm-eval task directory {tmp_path / entry} {state}" in capsys.readouterr().err
+
+
+def test_an_empty_task_file_is_reported_as_empty(tmp_path, capsys):
+    (tmp_path / "t.yaml").write_text("# nothing yet\n")
+    assert main(["eval", "--task", str(tmp_path / "t.yaml"), "--model", "no/such/model"]) == 2
+    assert f"task file {tmp_path / 't.yaml'} is empty" in capsys.readouterr().err
 
 
 def test_a_missing_base_model_is_reported_before_the_model_generates(

@@ -127,3 +127,14 @@ def test_a_base_model_with_another_vocabulary_is_an_error_not_an_index_error(mod
     records = [record("a", True)]
     with pytest.raises(ValueError, match=f"{len(tokenizer)} embedding rows, the tuned model"):
         forgetting_report(base, other, tokenizer, records, records, progress=False)
+
+
+def test_read_texts_takes_a_json_list_and_names_the_item_that_holds_no_text(tmp_path):
+    from infosft.evaluation.forgetting import read_texts
+
+    path = tmp_path / "t.json"
+    path.write_text('["a", {"text": "b"}]')
+    assert read_texts(path) == ["a", "b"]
+    path.write_text('["a", 5]')
+    with pytest.raises(ValueError, match=r"t.json:item 1: each line needs"):
+        read_texts(path)

@@ -193,11 +193,11 @@ def heldout_nll(
 
 
 def read_texts(path: str | Path, what: str = "text file") -> list[str]:
-    """Texts from a file: JSON lines (``text`` or ``prompt`` field, or a bare string) or plain
-    text with one item per non-empty line.
+    """Texts from a file: JSON lines (``.jsonl``: a string or a ``text`` or ``prompt`` field
+    per line), a JSON list of those (``.json``) or plain text, one item per non-empty line.
 
     ValueError naming the file (``what``: how the user gave it, e.g. ``--heldout``) and the
-    line for a line that is not JSON or holds no text, and for a file with no text at all
+    line of a line that is not JSON or holds no text, and for a file with no text at all
     (an empty file is never a silent fallback to built-in texts).
     """
     from infosft.files import read_text
@@ -206,25 +206,38 @@ def read_texts(path: str | Path, what: str = "text file") -> list[str]:
     if not path.is_file():
         state = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"{what} {path} {state}")
-    texts = []
-    for number, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix != ".jsonl":
-            texts.append(line)
-            continue
+    text = read_text(path)
+    expected = 'a JSON string or {"text": ...} object'
+    if path.suffix == ".json":
         try:
-            row = json.loads(line)
+            rows = json.loads(text) if text.strip() else []
         except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{what} {path}:{number}: not valid JSON ({err.msg} at column {err.colno}); "
-                'each line is a JSON string or {"text": ...} object'
-            ) from None
+            raise ValueError(f"{what} {path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{what} {path} must hold a JSON list, each item {expected}")
+        numbered = [(f"item {i}", row) for i, row in enumerate(rows)]
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            if path.suffix != ".jsonl":
+                numbered.append((number, line))
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{what} {path}:{number}: not valid JSON ({err.msg} at column "
+                    f"{err.colno}); each line is {expected}"
+                ) from None
+    texts = []
+    for where, row in numbered:
         text = row.get("text", row.get("prompt")) if isinstance(row, dict) else row
         if not isinstance(text, str) or not text.strip():
             raise ValueError(
-                f"{what} {path}:{number}: each line needs a non-empty 'text' or 'prompt' "
-                f"string (or is one JSON string), got {line.strip()[:80]}"
+                f"{what} {path}:{where}: each line needs a non-empty 'text' or 'prompt' string "
+                f"(or is one JSON string), got {json.dumps(row)[:80]}"
             )
         texts.append(text)
     if not texts:

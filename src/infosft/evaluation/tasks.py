@@ -162,6 +162,8 @@ def read_task_spec(path: str | Path) -> TaskSpec:
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
         raise FileNotFoundError(f"task file {path} {what}")
     values = read_yaml(path)
+    if values is None:
+        raise ValueError(f"task file {path} is empty; it needs data, answer_field, scorer, prompt")
     if not isinstance(values, dict):
         raise ValueError(
             f"{path}: a task file is a mapping of keys ({', '.join(sorted(YAML_KEYS))}), got "
