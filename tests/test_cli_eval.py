@@ -430,7 +430,7 @@ def test_forgetting_text_files_that_are_not_utf8_name_the_line(tmp_path, capsys)
     [
         (["--general-prompts", "p.txt"], "--general-prompts measure forgetting"),
         (["--heldout", "p.txt"], "add --base-model"),
-        (["--lm-eval-fewshot", "2"], "--lm-eval-fewshot need --lm-eval"),
+        (["--lm-eval-fewshot", "0"], "--lm-eval-fewshot need --lm-eval"),
         (["--lm-eval-chat-template"], "--lm-eval-chat-template need --lm-eval"),
         (["--model", ""], "--model is empty"),
         (["--model", "m", "--base-model", " "], "--base-model is empty"),
@@ -447,9 +447,9 @@ def test_a_flag_that_would_be_ignored_or_is_empty_is_an_error(tmp_path, capsys, 
 
 def test_generation_flags_with_samples_are_an_error(tmp_path, capsys):
     samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
-    argv = ["eval", "--task", "humaneval", "--samples", str(samples), "--n", "4", "--limit", "1"]
+    argv = ["eval", "--task", "humaneval", "--samples", str(samples), "--n", "4", "--seed", "0"]
     assert main(argv) == 2
-    assert "drop --n, --limit: they apply when a model generates" in capsys.readouterr().err
+    assert "drop --n, --seed: they apply when a model generates" in capsys.readouterr().err
 
 
 def test_generation_flags_without_a_task_are_an_error(tmp_path, capsys):

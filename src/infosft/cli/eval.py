@@ -219,7 +219,9 @@ LM_EVAL_FLAGS = {
 
 def given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
     """The names of the ``flags`` set on the command line."""
-    return [flag for attr, flag in flags.items() if getattr(args, attr) not in (None, False)]
+    # By identity: 0 == False, yet ``--seed 0`` and ``--temperature 0`` are given flags.
+    values = {flag: getattr(args, attr) for attr, flag in flags.items()}
+    return [flag for flag, value in values.items() if value is not None and value is not False]
 
 
 # Flags naming a file, directory, model or device, by attribute.
