@@ -327,3 +327,223 @@ def test_a_sandbox_that_cannot_run_python_stops_the_evaluation(tmp_path, monkeyp
     code, results = run_samples(tmp_path, [{"task_id": "HumanEval/0", "completion": ""}])
     assert (code, results) == (1, {})
     assert "sandbox cannot run Python here" in capsys.readouterr().err
+
+
+# ---- every side input is checked before a model loads -----------------------------------------
+# "no/such/model" is never loadable here (offline): an error about anything else came first.
+
+
+@pytest.mark.parametrize(
+    ("yaml_line", "expected"),
+    [
+        ("messages: []", "messages is empty"),
+        ("messages: [{content: '{country}'}]", "messages[0] must be a mapping of exactly 'role'"),
+        ("messages: hello", "messages must be a list"),
+        ("messages: [{role: 5, content: hi}]", "messages[0].role must be a string"),
+        ("prompt: 5", "prompt must be a string"),
+        ("prompt: ''", "prompt must not be empty"),
+        ("data: 5", "data must be a string"),
+        ("answer_field: [capital]", "answer_field must be a string"),
+        ("scorer: 5", "scorer must be a string"),
+        ("scorer: fuzzy", "unknown scorer 'fuzzy'; choose one of"),
+        ("generation: 5", "generation must be a mapping"),
+        ("include_prompt_in_program: 'yes'", "include_prompt_in_program must be true or false"),
+        ("id_field: {a: 1}", "id_field must be a string"),
+        ("name: 5", "name must be a string"),
+    ],
+)
+def test_every_task_yaml_field_is_type_checked_naming_file_and_field(
+    tmp_path, capsys, yaml_line, expected
+):
+    key = yaml_line.split(":")[0]
+    base = {
+        "data": "data: d.jsonl",
+        "prompt": "prompt: 'Capital of {country}:'",
+        "answer_field": "answer_field: capital",
+        "scorer": "scorer: exact",
+    }
+    if key == "messages":
+        del base["prompt"]
+    base[key] = yaml_line
+    write_jsonl(tmp_path / "d.jsonl", [{"id": "fr", "country": "France", "capital": "Paris"}])
+    task = tmp_path / "t.yaml"
+    task.write_text("\n".join(base.values()) + "\n")
+    assert main(["eval", "--task", str(task), "--model", "no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert f"{task}: {expected}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([], "holds no records"),
+        ([{"id": "a", "capital": "x"}, {"id": "a", "capital": "y"}], "duplicate item ids ['a']"),
+        ([{"id": "a", "capital": None}], "record 0: answer field 'capital' must be"),
+    ],
+)
+def test_task_data_that_cannot_be_evaluated_is_rejected_before_loading(
+    tmp_path, capsys, rows, expected
+):
+    task = capitals_task(tmp_path)
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    assert main(["eval", "--task", str(task), "--model", "no/such/model"]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def forgetting_argv(tmp_path: Path, flag: str, path: Path) -> list[str]:
+    argv = ["eval", "--task", str(capitals_task(tmp_path)), "--model", "no/such/model"]
+    return [*argv, "--base-model", "no/such/base", flag, str(path)]
+
+
+@pytest.mark.parametrize("flag", ["--general-prompts", "--heldout"])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, " does not exist"),
+        ("", " holds no texts"),
+        ("\n  \n", " holds no texts"),
+        ('{"text": "a"}\n5\n', ":2: each line needs a non-empty 'text' or 'prompt' string"),
+        ('{"text": "a"}\n{"text": "b\n', ":2: not valid JSON"),
+        ('{"other": "a"}\n', ":1: each line needs"),
+        ('{"text": ""}\n', ":1: each line needs a non-empty"),
+    ],
+)
+def test_forgetting_text_files_are_read_before_any_model_naming_file_and_line(
+    tmp_path, capsys, flag, content, expected
+):
+    path = tmp_path / "texts.jsonl"
+    if content is not None:
+        path.write_text(content)
+    assert main(forgetting_argv(tmp_path, flag, path)) == 2
+    assert f"{flag} {path}{expected}" in capsys.readouterr().err
+
+
+def test_forgetting_text_files_that_are_not_utf8_name_the_line(tmp_path, capsys):
+    path = tmp_path / "texts.txt"
+    path.write_bytes(b"hello\n\xff\n")
+    assert main(forgetting_argv(tmp_path, "--heldout", path)) == 2
+    assert f"{path}:2: not UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--general-prompts", "p.txt"], "--general-prompts measure forgetting"),
+        (["--heldout", "p.txt"], "add --base-model"),
+        (["--lm-eval-fewshot", "0"], "--lm-eval-fewshot need --lm-eval"),
+        (["--lm-eval-chat-template"], "--lm-eval-chat-template need --lm-eval"),
+        (["--model", ""], "--model is empty"),
+        (["--model", "m", "--base-model", " "], "--base-model is empty"),
+        (["--output", ""], "--output is empty"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+    ],
+)
+def test_a_flag_that_would_be_ignored_or_is_empty_is_an_error(tmp_path, capsys, args, expected):
+    (tmp_path / "p.txt").write_text("hello\n")
+    argv = ["eval", "--task", str(capitals_task(tmp_path)), *args]
+    assert main([a.replace("p.txt", str(tmp_path / "p.txt")) for a in argv]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_generation_flags_with_samples_are_an_error(tmp_path, capsys):
+    samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": ""}])
+    argv = ["eval", "--task", "humaneval", "--samples", str(samples), "--n", "4", "--seed", "0"]
+    assert main(argv) == 2
+    assert "drop --n, --seed: they apply when a model generates" in capsys.readouterr().err
+
+
+def test_generation_flags_without_a_task_are_an_error(tmp_path, capsys):
+    argv = ["eval", "--lm-eval", "arc_easy", "--temperature", "0.5", "--model", "no/such/model"]
+    assert main(argv) == 2
+    assert "--temperature set how --task is generated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("entry", "state"), [("none", "does not exist"), ("f.yaml", "is a file")])
+def test_an_lm_eval_task_directory_that_is_not_one_is_reported_before_loading(
+    tmp_path, capsys, entry, state
+):
+    (tmp_path / "f.yaml").write_text("task: x\n")
+    argv = ["eval", "--lm-eval", "arc_easy", "--lm-eval-include", str(tmp_path / entry)]
+    assert main([*argv, "--model", "no/such/model"]) == 2
+    assert f"lm-eval task directory {tmp_path / entry} {state}" in capsys.readouterr().err
+
+
+def test_an_empty_task_file_is_reported_as_empty(tmp_path, capsys):
+    (tmp_path / "t.yaml").write_text("# nothing yet\n")
+    assert main(["eval", "--task", str(tmp_path / "t.yaml"), "--model", "no/such/model"]) == 2
+    assert f"task file {tmp_path / 't.yaml'} is empty" in capsys.readouterr().err
+
+
+def test_a_missing_base_model_is_reported_before_the_model_generates(
+    tmp_path, tiny_model_dir, capsys
+):
+    out = tmp_path / "out.json"
+    argv = ["eval", "--task", str(capitals_task(tmp_path)), "--model", str(tiny_model_dir)]
+    argv += ["--base-model", str(tmp_path / "no-base"), "--output", str(out), "--device", "cpu"]
+    assert main(argv) == 2
+    assert "no-base does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out.model.progress.jsonl").exists()
+
+
+def save_other_vocabulary(tiny_model_dir: Path, target: Path, change: str) -> int:
+    """The tiny model with two more tokens in its tokenizer and embedding, or only two more
+    embedding rows (the tokenizer unchanged); returns the tiny model's tokenizer size."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    size = len(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if change == "tokens":
+        tokenizer.add_tokens(["<extra_a>", "<extra_b>"])
+    model.resize_token_embeddings(size + 2, mean_resizing=False)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return size
+
+
+@pytest.mark.parametrize("change", ["tokens", "embedding rows"])
+def test_a_base_model_with_another_vocabulary_is_rejected_before_generating(
+    tmp_path, tiny_model_dir, capsys, change
+):
+    base = tmp_path / "base"
+    size = save_other_vocabulary(tiny_model_dir, base, change)
+    out = tmp_path / "out.json"
+    argv = ["eval", "--task", str(capitals_task(tmp_path)), "--model", str(tiny_model_dir)]
+    argv += ["--base-model", str(base), "--output", str(out), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    base_tokens = size + 2 if change == "tokens" else size
+    assert f"a vocabulary of {size} tokens (embedding rows: {size}) and --base-model" in err
+    assert f"one of {base_tokens} tokens (embedding rows: {size + 2})" in err
+    assert not (tmp_path / "out.model.progress.jsonl").exists() and not out.exists()
+
+
+def test_a_chat_task_needs_a_chat_template_before_generating(tmp_path, tiny_model_dir, capsys):
+    model = tmp_path / "model"
+    copy_model(tiny_model_dir, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    task = capitals_task(tmp_path)
+    task.write_text(task.read_text().replace("prompt: 'Capital of {country}:'", ""))
+    task.write_text(task.read_text() + "messages: [{role: user, content: '{country}'}]\n")
+    argv = ["eval", "--task", str(task), "--model", str(model), "--device", "cpu"]
+    assert main([*argv, "--output", str(tmp_path / "out.json")]) == 2
+    assert "prompts with chat messages, but the tokenizer of --model" in capsys.readouterr().err
+    assert not (tmp_path / "out.model.progress.jsonl").exists()
+
+
+# ---- task names in paths ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../../../x", "/etc/passwd", "..", "a/b\x00c", "~/x", "."])
+def test_a_task_name_never_leads_the_default_output_out_of_runs_eval(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    task = capitals_task(tmp_path, extra=f"name: {json.dumps(name)}\n")
+    samples = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "fr", "completion": "Paris"}])
+    assert main(["eval", "--task", str(task), "--samples", str(samples)]) == 0
+    written = [p for p in tmp_path.rglob("*.json") if p.name != "s.json"]
+    assert len(written) == 1 and written[0].parent == tmp_path / "runs" / "eval"
+    assert not written[0].name.startswith(".")
+    assert json.loads(written[0].read_text())["task"] == name

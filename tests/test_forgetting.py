@@ -91,3 +91,50 @@ def test_kl_of_a_model_with_itself_is_zero(models):
     result = kl_on_base_samples(base, base, tokenizer, ["Hello", "def f(x):"], max_new_tokens=4)
     assert result["kl_base_tuned"] == pytest.approx(0.0, abs=1e-6)
     assert result["kl_tokens"] > 0
+
+
+def test_an_empty_list_of_texts_is_an_error_not_the_built_in_texts(models):
+    from infosft.evaluation.forgetting import forgetting_report
+
+    base, tuned, tokenizer = models
+    records = [record("a", True)]
+    for empty in ({"general_prompts": []}, {"heldout_texts": []}):
+        with pytest.raises(ValueError, match="must not be empty"):
+            forgetting_report(base, tuned, tokenizer, records, records, progress=False, **empty)
+
+
+def test_read_texts_takes_strings_and_text_or_prompt_fields_of_json_lines(tmp_path):
+    from infosft.evaluation.forgetting import read_texts
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('"plain"\n\n{"text": "a"}\n{"prompt": "b"}\n')
+    assert read_texts(path) == ["plain", "a", "b"]
+
+
+def test_read_texts_keeps_every_non_empty_line_of_a_text_file(tmp_path):
+    from infosft.evaluation.forgetting import read_texts
+
+    path = tmp_path / "t.txt"
+    path.write_text('first\n\n  \n{"text": "kept as is"}\n')
+    assert read_texts(path) == ["first", '{"text": "kept as is"}']
+
+
+def test_a_base_model_with_another_vocabulary_is_an_error_not_an_index_error(models):
+    from infosft.evaluation.forgetting import forgetting_report
+
+    base, _, tokenizer = models
+    other = build_tiny_llama(len(tokenizer) + 2, seed=1)
+    records = [record("a", True)]
+    with pytest.raises(ValueError, match=f"{len(tokenizer)} embedding rows, the tuned model"):
+        forgetting_report(base, other, tokenizer, records, records, progress=False)
+
+
+def test_read_texts_takes_a_json_list_and_names_the_item_that_holds_no_text(tmp_path):
+    from infosft.evaluation.forgetting import read_texts
+
+    path = tmp_path / "t.json"
+    path.write_text('["a", {"text": "b"}]')
+    assert read_texts(path) == ["a", "b"]
+    path.write_text('["a", 5]')
+    with pytest.raises(ValueError, match=r"t.json:item 1: each line needs"):
+        read_texts(path)

@@ -4,6 +4,7 @@ calls are intercepted at huggingface_hub's HfApi)."""
 
 import json
 import math
+import re
 import shutil
 from concurrent.futures import Future
 from pathlib import Path
@@ -322,7 +323,7 @@ def test_evaluating_a_task_again_replaces_only_that_task(full_run, tmp_path):
     indexed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert indexed == {("alpha", "acc@1"): 0.75, ("beta", "acc@1"): 0.5}
     assert card.text.count("### alpha") == 1 and "a2.json" in card.text
-    assert "a.json`" not in card.text and "b.json" in card.text
+    assert "a.json." not in card.text and "b.json" in card.text
 
 
 def test_a_card_written_again_keeps_its_evaluations(tiny_model_dir, data, tmp_path):
@@ -336,3 +337,86 @@ def test_a_card_written_again_keeps_its_evaluations(tiny_model_dir, data, tmp_pa
     card = card_of(tmp_path)
     assert "### alpha" in card.text
     assert [(r.dataset_type, r.metric_value) for r in card.data.eval_results] == [("alpha", 0.25)]
+
+
+# ---- evaluation sections keyed by any task name ----------------------------------------------
+
+NASTY_NAMES = [
+    "my task",
+    "x -->\n## Injected\n<!-- /infosft:eval -->",
+    "<!-- /infosft:evaluation -->",
+    "# heading",
+    "a\n---\nb",
+    "héllo ✓ 評価",
+    "%41 100%",
+    "[link](http://x) `code` | pipe",
+]
+
+
+@pytest.fixture
+def bare_card(tmp_path):
+    """A directory holding only an infosft model card with an empty evaluation section."""
+    from infosft.training.model_card import EVAL_BEGIN, EVAL_END, NOT_EVALUATED
+
+    (tmp_path / "README.md").write_text(
+        f"---\ntags:\n- infosft\n---\n\n# m\n\n## Evaluation\n\n{EVAL_BEGIN}\n{NOT_EVALUATED}\n"
+        f"{EVAL_END}\n\n## Files\n\nweights\n"
+    )
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", NASTY_NAMES)
+def test_a_marker_gives_back_exactly_the_key_it_was_made_from(name):
+    from urllib.parse import unquote
+
+    from infosft.training.model_card import marker_key
+
+    encoded = marker_key(f"task:{name}")
+    assert unquote(encoded) == f"task:{name}"
+    assert not any(c.isspace() for c in encoded) and "-->" not in encoded
+
+
+@pytest.mark.parametrize("name", NASTY_NAMES)
+def test_evaluating_another_task_keeps_the_section_of_any_task_name(bare_card, tmp_path, name):
+    add_evaluation(bare_card, eval_results(name, 0.25), tmp_path / "first.json")
+    add_evaluation(bare_card, eval_results("other", 0.5), tmp_path / "other.json")
+    text = card_of(bare_card).text
+    assert "first.json" in text and "other.json" in text
+    assert text.count("<!-- infosft:eval ") == 2
+
+
+@pytest.mark.parametrize("name", NASTY_NAMES)
+def test_evaluating_any_task_name_again_replaces_exactly_its_section(bare_card, tmp_path, name):
+    add_evaluation(bare_card, eval_results(name, 0.25), tmp_path / "first.json")
+    add_evaluation(bare_card, eval_results("other", 0.5), tmp_path / "other.json")
+    add_evaluation(bare_card, eval_results(name, 0.75), tmp_path / "second.json")
+    card = card_of(bare_card)
+    indexed = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert indexed == {(name, "acc@1"): 0.75, ("other", "acc@1"): 0.5}
+    assert card.text.count("<!-- infosft:eval ") == 2
+    assert "first.json" not in card.text and "second.json" in card.text
+
+
+@pytest.mark.parametrize("name", NASTY_NAMES)
+def test_a_task_name_injects_no_heading_marker_or_html(bare_card, tmp_path, name):
+    add_evaluation(bare_card, eval_results(name, 0.25), tmp_path / "a.json")
+    text = card_of(bare_card).text
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert [h.split(" ")[0] for h in headings] == ["#", "##", "###", "##"]
+    assert headings[2].startswith("### ") and headings[3] == "## Files"
+    assert re.search(r"(?<!\\)[<>\[`]", headings[2]) is None  # no raw tag, link or code span
+    assert text.count("<!--") == 4 and text.count("-->") == 4  # the two pairs of markers
+
+
+def test_a_card_of_the_old_marker_format_keeps_its_sections(bare_card, tmp_path):
+    """Markers written before names were encoded (``task:NAME`` of ``[\\w.:-]``) still match."""
+    from infosft.training.model_card import NOT_EVALUATED
+
+    path = bare_card / "README.md"
+    old = (
+        "<!-- infosft:eval task:old-task_1.0 -->\n### old-task_1.0\n\nkept\n<!-- /infosft:eval -->"
+    )
+    path.write_text(path.read_text().replace(NOT_EVALUATED, old))
+    add_evaluation(bare_card, eval_results("new", 0.5), tmp_path / "a.json")
+    text = card_of(bare_card).text
+    assert "### old-task_1.0\n\nkept" in text and "### new" in text

@@ -125,10 +125,17 @@ def read_samples(path: str) -> list[dict]:
     return samples
 
 
+def file_name_part(text: str, fallback: str) -> str:
+    """``text`` as part of one file name: runs of characters other than ASCII letters, digits
+    and ``._-`` become ``-`` (no ``/``, NUL or ``..`` path step survives), no leading dot, at
+    most 100 characters; ``fallback`` when nothing is left."""
+    part = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip(".-").rstrip("-")
+    return part[:100] or fallback
+
+
 def slug(name: str) -> str:
     """A file-name-safe short name of a model or file: its last path component."""
-    last = Path(name.rstrip("/")).name or name
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-") or "model"
+    return file_name_part(Path(name.rstrip("/")).name or name, "model")
 
 
 def check_output(output: Path, identity: dict, overwrite: bool) -> None:
@@ -195,8 +202,150 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+# Flags that only apply when completions are generated (not with --samples), by attribute.
+GENERATION_FLAGS = {
+    "n": "--n",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "max_new_tokens": "--max-new-tokens",
+    "stop": "--stop",
+}
+FORGETTING_FLAGS = {"general_prompts": "--general-prompts", "heldout": "--heldout"}
+LM_EVAL_FLAGS = {
+    "lm_eval_include": "--lm-eval-include",
+    "lm_eval_fewshot": "--lm-eval-fewshot",
+    "lm_eval_chat_template": "--lm-eval-chat-template",
+}
+
+
+def given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
+    """The names of the ``flags`` set on the command line."""
+    # By identity: 0 == False, yet ``--seed 0`` and ``--temperature 0`` are given flags.
+    values = {flag: getattr(args, attr) for attr, flag in flags.items()}
+    return [flag for flag, value in values.items() if value is not None and value is not False]
+
+
+# Flags naming a file, directory, model or device, by attribute.
+NAME_FLAGS = {
+    "task": "--task",
+    "model": "--model",
+    "base_model": "--base-model",
+    "samples": "--samples",
+    "output": "--output",
+    "device": "--device",
+    "dtype": "--dtype",
+    **FORGETTING_FLAGS,
+    "lm_eval_include": "--lm-eval-include",
+}
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every flag the command would ignore is an error, and so is an empty name: nothing is
+    silently dropped or replaced by a default."""
+    for attr, flag in NAME_FLAGS.items():
+        value = getattr(args, attr)
+        if value is not None and not value.strip():
+            raise ValueError(
+                f"{flag} is empty (often an unset shell variable); give a value or drop {flag}"
+            )
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.lm_eval_fewshot is not None and args.lm_eval_fewshot < 0:
+        raise ValueError(f"--lm-eval-fewshot must be >= 0, got {args.lm_eval_fewshot}")
+    if not args.lm_eval and given(args, LM_EVAL_FLAGS):
+        raise ValueError(f"{', '.join(given(args, LM_EVAL_FLAGS))} need --lm-eval TASK ...")
+    if args.samples:
+        if not args.task:
+            raise ValueError("--samples scores completions of a task: add --task NAME")
+        generating = {"model": "--model", "base_model": "--base-model", "lm_eval": "--lm-eval"}
+        generating.update({**GENERATION_FLAGS, **FORGETTING_FLAGS, "batch_size": "--batch-size"})
+        generating.update({"seed": "--seed", "device": "--device", "dtype": "--dtype"})
+        ignored = given(args, {**generating, "limit": "--limit"})
+        if ignored:
+            raise ValueError(
+                f"--samples scores existing completions of --task; drop {', '.join(ignored)}: "
+                "they apply when a model generates"
+            )
+        return
+    if not args.task and given(args, GENERATION_FLAGS):
+        raise ValueError(
+            f"{', '.join(given(args, GENERATION_FLAGS))} set how --task is generated; lm-eval "
+            "tasks use their own generation settings: drop them or add --task"
+        )
+    forgetting = given(args, FORGETTING_FLAGS)
+    if forgetting and not (args.base_model and args.task):
+        raise ValueError(
+            f"{', '.join(forgetting)} measure forgetting on --task against --base-model; add "
+            f"{'--base-model BASE' if not args.base_model else '--task TASK'} or drop them"
+        )
+
+
+def lm_eval_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The --lm-eval task names, split at commas, each once, in order."""
+    names = [name.strip() for names in args.lm_eval for name in names.split(",")]
+    names = [name for name in names if name]
+    if not names:
+        raise ValueError("--lm-eval needs at least one task name, e.g. --lm-eval arc_easy")
+    return tuple(dict.fromkeys(names))
+
+
+def check_lm_eval(args: argparse.Namespace) -> None:
+    """lm-eval installed, its task directory present and every task name known to it."""
+    from infosft.evaluation.lm_eval_tasks import _include_paths, _task_manager, require_lm_eval
+
+    require_lm_eval()
+    # The task index is cached: run_lm_eval uses this one, built once.
+    _task_manager(lm_eval_names(args), _include_paths(args.lm_eval_include))
+
+
+def check_models(args: argparse.Namespace, model: str, task) -> None:
+    """From the tokenizers and configs, before any weights load: both models exist, a task
+    (or lm-eval) that prompts with chat messages has a chat template, and with a forgetting
+    report the tuned and base models share one vocabulary (KL and NLL compare them token by
+    token)."""
+    from infosft.models import load_config, load_tokenizer, resolve_dtype
+
+    resolve_dtype(args.dtype)
+    names = {"--model": model, "--base-model": args.base_model}
+    tokenizers = {flag: load_tokenizer(name) for flag, name in names.items() if name}
+    chat = task is not None and task.items and not isinstance(task.prompt(task.items[0]), str)
+    for flag, tokenizer in tokenizers.items():
+        if getattr(tokenizer, "chat_template", None) is not None:
+            continue
+        if chat:
+            raise ValueError(
+                f"task {task.name!r} prompts with chat messages, but the tokenizer of {flag} "
+                f"{names[flag]} has no chat template; use a chat model or a prompt: template"
+            )
+        if args.lm_eval_chat_template:
+            raise ValueError(
+                f"--lm-eval-chat-template: the tokenizer of {flag} {names[flag]} has no chat "
+                "template; drop the flag"
+            )
+    if task is None or not args.base_model:
+        return
+    sizes = {}
+    for flag, tokenizer in tokenizers.items():
+        config = load_config(names[flag])
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        sizes[flag] = (len(tokenizer), getattr(text_config, "vocab_size", None))
+    (tuned, base) = tokenizers.values()
+    if sizes["--model"] != sizes["--base-model"] or tuned.get_vocab() != base.get_vocab():
+        describe = {f: f"{t} tokens (embedding rows: {e})" for f, (t, e) in sizes.items()}
+        raise ValueError(
+            f"--model {model} has a vocabulary of {describe['--model']} and --base-model "
+            f"{args.base_model} one of {describe['--base-model']}"
+            + (", with other tokens" if sizes["--model"] == sizes["--base-model"] else "")
+            + "; forgetting compares both models token by token: pass the model --model was "
+            "fine-tuned from as --base-model"
+        )
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     import infosft.experiments  # noqa: F401 - registers the demo's tasks with load_task
+    from infosft.evaluation.forgetting import read_texts
     from infosft.evaluation.runner import (
         score_samples,
         summarize_records,
@@ -207,33 +356,28 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from infosft.evaluation.tasks import load_task
     from infosft.files import write_json_atomic
 
-    # Every option is checked before anything is loaded, generated or run.
+    # Every flag and every file is read and checked here, before any model is loaded.
     validate_limit(args.limit)
     validate_timeout(args.timeout)
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.lm_eval:
-        from infosft.evaluation.lm_eval_tasks import require_lm_eval
-
-        require_lm_eval()  # before any model is loaded
-    elif not args.task:
+    if not args.task and not args.lm_eval:
         raise ValueError("name a task: --task NAME and/or --lm-eval TASK ...")
+    check_flags(args)
+    if args.lm_eval:
+        check_lm_eval(args)
     task = load_task(args.task) if args.task else None
     name = task.name if task else "lm_eval"
+    # The task's name is free text (the model card shows it); a path uses a file-safe form.
+    file_name = file_name_part(name, "task")
     if args.samples:
-        if args.model or args.base_model or args.lm_eval or task is None:
-            raise ValueError(
-                "--samples scores existing completions of --task; drop --model/--base-model/"
-                "--lm-eval"
-            )
+        samples = read_samples(args.samples)
         identity = {"task": name, "samples_file": str(Path(args.samples).resolve())}
-        output = Path(args.output or f"runs/eval/{name}-{slug(Path(args.samples).stem)}.json")
+        output = Path(args.output or f"runs/eval/{file_name}-{slug(Path(args.samples).stem)}.json")
     else:
         from infosft.models import DEFAULT_MODEL
 
-        model = args.model or DEFAULT_MODEL
+        model = args.model if args.model is not None else DEFAULT_MODEL
         identity = {"task": name, "model": model, "base_model": args.base_model}
-        output = Path(args.output or f"runs/eval/{name}-{slug(model)}.json")
+        output = Path(args.output or f"runs/eval/{file_name}-{slug(model)}.json")
         settings = task and with_overrides(  # None without --task (lm-eval only)
             task.generation,
             n=args.n,
@@ -245,10 +389,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         device = resolve_device(args.device)
+        texts = {
+            key: read_texts(path, flag) if path is not None else None
+            for key, path, flag in (
+                ("general_prompts", args.general_prompts, "--general-prompts"),
+                ("heldout_texts", args.heldout, "--heldout"),
+            )
+        }
     check_output(output, identity, args.overwrite)
+    if not args.samples:
+        check_models(args, model, task)
     start = time.perf_counter()
     if args.samples:
-        samples = read_samples(args.samples)
         mode = check_sandbox(args.sandbox, args.timeout) if task.program else None
         records = score_samples(
             task, samples, args.workers, args.timeout, mode or args.sandbox, not args.no_progress
@@ -262,7 +414,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if mode is not None:
             results["sandbox"] = mode
     else:
-        results = {**identity, **evaluate_models(args, task, settings, device, output)}
+        results = {
+            **identity,
+            **evaluate_models(args, model, task, settings, device, output, texts),
+        }
     results["seconds"] = time.perf_counter() - start
     write_json_atomic(output, results)
     if task is not None:
@@ -284,12 +439,21 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_models(args: argparse.Namespace, task, settings, device: str, output: Path) -> dict:
-    """Generate and score with --model (and --base-model for the forgetting report)."""
-    from infosft.evaluation.forgetting import forgetting_report, read_texts
+def evaluate_models(
+    args: argparse.Namespace,
+    model_name: str,
+    task,
+    settings,
+    device: str,
+    output: Path,
+    texts: dict,
+) -> dict:
+    """Generate and score with --model (and --base-model for the forgetting report, on
+    ``texts``: ``general_prompts`` and ``heldout_texts``, None for the built-in ones)."""
+    from infosft.evaluation.forgetting import forgetting_report
     from infosft.evaluation.lm_eval_tasks import lm_eval_report
     from infosft.evaluation.runner import evaluate
-    from infosft.models import DEFAULT_MODEL, load_model_and_tokenizer
+    from infosft.models import load_model_and_tokenizer
 
     progress = not args.no_progress
 
@@ -313,7 +477,7 @@ def evaluate_models(args: argparse.Namespace, task, settings, device: str, outpu
             result["lm_eval"] = run_lm_eval_tasks(args, model, tokenizer)
         return result, model, tokenizer
 
-    results, model, tokenizer = run_one(args.model or DEFAULT_MODEL, "model")
+    results, model, tokenizer = run_one(model_name, "model")
     base = {}
     if args.base_model:
         base, base_model, _ = run_one(args.base_model, "base")
@@ -327,8 +491,8 @@ def evaluate_models(args: argparse.Namespace, task, settings, device: str, outpu
             tokenizer,
             base["samples"],
             results["samples"],
-            general_prompts=read_texts(args.general_prompts) if args.general_prompts else None,
-            heldout_texts=read_texts(args.heldout) if args.heldout else None,
+            general_prompts=texts["general_prompts"],
+            heldout_texts=texts["heldout_texts"],
             seed=settings.seed,
             progress=progress,
         )
@@ -342,7 +506,7 @@ def run_lm_eval_tasks(args: argparse.Namespace, model, tokenizer) -> dict:
     return run_lm_eval(
         model,
         tokenizer,
-        [name for names in args.lm_eval for name in names.split(",") if name],
+        list(lm_eval_names(args)),
         limit=args.limit,
         include_path=args.lm_eval_include,
         num_fewshot=args.lm_eval_fewshot,

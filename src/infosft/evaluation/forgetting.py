@@ -192,22 +192,69 @@ def heldout_nll(
     return {"nll": total / max(count, 1), "tokens": count}
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """Texts from a file: JSON lines (``text`` or ``prompt`` field, or a bare string) or plain
-    text with one item per non-empty line."""
+def read_texts(path: str | Path, what: str = "text file") -> list[str]:
+    """Texts from a file: JSON lines (``.jsonl``: a string or a ``text`` or ``prompt`` field
+    per line), a JSON list of those (``.json``) or plain text, one item per non-empty line.
+
+    ValueError naming the file (``what``: how the user gave it, e.g. ``--heldout``) and the
+    line of a line that is not JSON or holds no text, and for a file with no text at all
+    (an empty file is never a silent fallback to built-in texts).
+    """
+    from infosft.files import read_text
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"text file {path} does not exist")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix != ".jsonl":
-        return lines
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {path} {state}")
+    text = read_text(path)
+    expected = 'a JSON string or {"text": ...} object'
+    if path.suffix == ".json":
+        try:
+            rows = json.loads(text) if text.strip() else []
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{what} {path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(rows, list):
+            raise ValueError(f"{what} {path} must hold a JSON list, each item {expected}")
+        numbered = [(f"item {i}", row) for i, row in enumerate(rows)]
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            if path.suffix != ".jsonl":
+                numbered.append((number, line))
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{what} {path}:{number}: not valid JSON ({err.msg} at column "
+                    f"{err.colno}); each line is {expected}"
+                ) from None
     texts = []
-    for line in lines:
-        row = json.loads(line)
-        texts.append(row if isinstance(row, str) else row.get("text", row.get("prompt")))
-    if any(not isinstance(t, str) for t in texts):
-        raise ValueError(f"{path}: every line needs a 'text' or 'prompt' string")
+    for where, row in numbered:
+        text = row.get("text", row.get("prompt")) if isinstance(row, dict) else row
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(
+                f"{what} {path}:{where}: each line needs a non-empty 'text' or 'prompt' string "
+                f"(or is one JSON string), got {json.dumps(row)[:80]}"
+            )
+        texts.append(text)
+    if not texts:
+        raise ValueError(f"{what} {path} holds no texts; give at least one line of text")
     return texts
+
+
+def check_shared_vocabulary(base_model: Any, tuned_model: Any, tokenizer: Any) -> None:
+    """ValueError unless both models have one embedding row per token of ``tokenizer`` (KL and
+    NLL compare their next-token distributions token by token)."""
+    rows = [model.get_input_embeddings().num_embeddings for model in (base_model, tuned_model)]
+    if rows[0] != rows[1] or len(tokenizer) > min(rows):
+        raise ValueError(
+            f"the base model has {rows[0]} embedding rows, the tuned model {rows[1]} and the "
+            f"tokenizer {len(tokenizer)} tokens; forgetting needs the base model the tuned "
+            "model was fine-tuned from (one vocabulary)"
+        )
 
 
 def forgetting_report(
@@ -223,12 +270,17 @@ def forgetting_report(
 ) -> dict[str, float | None]:
     """Retention, KL(base || tuned) and held-out NLL delta (tuned minus base) in one dict.
 
-    General prompts are sent as user chat messages when the tokenizer has a chat template.
+    General prompts are sent as user chat messages when the tokenizer has a chat template;
+    None (not an empty list) for ``general_prompts`` or ``heldout_texts`` takes the built-in
+    ones.
     """
-    prompts = list(general_prompts or DEFAULT_GENERAL_PROMPTS)
+    check_shared_vocabulary(base_model, tuned_model, tokenizer)
+    prompts = list(DEFAULT_GENERAL_PROMPTS if general_prompts is None else general_prompts)
+    texts = list(DEFAULT_HELDOUT_TEXTS if heldout_texts is None else heldout_texts)
+    if not prompts or not texts:
+        raise ValueError("general_prompts and heldout_texts must not be empty (None: built-in)")
     if getattr(tokenizer, "chat_template", None):
         prompts = [[{"role": "user", "content": p}] for p in prompts]
-    texts = list(heldout_texts or DEFAULT_HELDOUT_TEXTS)
     report = retention(base_records, tuned_records)
     report.update(
         kl_on_base_samples(

@@ -63,8 +63,9 @@ def _include_paths(include_path: str | Path | Sequence[str | Path] | None) -> tu
         return ()
     paths = [include_path] if isinstance(include_path, (str, Path)) else list(include_path)
     for path in paths:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"lm-eval task directory {path} does not exist")
+        if not Path(path).is_dir():
+            state = "is a file, not a directory" if Path(path).exists() else "does not exist"
+            raise FileNotFoundError(f"lm-eval task directory {path} {state}")
     return tuple(str(Path(p).resolve()) for p in paths)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,17 +36,26 @@ FIELD = re.compile(r"\{(\w+)\}")
 # Codex's stop sequences: a new top-level statement ends the function body.
 HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 SCORER_NAMES = (*SCORERS, "code")
-YAML_KEYS = {
-    "name",
-    "data",
-    "id_field",
-    "prompt",
-    "messages",
-    "answer_field",
-    "scorer",
-    "include_prompt_in_program",
-    "generation",
-}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """The keys of a task YAML (see this module's docstring) with their types; every key and
+    value of a file is checked against it by :func:`read_task_spec`."""
+
+    data: str
+    answer_field: str
+    scorer: str
+    name: str | None = None
+    id_field: str = "id"
+    prompt: str | None = None
+    messages: list | None = None
+    include_prompt_in_program: bool = False
+    generation: dict | None = None
+
+
+YAML_KEYS = {f.name for f in fields(TaskSpec)}
+REQUIRED_KEYS = ("data", "answer_field", "scorer")
 
 
 @dataclass
@@ -71,8 +81,12 @@ class Task:
         if self.scorer == "code" and self.program is None:
             raise ValueError(f"code task {self.name!r} needs a program builder")
         ids = [item["id"] for item in self.items]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"task {self.name!r} has duplicate item ids")
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(
+                f"task {self.name!r} has duplicate item ids {repeated[:5]}; every item needs its "
+                "own id (a task YAML's id_field)"
+            )
 
     def by_id(self) -> dict[str, dict[str, Any]]:
         return {item["id"]: item for item in self.items}
@@ -96,8 +110,6 @@ def load_task(name_or_path: str) -> Task:
         return _REGISTRY[name_or_path]()
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise FileNotFoundError(f"task file {path} does not exist")
         return task_from_yaml(path)
     raise ValueError(
         f"unknown task {name_or_path!r}: give a task YAML file or one of {available_tasks()}"
@@ -113,7 +125,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     """Records of a ``.jsonl`` (one JSON object per line) or ``.json`` (a list) file; errors
     name the file and line (text that is not UTF-8, a line that is not JSON)."""
     if not path.is_file():
-        raise FileNotFoundError(f"task data file {path} does not exist")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"task data file {path} {what}")
     text = read_text(path)
     if path.suffix == ".json":
         try:
@@ -121,7 +134,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise ValueError(f"{path} must hold a JSON list of objects")
+            raise ValueError(f"{path} must hold a JSON list of objects (or use .jsonl lines)")
         return records
     records = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -139,39 +152,92 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def task_from_yaml(path: str | Path) -> Task:
-    """Build a task from a YAML spec (format in this module's docstring)."""
+def read_task_spec(path: str | Path) -> TaskSpec:
+    """The checked spec of a task YAML: every key known, every value of its type and shape;
+    ValueError naming the file and the key otherwise."""
+    from infosft.training.spec import _checked, check_keys
+
     path = Path(path)
-    spec = read_yaml(path) or {}
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: a task file is a mapping of keys ({sorted(YAML_KEYS)})")
-    unknown = set(spec) - YAML_KEYS
-    if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(YAML_KEYS)}")
-    for key in ("data", "answer_field", "scorer"):
-        if key not in spec:
-            raise ValueError(f"{path}: missing required key {key!r}")
-    if ("prompt" in spec) == ("messages" in spec):
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"task file {path} {what}")
+    values = read_yaml(path)
+    if values is None:
+        raise ValueError(f"task file {path} is empty; it needs data, answer_field, scorer, prompt")
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{path}: a task file is a mapping of keys ({', '.join(sorted(YAML_KEYS))}), got "
+            f"{values!r}"
+        )
+    check_keys([str(key) for key in values], f"task file {path}", sorted(YAML_KEYS), True)
+    hints = typing.get_type_hints(TaskSpec)
+    # An optional key written as null (``name:`` with nothing after it) is an absent key.
+    optional = {f.name for f in fields(TaskSpec) if f.default is None}
+    values = {k: v for k, v in values.items() if not (v is None and k in optional)}
+    checked = {key: _checked(f"{path}: {key}", value, hints[key]) for key, value in values.items()}
+    missing = [key for key in REQUIRED_KEYS if key not in checked]
+    if missing:
+        raise ValueError(f"{path}: missing required key(s) {', '.join(missing)}")
+    if ("prompt" in checked) == ("messages" in checked):
         raise ValueError(f"{path}: give exactly one of 'prompt' (a template) or 'messages'")
-    records = read_records(path.parent / spec["data"])
-    id_field = spec.get("id_field", "id")
-    answer_field = spec["answer_field"]
+    for key in ("data", "answer_field", "id_field", "name", "prompt"):
+        if isinstance(checked.get(key), str) and not checked[key].strip():
+            raise ValueError(f"{path}: {key} must not be empty")
+    if checked["scorer"] not in SCORER_NAMES:
+        raise ValueError(
+            f"{path}: unknown scorer {checked['scorer']!r}; choose one of {', '.join(SCORER_NAMES)}"
+        )
+    if "messages" in checked:
+        check_messages(checked["messages"], f"{path}: messages")
+    return TaskSpec(**checked)
+
+
+def check_messages(messages: list, where: str) -> None:
+    """A non-empty list of chat messages, each exactly ``{role: str, content: str}``."""
+    if not messages:
+        raise ValueError(f"{where} is empty; give at least one {{role: user, content: ...}}")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or set(message) != {"role", "content"}:
+            raise ValueError(
+                f"{where}[{i}] must be a mapping of exactly 'role' and 'content', such as "
+                f"{{role: user, content: '{{question}}'}}, got {message!r}"
+            )
+        for key in ("role", "content"):
+            if not isinstance(message[key], str):
+                raise ValueError(f"{where}[{i}].{key} must be a string, got {message[key]!r}")
+        if not message["role"].strip():
+            raise ValueError(f"{where}[{i}].role must not be empty (system, user or assistant)")
+
+
+def task_from_yaml(path: str | Path) -> Task:
+    """Build a task from a YAML spec (format in this module's docstring); every key, value and
+    data record is checked here, before any model is loaded."""
+    path = Path(path)
+    spec = read_task_spec(path)
+    records = read_records(path.parent / spec.data)
+    if not records:
+        raise ValueError(f"task data file {path.parent / spec.data} holds no records")
+    answer_kinds = (str,) if spec.scorer == "code" else (str, int, float)
     items = []
     for i, record in enumerate(records):
-        if answer_field not in record:
-            raise ValueError(f"{path}: record {i} has no answer field {answer_field!r}")
-        items.append({**record, "id": str(record.get(id_field, i))})
+        if spec.answer_field not in record:
+            raise ValueError(f"{path}: record {i} has no answer field {spec.answer_field!r}")
+        if not isinstance(record[spec.answer_field], answer_kinds):
+            kind = "the test code (a string)" if spec.scorer == "code" else "a string or number"
+            raise ValueError(
+                f"{path}: record {i}: answer field {spec.answer_field!r} must be {kind}, got "
+                f"{record[spec.answer_field]!r}"
+            )
+        items.append({**record, "id": str(record.get(spec.id_field, i))})
 
-    template, messages = spec.get("prompt"), spec.get("messages")
+    template, messages, answer_field = spec.prompt, spec.messages, spec.answer_field
 
     def prompt(item: dict[str, Any]) -> Prompt:
         if template is not None:
             return fill(template, item)
         return [{"role": m["role"], "content": fill(m["content"], item)} for m in messages]
 
-    generation = spec.get("generation") or {}
-    if not isinstance(generation, dict):
-        raise ValueError(f"{path}: 'generation' must be a mapping, got {generation!r}")
+    generation = spec.generation or {}
     allowed = {f.name for f in fields(SamplingSettings)}
     if set(generation) - allowed:
         raise ValueError(f"{path}: unknown generation keys {sorted(set(generation) - allowed)}")
@@ -180,22 +246,25 @@ def task_from_yaml(path: str | Path) -> Task:
     except ValueError as err:
         raise ValueError(f"{path}: generation: {err}") from None
     program = None
-    if spec["scorer"] == "code":
-        with_prompt = bool(spec.get("include_prompt_in_program", False))
+    if spec.scorer == "code":
+        with_prompt = spec.include_prompt_in_program
 
         def program(item: dict[str, Any], completion: str) -> str:
             head = prompt(item) if with_prompt and template is not None else ""
             return f"{head}{completion}\n{item[answer_field]}\n"
 
-    return Task(
-        name=spec.get("name", path.stem),
-        items=items,
-        prompt=prompt,
-        scorer=spec["scorer"],
-        reference=lambda item: item[answer_field],
-        program=program,
-        generation=settings,
-    )
+    try:
+        return Task(
+            name=spec.name if spec.name is not None else path.stem,
+            items=items,
+            prompt=prompt,
+            scorer=spec.scorer,
+            reference=lambda item: item[answer_field],
+            program=program,
+            generation=settings,
+        )
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def humaneval_items() -> list[dict[str, Any]]:

@@ -10,7 +10,14 @@ from infosft.models.chat_templates import (
     SMOLLM2_TRAINING_CHAT_TEMPLATE,
     training_chat_template,
 )
-from infosft.models.loading import TOKENIZER_FILES, load_model_and_tokenizer, resolve_model_path
+from infosft.models.loading import (
+    TOKENIZER_FILES,
+    load_config,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_model_path,
+)
 from infosft.models.smollm2 import (
     CACHE_ENV,
     DEFAULT_MODEL,
@@ -31,8 +38,11 @@ __all__ = [
     "cache_dir",
     "default_model_dir",
     "ensure_default_model",
+    "load_config",
     "load_model_and_tokenizer",
+    "load_tokenizer",
     "pad_right",
+    "resolve_dtype",
     "resolve_model_path",
     "smollm2_gguf_path",
     "training_chat_template",

@@ -46,6 +46,60 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def resolve_dtype(dtype: Any) -> Any:
+    """A torch dtype for ``dtype`` (a dtype, its name such as "bfloat16", "auto" or None)."""
+    import torch
+
+    if isinstance(dtype, str) and dtype != "auto":
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+        return getattr(torch, dtype)
+    return dtype
+
+
+def _load_error(name_or_path: str, path: str, err: OSError) -> Exception:
+    """The user error for ``from_pretrained``'s OSError: transformers reports a checkpoint it
+    cannot read (a broken config.json, no weights file) or cannot fetch that way."""
+    if Path(path).is_dir():
+        return ValueError(f"model directory {name_or_path} could not be loaded: {err}")
+    return FileNotFoundError(
+        f"model {name_or_path!r} is not a local directory and could not be loaded from the "
+        f"Hugging Face Hub: {err}"
+    )
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> Any:
+    """The tokenizer of a model by name, local path or hub id (see resolve_model_path); it
+    always has a pad token (the eos token when the checkpoint defines none)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model directory {name_or_path} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); "
+            "save the tokenizer next to the model (tokenizer.save_pretrained(DIR))"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise _load_error(name_or_path, path, err) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_config(name_or_path: str = DEFAULT_MODEL) -> Any:
+    """The ``transformers`` config of a model by name, local path or hub id, without its
+    weights."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except OSError as err:
+        raise _load_error(name_or_path, path, err) from err
+
+
 def load_model_and_tokenizer(
     name_or_path: str = DEFAULT_MODEL, *, dtype: Any = None, device: Any = None, **model_kwargs: Any
 ) -> tuple[Any, Any]:
@@ -59,36 +113,18 @@ def load_model_and_tokenizer(
             ``attn_implementation``).
 
     Returns:
-        (model, tokenizer): a ``PreTrainedModel`` in eval mode and its tokenizer, which always
-        has a pad token (the eos token when the checkpoint defines none).
+        (model, tokenizer): a ``PreTrainedModel`` in eval mode and its tokenizer
+        (:func:`load_tokenizer`).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    dtype = resolve_dtype(dtype)
     path = resolve_model_path(name_or_path)
-    if isinstance(dtype, str) and dtype != "auto":
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
-        dtype = getattr(torch, dtype)
-    if Path(path).is_dir() and not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
-        raise FileNotFoundError(
-            f"model directory {name_or_path} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); "
-            "save the tokenizer next to the model (tokenizer.save_pretrained(DIR))"
-        )
+    tokenizer = load_tokenizer(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **model_kwargs)
     except OSError as err:
-        # transformers reports a checkpoint it cannot read (a broken config.json, no weights
-        # file) as OSError; for a local directory that is the user's checkpoint to fix.
-        if Path(path).is_dir():
-            raise ValueError(f"model directory {name_or_path} could not be loaded: {err}") from err
-        raise FileNotFoundError(
-            f"model {name_or_path!r} is not a local directory and could not be loaded from the "
-            f"Hugging Face Hub: {err}"
-        ) from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise _load_error(name_or_path, path, err) from err
     if device is not None:
         model.to(device)
     return model, tokenizer

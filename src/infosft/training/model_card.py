@@ -197,7 +197,7 @@ def _evaluations(results: dict[str, Any], results_path: Path) -> list[tuple[str,
     from huggingface_hub import EvalResult
 
     today = datetime.date.today().isoformat()
-    source = f"`infosft eval`, {today}, results in `{results_path}`"
+    source = f"`infosft eval`, {today}, results in {_inline(results_path)}"
     base = results.get("base_model")
     found = []
     task = results.get("task")
@@ -205,20 +205,20 @@ def _evaluations(results: dict[str, Any], results_path: Path) -> list[tuple[str,
         metrics = _numbers(results["metrics"])
         base_metrics = _numbers(results.get("base_metrics") or {})
         rows = [
-            [key, _fmt(value, results["metrics"], key), _fmt(base_metrics.get(key))]
+            [_inline(key), _fmt(value, results["metrics"], key), _fmt(base_metrics.get(key))]
             for key, value in metrics.items()
         ]
-        header = ["metric", "this model", f"base model ({base})" if base else "base model"]
+        header = ["metric", "this model", f"base model ({_inline(base)})" if base else "base model"]
         if not base_metrics:
             header, rows = header[:2], [row[:2] for row in rows]
-        lines = [f"### {task}", "", f"{len(results.get('samples', []))} samples; {source}.", ""]
+        count = len(results.get("samples", []))
+        lines = [f"### {_inline(task)}", "", f"{count} samples; {source}.", ""]
         lines.append(_table(header, rows))
         forgetting = _numbers(results.get("forgetting") or {})
         if forgetting:
-            lines += ["", f"Forgetting against {base}:", ""]
-            lines.append(
-                _table(["measure", "value"], [[k, _fmt(v)] for k, v in forgetting.items()])
-            )
+            lines += ["", f"Forgetting against {_inline(base)}:", ""]
+            rows = [[_inline(k), _fmt(v)] for k, v in forgetting.items()]
+            lines.append(_table(["measure", "value"], rows))
         evals = [
             EvalResult(
                 task_type="text-generation",
@@ -254,7 +254,7 @@ def _lm_eval_evaluations(
         for key, value in metrics.items():
             metric, comma, filter_name = key.partition(",")
             stderr = scores.get(f"{metric}_stderr{comma}{filter_name}")
-            row = [key, _fmt(value), _fmt(stderr)]
+            row = [_inline(key), _fmt(value), _fmt(stderr)]
             if with_base:
                 row += [
                     _fmt(report["base_scores"].get(task, {}).get(key)),
@@ -263,8 +263,8 @@ def _lm_eval_evaluations(
             rows.append(row)
         header = ["metric", "this model", "stderr"]
         if with_base:
-            header += [f"base model ({base})", "change"]
-        lines = [f"### lm-eval: {task}", "", f"{source}.", "", _table(header, rows)]
+            header += [f"base model ({_inline(base)})", "change"]
+        lines = [f"### lm-eval: {_inline(task)}", "", f"{source}.", "", _table(header, rows)]
         kept = report.get("retention", {}).get(task) if with_base else None
         if kept is not None and kept.get("retention") is not None:
             lines += [
@@ -288,16 +288,38 @@ def _lm_eval_evaluations(
     return found
 
 
+# Characters a block key keeps as they are in its marker; every other byte is %XX-encoded.
+_MARKER_SAFE = re.compile(r"[^A-Za-z0-9_.:-]")
+_BLOCK = re.compile(r"<!-- infosft:eval ([A-Za-z0-9_.:%-]+) -->\n.*?\n<!-- /infosft:eval -->", re.S)
+
+
+def marker_key(key: str) -> str:
+    """``key`` as it is written in an evaluation block's marker: percent-encoded UTF-8, so that
+    any task name (spaces, ``-->``, newlines, headings, unicode) gives one marker that
+    ``urllib.parse.unquote`` turns back into exactly ``key``."""
+    return _MARKER_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), key)
+
+
 def _eval_blocks(text: str) -> dict[str, str]:
     """The evaluation subsections of a card's text by key (``task:NAME``, ``lm_eval:NAME``)."""
+    from urllib.parse import unquote
+
     inside = _between_markers(text)
-    pattern = r"<!-- infosft:eval (\S+) -->\n.*?\n<!-- /infosft:eval -->"
-    return {match.group(1): match.group(0) for match in re.finditer(pattern, inside, re.S)}
+    return {unquote(match.group(1)): match.group(0) for match in _BLOCK.finditer(inside)}
 
 
 def _wrap(key: str, block: str) -> str:
     """One evaluation subsection, marked so that a later evaluation of ``key`` replaces it."""
-    return f"<!-- infosft:eval {key} -->\n{block}\n<!-- /infosft:eval -->"
+    return f"<!-- infosft:eval {marker_key(key)} -->\n{block}\n<!-- /infosft:eval -->"
+
+
+def _inline(text: Any) -> str:
+    """``text`` shown as itself on one line of markdown, injecting nothing: control characters
+    as escapes (``\\n``), HTML's ``& < >`` as entities (no comment, marker or tag can start or
+    end in it), markdown's ``\\ ` [ ] #`` backslash-escaped (no code span, link or heading)."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    shown = re.sub(r"([\\`\[\]#])", r"\\\1", shown)
+    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _between_markers(text: str) -> str:
