@@ -163,6 +163,7 @@ class InfoSFTLoss:
         train = trainer.train
 
         def train_with_fused_loss(*train_args: Any, **train_kwargs: Any) -> Any:
+            trainer.train = train  # installed once; a second train() keeps the fused loss
             use_fused_loss(trainer, **self.options)
             fused = trainer.compute_loss
 
