@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.infosft-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo clean venv-swift test-swift
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,5 +38,26 @@ test: lint
 demo: venv
 	$(PY) -m infosft demo --output-dir $(DEMO_DIR)
 
+# ms-swift's own environment: its pins of transformers and TRL differ from ours, so it is a
+# second venv holding ms-swift and our core; `make test-swift` runs its CLI from there.
+SWIFT_VENV ?= .venv-swift
+SWIFT_PY := $(SWIFT_VENV)/bin/python
+SWIFT_STAMP := $(SWIFT_VENV)/.infosft-installed
+# How our package enters a framework's venv; --no-deps until `pip install infosft` needs only torch.
+INFOSFT_INTO_FRAMEWORK ?= --no-deps -e .
+
+$(SWIFT_STAMP): constraints-swift.txt pyproject.toml Makefile
+	test -x $(SWIFT_PY) || $(PYTHON) -m venv $(SWIFT_VENV)
+	$(SWIFT_PY) -m pip install -q --upgrade pip
+	$(SWIFT_PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(SWIFT_PY) -m pip install -q -c constraints-swift.txt ms-swift
+	$(SWIFT_PY) -m pip install -q $(INFOSFT_INTO_FRAMEWORK)
+	touch $(SWIFT_STAMP)
+
+venv-swift: $(SWIFT_STAMP)
+
+test-swift: venv venv-swift
+	INFOSFT_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -q tests/test_swift_plugin.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) $(SWIFT_VENV) .pytest_cache .ruff_cache runs
