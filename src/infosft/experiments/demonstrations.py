@@ -114,6 +114,21 @@ def corrupt(
     return out, chosen
 
 
+def agrees_with_demonstration(scorer: str) -> Callable[[Row, str], bool]:
+    """``accept(row, completion)`` for :func:`near_policy`: the completion's answer equals the
+    row's demonstrated one under the scorer (``math``: the demonstration's final answer,
+    ``choice``: its option letter, ``exact``: its whole text)."""
+    from infosft.evaluation.scorers import SCORERS, extract_choice, extract_math_answer
+
+    extract = {"math": extract_math_answer, "choice": extract_choice, "exact": str}[scorer]
+
+    def accept(row: Row, completion: str) -> bool:
+        reference = extract(split_row(row)[1])
+        return reference is not None and bool(SCORERS[scorer]([completion], [reference])[0])
+
+    return accept
+
+
 def near_policy(
     rows: Sequence[Row],
     sample: Callable[[list[Any]], list[list[str]]],

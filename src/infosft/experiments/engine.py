@@ -36,6 +36,7 @@ from transformers import TrainerCallback
 
 from infosft.evaluation.forgetting import KLReference
 from infosft.experiments import summary as summarize
+from infosft.experiments.demonstrations import agrees_with_demonstration, corrupt, near_policy
 from infosft.experiments.grid import METHOD_OPTIONS, Cell, GridSpec
 from infosft.experiments.measure import (
     Suite,
@@ -123,6 +124,7 @@ class Plan:
         self.suite: Suite = build_suite(spec)
         self._data = {}
         self._data_digest = {}
+        self._own_answers: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for task in spec.tasks:
             if not task.builtin:
                 self._data[task.name] = load_data(list(task.data), task.data_format)
@@ -134,20 +136,88 @@ class Plan:
         self.model_id = model_identity(spec.model)
 
     def data(self, cell: Cell) -> Any:
-        """The training rows of a cell: built-in tasks draw theirs from the cell's seed."""
+        """The training rows of a cell: built-in tasks draw theirs from the cell's seed; a
+        task's noise or near_policy regime turns them into that regime's rows."""
         from datasets import Dataset
 
         task = self.spec.task(cell.task)
-        if not task.builtin:
+        if not task.builtin and task.noise is None and task.near_policy is None:
             return self._data[task.name]
-        return Dataset.from_list(self._builtin_rows(task, cell.seed))
+        return Dataset.from_list(self._training_rows(task, cell.seed))
 
-    def _builtin_rows(self, task: Any, seed: int) -> list[dict[str, Any]]:
+    def _source_rows(self, task: Any, seed: int) -> list[dict[str, Any]]:
+        """The task's demonstrations, before any regime."""
         from infosft.experiments import GENERATED_TASKS
 
-        generated = GENERATED_TASKS[task.name]
+        if not task.builtin:
+            return self._data[task.name].to_list()
+        generated = GENERATED_TASKS[task.problems]
         train, _ = generated.split(task.n_train, task.n_test, seed=seed, test_seed=0)
         return [generated.sft_example(p) for p in train]
+
+    def _training_rows(self, task: Any, seed: int) -> list[dict[str, Any]]:
+        if task.near_policy is not None:
+            if (task.name, seed) not in self._own_answers:
+                raise RuntimeError("make_own_answers() makes near-policy rows once a model loads")
+            return self._own_answers[task.name, seed]
+        rows = self._source_rows(task, seed)
+        if task.noise is not None:
+            rows, _ = corrupt(rows, share=task.noise["share"], seed=seed, how=task.noise["kind"])
+        return rows
+
+    def make_own_answers(
+        self, model: Any, tokenizer: Any, directory: Path, log: Callable[[str], None]
+    ) -> None:
+        """The near-policy tasks' rows, per seed: ``model``'s own accepted answers to the
+        task's prompts (:func:`infosft.experiments.demonstrations.near_policy`). Each set is
+        kept in ``directory`` under its recipe's digest and reused while the recipe holds."""
+        from infosft.evaluation import SamplingSettings, generate
+
+        for task in self.spec.tasks:
+            options = task.near_policy
+            if options is None:
+                continue
+            for seed in self.spec.seeds:
+                recipe = self._rows_digest(task, seed)
+                path = directory / f"{task.name},seed{seed}.json"
+                stored = _read_json(path)
+                if stored is None or stored.get("recipe") != recipe:
+                    settings = SamplingSettings(
+                        max_new_tokens=options["max_new_tokens"],
+                        temperature=options["temperature"],
+                        n=options["samples"],
+                        batch_size=options["batch_size"],
+                        seed=seed,
+                    )
+
+                    def sample(prompts: list[Any], settings: SamplingSettings = settings):
+                        keys = [f"row-{i}" for i in range(len(prompts))]
+                        return generate(
+                            model, tokenizer, prompts, settings, progress=False, sample_keys=keys
+                        )
+
+                    log(f"{task.name}, seed {seed}: sampling the model's own answers")
+                    rows, counts = near_policy(
+                        self._source_rows(task, seed),
+                        sample,
+                        agrees_with_demonstration(options["scorer"]),
+                    )
+                    stored = {"recipe": recipe, "counts": counts, "rows": rows}
+                    write_json_atomic(path, stored)
+                counts = stored["counts"]
+                if not counts["kept"]:
+                    raise ValueError(
+                        f"task {task.name}: none of the model's {counts['samples']} samples for "
+                        f"its {counts['rows']} prompts (seed {seed}) agreed with a "
+                        "demonstration, so near_policy has no rows to train on; raise "
+                        "near_policy.samples or max_new_tokens, or check near_policy.scorer"
+                    )
+                log(
+                    f"{task.name}, seed {seed}: {counts['kept']} of {counts['rows']} prompts kept "
+                    f"with the model's own answer ({counts['accepted']} of {counts['samples']} "
+                    "samples accepted)"
+                )
+                self._own_answers[task.name, seed] = stored["rows"]
 
     def q_run(self, task: Any) -> tuple[Cell, dict[str, Any]]:
         """The cell whose training rows ``q_under_base`` scores for ``task`` (the first seed's)
@@ -165,10 +235,16 @@ class Plan:
             "model_init_kwargs": _digest(self.spec.model_init_kwargs),
         }
 
-    def _rows_digest(self, cell: Cell) -> str:
-        task = self.spec.task(cell.task)
-        if task.builtin:
-            return text_digest(json.dumps(self._builtin_rows(task, cell.seed)))
+    def _rows_digest(self, task: Any, seed: int) -> str:
+        if task.near_policy is not None:
+            # The recipe, not the rows (they exist only once the model has answered): the
+            # source rows, the sampling options, the model that answers and the seed.
+            source = dataclasses.replace(task, near_policy=None)
+            return _digest(
+                [self._rows_digest(source, seed), task.near_policy, self._model_parts(), seed]
+            )
+        if task.builtin or task.noise is not None:
+            return text_digest(json.dumps(self._training_rows(task, seed)))
         return text_digest(self._data_digest[task.name])
 
     def base_fingerprint(self) -> dict[str, Any]:
@@ -177,7 +253,8 @@ class Plan:
         parts = {**self._model_parts(), **self.suite.fingerprint()}
         for task in self.spec.tasks:
             cell, values = self.q_run(task)
-            parts[f"training rows of {task.name}"] = _digest([self._rows_digest(cell), values])
+            rows = self._rows_digest(task, cell.seed)
+            parts[f"training rows of {task.name}"] = _digest([rows, values])
         return parts
 
     def training_fingerprint(self, cell: Cell) -> dict[str, Any]:
@@ -192,7 +269,7 @@ class Plan:
             "task settings": _digest(
                 {k: v for k, v in task.items() if k not in ("about", "data", "evals")}
             ),
-            "training data": self._rows_digest(cell),
+            "training data": self._rows_digest(self.spec.task(cell.task), cell.seed),
             "training settings": _digest(
                 [self.spec.training_values(cell), self.spec.keep_checkpoints]
             ),
@@ -391,6 +468,7 @@ def run_grid(
     log(f"loading {spec.model}")
     base_model, tokenizer = load_model_and_tokenizer(spec.model, **_load_options(spec))
     base_model.eval()
+    plan.make_own_answers(base_model, tokenizer, output_dir / "demonstrations", log)
 
     base_path = output_dir / "base.json"
     base = _read_json(base_path)

@@ -12,6 +12,13 @@ the package (``infosft demo --print-spec`` shows it). Paths are relative to the 
         data: train.jsonl               # one file or a list, in a TRL format (as infosft train)
         data_format: null               # optional formatter for raw public datasets
         eval: my_eval.yaml              # one or a list: task YAML, registered task, lm_eval:NAME
+      - name: my_task-noisy             # a regime of a task's demonstrations (either key):
+        data: train.jsonl               #   noise: a share of answers made wrong, per seed
+        eval: my_eval.yaml              #   (kind: answer = final number slipped, swap = another
+        noise: {share: 0.25, kind: answer}  # row's answer); near_policy: the model's own
+      - name: words-own                 #   answers that agree with the demonstration's
+        generator: word_problems        #   (samples, temperature, max_new_tokens, batch_size,
+        near_policy: {samples: 4, scorer: math}  # scorer: math | choice | exact)
     prior_tasks: [probes]               # retention items: the built-in probes, task YAMLs,
                                         # registered tasks, lm_eval:NAME (lm-evaluation-harness)
     lm_eval: {include_path: null, num_fewshot: null, apply_chat_template: false, batch_size: 8}
@@ -71,8 +78,13 @@ TOP_KEYS = (
     "keep_checkpoints",
 )
 GRID_KEYS = ("methods", "learning_rates", "epochs", "seeds")
-BUILTIN_TASK_KEYS = ("name", "n_train", "n_test", "about")
-DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about")
+# What a task may turn its demonstrations into (infosft.experiments.demonstrations).
+REGIME_KEYS = ("noise", "near_policy")
+BUILTIN_TASK_KEYS = ("name", "generator", "n_train", "n_test", "about", *REGIME_KEYS)
+DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about", *REGIME_KEYS)
+NOISE_KEYS = ("share", "kind")
+NEAR_POLICY_KEYS = ("samples", "temperature", "max_new_tokens", "scorer", "batch_size")
+NEAR_POLICY_DEFAULTS = {"samples": 4, "temperature": 0.7, "max_new_tokens": 256, "batch_size": 32}
 VARIANT_KEYS = ("name", "method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
 # The training options a method entry sets (the rest of a cell's options are the grid's).
 METHOD_OPTIONS = VARIANT_KEYS[1:]
@@ -144,10 +156,22 @@ class TaskSpec:
     n_train: int = DEFAULT_N_TRAIN
     n_test: int = DEFAULT_N_TEST
     about: str = ""
+    generator: str | None = None
+    """The built-in task that draws a built-in task's problems; None: the one named ``name``."""
+    noise: dict[str, Any] | None = None
+    """``{"share", "kind"}``: a share of the training answers made wrong (each seed its own)."""
+    near_policy: dict[str, Any] | None = None
+    """``{"samples", "temperature", "max_new_tokens", "scorer", "batch_size"}``: the base
+    model's own accepted answers replace the demonstrations."""
 
     @property
     def builtin(self) -> bool:
         return self.data is None
+
+    @property
+    def problems(self) -> str:
+        """The built-in task whose problems a built-in task draws."""
+        return self.generator or self.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,12 +516,14 @@ def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
         if not isinstance(about, str):
             raise ValueError(f"{where}.about must be text, got {about!r}")
         if "data" not in entry:
-            if name not in GENERATED_TASKS:
+            generator = entry.get("generator", name)
+            if generator not in GENERATED_TASKS:
+                key = "generator" if "generator" in entry else "name"
                 raise ValueError(
-                    f"{where}: {name!r} is not a built-in task ({', '.join(GENERATED_TASKS)}); "
-                    "for your own task give data: and eval:"
+                    f"{where}.{key}: {generator!r} is not a built-in task "
+                    f"({', '.join(GENERATED_TASKS)}); for your own task give data: and eval:"
                 )
-            _check_keys(entry, BUILTIN_TASK_KEYS, f"{where} (built-in {name})")
+            _check_keys(entry, BUILTIN_TASK_KEYS, f"{where} (built-in {generator})")
             tasks.append(
                 TaskSpec(
                     name=name,
@@ -508,6 +534,8 @@ def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
                         entry.get("n_test", DEFAULT_N_TEST), f"{where}.n_test", "problems"
                     ),
                     about=about,
+                    generator=None if generator == name else generator,
+                    **_regime(entry, where, builtin=True),
                 )
             )
             continue
@@ -526,10 +554,61 @@ def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
             for e in _list(entry["eval"], f"{where}.eval", top=True)
         ]
         tasks.append(
-            TaskSpec(name, tuple(data), data_format, tuple(dict.fromkeys(evals)), about=about)
+            TaskSpec(
+                name,
+                tuple(data),
+                data_format,
+                tuple(dict.fromkeys(evals)),
+                about=about,
+                **_regime(entry, where, builtin=False),
+            )
         )
     _distinct_names([t.name for t in tasks], "tasks", "give each task its own name")
     return tasks
+
+
+def _regime(entry: dict[str, Any], where: str, builtin: bool) -> dict[str, Any]:
+    """A task's ``noise`` and ``near_policy`` options, checked and with their defaults."""
+    from infosft.evaluation.scorers import SCORERS
+    from infosft.experiments.demonstrations import CORRUPTIONS
+
+    noise = _mapping_or_none(entry.get("noise"), f"{where}.noise")
+    near = _mapping_or_none(entry.get("near_policy"), f"{where}.near_policy")
+    if noise is not None and near is not None:
+        raise ValueError(
+            f"{where} sets both noise and near_policy; make them two tasks (each is one regime)"
+        )
+    if noise is not None:
+        _check_keys(noise, NOISE_KEYS, f"{where}.noise")
+        share = noise.get("share")
+        if not _is_number(share) or not 0 < share <= 1:
+            raise ValueError(
+                f"{where}.noise.share must be the share of answers to corrupt, in (0, 1], "
+                f"got {share!r}"
+            )
+        kind = noise.get("kind", "answer")
+        if kind not in CORRUPTIONS:
+            raise ValueError(f"{where}.noise.kind must be one of {list(CORRUPTIONS)}, got {kind!r}")
+        noise = {"share": float(share), "kind": kind}
+    if near is not None:
+        _check_keys(near, NEAR_POLICY_KEYS, f"{where}.near_policy")
+        scorer = near.get("scorer", "math" if builtin else None)
+        if scorer not in SCORERS:
+            raise ValueError(
+                f"{where}.near_policy.scorer must say how a sample is checked against the "
+                f"demonstration's answer, one of {sorted(SCORERS)}; got {scorer!r}"
+            )
+        near = {**NEAR_POLICY_DEFAULTS, **near, "scorer": scorer}
+        for key in ("samples", "max_new_tokens", "batch_size"):
+            near[key] = _count(near[key], f"{where}.near_policy.{key}", "tokens or samples")
+        temperature = near["temperature"]
+        if not _is_number(temperature) or not 0 < temperature <= 5:
+            raise ValueError(
+                f"{where}.near_policy.temperature must be in (0, 5] (samples, not greedy), got "
+                f"{temperature!r}"
+            )
+        near["temperature"] = float(temperature)
+    return {"noise": noise, "near_policy": near}
 
 
 def _resolve_model(value: Any, base_dir: Path) -> str:

@@ -104,7 +104,7 @@ def build_suite(spec: GridSpec) -> Suite:
     new_tasks = {}
     for task in spec.tasks:
         if task.builtin:
-            generated = GENERATED_TASKS[task.name]
+            generated = GENERATED_TASKS[task.problems]
             evaluation = generated.evaluation_task(generated.held_out(task.n_test))
             new_tasks[task.name] = [Source(task.name, task=evaluation)]
         else:
