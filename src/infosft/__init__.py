@@ -3,7 +3,9 @@
 import importlib
 from typing import Any
 
+from infosft.extras import missing_extra_error
 from infosft.losses import (
+    FusedWeightedNLLLoss,
     TokenStats,
     compute_loss_func,
     fused_weighted_nll_loss,
@@ -23,7 +25,7 @@ from infosft.objectives import (
 
 __version__ = "0.1.0"
 
-# Imported on first use so that `import infosft` does not pull in TRL.
+# Imported on first use so that `import infosft` needs torch alone (these need the 'train' extra).
 _LAZY = {
     "InfoSFTConfig": "infosft.training",
     "InfoSFTTrainer": "infosft.training",
@@ -33,12 +35,19 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        try:
+            return getattr(importlib.import_module(_LAZY[name]), name)
+        except ModuleNotFoundError as err:
+            missing = missing_extra_error(err, f"infosft.{name}")
+            if missing is None:
+                raise
+            raise missing from err
     raise AttributeError(f"module 'infosft' has no attribute {name!r}")
 
 
 __all__ = [
     "DEFAULT_P_BAR",
+    "FusedWeightedNLLLoss",
     "InfoSFTConfig",
     "InfoSFTTrainer",
     "NonFiniteLossError",
