@@ -130,6 +130,10 @@ try:
     infosft.InfoSFTTrainer
 except ImportError as err:
     saved["trainer_error"] = str(err)
+try:
+    from infosft.training import InfoSFTConfig
+except ImportError as err:
+    saved["config_error"] = str(err)
 torch.save(saved, sys.argv[1])
 """
 
@@ -224,7 +228,14 @@ def test_register_weighting_runs_on_the_core_alone(core_run):
 
 
 def test_trainer_attribute_names_the_train_extra_on_the_core_alone(core_run):
+    assert core_run["trainer_error"].startswith("infosft.InfoSFTTrainer needs the 'train' extra")
     assert "pip install 'infosft[train]'" in core_run["trainer_error"]
+
+
+def test_training_attributes_name_the_train_extra_on_the_core_alone(core_run):
+    assert core_run["config_error"].startswith(
+        "infosft.training.InfoSFTConfig needs the 'train' extra"
+    )
 
 
 def test_train_command_names_its_extra_on_the_core_alone(tmp_path):

@@ -1,9 +1,8 @@
 """InfoSFT: information-aware token weighting for supervised fine-tuning (arXiv 2605.14967)."""
 
-import importlib
 from typing import Any
 
-from infosft.extras import missing_extra_error
+from infosft import extras
 from infosft.losses import (
     FusedWeightedNLLLoss,
     TokenStats,
@@ -27,21 +26,15 @@ __version__ = "0.1.0"
 
 # Imported on first use so that `import infosft` needs torch alone (these need the 'train' extra).
 _LAZY = {
-    "InfoSFTConfig": "infosft.training",
-    "InfoSFTTrainer": "infosft.training",
-    "NonFiniteLossError": "infosft.training",
+    "InfoSFTConfig": "infosft.training.config",
+    "InfoSFTTrainer": "infosft.training.trainer",
+    "NonFiniteLossError": "infosft.training.trainer",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        try:
-            return getattr(importlib.import_module(_LAZY[name]), name)
-        except ModuleNotFoundError as err:
-            missing = missing_extra_error(err, f"infosft.{name}")
-            if missing is None:
-                raise
-            raise missing from err
+        return getattr(extras.import_module(_LAZY[name], f"infosft.{name}"), name)
     raise AttributeError(f"module 'infosft' has no attribute {name!r}")
 
 

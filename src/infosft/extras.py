@@ -7,7 +7,9 @@ the CLI commands, evaluation and experiments need the packages of an extra
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+from types import ModuleType
 
 # Each extra's distributions and their top-level modules, those of the extras it includes as
 # well, as pyproject.toml's [project.optional-dependencies] declares them (a test keeps them
@@ -66,6 +68,18 @@ def missing_extra_error(err: ModuleNotFoundError, needed_by: str = "") -> Missin
         return err
     extra = extra_installing(err.name or "")
     return None if extra is None else MissingExtraError(extra, err.name or "", needed_by)
+
+
+def import_module(module: str, needed_by: str) -> ModuleType:
+    """``importlib.import_module(module)``; a missing module of an extra is raised as a
+    :class:`MissingExtraError` saying that ``needed_by`` needs that extra."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        missing = missing_extra_error(err, needed_by)
+        if missing is None:
+            raise
+        raise missing from err
 
 
 def _installed(module: str) -> bool:
