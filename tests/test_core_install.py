@@ -39,22 +39,26 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
-def extra_distributions(extra: str) -> set[str]:
-    """Every distribution ``pip install 'infosft[extra]'`` asks for beyond the core, with those
-    of the extras it includes."""
-    names = set()
+def extra_requirements(extra: str) -> list[str]:
+    """What ``pip install 'infosft[extra]'`` asks for beyond the core, with the requirements of
+    the extras it includes."""
+    requirements = []
     for requirement in pyproject()["optional-dependencies"][extra]:
         if requirement_name(requirement) == "infosft":
             for included in re.search(r"\[(.*)\]", requirement).group(1).split(","):
-                names |= extra_distributions(included.strip())
+                requirements += extra_requirements(included.strip())
         else:
-            names.add(requirement_name(requirement))
-    return names
+            requirements.append(requirement)
+    return requirements
 
 
-def core_modules() -> set[str]:
-    """Top-level modules of the core's requirements and of theirs (transitively)."""
-    wanted, todo = set(), list(pyproject()["dependencies"])
+def extra_distributions(extra: str) -> set[str]:
+    return {requirement_name(r) for r in extra_requirements(extra)}
+
+
+def installed_modules(requirements: list[str]) -> set[str]:
+    """Top-level modules that installing ``requirements`` brings, with their own requirements."""
+    wanted, todo = set(), list(requirements)
     while todo:
         name = requirement_name(todo.pop())
         if name in wanted:
@@ -72,23 +76,29 @@ def core_modules() -> set[str]:
     }
 
 
-# Run first in the subprocess: a finder that refuses every module outside the standard
-# library, the core's requirements' and infosft.
+# Run first in the subprocess: the finder of installed modules, made blind to every module
+# outside the standard library, ALLOWED and infosft (find_spec gives None and import raises
+# ModuleNotFoundError, as when they are not installed).
 BLOCKER = """
-import importlib.abc, sys
+import importlib.machinery, sys
 ALLOWED = {allowed!r}
-class CoreAlone(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
+class Only(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
         top = name.partition(".")[0]
-        if top in ALLOWED or top in sys.stdlib_module_names:
-            return None
-        raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-sys.meta_path.insert(0, CoreAlone())
+        # sysconfig's data module is named after the platform, so stdlib_module_names lacks it.
+        if top in ALLOWED or top in sys.stdlib_module_names or top.startswith("_sysconfigdata"):
+            return super().find_spec(name, path, target)
+        return None
+sys.meta_path[:] = [
+    Only if finder is importlib.machinery.PathFinder else finder for finder in sys.meta_path
+]
 """
 
 
-def run_with_core_alone(code: str, *args: str) -> subprocess.CompletedProcess:
-    allowed = sorted(core_modules() | {"infosft"})
+def run_with_only(requirements: list[str], code: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -c code *args`` able to import only what ``requirements`` install."""
+    allowed = sorted(installed_modules(requirements) | {"infosft"})
     return subprocess.run(
         [sys.executable, "-c", BLOCKER.format(allowed=allowed) + code, *args],
         capture_output=True,
@@ -96,6 +106,13 @@ def run_with_core_alone(code: str, *args: str) -> subprocess.CompletedProcess:
         timeout=300,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
+
+
+def run_with_core_alone(code: str, *args: str) -> subprocess.CompletedProcess:
+    return run_with_only(pyproject()["dependencies"], code, *args)
+
+
+CLI = "from infosft.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 # Losses computed in the subprocess on small random inputs, saved with their inputs.
@@ -240,7 +257,7 @@ def test_training_attributes_name_the_train_extra_on_the_core_alone(core_run):
 
 def test_train_command_names_its_extra_on_the_core_alone(tmp_path):
     done = run_with_core_alone(
-        "from infosft.cli import main; sys.exit(main(sys.argv[1:]))",
+        CLI,
         *["train", "--data", str(tmp_path / "d.jsonl"), "--output-dir", str(tmp_path / "out")],
     )
     assert done.returncode == 2
@@ -251,7 +268,7 @@ def test_train_command_names_its_extra_on_the_core_alone(tmp_path):
 
 def test_weights_command_runs_on_the_core_alone():
     done = run_with_core_alone(
-        "from infosft.cli import main; sys.exit(main(sys.argv[1:]))",
+        CLI,
         *["weights", "--methods", "dft", "--q", "0.25"],
     )
     assert done.returncode == 0, done.stderr
@@ -288,3 +305,20 @@ def test_a_missing_module_no_extra_installs_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr("infosft.cli.weights.run", run)
     with pytest.raises(ModuleNotFoundError, match="not_a_dependency"):
         main(["weights"])
+
+
+def test_train_command_runs_with_the_train_extra_alone(tiny_model_dir, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(f'{{"prompt": "{i} + 7?", "completion": " {i + 7}."}}\n' for i in range(8))
+    )
+    settings = {"max_steps": 1, "max_length": 32, "report_to": "none", "save_strategy": "no"}
+    done = run_with_only(
+        [*pyproject()["dependencies"], *extra_requirements("train")],
+        CLI,
+        *["train", "--model", str(tiny_model_dir), "--data", str(data)],
+        *["--output-dir", str(tmp_path / "out")],
+        *[arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()

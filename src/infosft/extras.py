@@ -82,13 +82,6 @@ def import_module(module: str, needed_by: str) -> ModuleType:
         raise missing from err
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # an import hook that refuses the name: not importable either
-        return False
-
-
 def require_extra(extra: str) -> None:
     """Raise :class:`MissingExtraError` if a module of ``extra`` is not installed.
 
@@ -96,5 +89,5 @@ def require_extra(extra: str) -> None:
     before it starts any work.
     """
     for module in EXTRAS[extra].values():
-        if not _installed(module):
+        if importlib.util.find_spec(module) is None:
             raise MissingExtraError(extra, module)
