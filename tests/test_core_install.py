@@ -8,6 +8,7 @@ what the core's requirements install (torch, numpy and their dependencies): ever
 
 import importlib.metadata
 import importlib.util
+import json
 import math
 import os
 import re
@@ -322,3 +323,16 @@ def test_train_command_runs_with_the_train_extra_alone(tiny_model_dir, tmp_path)
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_eval_command_runs_with_the_eval_extra_alone(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return None\\n"}\n')
+    out = tmp_path / "out.json"
+    done = run_with_only(
+        [*pyproject()["dependencies"], *extra_requirements("eval")],
+        CLI,
+        *["eval", "--task", "humaneval", "--samples", str(samples), "--output", str(out)],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [s["passed"] for s in json.loads(out.read_text())["samples"]] == [False]
