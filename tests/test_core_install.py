@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from infosft import extras
-from infosft.cli import COMMAND_EXTRAS, main
+from infosft.cli import COMMAND_EXTRAS, command_modules, main
 
 tomllib = pytest.importorskip("tomllib")
 
@@ -204,6 +204,10 @@ def test_all_extra_holds_what_every_command_needs():
         assert extra_distributions("all") >= extra_distributions(extra)
 
 
+def test_commands_given_an_extra_exist():
+    assert set(COMMAND_EXTRAS) <= set(command_modules())
+
+
 def test_dev_extra_installs_all():
     assert extra_distributions("dev") >= extra_distributions("all")
 
@@ -336,3 +340,12 @@ def test_eval_command_runs_with_the_eval_extra_alone(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert [s["passed"] for s in json.loads(out.read_text())["samples"]] == [False]
+
+
+def test_a_submodule_missing_from_an_installed_package_keeps_its_traceback(monkeypatch):
+    def run(args):
+        raise ModuleNotFoundError("No module named 'transformers.gone'", name="transformers.gone")
+
+    monkeypatch.setattr("infosft.cli.weights.run", run)
+    with pytest.raises(ModuleNotFoundError, match=r"transformers\.gone"):
+        main(["weights"])

@@ -41,9 +41,10 @@ class MissingExtraError(ModuleNotFoundError, ValueError):
     ValueError too: the CLI prints it as one line)."""
 
     def __init__(self, extra: str, module: str, needed_by: str = "") -> None:
+        subject = f"{needed_by} needs" if needed_by else "needs"
         super().__init__(
-            f"{needed_by} needs the {extra!r} extra (no module named {module!r}); ".lstrip()
-            + f"install it with: pip install 'infosft[{extra}]'",
+            f"{subject} the {extra!r} extra (no module named {module!r}); "
+            f"install it with: pip install 'infosft[{extra}]'",
             name=module,
         )
         self.extra = extra
@@ -59,15 +60,18 @@ def extra_installing(module: str) -> str | None:
 
 
 def missing_extra_error(err: ModuleNotFoundError, needed_by: str = "") -> MissingExtraError | None:
-    """``err`` as a :class:`MissingExtraError` when an extra installs the missing module; None
-    otherwise (a module that no extra provides is a bug, not a missing install).
+    """``err`` as a :class:`MissingExtraError` when an extra installs the missing top-level
+    module; None otherwise (a module that no extra provides is a bug, not a missing install).
 
     ``needed_by`` names what needed it, e.g. ``"infosft.InfoSFTTrainer"``.
     """
     if isinstance(err, MissingExtraError):
         return err
-    extra = extra_installing(err.name or "")
-    return None if extra is None else MissingExtraError(extra, err.name or "", needed_by)
+    # A submodule missing from an installed package ("transformers.x") is a version mismatch.
+    if not err.name or "." in err.name:
+        return None
+    extra = extra_installing(err.name)
+    return None if extra is None else MissingExtraError(extra, err.name, needed_by)
 
 
 def import_module(module: str, needed_by: str) -> ModuleType:
