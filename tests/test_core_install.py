@@ -167,15 +167,14 @@ def core_run(tmp_path_factory):
 def float64_loss(hidden, weight, labels, method, num_items=None):
     """sum_t -sg(w(q_t)) log q_t / N over the shifted targets, from the full float64 logits.
 
-    w(q) = 1 (nll), q (dft), q * max(0, 1 - logit(q) / logit(p_bar)) (infosft).
+    w(q) = q (dft), q * max(0, 1 - logit(q) / logit(p_bar)) (infosft), 0.5 (half).
     """
-    logits = (hidden @ weight.T)[:, :-1].double()
+    logits = (hidden @ weight.T)[:, :-1]
     targets = labels[:, 1:]
     mask = targets != -100
     log_q = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     q = log_q.detach().exp()
     weights = {
-        "nll": torch.ones_like(q),
         "dft": q,
         "infosft": q * (1 - torch.log(q / (1 - q)) / math.log(P_BAR / (1 - P_BAR))).clamp(min=0),
         "half": torch.full_like(q, 0.5),
