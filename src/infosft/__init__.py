@@ -1,9 +1,10 @@
 """InfoSFT: information-aware token weighting for supervised fine-tuning (arXiv 2605.14967)."""
 
-import importlib
 from typing import Any
 
+from infosft import extras
 from infosft.losses import (
+    FusedWeightedNLLLoss,
     TokenStats,
     compute_loss_func,
     fused_weighted_nll_loss,
@@ -23,22 +24,23 @@ from infosft.objectives import (
 
 __version__ = "0.1.0"
 
-# Imported on first use so that `import infosft` does not pull in TRL.
+# Imported on first use so that `import infosft` needs torch alone (these need the 'train' extra).
 _LAZY = {
-    "InfoSFTConfig": "infosft.training",
-    "InfoSFTTrainer": "infosft.training",
-    "NonFiniteLossError": "infosft.training",
+    "InfoSFTConfig": "infosft.training.config",
+    "InfoSFTTrainer": "infosft.training.trainer",
+    "NonFiniteLossError": "infosft.training.trainer",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(extras.import_module(_LAZY[name], f"infosft.{name}"), name)
     raise AttributeError(f"module 'infosft' has no attribute {name!r}")
 
 
 __all__ = [
     "DEFAULT_P_BAR",
+    "FusedWeightedNLLLoss",
     "InfoSFTConfig",
     "InfoSFTTrainer",
     "NonFiniteLossError",

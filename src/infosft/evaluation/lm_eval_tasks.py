@@ -25,27 +25,22 @@ records pool its leaf tasks' records.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from infosft.evaluation.forgetting import retention
+from infosft.extras import require_extra
 
 # A grid's ``prior_tasks: [lm_eval:NAME, ...]`` entry names an lm-eval task this way.
 LM_EVAL_PREFIX = "lm_eval:"
-INSTALL_HINT = "pip install 'infosft[lm-eval]'"
-
-
-class MissingExtraError(ImportError, ValueError):
-    """An optional dependency is not installed (a ValueError too: the CLI prints one line)."""
 
 
 def require_lm_eval() -> None:
-    """Raise :class:`MissingExtraError` saying what to install when lm-eval is missing."""
-    if importlib.util.find_spec("lm_eval") is None:
-        raise MissingExtraError(f"lm-eval tasks need lm-evaluation-harness: {INSTALL_HINT}")
+    """Raise :class:`~infosft.extras.MissingExtraError` naming the extra when lm-eval is
+    missing."""
+    require_extra("lm-eval")
 
 
 def lm_eval_task_name(entry: str) -> str | None:

@@ -1,11 +1,13 @@
 """Training integration: InfoSFTConfig and InfoSFTTrainer on top of TRL's SFTTrainer, the run
 spec, and the recipe that builds a trainer from it (``build_trainer``) and runs it (``train``).
 
-Everything is imported on first use, so ``import infosft.training.<module>`` does not pull in TRL.
+Everything is imported on first use, so ``import infosft.training.<module>`` does not pull in TRL;
+without the 'train' extra, the first use says to install it.
 """
 
-import importlib
 from typing import Any
+
+from infosft import extras
 
 _LAZY = {
     "InfoSFTConfig": "infosft.training.config",
@@ -22,7 +24,7 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(extras.import_module(_LAZY[name], f"infosft.training.{name}"), name)
     raise AttributeError(f"module 'infosft.training' has no attribute {name!r}")
 
 
