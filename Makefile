@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.infosft-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo clean venv-axolotl test-axolotl
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,26 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 venv: $(STAMP)
 
+# axolotl's own environment (its pins, not ours) plus our core, for the plugin's tests.
+AXOLOTL_VENV ?= .venv-axolotl
+AXOLOTL_STAMP := $(AXOLOTL_VENV)/.infosft-installed
+# How our core goes into a framework's environment; drop --no-deps once `pip install infosft`
+# installs torch alone.
+INFOSFT_INTO_FRAMEWORK ?= --no-deps -e .
+
+$(AXOLOTL_STAMP): pyproject.toml constraints-axolotl.txt Makefile
+	test -x $(AXOLOTL_VENV)/bin/python || $(PYTHON) -m venv $(AXOLOTL_VENV)
+	$(AXOLOTL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AXOLOTL_VENV)/bin/python -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(AXOLOTL_VENV)/bin/python -m pip install -q -c constraints-axolotl.txt axolotl==0.19.0
+	$(AXOLOTL_VENV)/bin/python -m pip install -q -c constraints-axolotl.txt $(INFOSFT_INTO_FRAMEWORK)
+	touch $(AXOLOTL_STAMP)
+
+venv-axolotl: $(AXOLOTL_STAMP)
+
+test-axolotl: venv venv-axolotl
+	INFOSFT_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -q -m framework tests/test_axolotl_plugin.py
+
 lint: venv
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
@@ -39,4 +59,4 @@ demo: venv
 	$(PY) -m infosft demo --output-dir $(DEMO_DIR)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) $(AXOLOTL_VENV) .pytest_cache .ruff_cache runs

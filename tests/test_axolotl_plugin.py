@@ -119,18 +119,33 @@ def infosft_gradients(model_dir: Path, rows: list[dict]) -> dict[str, torch.Tens
     return {name: param.grad for name, param in model.named_parameters()}
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_model_dir, tmp_path_factory):
+# Packed: two rows per 20-token pack, one pack per micro-batch; SDPA through axolotl's varlen
+# path keeps each row's attention to itself, so the step is that of the unpacked rows.
+LAYOUTS = {
+    "padded": {},
+    "packed": {
+        "sample_packing": True,
+        "pad_to_sequence_len": True,
+        "attn_implementation": "sdpa",
+        "sequence_len": 20,
+        "micro_batch_size": 1,
+    },
+}
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def trained(request, tiny_model_dir, tmp_path_factory):
     """One `axolotl train` run with the plugin: (its work directory, rows, the CLI's result)."""
-    work = tmp_path_factory.mktemp("axolotl-train")
+    work = tmp_path_factory.mktemp(f"axolotl-train-{request.param}")
     vocab_size = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
     rows = write_rows(work / "rows.jsonl", vocab_size)
-    result = axolotl_train(sgd_config(tiny_model_dir, work), work)
+    config = sgd_config(tiny_model_dir, work) | LAYOUTS[request.param]
+    result = axolotl_train(config, work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work, rows, result
 
 
-def test_axolotl_train_with_the_plugin_takes_the_exact_infosft_step_under_accumulation(
+def test_axolotl_train_with_the_plugin_takes_the_exact_infosft_step_padded_or_packed(
     trained, tiny_model_dir
 ):
     from safetensors.torch import load_file
