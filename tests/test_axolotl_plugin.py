@@ -166,6 +166,31 @@ def test_axolotl_logs_the_plugin_token_statistics(trained):
         assert f"'infosft/{name}'" in output
 
 
+def test_axolotl_trains_a_lora_adapter_with_the_kl_anchor_and_logs_it_in_training_and_eval(
+    tiny_model_dir, tmp_path
+):
+    vocab_size = json.loads((tiny_model_dir / "config.json").read_text())["vocab_size"]
+    write_rows(tmp_path / "rows.jsonl", vocab_size)
+    config = sgd_config(tiny_model_dir, tmp_path) | {
+        "adapter": "lora",
+        "lora_r": 4,
+        "lora_alpha": 8,
+        "lora_target_linear": True,
+        # axolotl switches its Triton LoRA kernels on by default; they need CUDA
+        "lora_mlp_kernel": False,
+        "lora_qkv_kernel": False,
+        "lora_o_kernel": False,
+        "infosft_kl_to_base": 0.1,
+        "val_set_size": 0.5,
+        "eval_strategy": "steps",
+        "eval_steps": 1,
+    }
+    result = axolotl_train(config, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "'infosft/kl_to_base'" in output and "'eval_infosft/kl_to_base'" in output
+
+
 def test_axolotl_train_refuses_another_loss_in_one_line_before_the_model_loads(
     tiny_model_dir, tmp_path
 ):
