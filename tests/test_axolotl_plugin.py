@@ -227,6 +227,15 @@ CASES = {
         | {"bf16": True},
         "cut_cross_entropy",
     ),
+    "cut_cross_entropy_switched_off": (
+        {"plugins": [PLUGIN, "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"]}
+        | {"cut_cross_entropy": False},
+        "ok",
+    ),
+    "knowledge_distillation": (
+        {"plugins": [PLUGIN, "axolotl.integrations.kd.KDPlugin"]},
+        "axolotl.integrations.kd.KDPlugin",
+    ),
     "chunked_cross_entropy": ({"chunked_cross_entropy": True}, "chunked_cross_entropy"),
     "eaft": ({"use_eaft": True}, "use_eaft"),
     "rl": ({"rl": "dpo"}, "rl"),

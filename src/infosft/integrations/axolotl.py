@@ -76,7 +76,7 @@ def config_conflicts(cfg: Mapping[str, Any]) -> list[str]:
         if cfg.get(key):
             conflicts.append(f"{key}: {cfg[key]!r}: {why}; remove it")
     for key, why in _SPLIT_KEYS.items():
-        if (cfg.get(key) or 1) > 1:
+        if isinstance(cfg.get(key), (int, float)) and cfg[key] > 1:
             conflicts.append(f"{key}: {cfg[key]!r}: {why}; set it to 1")
     return conflicts
 
