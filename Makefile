@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.infosft-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv test lint demo clean venv-swift test-swift
+.PHONY: venv test lint demo clean venv-axolotl venv-swift test-frameworks
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,31 +33,33 @@ lint: venv
 	$(PY) -m ruff format --check src tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not framework"
 
 demo: venv
 	$(PY) -m infosft demo --output-dir $(DEMO_DIR)
 
-# ms-swift's own environment: its pins of transformers and TRL differ from ours, so it is a
-# second venv holding ms-swift and our core; `make test-swift` runs its CLI from there.
-SWIFT_VENV ?= .venv-swift
-SWIFT_PY := $(SWIFT_VENV)/bin/python
-SWIFT_STAMP := $(SWIFT_VENV)/.infosft-installed
-# How our package enters a framework's venv; --no-deps until `pip install infosft` needs only torch.
-INFOSFT_INTO_FRAMEWORK ?= --no-deps -e .
+# A training framework's own environment (its pins of transformers and TRL, not ours) plus our
+# core, which needs torch alone, installed under the framework's tested constraints; the
+# framework tests (pytest -m framework) run its CLI from there.
+# $(1): the venv, $(2): its constraints file, $(3): the framework's requirement.
+define framework_venv
+$(1)/.infosft-installed: pyproject.toml $(2) Makefile
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(1)/bin/python -m pip install -q -c $(2) $(3)
+	$(1)/bin/python -m pip install -q -c $(2) -e .
+	touch $(1)/.infosft-installed
+endef
+$(eval $(call framework_venv,.venv-axolotl,constraints-axolotl.txt,axolotl==0.19.0))
+$(eval $(call framework_venv,.venv-swift,constraints-swift.txt,ms-swift==4.6.0))
 
-$(SWIFT_STAMP): constraints-swift.txt pyproject.toml Makefile
-	test -x $(SWIFT_PY) || $(PYTHON) -m venv $(SWIFT_VENV)
-	$(SWIFT_PY) -m pip install -q --upgrade pip
-	$(SWIFT_PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(SWIFT_PY) -m pip install -q -c constraints-swift.txt ms-swift
-	$(SWIFT_PY) -m pip install -q $(INFOSFT_INTO_FRAMEWORK)
-	touch $(SWIFT_STAMP)
+venv-axolotl: .venv-axolotl/.infosft-installed
+venv-swift: .venv-swift/.infosft-installed
 
-venv-swift: $(SWIFT_STAMP)
-
-test-swift: venv venv-swift
-	INFOSFT_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -q tests/test_swift_plugin.py
+test-frameworks: venv venv-axolotl venv-swift
+	INFOSFT_REQUIRE_FRAMEWORKS=1 $(PY) -m pytest -q -m framework \
+		tests/test_axolotl_plugin.py tests/test_swift_plugin.py
 
 clean:
-	rm -rf $(VENV) $(SWIFT_VENV) .pytest_cache .ruff_cache runs
+	rm -rf $(VENV) .venv-axolotl .venv-swift .pytest_cache .ruff_cache runs
