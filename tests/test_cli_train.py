@@ -244,8 +244,10 @@ def full_run(tiny_model_dir, data_file, tmp_path_factory):
 
 
 def interrupted_copy(full, path, checkpoints, metrics=False):
-    """A run directory holding ``checkpoints`` of the full run (and its metrics.jsonl)."""
+    """A run directory holding ``checkpoints`` of the full run, the run_config.json written
+    when it started (and its metrics.jsonl)."""
     path.mkdir()
+    shutil.copy(full / "run_config.json", path / "run_config.json")
     for name in checkpoints:
         shutil.copytree(full / name, path / name)
     if metrics:
@@ -299,6 +301,45 @@ def test_resuming_a_finished_run_is_an_error_and_changes_nothing(full_run, capsy
     assert main([*base, "--output-dir", str(full), "--resume", *sets(RESUMABLE)]) == 2
     assert "is finished" in capsys.readouterr().err
     assert (full / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--method", "dft"], "method 'infosft' recorded, 'dft' now"),
+        (["--p-bar", "0.8"], "p_bar 0.93 recorded, 0.8 now"),
+        (["--data", "other.jsonl"], "data"),
+        (["--set", "learning_rate=0.5"], "learning_rate"),
+        (["--set", "loss_schedule=[{method: nll, until_step: 2}, {method: dft}]"], "loss_sched"),
+        (["--lora"], "lora"),
+    ],
+    ids=["method", "p_bar", "data", "learning-rate", "schedule", "lora"],
+)
+def test_resume_refuses_settings_that_differ_from_the_recorded_run(
+    full_run, tmp_path, capsys, flags, named
+):
+    base, full = full_run
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3"], metrics=True)
+    argv = [*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE), *flags]
+    err = error_of(argv, capsys)
+    assert "other settings" in err and named in err
+    assert (resumed / "checkpoint-3").is_dir() and not (resumed / "model.safetensors").exists()
+
+
+def test_resume_may_change_logging_and_saving(full_run, tmp_path):
+    base, full = full_run
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3"])
+    changed = {**RESUMABLE, "logging_steps": 2, "save_steps": 2}
+    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(changed)]) == 0
+    assert (resumed / "_finished.json").is_file()
+
+
+def test_resume_refuses_checkpoints_without_the_run_config_of_their_run(full_run, tmp_path, capsys):
+    base, full = full_run
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3"])
+    (resumed / "run_config.json").unlink()
+    argv = [*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]
+    assert "no readable run_config.json" in error_of(argv, capsys)
 
 
 def test_a_fresh_run_starts_over_what_an_interrupted_run_left_beside_its_checkpoints(
@@ -395,6 +436,9 @@ def test_an_empty_output_dir_is_an_error(tmp_path, capsys, monkeypatch):
     )
 
 
+PUSHED_RUN_CONFIG = json.dumps({"args": {"push_to_hub": True}})
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
@@ -404,8 +448,31 @@ def test_an_empty_output_dir_is_an_error(tmp_path, capsys, monkeypatch):
         ({"README.md": "mine", "run_config.json": "{}"}, "not an infosft run directory"),
         ({"checkpoint-3": None}, "pass --resume"),
         ({"adapter": None, "run_config.json": "{}"}, "holds a model"),
+        # A clone of a pushed run: its run_config.json, no checkpoints and no marker.
+        (
+            {"run_config.json": PUSHED_RUN_CONFIG, "config.json": "{}", "model.safetensors": "w"},
+            "holds a model",
+        ),
+        ({"weights.pt": "w"}, "holds a model (weights.pt)"),
+        ({"model-00001-of-00002.safetensors": "w"}, "holds a model"),
+        ({"best.ckpt": "w", "notes.txt": "mine"}, "holds a model (best.ckpt)"),
+        ({"tokenizer.json": "{}"}, "holds a model (tokenizer.json)"),
+        ({"checkpoint-final.bin": "w"}, "holds a model"),
     ],
-    ids=["finished-run", "a-model", "foreign-files", "a-readme", "checkpoints", "lora-adapter"],
+    ids=[
+        "finished-run",
+        "a-model",
+        "foreign-files",
+        "a-readme",
+        "checkpoints",
+        "lora-adapter",
+        "clone-of-a-pushed-run",
+        "torch-weights",
+        "sharded-safetensors",
+        "lightning-checkpoint",
+        "a-tokenizer",
+        "checkpoint-file",
+    ],
 )
 def test_a_fresh_run_refuses_a_directory_it_would_clobber(tmp_path, capsys, layout, message):
     for name, text in layout.items():
@@ -423,6 +490,19 @@ def test_an_output_dir_that_is_a_file_is_an_error(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path / "f")]
     assert "is a file" in error_of(argv, capsys)
+
+
+def test_an_output_dir_that_is_a_dangling_symlink_is_an_error(tmp_path, capsys):
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path / "link")]
+    assert "is a symbolic link to" in error_of(argv, capsys)
+
+
+def test_an_output_dir_under_a_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path / "f" / "run")]
+    assert "cannot be created" in error_of(argv, capsys)
+    assert (tmp_path / "f").read_text() == "x"
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):

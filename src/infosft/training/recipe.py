@@ -54,16 +54,27 @@ def build_trainer(
         tokenizer: the tokenizer of ``model``.
         callbacks: TrainerCallbacks added to the trainer's defaults.
 
-    Data is loaded and checked before the model, so bad data fails fast. With
+    Data is loaded and checked before the model, so bad data fails fast (token ids against the
+    vocabulary size in the model's config). With
     ``weight_source: base`` the trainer's dataset preparation computes the base model's log q
     and caches it under ``output_dir/_base_log_probs``.
     """
     from infosft.models import load_model_and_tokenizer
+    from infosft.models.loading import model_vocab_size
     from infosft.training.data import load_data
     from infosft.training.trainer import InfoSFTTrainer
 
-    train_dataset = load_data(spec.data, spec.data_format)
-    eval_dataset = None if spec.eval_data is None else load_data(spec.eval_data, spec.data_format)
+    def vocab_size() -> int:
+        if model is None:
+            loading = spec.model_init_kwargs or {}
+            kwargs = {k: loading[k] for k in ("trust_remote_code", "revision") if k in loading}
+            return model_vocab_size(spec.model, **kwargs)
+        return model.get_input_embeddings().num_embeddings
+
+    train_dataset = load_data(spec.data, spec.data_format, vocab_size)
+    eval_dataset = (
+        None if spec.eval_data is None else load_data(spec.eval_data, spec.data_format, vocab_size)
+    )
     if model is None:
         model, loaded_tokenizer = load_model_and_tokenizer(
             spec.model, **(spec.model_init_kwargs or {})
@@ -103,7 +114,7 @@ def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
     from transformers import TrainerState
 
     output_dir = Path(spec.args.output_dir)
-    checkpoint = checkpoint_to_resume(output_dir, resume or spec.args.resume_from_checkpoint)
+    checkpoint = checkpoint_to_resume(output_dir, resume or spec.args.resume_from_checkpoint, spec)
     trainer = build_trainer(spec)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / METRICS_FILE
