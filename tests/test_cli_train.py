@@ -528,6 +528,26 @@ def test_bad_data_is_a_one_line_error_naming_file_and_line(
 
 
 @pytest.mark.parametrize(
+    ("ids", "message"),
+    [([1, 10**6], "= 1000000 is outside the model's vocabulary"), ([1, -3], "negative token id")],
+    ids=["beyond-the-vocabulary", "negative"],
+)
+def test_tokenized_ids_the_model_cannot_embed_are_refused_before_it_loads(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, ids, message
+):
+    import infosft.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(infosft.models, "load_model_and_tokenizer", no_loading)
+    path = write_jsonl(tmp_path / "tok.jsonl", [{"input_ids": [1, 2]}, {"input_ids": ids}])
+    argv = ["train", "--model", str(tiny_model_dir), "--data", path]
+    err = error_of([*argv, "--output-dir", str(tmp_path / "o")], capsys)
+    assert f"{path}:2: invalid tokenized example: 'input_ids'[1] " in err and message in err
+
+
+@pytest.mark.parametrize(
     ("broken", "message"),
     [("config.json", "not a valid JSON"), ("model.safetensors", "no file named model.safetensors")],
 )
