@@ -548,6 +548,36 @@ def test_tokenized_ids_the_model_cannot_embed_are_refused_before_it_loads(
 
 
 @pytest.mark.parametrize(
+    ("length", "schedule", "message"),
+    [
+        ("max_steps=4", "{method: nll, until_step: 4}", "switches at step 4, but the run trains 4"),
+        ("num_train_epochs=1", "{method: nll, until_epoch: 1}", "at epoch 1, but the run trains 1"),
+    ],
+    ids=["steps", "epochs"],
+)
+def test_a_loss_schedule_switch_at_or_after_the_end_is_refused_before_data_is_read(
+    tmp_path, capsys, length, schedule, message
+):
+    argv = ["train", "--data", "missing.jsonl", "--output-dir", str(tmp_path / "o")]
+    argv += ["--set", length, "--set", f"loss_schedule=[{schedule}, {{method: dft}}]"]
+    assert message in error_of(argv, capsys)
+
+
+def test_a_switch_in_epochs_beyond_a_run_in_steps_is_refused_before_training(
+    tiny_model_dir, data_file, tmp_path, capsys
+):
+    # 16 rows in batches of 4: 4 optimizer steps per epoch, so 2 steps are half an epoch.
+    out = tmp_path / "o"
+    argv = ["train", "--model", str(tiny_model_dir), "--data", data_file, "--output-dir", str(out)]
+    argv += sets({**TINY, "max_steps": 2})
+    argv += ["--set", "loss_schedule=[{method: nll, until_epoch: 0.5}, {method: dft}]"]
+    assert main(argv) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "switches at epoch 0.5, but the run trains 0.5 epoch(s)" in last_line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
     ("broken", "message"),
     [("config.json", "not a valid JSON"), ("model.safetensors", "no file named model.safetensors")],
 )

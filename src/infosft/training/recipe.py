@@ -9,6 +9,7 @@ trainer, whose dataset preparation does the rest. :func:`train` is build, train,
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,6 +94,17 @@ def build_trainer(
     )
 
 
+def optimizer_steps_per_epoch(trainer: InfoSFTTrainer) -> int:
+    """Optimizer steps in one epoch over the trainer's (prepared) training data, as the
+    Trainer counts them: batches over all processes, the last partial one included, then
+    gradient accumulation rounding up."""
+    args = trainer.args
+    batches = math.ceil(len(trainer.train_dataset) / args.train_batch_size / args.world_size)
+    if args.dataloader_drop_last:
+        batches = len(trainer.train_dataset) // (args.train_batch_size * args.world_size)
+    return max(math.ceil(batches / args.gradient_accumulation_steps), 1)
+
+
 def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
     """Fine-tune as ``spec`` says and write a loadable checkpoint with its model card to
     ``spec.args.output_dir`` (then upload that directory when ``push_to_hub`` is set).
@@ -113,9 +125,21 @@ def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
     """
     from transformers import TrainerState
 
+    from infosft.training.config import check_schedule_fits
+
     output_dir = Path(spec.args.output_dir)
+    args = spec.args
+    if args.max_steps > 0:
+        check_schedule_fits(args.schedule, steps=args.max_steps)
+    else:
+        check_schedule_fits(args.schedule, epochs=args.num_train_epochs)
     checkpoint = checkpoint_to_resume(output_dir, resume or spec.args.resume_from_checkpoint, spec)
     trainer = build_trainer(spec)
+    # A schedule in steps for a run in epochs (or the reverse) is checked once the data says
+    # how many optimizer steps an epoch has.
+    per_epoch = optimizer_steps_per_epoch(trainer)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+    check_schedule_fits(args.schedule, steps=steps, epochs=steps / per_epoch)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / METRICS_FILE
     keep_until = None if checkpoint is None else read_trainer_state(checkpoint)["global_step"]
