@@ -574,7 +574,7 @@ def test_a_switch_in_epochs_beyond_a_run_in_steps_is_refused_before_training(
     assert main(argv) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "switches at epoch 0.5, but the run trains 0.5 epoch(s)" in last_line
-    assert not out.exists()
+    assert not (out / "run_config.json").exists()
 
 
 @pytest.mark.parametrize(
