@@ -548,6 +548,57 @@ def test_tokenized_ids_the_model_cannot_embed_are_refused_before_it_loads(
 
 
 @pytest.mark.parametrize(
+    ("setting", "absent", "message"),
+    [
+        (
+            "optim=adamw_bnb_8bit",
+            "bitsandbytes",
+            "optim: adamw_bnb_8bit needs the package bitsandbytes",
+        ),
+        ("optim=paged_lion_8bit", "bitsandbytes", "pip install bitsandbytes"),
+        ("optim=galore_adamw", "galore_torch", "pip install galore-torch"),
+        ("report_to=wandb", "wandb", "report_to: wandb needs the package wandb"),
+        ("report_to=[tensorboard, mlflow]", "mlflow", "pip install mlflow"),
+        ("report_to=comet_ml", "comet_ml", "pip install comet-ml"),
+        (
+            "model_init_kwargs={attn_implementation: flash_attention_2}",
+            "flash_attn",
+            "attn_implementation: flash_attention_2 needs the package flash-attn",
+        ),
+        ("model_init_kwargs={load_in_4bit: true}", "bitsandbytes", "pip install bitsandbytes"),
+        ("deepspeed=ds.json", "deepspeed", "deepspeed: ds.json needs the package deepspeed"),
+        ("use_liger_kernel=true", "liger_kernel", "pip install liger-kernel"),
+    ],
+)
+def test_a_setting_that_needs_a_missing_package_names_it_before_data_or_model_load(
+    tmp_path, capsys, monkeypatch, setting, absent, message
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == absent else find_spec(name, *a),
+    )
+    argv = ["train", "--data", "missing.jsonl", "--output-dir", str(tmp_path / "o")]
+    assert message in error_of([*argv, "--set", setting], capsys)
+
+
+def test_a_setting_whose_package_is_installed_passes(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: find_spec("json" if name == "wandb" else name, *a),
+    )
+    spec = resolved(["--data", "d.jsonl", "--output-dir", "o", "--set", "report_to=wandb"])
+    assert spec.args.report_to == ["wandb"]
+
+
+@pytest.mark.parametrize(
     ("length", "schedule", "message"),
     [
         ("max_steps=4", "{method: nll, until_step: 4}", "switches at step 4, but the run trains 4"),
