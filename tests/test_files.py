@@ -90,3 +90,8 @@ def test_a_key_given_twice_beside_a_merge_is_still_an_error():
     text = "common: &c {lr: 1}\nrun:\n  <<: *c\n  steps: 2\n  steps: 3\n"
     with pytest.raises(ValueError, match=r"c\.yaml:5: not valid YAML: duplicate key 'steps'"):
         files.load_yaml(text, "c.yaml")
+
+
+def test_yaml_nested_too_deeply_to_read_is_a_value_error_naming_the_source():
+    with pytest.raises(ValueError, match=r"c\.yaml: YAML nested too deeply"):
+        files.load_yaml("a: " + "[" * 5000 + "]" * 5000, "c.yaml")

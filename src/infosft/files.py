@@ -119,6 +119,8 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
         raise ValueError(f"{where}: not valid YAML: {problem}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{source}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: YAML nested too deeply to read") from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
