@@ -244,8 +244,10 @@ def full_run(tiny_model_dir, data_file, tmp_path_factory):
 
 
 def interrupted_copy(full, path, checkpoints, metrics=False):
-    """A run directory holding ``checkpoints`` of the full run (and its metrics.jsonl)."""
+    """A run directory holding ``checkpoints`` of the full run, the run_config.json written
+    when it started (and its metrics.jsonl)."""
     path.mkdir()
+    shutil.copy(full / "run_config.json", path / "run_config.json")
     for name in checkpoints:
         shutil.copytree(full / name, path / name)
     if metrics:
@@ -299,6 +301,45 @@ def test_resuming_a_finished_run_is_an_error_and_changes_nothing(full_run, capsy
     assert main([*base, "--output-dir", str(full), "--resume", *sets(RESUMABLE)]) == 2
     assert "is finished" in capsys.readouterr().err
     assert (full / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--method", "dft"], "method 'infosft' recorded, 'dft' now"),
+        (["--p-bar", "0.8"], "p_bar 0.93 recorded, 0.8 now"),
+        (["--data", "other.jsonl"], "data"),
+        (["--set", "learning_rate=0.5"], "learning_rate"),
+        (["--set", "loss_schedule=[{method: nll, until_step: 2}, {method: dft}]"], "loss_sched"),
+        (["--lora"], "lora"),
+    ],
+    ids=["method", "p_bar", "data", "learning-rate", "schedule", "lora"],
+)
+def test_resume_refuses_settings_that_differ_from_the_recorded_run(
+    full_run, tmp_path, capsys, flags, named
+):
+    base, full = full_run
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3"], metrics=True)
+    argv = [*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE), *flags]
+    err = error_of(argv, capsys)
+    assert "other settings" in err and named in err
+    assert (resumed / "checkpoint-3").is_dir() and not (resumed / "model.safetensors").exists()
+
+
+def test_resume_may_change_logging_and_saving(full_run, tmp_path):
+    base, full = full_run
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3"])
+    changed = {**RESUMABLE, "logging_steps": 2, "save_steps": 2}
+    assert main([*base, "--output-dir", str(resumed), "--resume", *sets(changed)]) == 0
+    assert (resumed / "_finished.json").is_file()
+
+
+def test_resume_refuses_checkpoints_without_the_run_config_of_their_run(full_run, tmp_path, capsys):
+    base, full = full_run
+    resumed = interrupted_copy(full, tmp_path / "resumed", ["checkpoint-3"])
+    (resumed / "run_config.json").unlink()
+    argv = [*base, "--output-dir", str(resumed), "--resume", *sets(RESUMABLE)]
+    assert "no readable run_config.json" in error_of(argv, capsys)
 
 
 def test_a_fresh_run_starts_over_what_an_interrupted_run_left_beside_its_checkpoints(
@@ -395,6 +436,9 @@ def test_an_empty_output_dir_is_an_error(tmp_path, capsys, monkeypatch):
     )
 
 
+PUSHED_RUN_CONFIG = json.dumps({"args": {"push_to_hub": True}})
+
+
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
@@ -404,8 +448,31 @@ def test_an_empty_output_dir_is_an_error(tmp_path, capsys, monkeypatch):
         ({"README.md": "mine", "run_config.json": "{}"}, "not an infosft run directory"),
         ({"checkpoint-3": None}, "pass --resume"),
         ({"adapter": None, "run_config.json": "{}"}, "holds a model"),
+        # A clone of a pushed run: its run_config.json, no checkpoints and no marker.
+        (
+            {"run_config.json": PUSHED_RUN_CONFIG, "config.json": "{}", "model.safetensors": "w"},
+            "holds a model",
+        ),
+        ({"weights.pt": "w"}, "holds a model (weights.pt)"),
+        ({"model-00001-of-00002.safetensors": "w"}, "holds a model"),
+        ({"best.ckpt": "w", "notes.txt": "mine"}, "holds a model (best.ckpt)"),
+        ({"tokenizer.json": "{}"}, "holds a model (tokenizer.json)"),
+        ({"checkpoint-final.bin": "w"}, "holds a model"),
     ],
-    ids=["finished-run", "a-model", "foreign-files", "a-readme", "checkpoints", "lora-adapter"],
+    ids=[
+        "finished-run",
+        "a-model",
+        "foreign-files",
+        "a-readme",
+        "checkpoints",
+        "lora-adapter",
+        "clone-of-a-pushed-run",
+        "torch-weights",
+        "sharded-safetensors",
+        "lightning-checkpoint",
+        "a-tokenizer",
+        "checkpoint-file",
+    ],
 )
 def test_a_fresh_run_refuses_a_directory_it_would_clobber(tmp_path, capsys, layout, message):
     for name, text in layout.items():
@@ -423,6 +490,19 @@ def test_an_output_dir_that_is_a_file_is_an_error(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path / "f")]
     assert "is a file" in error_of(argv, capsys)
+
+
+def test_an_output_dir_that_is_a_dangling_symlink_is_an_error(tmp_path, capsys):
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path / "link")]
+    assert "is a symbolic link to" in error_of(argv, capsys)
+
+
+def test_an_output_dir_under_a_file_is_an_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    argv = ["train", "--data", "d.jsonl", "--output-dir", str(tmp_path / "f" / "run")]
+    assert "cannot be created" in error_of(argv, capsys)
+    assert (tmp_path / "f").read_text() == "x"
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, capsys):
@@ -445,6 +525,107 @@ def test_bad_data_is_a_one_line_error_naming_file_and_line(
     path.write_bytes(content)
     argv = ["train", "--model", str(tiny_model_dir), "--data", str(path)]
     assert f"{path}{message}" in error_of([*argv, "--output-dir", str(tmp_path / "o")], capsys)
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [([1, 10**6], "= 1000000 is outside the model's vocabulary"), ([1, -3], "negative token id")],
+    ids=["beyond-the-vocabulary", "negative"],
+)
+def test_tokenized_ids_the_model_cannot_embed_are_refused_before_it_loads(
+    tiny_model_dir, tmp_path, capsys, monkeypatch, ids, message
+):
+    import infosft.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(infosft.models, "load_model_and_tokenizer", no_loading)
+    path = write_jsonl(tmp_path / "tok.jsonl", [{"input_ids": [1, 2]}, {"input_ids": ids}])
+    argv = ["train", "--model", str(tiny_model_dir), "--data", path]
+    err = error_of([*argv, "--output-dir", str(tmp_path / "o")], capsys)
+    assert f"{path}:2: invalid tokenized example: 'input_ids'[1] " in err and message in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "absent", "message"),
+    [
+        (
+            "optim=adamw_bnb_8bit",
+            "bitsandbytes",
+            "optim: adamw_bnb_8bit needs the package bitsandbytes",
+        ),
+        ("optim=paged_lion_8bit", "bitsandbytes", "pip install bitsandbytes"),
+        ("optim=galore_adamw", "galore_torch", "pip install galore-torch"),
+        ("report_to=wandb", "wandb", "report_to: wandb needs the package wandb"),
+        ("report_to=[tensorboard, mlflow]", "mlflow", "pip install mlflow"),
+        ("report_to=comet_ml", "comet_ml", "pip install comet-ml"),
+        (
+            "model_init_kwargs={attn_implementation: flash_attention_2}",
+            "flash_attn",
+            "attn_implementation: flash_attention_2 needs the package flash-attn",
+        ),
+        ("model_init_kwargs={load_in_4bit: true}", "bitsandbytes", "pip install bitsandbytes"),
+        ("deepspeed=ds.json", "deepspeed", "deepspeed: ds.json needs the package deepspeed"),
+        ("use_liger_kernel=true", "liger_kernel", "pip install liger-kernel"),
+    ],
+)
+def test_a_setting_that_needs_a_missing_package_names_it_before_data_or_model_load(
+    tmp_path, capsys, monkeypatch, setting, absent, message
+):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == absent else find_spec(name, *a),
+    )
+    argv = ["train", "--data", "missing.jsonl", "--output-dir", str(tmp_path / "o")]
+    assert message in error_of([*argv, "--set", setting], capsys)
+
+
+def test_a_setting_whose_package_is_installed_passes(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: find_spec("json" if name == "wandb" else name, *a),
+    )
+    spec = resolved(["--data", "d.jsonl", "--output-dir", "o", "--set", "report_to=wandb"])
+    assert spec.args.report_to == ["wandb"]
+
+
+@pytest.mark.parametrize(
+    ("length", "schedule", "message"),
+    [
+        ("max_steps=4", "{method: nll, until_step: 4}", "switches at step 4, but the run trains 4"),
+        ("num_train_epochs=1", "{method: nll, until_epoch: 1}", "at epoch 1, but the run trains 1"),
+    ],
+    ids=["steps", "epochs"],
+)
+def test_a_loss_schedule_switch_at_or_after_the_end_is_refused_before_data_is_read(
+    tmp_path, capsys, length, schedule, message
+):
+    argv = ["train", "--data", "missing.jsonl", "--output-dir", str(tmp_path / "o")]
+    argv += ["--set", length, "--set", f"loss_schedule=[{schedule}, {{method: dft}}]"]
+    assert message in error_of(argv, capsys)
+
+
+def test_a_switch_in_epochs_beyond_a_run_in_steps_is_refused_before_training(
+    tiny_model_dir, data_file, tmp_path, capsys
+):
+    # 16 rows in batches of 4: 4 optimizer steps per epoch, so 2 steps are half an epoch.
+    out = tmp_path / "o"
+    argv = ["train", "--model", str(tiny_model_dir), "--data", data_file, "--output-dir", str(out)]
+    argv += sets({**TINY, "max_steps": 2})
+    argv += ["--set", "loss_schedule=[{method: nll, until_epoch: 0.5}, {method: dft}]"]
+    assert main(argv) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "switches at epoch 0.5, but the run trains 0.5 epoch(s)" in last_line
+    assert not (out / "run_config.json").exists()
 
 
 @pytest.mark.parametrize(

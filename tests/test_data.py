@@ -1,11 +1,12 @@
 """Training data: loading local files, TRL format checks, clear errors."""
 
 import json
+import re
 
 import pytest
 from datasets import Dataset
 
-from infosft.training.data import load_data, parse_hub_name
+from infosft.training.data import MAX_NESTING, load_data, parse_hub_name
 from infosft.training.formats import register_formatter
 
 TEXT = [{"text": "The capital of France is Paris."}, {"text": "def add(a, b): return a + b"}]
@@ -189,3 +190,87 @@ def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_read_as_utf8(tmp_path
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "caf\xc3\xa9"}\n')
     assert load_data(str(path))["text"] == ["café"]
+
+
+# --- values that would crash training are refused when the data is read -----------------------
+
+VOCAB = 100
+TOKENIZED = {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"input_ids": [1, 100, 3]}, "'input_ids'[1] = 100 is outside the model's vocabulary"),
+        ({"input_ids": [1, -1, 3]}, "'input_ids'[1] = -1 is a negative token id"),
+        ({"input_ids": [1, 2**40, 3]}, f"'input_ids'[1] = {2**40} is outside"),
+        ({"input_ids": [1, 2, 3], "labels": [-100, 2, 100]}, "'labels'[2] = 100 is outside"),
+        (
+            {"input_ids": [1, 2, 3], "labels": [-100, -5, 3]},
+            "'labels'[1] = -5 is a negative token id (or -100: no loss)",
+        ),
+    ],
+    ids=["id-too-large", "negative-id", "huge-id", "label-too-large", "negative-label"],
+)
+def test_token_ids_outside_the_vocabulary_are_named_by_line_and_position(tmp_path, row, message):
+    path = write_jsonl(tmp_path / "tok.jsonl", [TOKENIZED, row])
+    with pytest.raises(ValueError, match=rf"{path}:2: .*{re.escape(message)}"):
+        load_data(str(path), vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(True, "True"), (1.0, "1.0"), ("7", "'7'"), (None, "None")],
+    ids=["bool", "float", "string", "null"],
+)
+def test_token_ids_that_are_not_integers_are_named_by_line_and_position(tmp_path, value, shown):
+    path = write_jsonl(tmp_path / "tok.jsonl", [TOKENIZED, {"input_ids": [1, value]}])
+    with pytest.raises(
+        ValueError, match=rf"{path}:2: .*'input_ids'\[1\] is {shown}, not an integer"
+    ):
+        load_data(str(path), vocab_size=VOCAB)
+
+
+def test_ignored_labels_and_ids_inside_the_vocabulary_pass():
+    rows = [TOKENIZED, {"input_ids": [0, VOCAB - 1], "labels": [-100, VOCAB - 1]}]
+    assert load_data(Dataset.from_list(rows), vocab_size=VOCAB).to_list()[1]["input_ids"] == [
+        0,
+        VOCAB - 1,
+    ]
+
+
+def test_the_vocabulary_size_is_asked_only_for_tokenized_data(tmp_path):
+    def vocab_size():
+        raise AssertionError("asked for the vocabulary of text data")
+
+    assert len(load_data(str(write_jsonl(tmp_path / "t.jsonl", TEXT)), vocab_size=vocab_size))
+
+
+def test_an_integer_beyond_64_bits_is_named_by_line_and_field(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [TEXT[0], {"text": "x", "score": [1, 2**70]}])
+    with pytest.raises(
+        ValueError, match=rf"{path}:2: 'score'\[1\] = {2**70} does not fit a 64-bit"
+    ):
+        load_data(str(path))
+
+
+def test_rows_nested_deeper_than_the_limit_are_named_by_line(tmp_path):
+    deep = json.loads("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1))
+    path = write_jsonl(tmp_path / "d.jsonl", [TEXT[0], {"text": "x", "meta": deep}])
+    with pytest.raises(ValueError, match=rf"{path}:2: 'meta'.* nested more than {MAX_NESTING}"):
+        load_data(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_too_deep_for_the_parser_is_a_clear_error(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    path.write_text('{"text": "x", "meta": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(ValueError, match=rf"{path}(:1)?: JSON nested too deeply"):
+        load_data(str(path))
+
+
+def test_a_number_too_long_for_python_is_a_clear_error(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"input_ids": [' + "9" * 5000 + "]}\n")
+    with pytest.raises(ValueError, match=rf"{path}:1: unreadable JSON number"):
+        load_data(str(path))

@@ -79,3 +79,19 @@ def test_environment_names_python_torch_and_the_libraries():
 def test_a_key_given_twice_is_an_error_naming_its_line():
     with pytest.raises(ValueError, match=r"c\.yaml:3: not valid YAML: duplicate key 'a'"):
         files.load_yaml("a: 1\nb: 2\na: 3\n", "c.yaml")
+
+
+def test_merge_keys_bring_in_an_anchored_mapping_that_own_keys_override():
+    text = "common: &c {lr: 1, steps: 2}\nrun:\n  <<: *c\n  steps: 5\n"
+    assert files.load_yaml(text)["run"] == {"lr": 1, "steps": 5}
+
+
+def test_a_key_given_twice_beside_a_merge_is_still_an_error():
+    text = "common: &c {lr: 1}\nrun:\n  <<: *c\n  steps: 2\n  steps: 3\n"
+    with pytest.raises(ValueError, match=r"c\.yaml:5: not valid YAML: duplicate key 'steps'"):
+        files.load_yaml(text, "c.yaml")
+
+
+def test_yaml_nested_too_deeply_to_read_is_a_value_error_naming_the_source():
+    with pytest.raises(ValueError, match=r"c\.yaml: YAML nested too deeply"):
+        files.load_yaml("a: " + "[" * 5000 + "]" * 5000, "c.yaml")

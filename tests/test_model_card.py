@@ -249,16 +249,19 @@ def test_the_hub_gets_neither_the_base_log_prob_cache_nor_the_bookkeeping(interr
     assert not [name for name in sent if name.startswith(("_", "checkpoint-"))]
 
 
-def test_a_fresh_run_starts_over_an_interrupted_one_whose_checkpoints_were_deleted(
+def test_a_fresh_run_refuses_the_model_of_a_pushed_run_whose_checkpoints_were_deleted(
     interrupted_push, tiny_model_dir, data, tmp_path
 ):
+    """Without checkpoints, the Trainer's copies of a pushed run's model cannot be told from a
+    clone of a finished pushed run (whose marker was never uploaded): nothing is overwritten."""
     out = shutil.copytree(interrupted_push, tmp_path / "run")
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)
-    with pytest.MonkeyPatch.context() as patch:
+    weights = (out / "model.safetensors").read_bytes()
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(ValueError, match="holds a model"):
         FakeHub(patch)
         run(tiny_model_dir, data, out, **PUSHED)
-    assert training_steps(out) == [1, 2, 3]
+    assert (out / "model.safetensors").read_bytes() == weights
 
 
 def test_eval_adds_its_results_to_the_model_card(full_run, tiny_model_dir, tmp_path):

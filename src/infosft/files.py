@@ -119,6 +119,8 @@ def load_yaml(text: str, source: str = "<string>") -> Any:
         raise ValueError(f"{where}: not valid YAML: {problem}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{source}: not valid YAML: {err}") from None
+    except RecursionError:
+        raise ValueError(f"{source}: YAML nested too deeply to read") from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -139,7 +141,7 @@ _LOADER: Any = None
 
 def _yaml_1_2_loader() -> Any:
     """yaml.SafeLoader with YAML 1.2's booleans (true/false only), exponent floats and unique
-    keys."""
+    keys (merge keys ``<<`` allowed)."""
     global _LOADER
     if _LOADER is not None:
         return _LOADER
@@ -147,9 +149,13 @@ def _yaml_1_2_loader() -> Any:
 
     class Loader(yaml.SafeLoader):
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
-            # YAML requires unique keys; PyYAML would keep the last value without a word.
+            # YAML requires unique keys; PyYAML would keep the last value without a word. Keys
+            # a merge (<<: *anchor) brings in are not duplicates: the mapping's own keys
+            # override them, as YAML's merge key specifies.
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if not isinstance(key, Hashable):
                     continue  # the base class reports an unhashable key itself

@@ -356,7 +356,7 @@ def check_run_options(spec: GridSpec) -> None:
     from datasets import Dataset
 
     from infosft.training import RunSpec
-    from infosft.training.config import parse_loss_schedule
+    from infosft.training.config import check_schedule_fits
 
     placeholder = Dataset.from_list([{"text": "x"}])
     first = Cell(
@@ -370,15 +370,11 @@ def check_run_options(spec: GridSpec) -> None:
         run = _run_spec(RunSpec, spec.training_values(cell), placeholder, where)
         # A switch at or after the end of a run never happens: the cell would be labelled with
         # a schedule it did not train with.
-        entries = parse_loss_schedule(run.args.loss_schedule, run.args.p_bar) or []
-        switches = [e.until_epoch for e in entries if e.until_epoch is not None]
         shortest = min((e for e in spec.epochs if e is not None), default=None)
-        if switches and shortest is not None and max(switches) >= shortest:
-            raise ValueError(
-                f"{where}: the loss_schedule switches at epoch {max(switches):g}, but cells train "
-                f"{shortest:g} epoch(s); give a fraction of the run (e.g. until_epoch: "
-                f"{shortest / 4:g})"
-            )
+        try:
+            check_schedule_fits(run.args.schedule, epochs=shortest, trained="cells train")
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
 
 def _run_spec(run_spec: Any, values: dict[str, Any], data: Any, where: str) -> Any:

@@ -128,3 +128,17 @@ def load_model_and_tokenizer(
     if device is not None:
         model.to(device)
     return model, tokenizer
+
+
+def model_vocab_size(name_or_path: str, **config_kwargs: Any) -> int:
+    """The number of token ids the model ``name_or_path`` embeds (its config's vocab_size),
+    read from its config.json without loading weights."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, **config_kwargs)
+    except (OSError, ValueError) as err:
+        where = "model directory" if Path(path).is_dir() else "model"
+        raise ValueError(f"{where} {name_or_path}: its config could not be read: {err}") from err
+    return int(config.get_text_config().vocab_size)

@@ -112,6 +112,33 @@ def parse_loss_schedule(schedule: Any, p_bar: float) -> list[ScheduleEntry] | No
     return entries
 
 
+def check_schedule_fits(
+    schedule: list[ScheduleEntry],
+    *,
+    steps: int | None = None,
+    epochs: float | None = None,
+    trained: str = "the run trains",
+) -> None:
+    """ValueError when a switch of ``schedule`` comes at or after the end of training, which
+    lasts ``steps`` optimizer steps or ``epochs`` epochs (None: not known); the later entries
+    would never train, while the run would be recorded under them.
+
+    ``trained`` says what lasts that long in the message ("cells train" for a grid).
+    """
+    for entry in schedule[:-1]:
+        if entry.until_step is not None and steps is not None and entry.until_step >= steps:
+            raise ValueError(
+                f"the loss_schedule switches at step {entry.until_step}, but {trained} {steps} "
+                f"step(s); switch earlier (e.g. until_step: {max(1, steps // 4)}) or train longer"
+            )
+        if entry.until_epoch is not None and epochs is not None and entry.until_epoch >= epochs:
+            raise ValueError(
+                f"the loss_schedule switches at epoch {entry.until_epoch:g}, but {trained} "
+                f"{epochs:g} epoch(s); give a fraction of the run (e.g. until_epoch: "
+                f"{epochs / 4:g})"
+            )
+
+
 def _ending_entry(
     where: str, entry: ScheduleEntry, key: str, given: dict[str, Any], previous: list[ScheduleEntry]
 ) -> ScheduleEntry:

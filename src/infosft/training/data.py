@@ -44,6 +44,11 @@ FORMAT_COLUMNS = {
 # Kept beside a format's columns when present: TRL passes tools to the chat template and reads
 # a tokenized row's labels.
 OPTIONAL_COLUMNS = ("tools", "labels")
+MAX_NESTING = 32
+"""Deepest nesting of lists and objects a data row may have (a conversation with tool schemas
+needs well under 10; Arrow, which holds the rows, gives up past 64)."""
+# Arrow holds every integer of a row as a signed 64-bit number.
+INT64_LIMIT = 2**63
 
 
 def detect_format(columns: Iterable[str]) -> str:
@@ -73,26 +78,64 @@ def _message_list_problem(value: Any) -> str | None:
     return None
 
 
-def _token_ids_problem(input_ids: Any, labels: Any) -> str | None:
-    """Why a tokenized row is invalid: ids must be a non-empty list of ints, labels (if given)
-    a list of ints of the same length."""
+def _token_ids_problem(input_ids: Any, labels: Any, vocab_size: int | None = None) -> str | None:
+    """Why a tokenized row is invalid: ids must be a non-empty list of ints in
+    [0, ``vocab_size``), labels (if given) as many ints, each an id or -100 (no loss)."""
     if not isinstance(input_ids, list) or not input_ids:
         return "'input_ids' must be a non-empty list of token ids"
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in input_ids):
-        return "'input_ids' must hold integers only"
-    if labels is not None and (
-        not isinstance(labels, list)
-        or len(labels) != len(input_ids)
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in labels)
-    ):
+    problem = _ids_problem("input_ids", input_ids, vocab_size)
+    if problem is not None or labels is None:
+        return problem
+    if not isinstance(labels, list) or len(labels) != len(input_ids):
         return "'labels' must be a list of integers as long as 'input_ids'"
+    from infosft.losses import IGNORE_INDEX
+
+    return _ids_problem("labels", labels, vocab_size, ignored=IGNORE_INDEX)
+
+
+def _ids_problem(
+    key: str, ids: list[Any], vocab_size: int | None, ignored: int | None = None
+) -> str | None:
+    """Why ``ids`` (the list ``key`` of a row) holds something other than token ids of a
+    vocabulary of ``vocab_size`` (any size when None) or ``ignored``; None when it does not."""
+    for position, value in enumerate(ids):
+        if type(value) is not int:  # bool is an int subclass, and no token id
+            return f"{key!r}[{position}] is {value!r:.40}, not an integer token id"
+        if value == ignored:
+            continue
+        allowed = "" if ignored is None else f" (or {ignored}: no loss)"
+        if value < 0:
+            return f"{key!r}[{position}] = {value} is a negative token id{allowed}"
+        if vocab_size is not None and value >= vocab_size:
+            return (
+                f"{key!r}[{position}] = {value!r:.40} is outside the model's vocabulary "
+                f"[0, {vocab_size}){allowed}; tokenize the data with the model's own tokenizer"
+            )
     return None
 
 
-def row_problem(row: dict[str, Any], data_format: str) -> str | None:
-    """Why ``row`` is not a valid example of ``data_format``; None when it is."""
+def _nesting_problem(row: dict[str, Any]) -> str | None:
+    """Why ``row`` (parsed JSON) cannot be held as a dataset row: nesting deeper than
+    MAX_NESTING, or an integer beyond 64 bits; None when it can."""
+    pending = [(value, repr(key), 1) for key, value in row.items()]
+    while pending:
+        value, where, depth = pending.pop()
+        if depth > MAX_NESTING:
+            return f"{where} is nested more than {MAX_NESTING} lists/objects deep"
+        if isinstance(value, dict):
+            pending.extend((item, f"{where}[{key!r}]", depth + 1) for key, item in value.items())
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
+        elif type(value) is int and not -INT64_LIMIT <= value < INT64_LIMIT:
+            return f"{where} = {value!r:.40} does not fit a 64-bit integer"
+    return None
+
+
+def row_problem(row: dict[str, Any], data_format: str, vocab_size: int | None = None) -> str | None:
+    """Why ``row`` is not a valid example of ``data_format``; None when it is. Token ids are
+    checked against ``vocab_size`` when it is given."""
     if data_format == "tokenized":
-        return _token_ids_problem(row.get("input_ids"), row.get("labels"))
+        return _token_ids_problem(row.get("input_ids"), row.get("labels"), vocab_size)
     if data_format == "language modeling":
         text = row.get("text")
         if not isinstance(text, str) or not text:
@@ -131,10 +174,7 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
                 ) from None
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: malformed JSON ({err.msg})") from None
+            row = _parse_json(line, f"{path}:{number}")
             if not isinstance(row, dict):
                 raise ValueError(
                     f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}"
@@ -148,10 +188,7 @@ def read_json(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSON file holding a list of objects (or ``{"data": [...]}``)."""
     from infosft.files import read_text
 
-    try:
-        content = json.loads(read_text(path))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    content = _parse_json(read_text(path), str(path))
     if isinstance(content, dict) and isinstance(content.get("data"), list):
         content = content["data"]
     if not isinstance(content, list) or not all(isinstance(row, dict) for row in content):
@@ -160,6 +197,24 @@ def read_json(path: Path) -> list[dict[str, Any]]:
             "for one object per line use .jsonl"
         )
     return content
+
+
+def _parse_json(text: str, where: str) -> Any:
+    """The JSON value of ``text``; ValueError naming ``where`` (and the line) if it is not JSON,
+    is nested too deeply for Python's parser or holds a number it cannot read."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = f":{err.lineno}" if "\n" in text.strip() else ""
+        raise ValueError(f"{where}{line}: malformed JSON ({err.msg})") from None
+    except RecursionError:
+        raise ValueError(
+            f"{where}: JSON nested too deeply to read (data rows may nest at most {MAX_NESTING} "
+            "lists/objects)"
+        ) from None
+    except ValueError as err:
+        # Python refuses integers of more than 4300 digits (int_max_str_digits).
+        raise ValueError(f"{where}: unreadable JSON number ({err})") from None
 
 
 def parse_hub_name(name: str) -> tuple[str, str | None, str]:
@@ -193,9 +248,10 @@ def load_source(source: str | Dataset) -> tuple[Dataset, Callable[[int], str]]:
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
             rows, lines = read_jsonl(path)
-            return _from_rows(rows, source), lambda i: f"{source}:{lines[i]}"
+            return _from_rows(rows, source, [f"{source}:{line}" for line in lines])
         if suffix == ".json":
-            return _from_rows(read_json(path), source), lambda i: f"{source} example {i}"
+            rows = read_json(path)
+            return _from_rows(rows, source, [f"{source} example {i}" for i in range(len(rows))])
         if suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -212,13 +268,26 @@ def load_source(source: str | Dataset) -> tuple[Dataset, Callable[[int], str]]:
     return _load_hub(source), lambda i: f"{source} row {i}"
 
 
-def _from_rows(rows: list[dict[str, Any]], source: str) -> Dataset:
+def _from_rows(
+    rows: list[dict[str, Any]], source: str, places: list[str]
+) -> tuple[Dataset, Callable[[int], str]]:
+    """A Dataset of parsed JSON rows and its row locator (``places[i]`` names row i).
+
+    ValueError naming the first row that Arrow cannot hold or whose token ids are not integers,
+    before Arrow would fail on it (or turn every row's ids into floats)."""
     from datasets import Dataset
 
     if not rows:
         raise ValueError(f"data file {source} holds no examples")
+    for index, row in enumerate(rows):
+        problem = _nesting_problem(row)
+        if problem is None and "input_ids" in row:
+            ids_problem = _token_ids_problem(row["input_ids"], row.get("labels"))
+            problem = ids_problem and f"invalid tokenized example: {ids_problem}"
+        if problem is not None:
+            raise ValueError(f"{places[index]}: {problem}")
     try:
-        return Dataset.from_list(rows)
+        return Dataset.from_list(rows), places.__getitem__
     except (TypeError, ValueError) as err:
         # pyarrow's errors subclass these: one column has different types in different rows.
         raise ValueError(f"{source}: rows do not share one schema ({err})") from None
@@ -273,8 +342,19 @@ def validate(dataset: Dataset, locate: Callable[[int], str], source: str) -> Dat
     return dataset
 
 
+def check_token_ids(dataset: Dataset, vocab_size: int, locate: Callable[[int], str]) -> None:
+    """ValueError naming the first row of a tokenized ``dataset`` whose input_ids or labels
+    fall outside a vocabulary of ``vocab_size`` ids (the model's embedding rows)."""
+    for index, row in enumerate(dataset):
+        problem = _token_ids_problem(row["input_ids"], row.get("labels"), vocab_size)
+        if problem is not None:
+            raise ValueError(f"{locate(index)}: invalid tokenized example: {problem}")
+
+
 def load_data(
-    sources: str | Dataset | Iterable[str | Dataset], data_format: str | None = None
+    sources: str | Dataset | Iterable[str | Dataset],
+    data_format: str | None = None,
+    vocab_size: int | Callable[[], int] | None = None,
 ) -> Dataset:
     """Load, format, validate and concatenate one or more data sources into one Dataset.
 
@@ -283,6 +363,8 @@ def load_data(
             or ``datasets.Dataset`` objects.
         data_format: a formatter name from :mod:`infosft.training.formats` applied to every row
             first (for raw public datasets); None when the data is in a TRL format already.
+        vocab_size: the model's number of token ids, or a function returning it (called only
+            for tokenized data, after every other check): tokenized rows must stay below it.
 
     Returns:
         A Dataset with only the columns of one TRL format (see :data:`ACCEPTED_FORMATS`).
@@ -292,7 +374,7 @@ def load_data(
     sources = [sources] if isinstance(sources, (str, Dataset)) else list(sources)
     if not sources:
         raise ValueError("no training data given; pass one or more files or hub dataset names")
-    parts = []
+    parts, locators = [], []
     for source in sources:
         dataset, locate = load_source(source)
         name = source if isinstance(source, str) else "in-memory dataset"
@@ -300,11 +382,16 @@ def load_data(
             dataset = apply_formatter(dataset, data_format)
             locate = _formatted_locator(name, data_format)
         parts.append(validate(dataset, locate, name))
+        locators.append(locate)
     formats = {detect_format(part.column_names) for part in parts}
     if len(formats) > 1:
         raise ValueError(
             f"the data sources mix formats ({', '.join(sorted(formats))}); use one format for all"
         )
+    if formats == {"tokenized"} and vocab_size is not None:
+        size = vocab_size() if callable(vocab_size) else vocab_size
+        for part, locate in zip(parts, locators, strict=True):
+            check_token_ids(part, size, locate)
     if len(parts) == 1:
         return parts[0]
     try:

@@ -14,15 +14,19 @@
 
 "Finished" is the marker, not the model files: with ``push_to_hub`` the Trainer copies every
 checkpoint's config.json and weights to the top of ``output_dir`` (and TRL writes the card at
-every checkpoint), so an interrupted run holds them too. ``push_to_hub`` uploads the directory
+every checkpoint), so an interrupted run holds them too; only ``--resume`` continues such a
+directory, as model files at the top may as well be a finished run whose marker was not
+uploaded (a clone of a pushed run). ``push_to_hub`` uploads the directory
 as the Trainer does, leaving out names starting with ``_`` and ``checkpoint-``: the model, the
 tokenizer, the card, ``adapter/``, ``run_config.json`` (with the paths as the run was given
 them), ``metrics.jsonl``, TensorBoard's ``runs/`` and the Trainer's ``training_args.bin`` go up;
 the marker and the base log-prob cache (large, and recomputed from the model and data) do not.
 
 Nothing is overwritten by accident: a fresh run refuses a directory that holds a finished run,
-a model that no unfinished run of infosft left there, or unrelated files (such as a project's
-README.md when ``--output-dir`` points at the working directory).
+any model, tokenizer or weights file, or unrelated files (such as a project's README.md when
+``--output-dir`` points at the working directory); a resumed run refuses a directory whose
+run_config.json records a different run (see :data:`MAY_CHANGE_ON_RESUME`); and an output path
+that is a file, a dangling symbolic link or not writable is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from infosft.files import append_jsonl, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from infosft.training.spec import RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,56 @@ MODEL_FILES = (
     "adapter_config.json",
     "adapter_model.*",
 )
+# Anything else a fresh run refuses as someone's model: weights in any format, tokenizers.
+WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+MAY_CHANGE_ON_RESUME = (
+    "output_dir",
+    "logging_",
+    "log_",
+    "disable_tqdm",
+    "report_to",
+    "run_name",
+    "project",
+    "trackio_",
+    "include_num_input_tokens_seen",
+    "skip_memory_metrics",
+    "save_",
+    "enable_jit_checkpoint",
+    "push_to_hub",
+    "hub_",
+    "resume_from_checkpoint",
+    "eval_",
+    "per_device_eval_batch_size",
+    "prediction_loss_only",
+    "include_for_metrics",
+    "batch_eval_metrics",
+    "bf16_full_eval",
+    "fp16_full_eval",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "dataloader_multiprocessing_context",
+    "ddp_",
+    "local_rank",
+    "activation_checkpointing",
+    "gradient_checkpointing",
+    "activation_offloading",
+    "torch_empty_cache_steps",
+    "torch_compile",
+    "use_cpu",
+    "tf32",
+    "dataset_num_proc",
+    "do_",
+    "debug",
+)
+"""InfoSFTConfig fields (names or name prefixes) a resumed run may set differently from the run
+it continues: logging, tracking, saving and uploading, evaluation cadence, and how the same
+computation is carried out (workers, devices, compilation, activation checkpointing). Every
+other field, and the model, its loading, the data, eval data, data format and LoRA, define
+the run: a resume that changes one is refused, or its metrics and model card would describe a
+run that never happened."""
 
 
 def _logged_step(line: str) -> float:
@@ -139,10 +196,23 @@ def final_model_saved(output_dir: Path) -> bool:
     return (output_dir / FINISHED_FILE).is_file()
 
 
+def holds_weights(path: Path) -> bool:
+    """Whether ``path`` is a model's, a tokenizer's or a checkpoint's file (or a LoRA run's
+    ``adapter/``): something a run must never overwrite unless it wrote it itself."""
+    name = path.name
+    return (
+        is_model_file(path)
+        or name in TOKENIZER_FILES
+        or name.lower().endswith(WEIGHTS_SUFFIXES)
+        or name.partition("-")[0] == PREFIX_CHECKPOINT_DIR
+    )
+
+
 def check_output_dir(output_dir: Path) -> None:
-    """ValueError unless ``output_dir`` is a directory (or a path to create) a run may start in:
-    not a file, not a finished run, and holding nothing but what an unfinished run left."""
-    _reject_file(output_dir)
+    """ValueError unless ``output_dir`` is a directory (or a path to create) a fresh run may
+    start in: not a file, not a finished run, holding no model, tokenizer or weights file and
+    nothing but the bookkeeping an unfinished run left (see :func:`check_output_path`)."""
+    check_output_path(output_dir)
     if not output_dir.is_dir():
         return
     if final_model_saved(output_dir):
@@ -150,19 +220,20 @@ def check_output_dir(output_dir: Path) -> None:
             f"{output_dir} holds the final model of an earlier run; choose another --output-dir "
             "(or delete that run first). To train further from that model, pass it as --model"
         )
-    pushed = _pushed_to_hub(output_dir)
     others = sorted(
-        (path for path in output_dir.iterdir() if not _left_by_a_run(path, pushed)),
+        (path for path in output_dir.iterdir() if not _left_by_a_run(path)),
         key=lambda path: path.name,
     )
     if not others:
         return
-    shown = ", ".join(path.name for path in others[:5]) + (", ..." if len(others) > 5 else "")
-    if any(is_model_file(path) for path in others):
+    models = [path for path in others if holds_weights(path)]
+    shown = ", ".join(path.name for path in (models or others)[:5])
+    shown += ", ..." if len(models or others) > 5 else ""
+    if models:
         raise ValueError(
-            f"{output_dir} holds a model ({shown}) that no unfinished infosft run left there; "
-            "choose another --output-dir (or delete it first). To train further from that "
-            "model, pass it as --model"
+            f"{output_dir} holds a model ({shown}); a fresh run would overwrite it. Choose "
+            "another --output-dir (or delete those files first); to continue an interrupted "
+            "run there pass --resume, to train further from that model pass it as --model"
         )
     raise ValueError(
         f"{output_dir} is not empty and is not an infosft run directory (it holds {shown}); "
@@ -170,26 +241,53 @@ def check_output_dir(output_dir: Path) -> None:
     )
 
 
-def _left_by_a_run(path: Path, pushed: bool) -> bool:
-    """Whether ``path`` (in an output directory) is what an unfinished run leaves: its
-    bookkeeping, the model card TRL writes at every checkpoint and, when the run pushed to the
-    Hub, the files the Trainer copies to the top at every checkpoint."""
+def _left_by_a_run(path: Path) -> bool:
+    """Whether ``path`` (in an output directory) is the bookkeeping an unfinished run leaves
+    (its config, log, TensorBoard logs, cache, the model card TRL writes at every checkpoint,
+    checkpoints set aside as incomplete), which a fresh run may start over on."""
     name = path.name
     if name in RESTARTABLE or name.startswith(".") or name.endswith(INCOMPLETE_SUFFIX):
-        return True
-    if name.partition("-")[0] == PREFIX_CHECKPOINT_DIR and path.is_dir():
         return True
     if name == CARD_FILE and path.is_file():
         from infosft.training.model_card import is_infosft_card
 
         return is_infosft_card(path.parent)
-    return pushed and path.is_file()
+    return False
 
 
-def _pushed_to_hub(output_dir: Path) -> bool:
-    """Whether the run recorded in ``output_dir``'s run_config.json pushed to the Hub."""
-    args = read_run_config(output_dir).get("args")
-    return isinstance(args, dict) and bool(args.get("push_to_hub"))
+def check_output_path(output_dir: Path) -> None:
+    """ValueError unless ``output_dir`` is a writable directory or a path where one can be
+    created: not a file, not a dangling symbolic link, under a writable directory."""
+    try:
+        if output_dir.is_symlink() and not output_dir.exists():
+            raise ValueError(
+                f"output_dir {output_dir} is a symbolic link to {os.readlink(output_dir)}, which "
+                "does not exist; create that directory or give another --output-dir"
+            )
+        if output_dir.exists():
+            if not output_dir.is_dir():
+                raise ValueError(f"output_dir {output_dir} is a file; give a directory")
+            if not os.access(output_dir, os.W_OK | os.X_OK):
+                raise ValueError(
+                    f"output_dir {output_dir} is not writable; give a directory you may write in"
+                )
+            return
+        parent = output_dir.absolute().parent
+        while not os.path.lexists(parent):
+            parent = parent.parent
+        if not parent.is_dir():
+            what = "a dangling symbolic link" if parent.is_symlink() else "a file"
+            raise ValueError(
+                f"output_dir {output_dir} cannot be created: {parent} is {what}, not a directory"
+            )
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"output_dir {output_dir} cannot be created: {parent} is not writable; give "
+                "another --output-dir"
+            )
+    except OSError as err:
+        # A name too long, a loop of symbolic links: the path itself is unusable.
+        raise ValueError(f"output_dir {output_dir} is not a usable path ({err.strerror})") from None
 
 
 def read_run_config(output_dir: Path) -> dict[str, Any]:
@@ -202,41 +300,50 @@ def read_run_config(output_dir: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def checkpoint_to_resume(output_dir: Path, resume: bool | str | os.PathLike) -> str | None:
-    """The checkpoint directory to continue from, or None for a fresh run.
+def checkpoint_to_resume(
+    output_dir: Path, resume: bool | str | os.PathLike, spec: RunSpec | None = None
+) -> str | None:
+    """The checkpoint directory to continue from, or None for a fresh run; the one check of an
+    output directory before a run writes to it.
 
-    A fresh run refuses an output_dir that already holds checkpoints, so two runs never mix.
-    ``resume=True`` continues from the last complete ``checkpoint-N``; incomplete ones (a save
-    cut off mid-way) are renamed ``checkpoint-N.incomplete`` with a warning, and when none is
-    complete the run starts over. A path resumes from that checkpoint. A run whose final model
-    is saved is finished: resuming it is an error.
+    A fresh run refuses an output_dir that already holds checkpoints, so two runs never mix,
+    and anything :func:`check_output_dir` refuses. ``resume=True`` continues from the last
+    complete ``checkpoint-N``, once the run_config.json beside it shows that it is a run of
+    ``spec`` (:func:`check_same_run`); incomplete checkpoints (a save cut off mid-way) are
+    renamed ``checkpoint-N.incomplete`` with a warning, and when none is complete the run
+    starts over. A path resumes from that checkpoint (checked against the run_config.json of
+    its directory, where there is one). A run whose final model is saved is finished:
+    resuming it is an error.
     """
-    _reject_file(output_dir)
+    check_output_path(output_dir)
     if resume and final_model_saved(output_dir):
         raise ValueError(
             f"the run in {output_dir} is finished (its final model is saved); nothing to resume. "
             "To train further from that model, pass it as --model with a new --output-dir"
         )
+    found = checkpoints(output_dir)
     if resume and not isinstance(resume, bool):
-        if read_trainer_state(resume) is None:
+        checkpoint = Path(resume)
+        if read_trainer_state(checkpoint) is None:
             raise FileNotFoundError(
                 f"{resume} is not a complete Trainer checkpoint (no readable trainer_state.json)"
             )
+        run_dir = checkpoint.resolve().parent
+        if spec is not None:
+            check_same_run(run_dir, spec, required=False)
+        if run_dir != output_dir.resolve():
+            _check_fresh(output_dir, found)
         return os.fspath(resume)
-    found = checkpoints(output_dir)
     if not resume:
-        if found:
-            raise ValueError(
-                f"{output_dir} already holds checkpoints of an earlier run ({found[-1].name}); "
-                "pass --resume to continue it, or choose another --output-dir"
-            )
-        check_output_dir(output_dir)
+        _check_fresh(output_dir, found)
         return None
     if not found:
         raise FileNotFoundError(
             f"nothing to resume: {output_dir} holds no checkpoint-N directory; "
             "run without --resume, or set save_steps so that checkpoints are written"
         )
+    if spec is not None:
+        check_same_run(output_dir, spec, required=True)
     complete = [path for path in found if read_trainer_state(path) is not None]
     for path in found:
         if path not in complete:
@@ -249,9 +356,61 @@ def checkpoint_to_resume(output_dir: Path, resume: bool | str | os.PathLike) -> 
     return str(complete[-1])
 
 
-def _reject_file(output_dir: Path) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"output_dir {output_dir} is a file; give a directory")
+def _check_fresh(output_dir: Path, found: list[Path]) -> None:
+    """ValueError unless a run that starts from its first step may write into ``output_dir``,
+    which holds the checkpoints ``found``."""
+    if found:
+        raise ValueError(
+            f"{output_dir} already holds checkpoints of an earlier run ({found[-1].name}); "
+            "pass --resume to continue it, or choose another --output-dir"
+        )
+    check_output_dir(output_dir)
+
+
+def check_same_run(run_dir: Path, spec: RunSpec, required: bool = True) -> None:
+    """ValueError unless ``run_dir``'s run_config.json records a run of ``spec``: the same
+    model, data, weighting and training settings, all but :data:`MAY_CHANGE_ON_RESUME`.
+
+    Without a readable run_config.json nothing shows whose checkpoints these are: an error when
+    ``required``, accepted otherwise (a checkpoint the user named explicitly).
+    """
+    recorded = read_run_config(run_dir)
+    if not recorded:
+        if required:
+            raise ValueError(
+                f"--resume: {run_dir} holds checkpoints but no readable {RUN_CONFIG_FILE}, so "
+                "they cannot be shown to be a run of these settings; start the run in another "
+                "--output-dir, or name one checkpoint: --resume DIR/checkpoint-N"
+            )
+        return
+    differences = run_differences(recorded, spec)
+    if differences:
+        shown = "; ".join(differences[:4]) + ("; ..." if len(differences) > 4 else "")
+        raise ValueError(
+            f"--resume: the run in {run_dir} was started with other settings ({shown}); resume "
+            f"it with the settings in its {RUN_CONFIG_FILE}, or start the changed run in a new "
+            "--output-dir"
+        )
+
+
+def run_differences(recorded: dict[str, Any], spec: RunSpec) -> list[str]:
+    """Each setting that defines a run (all but :data:`MAY_CHANGE_ON_RESUME`) on which the
+    run_config.json record ``recorded`` and ``spec`` differ, as "KEY OLD recorded, NEW now"."""
+    from infosft.files import to_json
+
+    current = json.loads(to_json({**spec.to_dict(), "args": spec.args.to_dict()}))
+    recorded_args = recorded.get("args") if isinstance(recorded.get("args"), dict) else {}
+    pairs = [(key, recorded[key], value) for key, value in current.items() if key in recorded]
+    pairs += [
+        (key, recorded_args[key], value)
+        for key, value in current["args"].items()
+        if key in recorded_args and not key.startswith(MAY_CHANGE_ON_RESUME)
+    ]
+    return [
+        f"{key} {old!r:.60} recorded, {new!r:.60} now"
+        for key, old, new in pairs
+        if key != "args" and old != new
+    ]
 
 
 def training_finished(checkpoint: str | None) -> bool:

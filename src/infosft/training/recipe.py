@@ -9,6 +9,7 @@ trainer, whose dataset preparation does the rest. :func:`train` is build, train,
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,16 +55,27 @@ def build_trainer(
         tokenizer: the tokenizer of ``model``.
         callbacks: TrainerCallbacks added to the trainer's defaults.
 
-    Data is loaded and checked before the model, so bad data fails fast. With
+    Data is loaded and checked before the model, so bad data fails fast (token ids against the
+    vocabulary size in the model's config). With
     ``weight_source: base`` the trainer's dataset preparation computes the base model's log q
     and caches it under ``output_dir/_base_log_probs``.
     """
     from infosft.models import load_model_and_tokenizer
+    from infosft.models.loading import model_vocab_size
     from infosft.training.data import load_data
     from infosft.training.trainer import InfoSFTTrainer
 
-    train_dataset = load_data(spec.data, spec.data_format)
-    eval_dataset = None if spec.eval_data is None else load_data(spec.eval_data, spec.data_format)
+    def vocab_size() -> int:
+        if model is None:
+            loading = spec.model_init_kwargs or {}
+            kwargs = {k: loading[k] for k in ("trust_remote_code", "revision") if k in loading}
+            return model_vocab_size(spec.model, **kwargs)
+        return model.get_input_embeddings().num_embeddings
+
+    train_dataset = load_data(spec.data, spec.data_format, vocab_size)
+    eval_dataset = (
+        None if spec.eval_data is None else load_data(spec.eval_data, spec.data_format, vocab_size)
+    )
     if model is None:
         model, loaded_tokenizer = load_model_and_tokenizer(
             spec.model, **(spec.model_init_kwargs or {})
@@ -80,6 +92,17 @@ def build_trainer(
         peft_config=None if spec.lora is None else spec.lora.peft_config(),
         callbacks=list(callbacks),
     )
+
+
+def optimizer_steps_per_epoch(trainer: InfoSFTTrainer) -> int:
+    """Optimizer steps in one epoch over the trainer's (prepared) training data, as the
+    Trainer counts them: batches over all processes, the last partial one included, then
+    gradient accumulation rounding up."""
+    args = trainer.args
+    batches = math.ceil(len(trainer.train_dataset) / args.train_batch_size / args.world_size)
+    if args.dataloader_drop_last:
+        batches = len(trainer.train_dataset) // (args.train_batch_size * args.world_size)
+    return max(math.ceil(batches / args.gradient_accumulation_steps), 1)
 
 
 def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
@@ -102,9 +125,21 @@ def train(spec: RunSpec, *, resume: bool | str = False) -> TrainResult:
     """
     from transformers import TrainerState
 
+    from infosft.training.config import check_schedule_fits
+
     output_dir = Path(spec.args.output_dir)
-    checkpoint = checkpoint_to_resume(output_dir, resume or spec.args.resume_from_checkpoint)
+    args = spec.args
+    if args.max_steps > 0:
+        check_schedule_fits(args.schedule, steps=args.max_steps)
+    else:
+        check_schedule_fits(args.schedule, epochs=args.num_train_epochs)
+    checkpoint = checkpoint_to_resume(output_dir, resume or spec.args.resume_from_checkpoint, spec)
     trainer = build_trainer(spec)
+    # A schedule in steps for a run in epochs (or the reverse) is checked once the data says
+    # how many optimizer steps an epoch has.
+    per_epoch = optimizer_steps_per_epoch(trainer)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
+    check_schedule_fits(args.schedule, steps=steps, epochs=steps / per_epoch)
     output_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = output_dir / METRICS_FILE
     keep_until = None if checkpoint is None else read_trainer_state(checkpoint)["global_step"]

@@ -45,6 +45,88 @@ CHECKPOINTING_NAMES = (
 """(name since transformers 5.23, name before it): either sets the field the installed
 transformers has, the new one where both exist (5.23 keeps the old as a deprecated alias)."""
 
+OPTIONAL_PACKAGES = (
+    (
+        "optim",
+        ("*bnb*", "adamw_8bit", "*ademamix*", "*lion_*", "paged_*"),
+        ("bitsandbytes",),
+        "bitsandbytes",
+    ),
+    ("optim", ("galore_*",), ("galore_torch",), "galore-torch"),
+    ("optim", ("apollo_*",), ("apollo_torch",), "apollo-torch"),
+    ("optim", ("adamw_torch_4bit", "adamw_torch_8bit"), ("torchao",), "torchao"),
+    ("optim", ("lomo", "adalomo"), ("lomo_optim",), "lomo-optim"),
+    ("optim", ("grokadamw",), ("grokadamw",), "grokadamw"),
+    ("optim", ("schedule_free_*",), ("schedulefree",), "schedulefree"),
+    ("optim", ("stable_adamw",), ("optimi",), "torch-optimi"),
+    ("optim", ("adamw_anyprecision",), ("torchdistx",), "torchdistx"),
+    ("optim", ("adamw_torch_xla",), ("torch_xla",), "torch_xla"),
+    ("report_to", ("wandb",), ("wandb",), "wandb"),
+    ("report_to", ("mlflow",), ("mlflow",), "mlflow"),
+    ("report_to", ("comet_ml",), ("comet_ml",), "comet-ml"),
+    ("report_to", ("tensorboard",), ("tensorboard", "tensorboardX"), "tensorboard"),
+    ("report_to", ("neptune",), ("neptune",), "neptune"),
+    ("report_to", ("trackio",), ("trackio",), "trackio"),
+    ("report_to", ("codecarbon",), ("codecarbon",), "codecarbon"),
+    ("report_to", ("clearml",), ("clearml",), "clearml"),
+    ("report_to", ("dagshub",), ("dagshub",), "dagshub"),
+    ("report_to", ("flyte",), ("flytekit",), "flytekit"),
+    ("report_to", ("dvclive",), ("dvclive",), "dvclive"),
+    ("report_to", ("swanlab",), ("swanlab",), "swanlab"),
+    ("report_to", ("azure_ml",), ("azureml",), "azureml-core"),
+    ("deepspeed", ("*",), ("deepspeed",), "deepspeed"),
+    ("use_liger_kernel", ("true",), ("liger_kernel",), "liger-kernel"),
+    (
+        "model_init_kwargs.attn_implementation",
+        ("flash_attention_2",),
+        ("flash_attn",),
+        "flash-attn",
+    ),
+    (
+        "model_init_kwargs.attn_implementation",
+        ("flash_attention_3",),
+        ("flash_attn_interface",),
+        "flash-attn-3 (built from flash-attention's hopper/ directory)",
+    ),
+    ("model_init_kwargs.attn_implementation", ("*/*",), ("kernels",), "kernels"),
+    ("model_init_kwargs.load_in_8bit", ("true",), ("bitsandbytes",), "bitsandbytes"),
+    ("model_init_kwargs.load_in_4bit", ("true",), ("bitsandbytes",), "bitsandbytes"),
+)
+"""(setting, value patterns, modules, pip package): a setting whose value matches a pattern
+needs one of the modules importable. Checked when the run options are read, so that a missing
+package is named before any model loads instead of failing inside transformers."""
+
+
+def check_optional_packages(values: dict[str, Any]) -> None:
+    """ValueError naming the first setting in ``values`` (a run YAML's mapping) that needs a
+    package which is not installed, and the pip command that installs it (see
+    :data:`OPTIONAL_PACKAGES`)."""
+    import fnmatch
+    import importlib.util
+
+    for key, patterns, modules, package in OPTIONAL_PACKAGES:
+        for value in _setting_values(values, key):
+            if not any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns):
+                continue
+            if not any(importlib.util.find_spec(module) for module in modules):
+                raise ValueError(
+                    f"{key}: {value} needs the package {package}, which is not installed; "
+                    f"install it (pip install {package.split()[0]}) or choose another {key}"
+                )
+
+
+def _setting_values(values: dict[str, Any], key: str) -> list[str]:
+    """The value(s) of the (dotted) setting ``key`` in ``values`` as strings; true as "true",
+    [] when it is unset, null or false."""
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    if values is None or values is False:
+        return []
+    if values is True:
+        return ["true"]
+    items = values if isinstance(values, (list, tuple)) else [values]
+    return [item if isinstance(item, str) else repr(item) for item in items]
+
 
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
@@ -172,6 +254,7 @@ class RunSpec:
         run = {key: values[key] for key in RUN_KEYS if key in values}
         options = {key: value for key, value in values.items() if key not in RUN_KEYS}
         options = {key: _checked(key, value, fields[key]) for key, value in options.items()}
+        check_optional_packages({**options, **run})
         if not (options.get("output_dir") or "").strip():
             raise ValueError(
                 f"no output directory in {where} (an empty one is often an unset shell "
