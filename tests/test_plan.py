@@ -1,0 +1,164 @@
+"""``infosft compare --plan``: a grid's cells, what they load, their steps and GPU-hours, printed
+without loading a model or a data set; the paper's forgetting sweep ships as grids."""
+
+import json
+import math
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infosft.cli import main
+from infosft.experiments.grid import read_grid
+from infosft.training.formats import explode_toolalpaca
+from test_formats import toolalpaca_api
+from test_grid import write_grid
+
+GRIDS = Path(__file__).resolve().parents[1] / "configs" / "grids"
+FORGETTING_GRIDS = [GRIDS / "forgetting_science.yaml", GRIDS / "forgetting_toolalpaca.yaml"]
+PAPER_METHODS = {"nll", "dft", "infosft", "sft-then-infosft"}
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Every way to reach the network or load a model or hub data set raises."""
+    import datasets
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--plan must not load models or data sets, nor open connections")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    for name in ("AutoModelForCausalLM", "AutoTokenizer", "AutoConfig", "PreTrainedModel"):
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", refuse)
+
+
+def plan(capsys, *args):
+    code = main(["compare", "--plan", *map(str, args)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_plan_of_each_forgetting_grid_lists_every_cell_without_loading_anything(
+    nothing_loads, capsys, tmp_path
+):
+    for path in FORGETTING_GRIDS:
+        grid = yaml.safe_load(path.read_text())["grid"]
+        expected = math.prod(len(grid[k]) for k in ("methods", "learning_rates", "epochs", "seeds"))
+        out = plan(capsys, "--config", path, "--output-dir", tmp_path)
+        names = [c.name for c in read_grid(path, require_data=False).cells()]
+        assert len(names) == expected == 4 * 4 * 3 * 3
+        assert all(name in out for name in names)
+        assert f"0 finished in {tmp_path / 'cells'}, {expected} to run" in out
+        assert "Qwen/Qwen2.5-7B-Instruct" in out and "lm_eval:ifeval" in out
+
+
+def test_forgetting_grids_sweep_the_paper_methods_over_three_seeds():
+    for path in FORGETTING_GRIDS:
+        spec = read_grid(path, require_data=False)
+        assert {v.name for v in spec.variants} == PAPER_METHODS
+        assert spec.seeds == [0, 1, 2]
+        assert spec.model == "Qwen/Qwen2.5-7B-Instruct"
+        schedule = spec.variant("sft-then-infosft").loss_schedule
+        assert [e["method"] for e in schedule] == ["nll", "infosft"]
+
+
+def test_science_grid_passes_read_grid_as_shipped():
+    spec = read_grid(GRIDS / "forgetting_science.yaml")
+    assert spec.tasks[0].data == ("allenai/sciq",) and spec.tasks[0].data_format == "sciq"
+
+
+def test_toolalpaca_grid_passes_read_grid_once_its_data_file_is_made(tmp_path):
+    grids = tmp_path / "configs" / "grids"
+    shutil.copytree(GRIDS, grids)
+    data = tmp_path / "data" / "toolalpaca.jsonl"
+    with pytest.raises(FileNotFoundError, match=r"toolalpaca\.jsonl does not exist"):
+        read_grid(grids / "forgetting_toolalpaca.yaml")
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps(r) + "\n" for r in explode_toolalpaca([toolalpaca_api()])))
+    spec = read_grid(grids / "forgetting_toolalpaca.yaml")
+    assert spec.tasks[0].data_format == "toolalpaca"
+
+
+def test_plan_counts_steps_and_gpu_hours_from_the_step_time(nothing_loads, capsys, tmp_path):
+    path = write_grid(
+        tmp_path,
+        grid={"methods": ["nll"], "learning_rates": [1e-4], "epochs": [1, 2.5]},
+        training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2},
+    )
+    (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 10)
+    out = plan(capsys, "--config", path, "--step-seconds", 360)
+    # 10 rows / batch 2 = 5 micro-batches, / 2 accumulated = 3 steps per epoch (the last short)
+    assert "training rows: 10 (counted in" in out
+    assert "mine,nll,lr0.0001,ep1,seed0" in out and " 3  to run" in out
+    assert "mine,nll,lr0.0001,ep2.5,seed0" in out and " 8  to run" in out  # ceil(2.5 x 3)
+    assert "optimizer steps to run: 11" in out
+    assert f"= {(3 + 8) * 360 / 3600:.1f} on one GPU" in out
+
+
+def test_plan_leaves_cells_finished_in_the_output_dir_out_of_the_hours(capsys, tmp_path):
+    path = write_grid(tmp_path, grid={"methods": ["nll"], "learning_rates": [1e-4, 1e-3]})
+    (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 8)
+    cells = tmp_path / "out" / "cells"
+    cells.mkdir(parents=True)
+    (cells / "mine,nll,lr0.001,ep1,seed0.json").write_text("{}")
+    out = plan(capsys, "--config", path, "--output-dir", tmp_path / "out", "--step-seconds", 3600)
+    assert "mine,nll,lr0.001,ep1,seed0" in out and "finished\n" in out
+    assert f"1 finished in {cells}, 1 to run" in out
+    # 8 rows / batch 2 = 4 steps for the one cell left
+    assert "optimizer steps to run: 4" in out and "= 4.0 on one GPU" in out
+
+
+def test_plan_of_hub_data_without_n_rows_says_how_to_give_them(nothing_loads, capsys, tmp_path):
+    path = write_grid(tmp_path)
+    values = yaml.safe_load(path.read_text())
+    values["tasks"][0]["data"] = "someone/some-dataset"
+    path.write_text(yaml.safe_dump(values))
+    out = plan(capsys, "--config", path, "--step-seconds", 10)
+    assert "give the task n_rows: N in the grid" in out
+    assert "GPU-hours" not in out
+
+
+def test_plan_takes_hub_row_counts_from_n_rows(nothing_loads, capsys, tmp_path):
+    path = write_grid(tmp_path)
+    values = yaml.safe_load(path.read_text())
+    values["tasks"][0].update(data="someone/some-dataset", n_rows=7)
+    path.write_text(yaml.safe_dump(values))
+    out = plan(capsys, "--config", path)
+    assert "training rows: 7 (n_rows in the grid)" in out
+    assert "optimizer steps to run: 16" in out  # 4 cells x ceil(7 / 2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--plan", "--step-seconds", "0"], "--step-seconds must be the positive seconds"),
+        (["--plan", "--step-seconds", "nan"], "--step-seconds must be the positive seconds"),
+        (["--step-seconds", "5"], "use it with --plan"),
+    ],
+)
+def test_bad_step_seconds_is_one_line(capsys, tmp_path, args, message):
+    path = write_grid(tmp_path)
+    assert main(["compare", "--config", str(path), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ({"data_format": "sciqq"}, r"tasks\[0\].data_format: unknown data format 'sciqq'"),
+        ({"n_rows": 0}, r"tasks\[0\].n_rows must be a positive number of training rows"),
+    ],
+)
+def test_grid_rejects_a_bad_data_format_or_n_rows_when_read(tmp_path, task, message):
+    path = write_grid(tmp_path)
+    values = yaml.safe_load(path.read_text())
+    values["tasks"][0].update(task)
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(ValueError, match=message):
+        read_grid(path)
