@@ -56,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
 def print_plan(args: argparse.Namespace) -> int:
     """``--plan``: the grid checked and described; local data files may be missing still."""
+    from infosft.experiments.engine import check_output_dir
     from infosft.experiments.grid import read_grid
     from infosft.experiments.plan import plan_text
 
     spec = read_grid(args.config, require_data=False)
-    print(plan_text(spec, args.output_dir, args.step_seconds))
+    print(plan_text(spec, check_output_dir(args.output_dir), args.step_seconds))
     return 0

@@ -165,7 +165,11 @@ def plan_text(
     where = "" if cells_dir is None else f" in {cells_dir}"
     lines.append(
         f"{len(cells) - to_run} finished{where}, {to_run} to run"
-        + ("" if cells_dir is not None else " (give --output-dir to see finished cells)")
+        + (
+            " (a finished cell's settings are checked when the grid runs)"
+            if cells_dir is not None
+            else " (give --output-dir to see finished cells)"
+        )
     )
     if unknown:
         lines.append(
@@ -186,7 +190,7 @@ def plan_text(
     hours = gpu_hours(steps_to_run, step_seconds)
     lines.append(
         f"GPU-hours (estimate): {steps_to_run} steps x {step_seconds:g} s/step (--step-seconds) "
-        f"/ 3600 = {hours:.1f} on one GPU per cell; training only: model loading and the "
+        f"/ 3600 = {hours:.3g} on one GPU per cell; training only: model loading and the "
         "evaluation of each cell come on top"
     )
     return "\n".join(lines)
