@@ -11,9 +11,11 @@ import pytest
 import yaml
 
 from infosft.cli import main
+from infosft.evaluation.scorers import score_choice
+from infosft.evaluation.tasks import task_from_yaml
 from infosft.experiments.grid import read_grid
-from infosft.training.formats import explode_toolalpaca
-from test_formats import toolalpaca_api
+from infosft.training.formats import explode_toolalpaca, sciq
+from test_formats import sciq_row, toolalpaca_api
 from test_grid import write_grid
 
 GRIDS = Path(__file__).resolve().parents[1] / "configs" / "grids"
@@ -168,3 +170,33 @@ def test_plan_refuses_an_output_dir_the_grid_could_not_write(capsys, tmp_path):
     path = write_grid(tmp_path)
     assert main(["compare", "--config", str(path), "--plan", "--output-dir", str(path)]) == 2
     assert "is a file; name a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["forgetting_science.yaml", "forgetting_toolalpaca.yaml"])
+def test_forgetting_grid_trains_with_its_recipes_settings_and_global_batch(name):
+    recipe = yaml.safe_load((GRIDS.parent / "recipes" / name).read_text())
+    spec = read_grid(GRIDS / name, require_data=False)
+    assert spec.model == recipe["model"] and spec.tasks[0].data_format == recipe["data_format"]
+    assert spec.lora == recipe.get("lora")
+    shared = set(spec.training) & set(recipe) - {"gradient_accumulation_steps"}
+    assert shared >= {"max_length", "bf16", "lr_scheduler_type", "warmup_steps"}
+    assert {k: spec.training[k] for k in shared} == {k: recipe[k] for k in shared}
+    # One process accumulates what the recipe's 4 GPUs take per step.
+    recipe_batch = recipe["per_device_train_batch_size"] * recipe["gradient_accumulation_steps"]
+    grid_batch = spec.training["per_device_train_batch_size"]
+    assert grid_batch * spec.training["gradient_accumulation_steps"] == recipe_batch * 4
+
+
+def test_sciq_evaluation_asks_as_training_does_and_scores_the_letter(tmp_path):
+    row = sciq(sciq_row())
+    # The line forgetting_science.yaml's comment writes per SciQ test question.
+    record = {
+        "question": row["prompt"][-1]["content"],
+        "answer": row["completion"][0]["content"][14],
+    }
+    (tmp_path / "sciq_test.jsonl").write_text(json.dumps(record) + "\n")
+    shutil.copy(GRIDS / "sciq_eval.yaml", tmp_path)
+    task = task_from_yaml(tmp_path / "sciq_eval.yaml")
+    item = task.items[0]
+    assert task.prompt(item) == row["prompt"]
+    assert score_choice([row["completion"][0]["content"]], [task.reference(item)]) == [True]
