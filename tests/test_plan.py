@@ -14,7 +14,7 @@ from infosft.cli import main
 from infosft.evaluation.scorers import score_choice
 from infosft.evaluation.tasks import task_from_yaml
 from infosft.experiments.grid import read_grid
-from infosft.training.formats import explode_toolalpaca, sciq
+from infosft.training.formats import explode_toolalpaca, get_formatter, sciq
 from test_formats import sciq_row, toolalpaca_api
 from test_grid import write_grid
 
@@ -200,3 +200,26 @@ def test_sciq_evaluation_asks_as_training_does_and_scores_the_letter(tmp_path):
     item = task.items[0]
     assert task.prompt(item) == row["prompt"]
     assert score_choice([row["completion"][0]["content"]], [task.reference(item)]) == [True]
+
+
+def test_toolalpaca_evaluation_scores_the_first_action_of_a_reply(tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    messages = get_formatter("toolalpaca")(explode_toolalpaca([toolalpaca_api()])[0])["messages"]
+    system, user = messages[0]["content"], messages[1]["content"]
+    # A row as forgetting_toolalpaca.yaml's comment writes it; lm-eval reads data/ of the cwd.
+    (tmp_path / "data").mkdir()
+    record = {"system": system, "instruction": user, "action": "getWeather"}
+    (tmp_path / "data" / "toolalpaca_test.jsonl").write_text(json.dumps(record) + "\n")
+    monkeypatch.chdir(tmp_path)
+    manager = TaskManager(include_path=[str(GRIDS / "lm_eval")], include_defaults=False)
+    task = manager.load(["toolalpaca_action"])["tasks"]["toolalpaca_action"]
+    doc = next(iter(task.test_docs()))
+    assert task.doc_to_text(doc) == f"{system}\n\n{user}"
+    reply = messages[2]["content"]  # "Thought: ...\nAction: getWeather\nAction Input: ..."
+    (ensemble,) = [f for f in task._filters if f.name == "first_action"]
+    replies = [[reply]]
+    for step in ensemble.filters:
+        replies = list(step().apply(replies, [doc]))
+    assert replies == ["getWeather"]
+    assert task.process_results(doc, replies) == {"exact_match": 1.0}
