@@ -99,7 +99,7 @@ def test_plan_counts_steps_and_gpu_hours_from_the_step_time(nothing_loads, capsy
     assert "mine,nll,lr0.0001,ep1,seed0" in out and " 3  to run" in out
     assert "mine,nll,lr0.0001,ep2.5,seed0" in out and " 8  to run" in out  # ceil(2.5 x 3)
     assert "optimizer steps to run: 11" in out
-    assert "= 1.1 on one GPU" in out  # 11 steps x 360 s / 3600 s per hour
+    assert "= 1.1 (each cell on one GPU)" in out  # 11 steps x 360 s / 3600 s per hour
 
 
 def test_plan_leaves_cells_finished_in_the_output_dir_out_of_the_hours(capsys, tmp_path):
@@ -112,7 +112,7 @@ def test_plan_leaves_cells_finished_in_the_output_dir_out_of_the_hours(capsys, t
     assert "mine,nll,lr0.001,ep1,seed0" in out and "finished\n" in out
     assert f"1 finished in {cells}, 1 to run" in out
     # 8 rows / batch 2 = 4 steps for the one cell left
-    assert "optimizer steps to run: 4" in out and "= 4 on one GPU" in out
+    assert "optimizer steps to run: 4" in out and "= 4 (each cell on one GPU)" in out
 
 
 def test_plan_of_hub_data_without_n_rows_says_how_to_give_them(nothing_loads, capsys, tmp_path):

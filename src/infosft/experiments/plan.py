@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from infosft.experiments.grid import METHOD_OPTIONS, Cell, GridSpec, TaskSpec
+from infosft.experiments.grid import LM_EVAL_PREFIX, METHOD_OPTIONS, Cell, GridSpec, TaskSpec
 from infosft.files import read_text
 
 # Where run_grid writes a finished cell: OUTPUT_DIR/cells/<cell name>.json.
@@ -116,6 +116,7 @@ def plan_text(
         f"{args.max_length}, bf16 {args.bf16}"
     )
     rows, steps_known = {}, True
+    evals = [e for task in spec.tasks for e in task.evals]
     for task in spec.tasks:
         rows[task.name], where = task_rows(spec, task)
         lines.append(f"task {task.name}:")
@@ -128,6 +129,9 @@ def plan_text(
         count = "?" if rows[task.name] is None else rows[task.name]
         lines.append(f"  training rows: {count} ({where})")
     lines.append(f"prior tasks: {', '.join(spec.prior_tasks)}")
+    if any(t.startswith(LM_EVAL_PREFIX) for t in [*spec.prior_tasks, *evals]):
+        options = json.dumps(spec.lm_eval) if spec.lm_eval else "lm-eval's defaults"
+        lines.append(f"lm-eval: {options}; its built-in tasks download their data on first use")
     lines.append("methods:")
     lines += [_variant_line(spec, v.name) for v in spec.variants]
     if args.packing:
@@ -190,7 +194,7 @@ def plan_text(
     hours = gpu_hours(steps_to_run, step_seconds)
     lines.append(
         f"GPU-hours (estimate): {steps_to_run} steps x {step_seconds:g} s/step (--step-seconds) "
-        f"/ 3600 = {hours:.3g} on one GPU per cell; training only: model loading and the "
+        f"/ 3600 = {hours:.3g} (each cell on one GPU); training only: model loading and the "
         "evaluation of each cell come on top"
     )
     return "\n".join(lines)
