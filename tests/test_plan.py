@@ -223,3 +223,13 @@ def test_toolalpaca_evaluation_scores_the_first_action_of_a_reply(tmp_path, monk
         replies = list(step().apply(replies, [doc]))
     assert replies == ["getWeather"]
     assert task.process_results(doc, replies) == {"exact_match": 1.0}
+
+
+def test_plan_says_a_formatters_row_filter_trains_on_fewer_rows(capsys, tmp_path):
+    path = write_grid(tmp_path)
+    values = yaml.safe_load(path.read_text())
+    values["tasks"][0].update(data="openbmb/UltraFeedback", data_format="ultrafeedback_code")
+    values["tasks"][0]["n_rows"] = 100
+    path.write_text(yaml.safe_dump(values))
+    out = plan(capsys, "--config", path)
+    assert "training rows: 100 (n_rows in the grid, before the row filter of " in out

@@ -56,17 +56,25 @@ def count_rows(path: str | Path) -> int:
 def task_rows(spec: GridSpec, task: TaskSpec) -> tuple[int | None, str]:
     """The training rows of a task and where that number comes from (or, when None, how to
     give it)."""
+    from infosft.training.formats import get_row_filter
+
     if task.builtin:
         return task.n_train, "n_train of the built-in task"
+    # A formatter with a row filter trains on fewer rows than the source holds.
+    filtered = (
+        f", before the row filter of {task.data_format}: fewer train"
+        if task.data_format and get_row_filter(task.data_format)
+        else ""
+    )
     local = [d for d in task.data if Path(d).suffix.lower() in (".jsonl", ".json", ".parquet")]
     present = [d for d in local if Path(d).is_file()]
     if local and len(present) == len(task.data):
-        source = f"counted in {', '.join(present)}"
+        source = f"counted in {', '.join(present)}{filtered}"
         return sum(count_rows(d) for d in present), source
     if task.name in spec.n_rows:
         missing = [d for d in local if d not in present]
         why = f"; {', '.join(missing)} not there yet" if missing else ""
-        return spec.n_rows[task.name], f"n_rows in the grid{why}"
+        return spec.n_rows[task.name], f"n_rows in the grid{why}{filtered}"
     return None, (
         f"unknown without loading {', '.join(task.data)}: give the task n_rows: N in the grid"
     )
