@@ -20,10 +20,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", required=True, metavar="GRID.yaml", help="grid description")
     parser.add_argument("--output-dir", default="runs/compare", help="where results go")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the cells, what they load, their optimizer steps and the cells finished in "
+        "--output-dir, then stop: no model or data set is loaded",
+    )
+    parser.add_argument(
+        "--step-seconds",
+        type=float,
+        metavar="S",
+        help="with --plan: seconds per optimizer step measured on your GPU, for the GPU-hours",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plan:
+        return print_plan(args)
+    if args.step_seconds is not None:
+        raise ValueError("--step-seconds estimates GPU-hours; use it with --plan")
     import datasets
 
     from infosft.experiments.engine import run_grid
@@ -35,4 +51,15 @@ def run(args: argparse.Namespace) -> int:
     results = run_grid(spec, args.output_dir, title="InfoSFT compare")
     print(text_summary(results))
     print(f"report: {args.output_dir}/report.md (and report.html, results.json)")
+    return 0
+
+
+def print_plan(args: argparse.Namespace) -> int:
+    """``--plan``: the grid checked and described; local data files may be missing still."""
+    from infosft.experiments.engine import check_output_dir
+    from infosft.experiments.grid import read_grid
+    from infosft.experiments.plan import plan_text
+
+    spec = read_grid(args.config, require_data=False)
+    print(plan_text(spec, check_output_dir(args.output_dir), args.step_seconds))
     return 0

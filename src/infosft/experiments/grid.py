@@ -12,6 +12,7 @@ the package (``infosft demo --print-spec`` shows it). Paths are relative to the 
         data: train.jsonl               # one file or a list, in a TRL format (as infosft train)
         data_format: null               # optional formatter for raw public datasets
         eval: my_eval.yaml              # one or a list: task YAML, registered task, lm_eval:NAME
+        n_rows: null                    # its training rows, for `compare --plan` (hub data)
       - name: my_task-noisy             # a regime of a task's demonstrations (either key):
         data: train.jsonl               #   noise: a share of answers made wrong, per seed
         eval: my_eval.yaml              #   (kind: answer = final number slipped, swap = another
@@ -81,7 +82,7 @@ GRID_KEYS = ("methods", "learning_rates", "epochs", "seeds")
 # What a task may turn its demonstrations into (infosft.experiments.demonstrations).
 REGIME_KEYS = ("noise", "near_policy")
 BUILTIN_TASK_KEYS = ("name", "generator", "n_train", "n_test", "about", *REGIME_KEYS)
-DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about", *REGIME_KEYS)
+DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about", "n_rows", *REGIME_KEYS)
 NOISE_KEYS = ("share", "kind")
 NEAR_POLICY_KEYS = ("samples", "temperature", "max_new_tokens", "scorer", "batch_size")
 NEAR_POLICY_DEFAULTS = {"samples": 4, "temperature": 0.7, "max_new_tokens": 256, "batch_size": 32}
@@ -221,6 +222,9 @@ class GridSpec:
     eval_limit: int | None = None
     eval_batch_size: int | None = None
     keep_checkpoints: bool = False
+    # Training rows per data task as the YAML states them: a hint for ``compare --plan`` when
+    # the data is on the hub; kept out of TaskSpec so that it never changes a cell's identity.
+    n_rows: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def cells(self) -> list[Cell]:
         """Every cell: seeds outermost (a finished seed has whole fronts), then tasks, methods,
@@ -257,15 +261,16 @@ class GridSpec:
         return dataclasses.asdict(self)
 
 
-def read_grid(path: str | Path) -> GridSpec:
+def read_grid(path: str | Path, require_data: bool = True) -> GridSpec:
     """Parse and check a grid YAML; every problem is a ValueError (or FileNotFoundError) whose
-    message names the file, raised before any model is loaded or trained."""
+    message names the file, raised before any model is loaded or trained. ``require_data``
+    False accepts local training data files that do not exist yet (to plan a grid)."""
     path = Path(path)
     values = read_yaml(path)
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of keys to values, got {values!r}")
     try:
-        return parse_grid(values, path.parent, str(path))
+        return parse_grid(values, path.parent, str(path), require_data)
     except (ValueError, OSError) as err:
         message = str(err)
         if message.startswith(str(path)):
@@ -273,7 +278,9 @@ def read_grid(path: str | Path) -> GridSpec:
         raise type(err)(f"{path}: {message}") from None
 
 
-def parse_grid(values: dict[str, Any], base_dir: Path, source: str = "<grid>") -> GridSpec:
+def parse_grid(
+    values: dict[str, Any], base_dir: Path, source: str = "<grid>", require_data: bool = True
+) -> GridSpec:
     """The :class:`GridSpec` of a grid mapping whose relative paths are relative to
     ``base_dir``; ValueError (without the file name) for the first problem."""
     if "p_bar" in values or "method" in values:
@@ -305,10 +312,11 @@ def parse_grid(values: dict[str, Any], base_dir: Path, source: str = "<grid>") -
         epochs = [
             _positive_number(e, "grid.epochs") for e in _list(grid.get("epochs", [1]), "epochs")
         ]
+    tasks, n_rows = _tasks(values["tasks"], base_dir, require_data)
     spec = GridSpec(
         source=source,
         model=_resolve_model(values.get("model", DEFAULT_MODEL), base_dir),
-        tasks=_tasks(values["tasks"], base_dir),
+        tasks=tasks,
         variants=_variants(grid["methods"]),
         learning_rates=[
             _positive_number(lr, "grid.learning_rates")
@@ -331,6 +339,7 @@ def parse_grid(values: dict[str, Any], base_dir: Path, source: str = "<grid>") -
             values.get("eval_batch_size"), "eval_batch_size", "prompts"
         ),
         keep_checkpoints=_boolean(values.get("keep_checkpoints", False), "keep_checkpoints"),
+        n_rows=n_rows,
     )
     for name, kind, alike in (
         ("learning_rates", "learning rate", "1.0e-4 and 1e-4"),
@@ -497,10 +506,14 @@ def _distinct_names(names: list[str], where: str, fix: str) -> None:
             raise ValueError(f"{where} names {name} twice{spelled}; {fix}")
 
 
-def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
+def _tasks(
+    value: Any, base_dir: Path, require_data: bool = True
+) -> tuple[list[TaskSpec], dict[str, int]]:
+    """The tasks, and the ``n_rows`` hint of each data task that gives one."""
     from infosft.experiments import GENERATED_TASKS
+    from infosft.training.formats import get_formatter
 
-    tasks = []
+    tasks, n_rows = [], {}
     for index, entry in enumerate(_list(value, "tasks", top=True)):
         where = f"tasks[{index}]"
         if isinstance(entry, str):
@@ -539,12 +552,19 @@ def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
         if "eval" not in entry:
             raise ValueError(f"{where} ({name}) needs eval: the task(s) that measure it")
         data = [
-            _resolve_data(d, base_dir, f"{where}.data")
+            _resolve_data(d, base_dir, f"{where}.data", require_data)
             for d in _list(entry["data"], f"{where}.data", top=True)
         ]
         data_format = entry.get("data_format")
         if data_format is not None and not isinstance(data_format, str):
             raise ValueError(f"{where}.data_format must be a formatter name, got {data_format!r}")
+        if data_format is not None:
+            try:
+                get_formatter(data_format)
+            except ValueError as err:
+                raise ValueError(f"{where}.data_format: {err}") from None
+        if entry.get("n_rows") is not None:
+            n_rows[name] = _count(entry["n_rows"], f"{where}.n_rows", "training rows")
         evals = [
             _resolve_task(e, base_dir, f"{where}.eval", allow_probes=False)
             for e in _list(entry["eval"], f"{where}.eval", top=True)
@@ -560,7 +580,7 @@ def _tasks(value: Any, base_dir: Path) -> list[TaskSpec]:
             )
         )
     _distinct_names([t.name for t in tasks], "tasks", "give each task its own name")
-    return tasks
+    return tasks, n_rows
 
 
 def _regime(entry: dict[str, Any], where: str, builtin: bool) -> dict[str, Any]:
@@ -636,15 +656,16 @@ def _resolve_file(value: Any, base_dir: Path, key: str) -> str | None:
     return str(path)
 
 
-def _resolve_data(value: Any, base_dir: Path, where: str) -> str:
-    """A data file relative to the YAML, or a hub dataset name ``org/name[...]``."""
+def _resolve_data(value: Any, base_dir: Path, where: str, require_data: bool = True) -> str:
+    """A data file relative to the YAML (which may be missing unless ``require_data``), or a hub
+    dataset name ``org/name[...]``."""
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where} must be a file or a hub dataset name, got {value!r}")
     path = base_dir / Path(value).expanduser()
     if path.is_dir():
         raise IsADirectoryError(f"{where}: {path} is a directory; name the data files in it")
     if path.exists() or Path(value).suffix.lower() in (".jsonl", ".json", ".parquet"):
-        if not path.is_file():
+        if not path.is_file() and require_data:
             raise FileNotFoundError(f"{where}: data file {path} does not exist")
         return str(path)
     return value
