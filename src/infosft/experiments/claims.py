@@ -145,6 +145,8 @@ class Claims:
         it (a fresh claim) or won the takeover."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(name)
+        if self._fresh(path):
+            return None  # the common case while jobs wait: no temporary file to write
         content = {
             "job": self.job,
             "host": socket.gethostname(),
@@ -170,6 +172,12 @@ class Claims:
         finally:
             Path(temporary).unlink(missing_ok=True)
         return Claim(path, descriptor, self.heartbeat)
+
+    def _fresh(self, path: Path) -> bool:
+        try:
+            return self.now() - os.stat(path).st_mtime <= self.stale_after
+        except FileNotFoundError:
+            return False
 
     def _take_over(self, name: str, temporary: str) -> bool:
         """Rename ``temporary`` over the claim on ``name`` if that claim is stale and this job

@@ -18,6 +18,13 @@
 Progress is one line per event: each cell's start and result with the time left (estimated
 from the cells finished in this run), and a training-step line at most every
 ``STEP_LINE_SECONDS``. Ctrl-C leaves every finished cell in place; the same command resumes.
+
+Several jobs may run one grid into one output directory at once (a SLURM array, machines
+sharing a filesystem, one process per GPU): each claims a cell before training it
+(:mod:`infosft.experiments.claims`, which says what the filesystem must provide), skips cells
+other jobs hold, and takes over a cell whose job stopped sending heartbeats (killed). The base
+is measured by the one job that claims it, the others wait for ``base.json``; once every cell is
+in, the one job that claims the report writes it and the others return what it wrote.
 """
 
 from __future__ import annotations
