@@ -256,3 +256,27 @@ def test_a_stale_after_that_is_not_a_positive_number_is_refused_before_any_work(
     assert main([*argv, "--stale-after", value]) == 2
     assert "--stale-after" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_base_claim_left_by_a_killed_job_is_taken_over_and_the_base_measured(
+    tmp_path, tiny_model_dir
+):
+    from infosft.experiments import engine
+
+    config = write_grid(
+        tmp_path, tiny_model_dir, grid={"methods": ["nll"], "learning_rates": [1e-3]}
+    )
+    # What a job killed while it measured the base leaves: cells/ (empty) and its claim.
+    (tmp_path / "out" / "cells").mkdir(parents=True)
+    dead = Claims(tmp_path / "out" / "claims", "killed").take("base")
+    an_hour_ago = time.time() - 3600
+    os.utime(tmp_path / "out" / "claims" / "base.json", (an_hour_ago, an_hour_ago))
+    lines = []
+    results = engine.run_grid(read_grid(config), tmp_path / "out", log=lines.append, stale_after=60)
+    assert any(line.startswith("measuring the base model") for line in lines)
+    assert (
+        results["base"]["retention_items"]
+        == json.loads((tmp_path / "out" / "base.json").read_text())["retention_items"]
+    )
+    assert list((tmp_path / "out" / "claims").glob("base.*.taken"))
+    dead.release()
