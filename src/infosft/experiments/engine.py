@@ -390,6 +390,7 @@ def run_grid(
     results and report from the cells finished so far, without loading the model.
     """
     from infosft.experiments.report import write_grid_report
+    from infosft.models import load_model_and_tokenizer
 
     start = time.perf_counter()
     if not (math.isfinite(stale_after) and stale_after > 0):
@@ -431,7 +432,10 @@ def run_grid(
         f"(job {claims.job})"
     )
     cells_dir.mkdir(parents=True, exist_ok=True)
-    base_model, tokenizer = _load_base(spec, log)
+    log(f"loading {spec.model}")
+    base_model, tokenizer = load_model_and_tokenizer(spec.model, **_load_options(spec))
+    base_model.eval()
+
     base = _once(
         claims,
         "base",
@@ -527,14 +531,6 @@ def run_grid(
         f"{output_dir / 'report.md'}"
     )
     return results
-
-
-def _load_base(spec: GridSpec, log: Callable[[str], None]) -> tuple[Any, Any]:
-    from infosft.models import load_model_and_tokenizer
-
-    log(f"loading {spec.model}")
-    base_model, tokenizer = load_model_and_tokenizer(spec.model, **_load_options(spec))
-    return base_model.eval(), tokenizer
 
 
 def _measured_base(plan: Plan, base_path: Path) -> dict[str, Any] | None:
