@@ -91,6 +91,26 @@ def test_a_claim_taken_over_is_not_deleted_by_the_job_that_lost_it(tmp_path):
     successor.release()
 
 
+def test_a_claim_left_by_a_process_that_exited_on_this_machine_is_taken_over_at_once(tmp_path):
+    # The process ends without releasing its claim, as a killed job would.
+    code = (
+        "from pathlib import Path; from infosft.experiments.claims import Claims; "
+        f"Claims(Path({str(tmp_path)!r}), 'gone').take('cell')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert Claims(tmp_path, "anyone").holder("cell")["job"] == "gone"
+    successor = Claims(tmp_path, "successor", stale_after=600).take("cell")
+    assert successor is not None
+    successor.release()
+
+
+def test_a_claim_of_a_live_process_is_not_taken_before_it_is_stale(tmp_path):
+    # This process is alive: only its heartbeat's age counts.
+    live = Claims(tmp_path, "live").take("cell")
+    assert Claims(tmp_path, "other", stale_after=600).take("cell") is None
+    live.release()
+
+
 # --- jobs sharing a grid ----------------------------------------------------------------------
 
 

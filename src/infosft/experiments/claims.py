@@ -29,6 +29,11 @@ How, and what it assumes of the filesystem:
   holds attributes up to ``acdirmax``/``acregmax``, 60 s by default): the default, 600 s
   against a 30 s heartbeat, leaves a wide margin; a killed job's cell waits that long before
   another job takes it.
+- **a dead holder on this machine**: a claim also records the process-id space of its job
+  (the Linux boot id and pid namespace); a claim from this same space whose pid no longer
+  exists is taken over at once, without waiting ``stale_after`` (a job restarted after an
+  out-of-memory kill resumes at once). A pid reused by another process only makes the claim
+  look alive, so the timeout still applies.
 - **takeover**: a job that finds a stale claim creates ``claims/<name>.<token>.taken`` (the
   stale claim's token) with ``O_EXCL``; only one contender creates it, and the winner renames
   its own claim over the stale one (``rename(2)`` is atomic). A contender that read the stale
@@ -58,6 +63,17 @@ STALE_AFTER_SECONDS = 600.0
 # Heartbeats per stale_after: a claim goes stale only after this many missed heartbeats.
 HEARTBEATS_PER_TIMEOUT = 20
 CLOCK_FILE = ".clock"
+
+
+def process_space() -> str | None:
+    """Where this job's pid is meaningful: the boot and the pid namespace (Linux); None where
+    unknown."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="utf-8").strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    return f"{boot}/{namespace}"
 
 
 def default_job_id() -> str:
@@ -145,12 +161,13 @@ class Claims:
         it (a fresh claim) or won the takeover."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(name)
-        if self._fresh(path):
+        if self._fresh(name):
             return None  # the common case while jobs wait: no temporary file to write
         content = {
             "job": self.job,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "process_space": process_space(),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "token": secrets.token_hex(8),
         }
@@ -173,11 +190,13 @@ class Claims:
             Path(temporary).unlink(missing_ok=True)
         return Claim(path, descriptor, self.heartbeat)
 
-    def _fresh(self, path: Path) -> bool:
+    def _fresh(self, name: str) -> bool:
+        holder = self.holder(name)
         try:
-            return self.now() - os.stat(path).st_mtime <= self.stale_after
+            age = self.now() - os.stat(self.path(name)).st_mtime
         except FileNotFoundError:
             return False
+        return age <= self.stale_after and not _dead(holder)
 
     def _take_over(self, name: str, temporary: str) -> bool:
         """Rename ``temporary`` over the claim on ``name`` if that claim is stale and this job
@@ -190,7 +209,7 @@ class Claims:
             age = self.now() - os.stat(path).st_mtime
         except FileNotFoundError:
             return False  # released meanwhile: the next look claims it afresh
-        if age <= self.stale_after or "token" not in stale:
+        if "token" not in stale or (age <= self.stale_after and not _dead(stale)):
             return False
         marker = self.directory / f"{name}.{stale['token']}.taken"
         try:
@@ -200,3 +219,18 @@ class Claims:
         marker.write_text(to_json({"taken_by": self.job, "stale_claim": stale}) + "\n")
         os.replace(temporary, path)
         return True
+
+
+def _dead(claim: dict[str, Any]) -> bool:
+    """Whether a claim's job is known to be gone: a process of this process-id space that no
+    longer exists."""
+    space, pid = process_space(), claim.get("pid")
+    if space is None or claim.get("process_space") != space or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # another user's process: alive
+    return False
