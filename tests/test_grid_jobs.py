@@ -300,3 +300,31 @@ def test_a_base_claim_left_by_a_killed_job_is_taken_over_and_the_base_measured(
     )
     assert list((tmp_path / "out" / "claims").glob("base.*.taken"))
     dead.release()
+
+
+def test_a_job_that_lost_its_claim_while_training_writes_no_result_for_that_cell(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from infosft.experiments import engine
+
+    grid = {"methods": ["nll"], "learning_rates": [1e-3]}
+    config = write_grid(tmp_path, tiny_model_dir, grid=grid)
+    real_train = engine.train_cell
+    trained = []
+
+    def lose_claim_during_first_training(plan, cell, *args, **kwargs):
+        if not trained:
+            # Another job takes the cell over (this one seemed frozen), then goes quiet.
+            (tmp_path / "thief.json").write_text(json.dumps({"job": "thief", "token": "t"}))
+            os.replace(tmp_path / "thief.json", tmp_path / "out" / "claims" / f"{cell.name}.json")
+        trained.append(cell.name)
+        return real_train(plan, cell, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_cell", lose_claim_during_first_training)
+    lines = []
+    engine.run_grid(read_grid(config), tmp_path / "out", log=lines.append, stale_after=1)
+    assert any("another job took this cell over" in line for line in lines)
+    # Had the first result been written, the cell would count as finished: it was discarded,
+    # and the cell trained again once the thief's claim went stale.
+    assert len(trained) == 2
+    assert len(list((tmp_path / "out" / "cells").glob("*.json"))) == 1
