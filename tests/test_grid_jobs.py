@@ -264,7 +264,20 @@ def test_report_only_before_the_base_is_measured_is_one_clear_error(
         ["compare", "--config", str(config), "--output-dir", str(tmp_path / "o"), "--report-only"]
     )
     assert code == 2
-    assert "no base measurement" in capsys.readouterr().err
+    assert "holds no base measurement (base.json) of this grid" in capsys.readouterr().err
+
+
+def test_report_only_before_any_cell_is_finished_is_one_clear_error(
+    killed_and_restarted, tmp_path, capsys
+):
+    tmp, _ = killed_and_restarted
+    out = tmp_path / "out"
+    shutil.copytree(tmp / "out", out)
+    shutil.rmtree(out / "cells")
+    (out / "cells").mkdir()
+    argv = ["compare", "--config", str(tmp / "grid.yaml"), "--output-dir", str(out)]
+    assert main([*argv, "--report-only"]) == 2
+    assert "holds no finished cell of this grid" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])

@@ -413,11 +413,12 @@ def run_grid(
         return json.loads(to_json(results))
 
     if report_only:
-        base = _read_json(output_dir / "base.json")
-        if base is None or changed_parts(base.get("fingerprint"), plan.base_fingerprint()):
+        base = _measured_base(plan, output_dir / "base.json")
+        if base is None or not done:
+            what = "base measurement (base.json)" if base is None else "finished cell"
             raise ValueError(
-                f"{output_dir} holds no base measurement of this grid (base.json); run the grid "
-                "without --report-only first"
+                f"{output_dir} holds no {what} of this grid yet, so there is nothing to report; "
+                "run the grid without --report-only first"
             )
         results = _once(claims, "report", lambda: None, lambda: report(base, []), log)
         log(f"report of {len(done)} of {len(cells)} cells: {output_dir / 'report.md'}")
