@@ -32,6 +32,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="with --plan: seconds per optimizer step measured on your GPU, for the GPU-hours",
     )
+    # Several jobs sharing one grid (infosft.experiments.claims).
+    parser.add_argument(
+        "--job-id",
+        default=None,
+        help="this job's name in claims and cell files (default <host>-<pid>; e.g. "
+        "$SLURM_ARRAY_JOB_ID-$SLURM_ARRAY_TASK_ID)",
+    )
+    parser.add_argument(
+        "--stale-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="take over a cell whose job sent no heartbeat for this long (a killed job's; "
+        "default 600, infosft.experiments.claims.STALE_AFTER_SECONDS)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write results.json and the report now from the cells finished so far",
+    )
     parser.set_defaults(run=run)
 
 
@@ -42,13 +62,21 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--step-seconds estimates GPU-hours; use it with --plan")
     import datasets
 
+    from infosft.experiments.claims import STALE_AFTER_SECONDS
     from infosft.experiments.engine import run_grid
     from infosft.experiments.grid import read_grid
     from infosft.experiments.report import text_summary
 
     spec = read_grid(args.config)
     datasets.disable_progress_bars()
-    results = run_grid(spec, args.output_dir, title="InfoSFT compare")
+    results = run_grid(
+        spec,
+        args.output_dir,
+        title="InfoSFT compare",
+        job_id=args.job_id,
+        stale_after=STALE_AFTER_SECONDS if args.stale_after is None else args.stale_after,
+        report_only=args.report_only,
+    )
     print(text_summary(results))
     print(f"report: {args.output_dir}/report.md (and report.html, results.json)")
     return 0

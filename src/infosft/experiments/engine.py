@@ -18,6 +18,13 @@
 Progress is one line per event: each cell's start and result with the time left (estimated
 from the cells finished in this run), and a training-step line at most every
 ``STEP_LINE_SECONDS``. Ctrl-C leaves every finished cell in place; the same command resumes.
+
+Several jobs may run one grid into one output directory at once (a SLURM array, machines
+sharing a filesystem, one process per GPU): each claims a cell before training it
+(:mod:`infosft.experiments.claims`, which says what the filesystem must provide), skips cells
+other jobs hold, and takes over a cell whose job stopped sending heartbeats (killed). The base
+is measured by the one job that claims it, the others wait for ``base.json``; once every cell is
+in, the one job that claims the report writes it and the others return what it wrote.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from transformers import TrainerCallback
 
 from infosft.evaluation.forgetting import KLReference
 from infosft.experiments import summary as summarize
+from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id
 from infosft.experiments.demonstrations import agrees_with_demonstration, corrupt, near_policy
 from infosft.experiments.grid import METHOD_OPTIONS, Cell, GridSpec
 from infosft.experiments.measure import (
@@ -46,7 +54,7 @@ from infosft.experiments.measure import (
     measure_tuned,
     text_digest,
 )
-from infosft.files import environment, write_json_atomic
+from infosft.files import environment, to_json, write_json_atomic
 from infosft.objectives import DEFAULT_P_BAR
 
 # Bump when what a cell file holds, or how it is measured, changes: old cells are not reused.
@@ -305,11 +313,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _stale_cells(plan: Plan, cells_dir: Path) -> dict[str, dict[str, Any]]:
-    """The grid's finished cells; ValueError when any was made with other settings (a finished
-    cell is a result: it is never overwritten, nor reported for settings it was not made with)."""
+def _stale_cells(plan: Plan, cells_dir: Path, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """Those of ``cells`` that are finished; ValueError when any was made with other settings
+    (a finished cell is a result: it is never overwritten, nor reported for settings it was not
+    made with)."""
     done, stale = {}, {}
-    for cell in plan.spec.cells():
+    for cell in cells:
         stored = _read_json(cells_dir / f"{cell.name}.json")
         if stored is None:
             continue
@@ -446,23 +455,59 @@ def run_grid(
     *,
     title: str = "InfoSFT grid",
     log: Callable[[str], None] = _stderr,
+    job_id: str | None = None,
+    stale_after: float = STALE_AFTER_SECONDS,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """Run or resume ``spec`` into ``output_dir``; returns the results written to results.json."""
+    """Run or resume ``spec`` into ``output_dir``; returns the results written to results.json.
+
+    Several jobs may run the same grid into one ``output_dir`` at once (module docstring):
+    ``job_id`` names this one in claims and cell files (default ``<host>-<pid>``), and a claim
+    whose heartbeat is ``stale_after`` seconds old is taken over. ``report_only`` writes the
+    results and report from the cells finished so far, without loading the model.
+    """
     from infosft.experiments.report import write_grid_report
     from infosft.models import load_model_and_tokenizer
 
     start = time.perf_counter()
+    if not (math.isfinite(stale_after) and stale_after > 0):
+        raise ValueError(f"--stale-after {stale_after} is not a positive number of seconds")
     output_dir = check_output_dir(output_dir)
     plan = Plan(spec)
     cells_dir = output_dir / "cells"
-    done = _stale_cells(plan, cells_dir)
+    cells = spec.cells()
+    done = _stale_cells(plan, cells_dir, cells)
+    claims = Claims(output_dir / "claims", job_id or default_job_id(), stale_after)
+    results_stamp = _stamp(output_dir / "results.json")
+
+    def report(base: dict[str, Any], run_seconds: list[float]) -> dict[str, Any]:
+        log(f"writing results.json and the report (job {claims.job})")
+        finished = _stale_cells(plan, cells_dir, cells)
+        results = _results(spec, title, base, cells, finished, start, run_seconds)
+        write_grid_report(results, output_dir)
+        write_json_atomic(output_dir / "results.json", results)
+        # As results.json holds them (NaN as null): the same whichever job wrote them.
+        return json.loads(to_json(results))
+
+    if report_only:
+        base = _measured_base(plan, output_dir / "base.json")
+        if base is None or not done:
+            what = "base measurement (base.json)" if base is None else "finished cell"
+            raise ValueError(
+                f"{output_dir} holds no {what} of this grid yet, so there is nothing to report; "
+                "run the grid without --report-only first"
+            )
+        results = _once(claims, "report", lambda: None, lambda: report(base, []), log)
+        log(f"report of {len(done)} of {len(cells)} cells: {output_dir / 'report.md'}")
+        return results
+
     if spec.keep_checkpoints:
         _stale_models(plan, output_dir / "runs", done)
-    cells = spec.cells()
     log(
         f"{title}: {len(cells)} cells ({len(spec.tasks)} task(s) x {len(spec.variants)} "
         f"method(s) x {len(spec.learning_rates)} learning rate(s) x {len(spec.epochs)} length(s) "
-        f"x {len(spec.seeds)} seed(s)), {len(done)} finished before; results in {output_dir}"
+        f"x {len(spec.seeds)} seed(s)), {len(done)} finished before; results in {output_dir} "
+        f"(job {claims.job})"
     )
     cells_dir.mkdir(parents=True, exist_ok=True)
     log(f"loading {spec.model}")
@@ -470,25 +515,13 @@ def run_grid(
     base_model.eval()
     plan.make_own_answers(base_model, tokenizer, output_dir / "demonstrations", log)
 
-    base_path = output_dir / "base.json"
-    base = _read_json(base_path)
-    # The base is remeasured, not refused, when it changed: every finished cell matched above,
-    # so what changed (a task without finished cells, the seed order) alters no result.
-    changed = changed_parts(base and base.get("fingerprint"), plan.base_fingerprint())
-    if changed:
-        why = "" if base is None else f"; its {_listing(changed)} changed"
-        log(f"measuring the base model (once for every cell{why})")
-        measured = time.perf_counter()
-        # First: it also prepares each task's training rows, so bad data or a max_length that
-        # leaves no target fails before the longer measurements.
-        q_under_base = _q_under_base(plan, base_model, tokenizer)
-        base = {
-            "fingerprint": plan.base_fingerprint(),
-            **measure_base(base_model, tokenizer, plan.suite),
-            "q_under_base": q_under_base,
-        }
-        base["measure_seconds"] = time.perf_counter() - measured
-        write_json_atomic(base_path, base)
+    base = _once(
+        claims,
+        "base",
+        lambda: _measured_base(plan, output_dir / "base.json"),
+        lambda: _measure_base(plan, base_model, tokenizer, output_dir / "base.json", log),
+        log,
+    )
     log(
         "base: "
         + ", ".join(f"{t} accuracy {v['accuracy']:.3f}" for t, v in base["new_tasks"].items())
@@ -498,43 +531,177 @@ def run_grid(
     kl_reference = KLReference(
         base_model, tokenizer, plan.suite.general_prompts, base["general_samples"]
     )
-    records, run_seconds = [], []
+    run_seconds = []
+    waiting = False
     try:
-        for index, cell in enumerate(cells, start=1):
-            head = f"[{index}/{len(cells)}] {cell.describe()}"
-            if cell.name in done:
-                records.append(done[cell.name])
-                continue
-            log(f"{head}: training")
-            began = time.perf_counter()
-            model, seconds, curve = train_cell(
-                plan, cell, base_model, tokenizer, output_dir / "runs" / cell.name, log
-            )
-            trained = time.perf_counter()
-            measured = measure_tuned(model, tokenizer, plan.suite, cell.task, base, kl_reference)
-            del model
-            record = _cell_record(spec, cell, measured, seconds, curve)
-            record["measure_seconds"] = time.perf_counter() - trained
-            record["fingerprint"] = plan.cell_fingerprint(cell)
-            write_json_atomic(cells_dir / f"{cell.name}.json", record)
-            records.append(record)
-            run_seconds.append(time.perf_counter() - began)
-            left = sum(1 for c in cells[index:] if c.name not in done)
-            per_cell = sum(run_seconds) / len(run_seconds)
-            eta = f"; {left} cell(s) left, about {_duration(left * per_cell)}"
-            log(
-                f"{head}: accuracy {_fmt(record['accuracy'])}, retention "
-                f"{_fmt(record['retention'])}, KL {_fmt(record['kl_base_tuned'], 4)} "
-                f"({_duration(trained - began)} training, {_duration(record['measure_seconds'])} "
-                f"measuring){eta if left else ''}"
-            )
+        while len(done) < len(cells):
+            took = False
+            for index, cell in enumerate(cells, start=1):
+                if cell.name in done:
+                    continue
+                done.update(_stale_cells(plan, cells_dir, [cell]))
+                claim = None if cell.name in done else claims.take(cell.name)
+                if claim is None:
+                    continue
+                took, waiting = True, False
+                head = f"[{index}/{len(cells)}] {cell.describe()}"
+                with claim:
+                    # Another job may have finished it between the look above and the claim.
+                    done.update(_stale_cells(plan, cells_dir, [cell]))
+                    if cell.name in done:
+                        continue
+                    log(f"{head}: training")
+                    began = time.perf_counter()
+                    model, seconds, curve = train_cell(
+                        plan, cell, base_model, tokenizer, output_dir / "runs" / cell.name, log
+                    )
+                    trained = time.perf_counter()
+                    measured = measure_tuned(
+                        model, tokenizer, plan.suite, cell.task, base, kl_reference
+                    )
+                    del model
+                    record = _cell_record(spec, cell, measured, seconds, curve)
+                    record["measure_seconds"] = time.perf_counter() - trained
+                    record["job"] = claims.job
+                    record["fingerprint"] = plan.cell_fingerprint(cell)
+                    if not claim.held():
+                        log(
+                            f"{head}: another job took this cell over while it trained (this "
+                            f"job missed {stale_after:g} s of heartbeats); that job writes it"
+                        )
+                        continue
+                    write_json_atomic(cells_dir / f"{cell.name}.json", record)
+                done[cell.name] = record
+                run_seconds.append(time.perf_counter() - began)
+                left = len(cells) - len(done)
+                per_cell = sum(run_seconds) / len(run_seconds)
+                eta = f"; {left} cell(s) left, about {_duration(left * per_cell)} in one job"
+                log(
+                    f"{head}: accuracy {_fmt(record['accuracy'])}, retention "
+                    f"{_fmt(record['retention'])}, KL {_fmt(record['kl_base_tuned'], 4)} "
+                    f"({_duration(trained - began)} training, "
+                    f"{_duration(record['measure_seconds'])} measuring){eta if left else ''}"
+                )
+            if not took and len(done) < len(cells):
+                if not waiting:
+                    log(
+                        f"{len(cells) - len(done)} cell(s) left, all claimed by other jobs; "
+                        "waiting for them to finish (or to go stale)"
+                    )
+                waiting = True
+                time.sleep(claims.heartbeat)
     except KeyboardInterrupt:
         log(
-            f"interrupted: {len(records)} of {len(cells)} cells are saved in {cells_dir}; run the "
+            f"interrupted: {len(done)} of {len(cells)} cells are saved in {cells_dir}; run the "
             "same command again to finish the others"
         )
         raise
 
+    results = _once(
+        claims,
+        "report",
+        lambda: _complete_results(output_dir / "results.json", results_stamp, len(cells)),
+        lambda: report(base, run_seconds),
+        log,
+    )
+    log(
+        f"done in {_duration(time.perf_counter() - start)} (all {len(cells)} cells: "
+        f"{_duration(results['timing']['compute_seconds'])} of training and measuring): "
+        f"{output_dir / 'report.md'}"
+    )
+    return results
+
+
+def _measured_base(plan: Plan, base_path: Path) -> dict[str, Any] | None:
+    """base.json, if it was measured with this grid's base fingerprint."""
+    base = _read_json(base_path)
+    if base is None or changed_parts(base.get("fingerprint"), plan.base_fingerprint()):
+        return None
+    return base
+
+
+def _measure_base(
+    plan: Plan, base_model: Any, tokenizer: Any, base_path: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Measure the base model once for every cell and write base.json."""
+    stored = _read_json(base_path)
+    # The base is remeasured, not refused, when it changed: every finished cell matched, so
+    # what changed (a task without finished cells, the seed order) alters no result.
+    changed = changed_parts(stored and stored.get("fingerprint"), plan.base_fingerprint())
+    why = "" if stored is None else f"; its {_listing(changed)} changed"
+    log(f"measuring the base model (once for every cell{why})")
+    measured = time.perf_counter()
+    # First: it also prepares each task's training rows, so bad data or a max_length that
+    # leaves no target fails before the longer measurements.
+    q_under_base = _q_under_base(plan, base_model, tokenizer)
+    base = {
+        "fingerprint": plan.base_fingerprint(),
+        **measure_base(base_model, tokenizer, plan.suite),
+        "q_under_base": q_under_base,
+    }
+    base["measure_seconds"] = time.perf_counter() - measured
+    write_json_atomic(base_path, base)
+    return base
+
+
+def _once(
+    claims: Claims,
+    name: str,
+    finished: Callable[[], dict[str, Any] | None],
+    make: Callable[[], dict[str, Any]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """``finished()`` once it is not None; made by ``make()`` in the one job that claims
+    ``name`` meanwhile, the others waiting for it."""
+    waiting = False
+    while True:
+        result = finished()
+        if result is not None:
+            return result
+        claim = claims.take(name)
+        if claim is not None:
+            with claim:
+                return finished() or make()
+        if not waiting:
+            holder = claims.holder(name).get("job", "another job")
+            log(f"waiting for job {holder}, which holds the {name} (or for its claim to go stale)")
+        waiting = True
+        time.sleep(claims.heartbeat)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which version of a file this is (inode, mtime, size); None when there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _complete_results(
+    path: Path, stamp_at_start: tuple[int, int, int] | None, cell_count: int
+) -> dict[str, Any] | None:
+    """results.json if another job wrote it, complete, after this job started: the report is
+    then written already (a rerun of a finished grid writes it again)."""
+    if _stamp(path) == stamp_at_start:
+        return None
+    results = _read_json(path)
+    if results is None or results.get("missing_cells") or len(results["cells"]) != cell_count:
+        return None
+    return results
+
+
+def _results(
+    spec: GridSpec,
+    title: str,
+    base: dict[str, Any],
+    cells: list[Cell],
+    finished: dict[str, dict[str, Any]],
+    start: float,
+    run_seconds: list[float],
+) -> dict[str, Any]:
+    """results.json of the finished cells (in grid order); ``missing_cells`` names the rest."""
+    records = [finished[c.name] for c in cells if c.name in finished]
     results = {
         "format": RESULTS_FORMAT,
         "title": title,
@@ -542,6 +709,7 @@ def run_grid(
         "environment": environment(),
         "base": {k: v for k, v in base.items() if k != "fingerprint"},
         "cells": [{k: v for k, v in r.items() if k != "fingerprint"} for r in records],
+        "missing_cells": [c.name for c in cells if c.name not in finished],
     }
     results["summary"] = summarize.setting_rows(results["cells"])
     results["fronts"] = summarize.task_fronts(results["cells"], base["probe_correct"], spec)
@@ -549,20 +717,13 @@ def run_grid(
         "total_seconds": time.perf_counter() - start,
         "cells_run": len(run_seconds),
         "cells_reused": len(records) - len(run_seconds),
-        # What the whole grid cost, also when it was finished over several invocations (a
-        # resumed run's total_seconds counts only the last one): training and measuring summed
-        # over every cell, plus measuring the base once. A cell measured from a model already on
-        # disk has no training time (None) and adds only its measuring.
+        # What the whole grid cost, also when it was finished over several invocations or jobs
+        # (total_seconds counts only this one): training and measuring summed over every cell,
+        # plus measuring the base once. A cell measured from a model already on disk has no
+        # training time (None) and adds only its measuring.
         "compute_seconds": base.get("measure_seconds", 0.0)
         + sum((r["train_seconds"] or 0.0) + r["measure_seconds"] for r in records),
     }
-    write_grid_report(results, output_dir)
-    write_json_atomic(output_dir / "results.json", results)
-    log(
-        f"done in {_duration(results['timing']['total_seconds'])} (all {len(records)} cells: "
-        f"{_duration(results['timing']['compute_seconds'])} of training and measuring): "
-        f"{output_dir / 'report.md'}"
-    )
     return results
 
 

@@ -211,13 +211,21 @@ def grid_markdown(results: Mapping[str, Any], figures: Mapping[str, Path]) -> st
         f"# {results['title']}",
         f"Model `{spec['model']}` fine-tuned on {len(tasks)} task(s) with {methods} at learning "
         f"rates {lrs}, {len(spec['seeds'])} seed(s): {len(results['cells'])} cells "
-        f"({timing['cells_run']} run now, {timing['cells_reused']} from an earlier run), "
+        f"({timing['cells_run']} run now, {timing['cells_reused']} from an earlier run or "
+        "another job), "
         f"{timing['total_seconds'] / 60:.1f} min ({timing['compute_seconds'] / 60:.1f} min of "
         "training and measuring over all cells). Every cell is measured on new-task accuracy, "
         "retention of prior capabilities and KL(base ‖ tuned); each method's front is the "
         "upper-right envelope of its cells in (retention, accuracy).",
-        "## Verdicts",
     ]
+    missing = results.get("missing_cells", [])
+    if missing:
+        total = len(missing) + len(results["cells"])
+        parts.append(
+            f"**Incomplete: {len(missing)} of {total} cells are missing** (not finished yet, "
+            f"e.g. `{missing[0]}`); every number below is over the finished cells only."
+        )
+    parts.append("## Verdicts")
     for task in tasks:
         about = next((t["about"] for t in spec["tasks"] if t["name"] == task), "")
         reference = results["fronts"].get(task, {}).get("reference", "nll")
