@@ -15,7 +15,7 @@ from torch.distributed.fsdp import fully_shard
 
 from conftest import build_tiny_llama
 from infosft.losses.fused import fused_weighted_nll_loss
-from infosft.training.trainer import loss_in_lm_head
+from infosft.losses.lm_head import loss_in_lm_head
 
 VOCAB = 600
 
