@@ -359,6 +359,10 @@ def _check_name(name: str, overwrite: bool) -> None:
         )
 
 
+# Bindings whose weight passed probe_scheme: (id(definition), p_bar, arguments) -> definition.
+_PROBED: dict[tuple[int, float, tuple[tuple[str, Any], ...]], _Definition] = {}
+
+
 def _add(name: str, definition: _Definition) -> None:
     """Register ``definition`` once its defaults pass its own check and :func:`probe_scheme`;
     on a ValueError the registry is unchanged."""
@@ -560,7 +564,13 @@ def _bind(
         _weight=definition.weight,
         _batch_statistic=definition.batch_statistic,
     )
-    probe_scheme(scheme)
+    # A loss called with a scheme's name resolves it on every step: probe each binding once.
+    # The definition is the key's first part and is kept alive by the value, so a definition
+    # replaced with overwrite=True is probed anew.
+    key = (id(definition), p_bar, tuple(sorted(args.items())))
+    if _PROBED.get(key) is not definition:
+        probe_scheme(scheme)
+        _PROBED[key] = definition
     return scheme
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from infosft.losses.fused import TokenStats
-from infosft.losses.lm_head import causal_lm_loss, lm_head_inputs, output_embeddings
+from infosft.losses.lm_head import base_head_inputs, causal_lm_loss, output_embeddings
 from infosft.objectives import get_scheme
 
 
@@ -65,17 +65,6 @@ def use_fused_loss(
     # Per mode, the TokenStats fields summed over the micro-batches since the last log.
     sums: dict[str, list[float]] = {}
 
-    def base_head_inputs(model: nn.Module, forward_inputs: dict[str, Any]):
-        with torch.no_grad():
-            if frozen_base is not None:
-                return lm_head_inputs(frozen_base, forward_inputs)
-            with _unwrapped(trainer, model).disable_adapter():
-                hidden, weight, bias = lm_head_inputs(model, forward_inputs)
-            # LoRA leaves the head alone: the base projects with the trained model's own head.
-            if weight is output_embeddings(_unwrapped(trainer, model)).weight:
-                return hidden, None, None
-            return hidden, weight, bias
-
     def compute_loss(
         model: nn.Module,
         inputs: dict[str, Any],
@@ -84,7 +73,14 @@ def use_fused_loss(
     ):
         forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         forward_inputs["use_cache"] = False
-        base = base_head_inputs(model, forward_inputs) if kl_to_base else None
+        base = None
+        if kl_to_base:
+            base = base_head_inputs(
+                model,
+                forward_inputs,
+                frozen_base=frozen_base,
+                unwrapped=_unwrapped(trainer, model),
+            )
         loss, stats = causal_lm_loss(
             model,
             inputs,
@@ -98,7 +94,9 @@ def use_fused_loss(
             accelerator = getattr(trainer, "accelerator", None)
             loss = loss * (accelerator.num_processes if accelerator is not None else 1)
         mode = "train" if model.training else "eval"
-        values = [0.0 if value is None else float(value) for value in stats]
+        # One read of the device for all the statistics, not one per field.
+        present = [value.detach().double() for value in stats if value is not None]
+        values = torch.stack(present).tolist() + ([] if stats.sum_kl is not None else [0.0])
         window = sums.get(mode)
         sums[mode] = (
             values if window is None else [a + b for a, b in zip(window, values, strict=True)]

@@ -141,6 +141,32 @@ def lm_head_inputs(model: nn.Module, model_inputs: Mapping[str, Any]) -> tuple[T
     return result["stats"]
 
 
+@torch.no_grad()
+def base_head_inputs(
+    model: nn.Module,
+    forward_inputs: Mapping[str, Any],
+    *,
+    frozen_base: nn.Module | None = None,
+    unwrapped: nn.Module | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The KL anchor's base on this batch: the base model's hidden states [B, T, H'] and LM
+    head (weight, bias), from one forward without gradients that builds no logits.
+
+    The base is ``frozen_base`` when given, else ``model`` with its PEFT adapters off
+    (``unwrapped`` is ``model`` without DDP/accelerate wrappers, whose ``disable_adapter`` is
+    used). The weight is None when the base projects with ``model``'s own head (LoRA leaves it
+    alone), as :func:`causal_lm_loss`'s ``base`` takes it.
+    """
+    if frozen_base is not None:
+        return lm_head_inputs(frozen_base, forward_inputs)
+    unwrapped = model if unwrapped is None else unwrapped
+    with unwrapped.disable_adapter():
+        hidden, weight, bias = lm_head_inputs(model, forward_inputs)
+    if weight is output_embeddings(unwrapped).weight:
+        return hidden, None, None
+    return hidden, weight, bias
+
+
 def causal_lm_loss(
     model: nn.Module,
     inputs: Mapping[str, Any],

@@ -18,7 +18,6 @@ fused loss needs the hidden states themselves, and the LM head is where they are
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
@@ -33,7 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 from trl import SFTTrainer
 
 from infosft.losses import IGNORE_INDEX
-from infosft.losses.lm_head import causal_lm_loss, lm_head_inputs, output_embeddings
+from infosft.losses.lm_head import base_head_inputs, causal_lm_loss
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
 from infosft.training.outputs import BASE_LOG_PROBS_DIR, final_model_saved
@@ -329,7 +328,14 @@ class InfoSFTTrainer(SFTTrainer):
         batch = {k: v for k, v in inputs.items() if k != COLUMN}
         forward_inputs = {k: v for k, v in batch.items() if k != "labels"}
         forward_inputs["use_cache"] = False
-        base = self._base_head_inputs(model, forward_inputs) if self.args.kl_to_base else None
+        base = None
+        if self.args.kl_to_base:
+            base = base_head_inputs(
+                model,
+                forward_inputs,
+                frozen_base=self._frozen_base,
+                unwrapped=self.accelerator.unwrap_model(model),
+            )
         loss, stats = causal_lm_loss(
             model,
             batch,
@@ -350,26 +356,6 @@ class InfoSFTTrainer(SFTTrainer):
                 outputs = model(**forward_inputs)
             return loss, outputs
         return loss
-
-    @torch.no_grad()
-    def _base_head_inputs(
-        self, model: nn.Module, model_inputs: dict[str, Any]
-    ) -> tuple[Tensor, Any, Tensor | None]:
-        """The base model's final hidden states [B, T, H] on this batch and its LM head (weight,
-        bias), for the KL anchor: one forward without gradients, the head intercepted so no
-        logits are built. The weight is None when the base shares the trained head.
-        """
-
-        if self._frozen_base is not None:
-            base, adapters_off = self._frozen_base, contextlib.nullcontext()
-        else:
-            base = model
-            adapters_off = self.accelerator.unwrap_model(model).disable_adapter()
-        with adapters_off:
-            hidden, weight, bias = lm_head_inputs(base, model_inputs)
-        if self._frozen_base is None and weight is output_embeddings(model).weight:
-            return hidden, None, None
-        return hidden, weight, bias
 
     def _record(
         self, mode: str, loss: Tensor, stats: Any, inputs: dict[str, Any], method: str
