@@ -95,8 +95,8 @@ def use_fused_loss(
             loss = loss * (accelerator.num_processes if accelerator is not None else 1)
         mode = "train" if model.training else "eval"
         # One read of the device for all the statistics, not one per field.
-        present = [value.detach().double() for value in stats if value is not None]
-        values = torch.stack(present).tolist() + ([] if stats.sum_kl is not None else [0.0])
+        read = iter(torch.stack([v.detach().double() for v in stats if v is not None]).tolist())
+        values = [0.0 if value is None else next(read) for value in stats]
         window = sums.get(mode)
         sums[mode] = (
             values if window is None else [a + b for a, b in zip(window, values, strict=True)]
