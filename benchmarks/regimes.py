@@ -35,7 +35,7 @@ def main() -> None:
     from infosft.evaluation.metrics import wilson_interval
     from infosft.experiments import GENERATED_TASKS, probes
     from infosft.experiments.diagnostics import mass_shares, q_summary
-    from infosft.experiments.q_profile import score_rows, target_log_probs
+    from infosft.experiments.inspect import score_rows, target_log_probs
     from infosft.models import DEFAULT_MODEL, load_model_and_tokenizer
 
     torch.manual_seed(0)

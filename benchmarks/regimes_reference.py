@@ -6,7 +6,7 @@
 For each built-in task of the demo's grid spec (``infosft demo``; ``--full``: its full-mode
 spec), the training demonstrations the demo trains on (its first seed) are prepared as the
 demo's training prepares them and scored with the demo's base model; the numbers are those
-``infosft inspect`` prints for the user's data (``infosft.experiments.q_profile``): median q,
+``infosft inspect`` prints for the user's data (``infosft.experiments.inspect``): median q,
 the share of target tokens with q >= p_bar and with q < 0.05, and each registered scheme's mean
 weight. With ``--results`` (a demo's results.json), each task also gets the demo's measured base
 accuracy and its verdict sentences; without it they are null and inspect prints "not measured
@@ -46,9 +46,9 @@ def main() -> None:
     parser.add_argument("--output", help="default: the packaged regimes_reference.json")
     args = parser.parse_args()
 
-    from infosft.experiments.engine import Plan
+    from infosft.experiments.grid_runner import Plan
     from infosft.experiments.grid import Cell, demo_spec_path, read_grid
-    from infosft.experiments.q_profile import (
+    from infosft.experiments.inspect import (
         LOW_Q,
         REGIMES_REFERENCE,
         format_regimes,

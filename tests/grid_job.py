@@ -10,11 +10,11 @@ import sys
 import time
 
 from infosft.cli import main
-from infosft.experiments import engine, probes
+from infosft.experiments import grid_runner, probes
 from test_compare import passed_by_hash
 
 probes.probe_passed = passed_by_hash
-train_cell = engine.train_cell
+train_cell = grid_runner.train_cell
 
 
 def slow_train_cell(*args, **kwargs):
@@ -22,5 +22,5 @@ def slow_train_cell(*args, **kwargs):
     return train_cell(*args, **kwargs)
 
 
-engine.train_cell = slow_train_cell
+grid_runner.train_cell = slow_train_cell
 sys.exit(main(sys.argv[1:]))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from infosft.cli import main
-from infosft.experiments import engine, probes
+from infosft.experiments import grid_runner, probes
 from infosft.experiments.grid import demo_spec_path, read_grid
 
 SCHEDULE = [{"method": "nll", "until_epoch": 0.5}, {"method": "infosft"}]
@@ -154,9 +154,9 @@ def test_the_report_states_each_verdict_before_any_table_and_stands_alone(finish
 def test_a_rerun_of_a_finished_grid_trains_nothing(finished, monkeypatch):
     results, out, _ = finished
     trained = []
-    monkeypatch.setattr(engine, "train_cell", lambda *a, **k: trained.append(a) or 1 / 0)
+    monkeypatch.setattr(grid_runner, "train_cell", lambda *a, **k: trained.append(a) or 1 / 0)
     spec = read_grid(out.parent / "grid.yaml")
-    again = engine.run_grid(spec, out, log=quiet)
+    again = grid_runner.run_grid(spec, out, log=quiet)
     assert not trained
     assert again["cells"] == results["cells"]
 
@@ -166,7 +166,7 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_cells(
 ):
     grid = {"methods": ["nll", "infosft"], "learning_rates": [1e-3, 1e-2], "seeds": [0]}
     spec = read_grid(write_grid(tmp_path, tiny_model_dir, grid=grid))
-    real_train = engine.train_cell
+    real_train = grid_runner.train_cell
     trained = []
 
     def interrupt_third(plan, cell, *args, **kwargs):
@@ -175,10 +175,10 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_cells(
             raise KeyboardInterrupt
         return real_train(plan, cell, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_cell", interrupt_third)
+    monkeypatch.setattr(grid_runner, "train_cell", interrupt_third)
     lines = []
     with pytest.raises(KeyboardInterrupt):
-        engine.run_grid(spec, tmp_path / "out", log=lines.append)
+        grid_runner.run_grid(spec, tmp_path / "out", log=lines.append)
     saved = {p.name: p.read_text() for p in (tmp_path / "out" / "cells").iterdir()}
     assert len(saved) == 2 and not (tmp_path / "out" / "results.json").exists()
     assert any(line.startswith("[2/4]") and "left" in line for line in lines)
@@ -186,11 +186,11 @@ def test_an_interrupted_grid_resumes_with_only_the_missing_cells(
 
     trained.clear()
     monkeypatch.setattr(
-        engine,
+        grid_runner,
         "train_cell",
         lambda plan, cell, *a, **k: trained.append(cell.name) or real_train(plan, cell, *a, **k),
     )
-    results = engine.run_grid(spec, tmp_path / "out", log=quiet)
+    results = grid_runner.run_grid(spec, tmp_path / "out", log=quiet)
     assert trained == [c.name for c in spec.cells()][2:]
     assert len(results["cells"]) == 4
     # The grid's cost counts the cells of the interrupted run too, not only this invocation's.
@@ -214,7 +214,7 @@ def test_cells_made_with_other_data_or_another_model_are_never_reused(
     for item in tiny_model_dir.iterdir():
         (model_dir / item.name).write_bytes(item.read_bytes())
     path = write_grid(tmp_path, model_dir, grid={"methods": ["nll"], "learning_rates": [1e-3]})
-    engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     if change == "training data":
         # Same file name, other content.
         rows = (tmp_path / "train.jsonl").read_text().replace("+ 3", "+ 4")
@@ -227,7 +227,7 @@ def test_cells_made_with_other_data_or_another_model_are_never_reused(
         "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0
     )
     with pytest.raises(ValueError, match=rf"made with another {change}.*another --output-dir"):
-        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+        grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     assert not loaded
 
 
@@ -245,10 +245,10 @@ def test_cells_whose_names_once_collided_each_keep_their_own_file_and_resume(
             "learning_rates": [1e-3, 1.000001e-3],
         },
     )
-    first = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    first = grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     assert len(list((tmp_path / "out" / "cells").iterdir())) == len(first["cells"]) == 8
-    monkeypatch.setattr(engine, "train_cell", lambda *a, **k: 1 / 0)
-    again = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    monkeypatch.setattr(grid_runner, "train_cell", lambda *a, **k: 1 / 0)
+    again = grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     assert again["cells"] == first["cells"]
 
 
@@ -256,16 +256,16 @@ def test_once_stale_cells_are_deleted_as_advised_a_stale_base_is_measured_again(
     tmp_path, tiny_model_dir
 ):
     path = write_grid(tmp_path, tiny_model_dir, grid={"methods": ["nll"], "learning_rates": [1e-3]})
-    before = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    before = grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     # Same file name, other rows: the base records q of each task's first training rows.
     rows = (tmp_path / "train.jsonl").read_text().replace("+ 3", "+ 4")
     (tmp_path / "train.jsonl").write_text(rows)
     with pytest.raises(ValueError, match=r"made with another training data.*delete .*cells"):
-        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+        grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
 
     shutil.rmtree(tmp_path / "out" / "cells")
     lines = []
-    after = engine.run_grid(read_grid(path), tmp_path / "out", log=lines.append)
+    after = grid_runner.run_grid(read_grid(path), tmp_path / "out", log=lines.append)
     assert any("measuring the base model" in line and "training rows" in line for line in lines)
     assert after["base"]["q_under_base"] != before["base"]["q_under_base"]
 
@@ -292,7 +292,7 @@ def test_bad_data_or_task_files_fail_before_the_model_is_loaded(
         "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0
     )
     with pytest.raises(ValueError, match=message):
-        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+        grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     assert not loaded
 
 
@@ -308,13 +308,13 @@ def test_on_disk_cells_keep_their_model_and_are_measured_without_retraining(
         grid={"methods": ["nll"], "learning_rates": [1e-3]},
     )
     spec = read_grid(path)
-    first = engine.run_grid(spec, tmp_path / "out", log=quiet)
+    first = grid_runner.run_grid(spec, tmp_path / "out", log=quiet)
     cell = spec.cells()[0]
     model_dir = tmp_path / "out" / "runs" / cell.name / "model"
     assert (model_dir / "config.json").is_file()
     (tmp_path / "out" / "cells" / f"{cell.name}.json").unlink()
     monkeypatch.setattr(infosft.training, "train", lambda *a, **k: 1 / 0)
-    again = engine.run_grid(spec, tmp_path / "out", log=quiet)
+    again = grid_runner.run_grid(spec, tmp_path / "out", log=quiet)
     assert again["cells"][0]["task_correct"] == first["cells"][0]["task_correct"]
     assert again["cells"][0]["train_seconds"] is None
 
@@ -324,19 +324,19 @@ def test_a_model_kept_on_disk_from_other_training_settings_is_never_measured_as_
 ):
     grid = {"methods": ["nll"], "learning_rates": [1e-3]}
     path = write_grid(tmp_path, tiny_model_dir, keep_checkpoints=True, grid=grid)
-    engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     training = {"per_device_train_batch_size": 2, "max_length": 48}
     path = write_grid(tmp_path, tiny_model_dir, keep_checkpoints=True, grid=grid, training=training)
     # The stale cell is refused; deleting cells/ as advised leaves runs/ with its model.
     with pytest.raises(ValueError, match=r"made with another training settings"):
-        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+        grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     shutil.rmtree(tmp_path / "out" / "cells")
     loaded = []
     monkeypatch.setattr(
         "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0
     )
     with pytest.raises(ValueError, match=r"holds a model trained with another training settings"):
-        engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+        grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     assert not loaded
 
 
@@ -352,7 +352,7 @@ def test_lm_eval_prior_tasks_count_toward_retention_like_our_own(tmp_path, tiny_
         lm_eval={"include_path": "lm", "batch_size": 4},
         grid={"methods": ["nll"], "learning_rates": [1e-2]},
     )
-    results = engine.run_grid(read_grid(path), tmp_path / "out", log=quiet)
+    results = grid_runner.run_grid(read_grid(path), tmp_path / "out", log=quiet)
     base, cell = results["base"], results["cells"][0]
     lm_items = {k for k in base["probe_correct"] if k.startswith("lm_eval:arith_mc/")}
     assert len(lm_items) == 8
@@ -379,7 +379,7 @@ def test_results_never_land_among_unrelated_files(
     (work / "elsewhere" / "report.md").write_text("mine")
     monkeypatch.chdir(work)
     with pytest.raises(ValueError, match="--output-dir"):
-        engine.run_grid(read_grid(path), output_dir, log=quiet)
+        grid_runner.run_grid(read_grid(path), output_dir, log=quiet)
     assert (work / "results.json").read_text() == "mine"
     assert (work / "elsewhere" / "report.md").read_text() == "mine"
     assert not (work / "cells").exists() and not (work / "elsewhere" / "cells").exists()
@@ -404,7 +404,7 @@ def test_the_default_demo_spec_runs_on_the_embedded_model_at_reduced_size(tmp_pa
         learning_rates=spec.learning_rates[-1:],
         eval_limit=4,
     )
-    results = engine.run_grid(spec, tmp_path, log=quiet)
+    results = grid_runner.run_grid(spec, tmp_path, log=quiet)
     assert {(c["task"], c["method"]) for c in results["cells"]} == {
         (t, m) for t in ("arith_chain", "word_problems") for m in ("nll", "infosft")
     }

@@ -294,7 +294,7 @@ def test_a_stale_after_that_is_not_a_positive_number_is_refused_before_any_work(
 def test_a_base_claim_left_by_a_killed_job_is_taken_over_and_the_base_measured(
     tmp_path, tiny_model_dir
 ):
-    from infosft.experiments import engine
+    from infosft.experiments import grid_runner
 
     config = write_grid(
         tmp_path, tiny_model_dir, grid={"methods": ["nll"], "learning_rates": [1e-3]}
@@ -305,7 +305,7 @@ def test_a_base_claim_left_by_a_killed_job_is_taken_over_and_the_base_measured(
     an_hour_ago = time.time() - 3600
     os.utime(tmp_path / "out" / "claims" / "base.json", (an_hour_ago, an_hour_ago))
     lines = []
-    results = engine.run_grid(read_grid(config), tmp_path / "out", log=lines.append, stale_after=60)
+    results = grid_runner.run_grid(read_grid(config), tmp_path / "out", log=lines.append, stale_after=60)
     assert any(line.startswith("measuring the base model") for line in lines)
     assert (
         results["base"]["retention_items"]
@@ -318,11 +318,11 @@ def test_a_base_claim_left_by_a_killed_job_is_taken_over_and_the_base_measured(
 def test_a_job_that_lost_its_claim_while_training_writes_no_result_for_that_cell(
     tmp_path, tiny_model_dir, monkeypatch
 ):
-    from infosft.experiments import engine
+    from infosft.experiments import grid_runner
 
     grid = {"methods": ["nll"], "learning_rates": [1e-3]}
     config = write_grid(tmp_path, tiny_model_dir, grid=grid)
-    real_train = engine.train_cell
+    real_train = grid_runner.train_cell
     trained = []
 
     def lose_claim_during_first_training(plan, cell, *args, **kwargs):
@@ -333,9 +333,9 @@ def test_a_job_that_lost_its_claim_while_training_writes_no_result_for_that_cell
         trained.append(cell.name)
         return real_train(plan, cell, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_cell", lose_claim_during_first_training)
+    monkeypatch.setattr(grid_runner, "train_cell", lose_claim_during_first_training)
     lines = []
-    engine.run_grid(read_grid(config), tmp_path / "out", log=lines.append, stale_after=1)
+    grid_runner.run_grid(read_grid(config), tmp_path / "out", log=lines.append, stale_after=1)
     assert any("another job took this cell over" in line for line in lines)
     # Had the first result been written, the cell would count as finished: it was discarded,
     # and the cell trained again once the thief's claim went stale.

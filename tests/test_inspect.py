@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from infosft.experiments import q_profile as insp
+from infosft.experiments import inspect as insp
 from infosft.objectives import available_weightings, token_weights
 
 P_BAR = 0.93

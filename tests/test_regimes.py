@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from infosft.experiments import engine
+from infosft.experiments import grid_runner
 from infosft.experiments.demonstrations import split_row
 from infosft.experiments.grid import read_grid
 from test_compare import write_grid
@@ -15,7 +15,7 @@ SUMS = {"name": "sums", "data": "train.jsonl", "eval": "new_task.yaml"}
 def plan_of(tmp_path, tiny_model_dir, task, seeds=(0,)):
     grid = {"methods": ["nll"], "learning_rates": [1e-3], "seeds": list(seeds)}
     path = write_grid(tmp_path, tiny_model_dir, tasks=[task], grid=grid)
-    return engine.Plan(read_grid(path))
+    return grid_runner.Plan(read_grid(path))
 
 
 def answers(plan, seed=0):
@@ -95,7 +95,7 @@ def test_a_built_in_task_can_be_drawn_twice_under_two_names(tmp_path, tiny_model
         },
     ]
     grid = {"methods": ["nll"], "learning_rates": [1e-3], "seeds": [0]}
-    plan = engine.Plan(read_grid(write_grid(tmp_path, tiny_model_dir, tasks=tasks, grid=grid)))
+    plan = grid_runner.Plan(read_grid(write_grid(tmp_path, tiny_model_dir, tasks=tasks, grid=grid)))
     clean, noisy = ([split_row(r)[1] for r in plan.data(c).to_list()] for c in plan.spec.cells())
     assert sum(a != b for a, b in zip(clean, noisy, strict=True)) == 2
 

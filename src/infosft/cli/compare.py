@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     import datasets
 
     from infosft.experiments.claims import STALE_AFTER_SECONDS
-    from infosft.experiments.engine import run_grid
+    from infosft.experiments.grid_runner import run_grid
     from infosft.experiments.grid import read_grid
     from infosft.experiments.report import text_summary
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_plan(args: argparse.Namespace) -> int:
     """``--plan``: the grid checked and described; local data files may be missing still."""
-    from infosft.experiments.engine import check_output_dir
+    from infosft.experiments.grid_runner import check_output_dir
     from infosft.experiments.grid import read_grid
     from infosft.experiments.plan import plan_text
 

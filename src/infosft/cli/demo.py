@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     import datasets
 
-    from infosft.experiments.engine import run_grid
+    from infosft.experiments.grid_runner import run_grid
     from infosft.experiments.report import text_summary
 
     spec = read_grid(path)

@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infosft.experiments.q_profile import run_inspect
+    from infosft.experiments.inspect import run_inspect
     from infosft.objectives import available_weightings
     from infosft.training import resolve_spec
 

@@ -1,0 +1,778 @@
+"""The experiment engine: run (or resume) a grid of fine-tunes and measure each against its base.
+
+:func:`run_grid` is what ``infosft demo`` and ``infosft compare`` run. Top to bottom it
+
+1. loads everything the grid names and fingerprints it, per part (the model's identity and
+   load options, each task whole, the training data's content, every part of the measurement
+   suite, each cell's training settings), and stops with one line naming what changed if the
+   output directory holds finished cells, or models kept on disk, made with other settings;
+2. loads the base model once and measures it once (``base.json``; measured again when its
+   fingerprint changed);
+3. for each cell not finished before: fine-tunes a copy of the base model through
+   :func:`infosft.training.build_trainer` (in memory; with ``keep_checkpoints`` through
+   :func:`infosft.training.train` on disk, resumable mid-cell), measures it
+   (:mod:`infosft.experiments.measure`) and writes ``cells/<cell>.json`` atomically at once;
+4. summarises over seeds, draws each task's fronts with bootstrap intervals and writes
+   ``results.json``, the plots and ``report.md`` / ``report.html``.
+
+Progress is one line per event: each cell's start and result with the time left (estimated
+from the cells finished in this run), and a training-step line at most every
+``STEP_LINE_SECONDS``. Ctrl-C leaves every finished cell in place; the same command resumes.
+
+Several jobs may run one grid into one output directory at once (a SLURM array, machines
+sharing a filesystem, one process per GPU): each claims a cell before training it
+(:mod:`infosft.experiments.claims`, which says what the filesystem must provide), skips cells
+other jobs hold, and takes over a cell whose job stopped sending heartbeats (killed). The base
+is measured by the one job that claims it, the others wait for ``base.json``; once every cell is
+in, the one job that claims the report writes it and the others return what it wrote.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from infosft.evaluation.forgetting import KLReference
+from infosft.experiments import summary as summarize
+from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id
+from infosft.experiments.demonstrations import agrees_with_demonstration, corrupt, near_policy
+from infosft.experiments.grid import METHOD_OPTIONS, Cell, GridSpec
+from infosft.experiments.measure import (
+    Suite,
+    build_suite,
+    files_digest,
+    measure_base,
+    measure_tuned,
+    text_digest,
+)
+from infosft.files import environment, to_json, write_json_atomic
+from infosft.objectives import DEFAULT_P_BAR
+
+# Bump when what a cell file holds, or how it is measured, changes: old cells are not reused.
+RESULTS_FORMAT = 2
+STEP_LINE_SECONDS = 20.0
+# Beside a cell's model on disk: the training fingerprint it was (or is being) trained with.
+TRAINED_WITH = "trained_with.json"
+CURVE_KEYS = (
+    "step",
+    "epoch",
+    "method",
+    "loss",
+    "nll",
+    "mean_q",
+    "mean_weight",
+    "entropy",
+    "grad_norm",
+)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def model_identity(name: str) -> str:
+    """What identifies a model: for a directory, each file's name, size and modification time
+    and config.json's content (hashing many gigabytes of weights would take minutes); for a
+    hub id, the id."""
+    from infosft.models import resolve_model_path
+
+    path = Path(resolve_model_path(name))
+    if not path.is_dir():
+        return name
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    config = (path / "config.json").read_text(encoding="utf-8")
+    return json.dumps([stats, config])
+
+
+class StepProgress(TrainerCallback):
+    """Prints a cell's training step at most every ``STEP_LINE_SECONDS``."""
+
+    def __init__(self, log: Callable[[str], None], prefix: str):
+        self.log, self.prefix = log, prefix
+        self.start = self.last = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        if now - self.last < STEP_LINE_SECONDS or state.global_step >= state.max_steps:
+            return
+        self.last = now
+        rate = (now - self.start) / state.global_step
+        left = rate * (state.max_steps - state.global_step)
+        self.log(
+            f"{self.prefix} step {state.global_step}/{state.max_steps} ({rate:.1f} s/step, "
+            f"{_duration(left)} of training left)"
+        )
+
+
+class Plan:
+    """A grid ready to run: its suite, training data and fingerprints (no model loaded)."""
+
+    def __init__(self, spec: GridSpec):
+        from infosft.training.data import load_data
+
+        self.spec = spec
+        self.suite: Suite = build_suite(spec)
+        self._data = {}
+        self._data_digest = {}
+        self._own_answers: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for task in spec.tasks:
+            if not task.builtin:
+                self._data[task.name] = load_data(list(task.data), task.data_format)
+                local = [d for d in task.data if Path(d).exists()]
+                remote = [d for d in task.data if not Path(d).exists()]
+                self._data_digest[task.name] = json.dumps(
+                    [files_digest(local), remote, task.data_format]
+                )
+        self.model_id = model_identity(spec.model)
+
+    def data(self, cell: Cell) -> Any:
+        """The training rows of a cell: built-in tasks draw theirs from the cell's seed; a
+        task's noise or near_policy regime turns them into that regime's rows."""
+        from datasets import Dataset
+
+        task = self.spec.task(cell.task)
+        if not task.builtin and task.noise is None and task.near_policy is None:
+            return self._data[task.name]
+        return Dataset.from_list(self._training_rows(task, cell.seed))
+
+    def _source_rows(self, task: Any, seed: int) -> list[dict[str, Any]]:
+        """The task's demonstrations, before any regime."""
+        from infosft.experiments import GENERATED_TASKS
+
+        if not task.builtin:
+            return self._data[task.name].to_list()
+        generated = GENERATED_TASKS[task.problems]
+        train, _ = generated.split(task.n_train, task.n_test, seed=seed, test_seed=0)
+        return [generated.sft_example(p) for p in train]
+
+    def _training_rows(self, task: Any, seed: int) -> list[dict[str, Any]]:
+        if task.near_policy is not None:
+            if (task.name, seed) not in self._own_answers:
+                raise RuntimeError("make_own_answers() makes near-policy rows once a model loads")
+            return self._own_answers[task.name, seed]
+        rows = self._source_rows(task, seed)
+        if task.noise is not None:
+            rows, _ = corrupt(rows, share=task.noise["share"], seed=seed, how=task.noise["kind"])
+        return rows
+
+    def make_own_answers(
+        self, model: Any, tokenizer: Any, directory: Path, log: Callable[[str], None]
+    ) -> None:
+        """The near-policy tasks' rows, per seed: ``model``'s own accepted answers to the
+        task's prompts (:func:`infosft.experiments.demonstrations.near_policy`). Each set is
+        kept in ``directory`` under its recipe's digest and reused while the recipe holds."""
+        from infosft.evaluation import SamplingSettings, generate
+
+        for task in self.spec.tasks:
+            options = task.near_policy
+            if options is None:
+                continue
+            for seed in self.spec.seeds:
+                recipe = self._rows_digest(task, seed)
+                path = directory / f"{task.name},seed{seed}.json"
+                stored = _read_json(path)
+                if stored is None or stored.get("recipe") != recipe:
+                    settings = SamplingSettings(
+                        max_new_tokens=options["max_new_tokens"],
+                        temperature=options["temperature"],
+                        n=options["samples"],
+                        batch_size=options["batch_size"],
+                        seed=seed,
+                    )
+
+                    def sample(prompts: list[Any], settings: SamplingSettings = settings):
+                        keys = [f"row-{i}" for i in range(len(prompts))]
+                        return generate(
+                            model, tokenizer, prompts, settings, progress=False, sample_keys=keys
+                        )
+
+                    log(f"{task.name}, seed {seed}: sampling the model's own answers")
+                    rows, counts = near_policy(
+                        self._source_rows(task, seed),
+                        sample,
+                        agrees_with_demonstration(options["scorer"]),
+                    )
+                    stored = {"recipe": recipe, "counts": counts, "rows": rows}
+                    write_json_atomic(path, stored)
+                counts = stored["counts"]
+                if not counts["kept"]:
+                    raise ValueError(
+                        f"task {task.name}: none of the model's {counts['samples']} samples for "
+                        f"its {counts['rows']} prompts (seed {seed}) agreed with a "
+                        "demonstration, so near_policy has no rows to train on; raise "
+                        "near_policy.samples or max_new_tokens, or check near_policy.scorer"
+                    )
+                log(
+                    f"{task.name}, seed {seed}: {counts['kept']} of {counts['rows']} prompts kept "
+                    f"with the model's own answer ({counts['accepted']} of {counts['samples']} "
+                    "samples accepted)"
+                )
+                self._own_answers[task.name, seed] = stored["rows"]
+
+    def q_run(self, task: Any) -> tuple[Cell, dict[str, Any]]:
+        """The cell whose training rows ``q_under_base`` scores for ``task`` (the first seed's)
+        and the training options that prepare them (those of any method)."""
+        cell = Cell(task.name, self.spec.variants[0].name, 1e-5, None, self.spec.seeds[0])
+        values = {
+            k: v for k, v in self.spec.training_values(cell).items() if k not in METHOD_OPTIONS
+        }
+        return cell, values
+
+    def _model_parts(self) -> dict[str, Any]:
+        return {
+            "format": RESULTS_FORMAT,
+            "model": text_digest(self.model_id),
+            "model_init_kwargs": _digest(self.spec.model_init_kwargs),
+        }
+
+    def _rows_digest(self, task: Any, seed: int) -> str:
+        if task.near_policy is not None:
+            # The recipe, not the rows (they exist only once the model has answered): the
+            # source rows, the sampling options, the model that answers and the seed.
+            source = dataclasses.replace(task, near_policy=None)
+            return _digest(
+                [self._rows_digest(source, seed), task.near_policy, self._model_parts(), seed]
+            )
+        if task.builtin or task.noise is not None:
+            return text_digest(json.dumps(self._training_rows(task, seed)))
+        return text_digest(self._data_digest[task.name])
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        """Per part, like :meth:`cell_fingerprint`: the model, the whole suite, and what
+        ``q_under_base`` scores (each task's first training rows, prepared as for training)."""
+        parts = {**self._model_parts(), **self.suite.fingerprint()}
+        for task in self.spec.tasks:
+            cell, values = self.q_run(task)
+            rows = self._rows_digest(task, cell.seed)
+            parts[f"training rows of {task.name}"] = _digest([rows, values])
+        return parts
+
+    def training_fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """Per part: everything that decides the model a cell trains (the model, its task, its
+        training data, its training options)."""
+        task = dataclasses.asdict(self.spec.task(cell.task))
+        return {
+            # Its identity: a file copied or renamed to another cell's name is not that cell.
+            "cell": cell.name,
+            **self._model_parts(),
+            # The description is a label; data and evaluation files count by their content.
+            "task settings": _digest(
+                {k: v for k, v in task.items() if k not in ("about", "data", "evals")}
+            ),
+            "training data": self._rows_digest(self.spec.task(cell.task), cell.seed),
+            "training settings": _digest(
+                [self.spec.training_values(cell), self.spec.keep_checkpoints]
+            ),
+        }
+
+    def cell_fingerprint(self, cell: Cell) -> dict[str, Any]:
+        """Per part, so that a mismatch can say what changed: everything that decides the
+        cell's training and measurement (the suite's parts that measure it)."""
+        return {**self.training_fingerprint(cell), **self.suite.fingerprint(cell.task)}
+
+
+def _digest(value: Any) -> str:
+    return text_digest(json.dumps(value, sort_keys=True, default=str))
+
+
+def changed_parts(stored: Any, expected: dict[str, Any]) -> list[str]:
+    """The parts of a fingerprint whose digest differs from a stored one (or that only one of
+    them has)."""
+    stored = stored if isinstance(stored, dict) else {}
+    return [k for k in dict.fromkeys([*expected, *stored]) if stored.get(k) != expected.get(k)]
+
+
+def _listing(parts: list[str], shown: int = 3) -> str:
+    more = f" and {len(parts) - shown} more" if len(parts) > shown else ""
+    return ", ".join(parts[:shown]) + more
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _stale_cells(plan: Plan, cells_dir: Path, cells: list[Cell]) -> dict[str, dict[str, Any]]:
+    """Those of ``cells`` that are finished; ValueError when any was made with other settings
+    (a finished cell is a result: it is never overwritten, nor reported for settings it was not
+    made with)."""
+    done, stale = {}, {}
+    for cell in cells:
+        stored = _read_json(cells_dir / f"{cell.name}.json")
+        if stored is None:
+            continue
+        changed = changed_parts(stored.get("fingerprint"), plan.cell_fingerprint(cell))
+        if changed:
+            stale[cell.name] = changed
+        else:
+            done[cell.name] = stored
+    if stale:
+        what = sorted({part for parts in stale.values() for part in parts})
+        example = next(iter(stale))
+        raise ValueError(
+            f"{cells_dir} holds {len(stale)} finished cell(s) made with another "
+            f"{_listing(what)} (e.g. {example}); they would be reported as results of this "
+            f"grid. Use another --output-dir, or delete {cells_dir} to start over"
+        )
+    return done
+
+
+def _stale_models(plan: Plan, runs_dir: Path, done: dict[str, Any]) -> None:
+    """ValueError when a cell still to measure has a model or checkpoints on disk (from
+    ``keep_checkpoints``) trained with other settings: it would be measured, or resumed, as
+    this grid's cell."""
+    for cell in plan.spec.cells():
+        cell_dir = runs_dir / cell.name
+        model_dir = cell_dir / "model"
+        if cell.name in done or not model_dir.is_dir() or not any(model_dir.iterdir()):
+            continue
+        stored = _read_json(cell_dir / TRAINED_WITH)
+        changed = changed_parts(stored, plan.training_fingerprint(cell))
+        if changed:
+            raise ValueError(
+                f"{model_dir} holds a model trained with another {_listing(changed)}; it would "
+                f"be measured as cell {cell.name} of this grid. Delete {cell_dir} to train it "
+                "again, or use another --output-dir"
+            )
+
+
+def train_cell(
+    plan: Plan, cell: Cell, base_model: Any, tokenizer: Any, cell_dir: Path, log: Callable
+) -> tuple[Any, float | None, list[dict[str, Any]]]:
+    """Fine-tune one cell; returns the tuned model (eval mode), the training seconds (None when
+    a saved model was reused) and the logged training curve."""
+    from infosft.training import RunSpec
+
+    spec = plan.spec
+    values = {**spec.training_values(cell), "data": plan.data(cell), "data_format": None}
+    if spec.keep_checkpoints:
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cell_dir / TRAINED_WITH, plan.training_fingerprint(cell))
+        return _train_on_disk(spec, values, cell, cell_dir / "model", log)
+    from transformers import PrinterCallback
+
+    from infosft.training import build_trainer
+
+    run = RunSpec.from_dict({**values, "output_dir": str(cell_dir)}, f"cell {cell.name}")
+    progress = StepProgress(log, f"    {cell.describe()}:")
+    model = copy.deepcopy(base_model).train()
+    trainer = build_trainer(run, model=model, tokenizer=tokenizer, callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    tuned = trainer.model
+    if hasattr(tuned, "merge_and_unload"):
+        tuned = tuned.merge_and_unload()
+    return tuned.eval(), seconds, _curve(trainer.state.log_history)
+
+
+def _train_on_disk(
+    spec: GridSpec, values: dict[str, Any], cell: Cell, model_dir: Path, log: Callable
+) -> tuple[Any, float | None, list[dict[str, Any]]]:
+    from infosft.models import load_model_and_tokenizer
+    from infosft.training import RunSpec, train
+    from infosft.training.outputs import METRICS_FILE, checkpoints, final_model_saved
+
+    seconds = None
+    if final_model_saved(model_dir):
+        log(f"    {cell.describe()}: trained before, measuring the saved model")
+    else:
+        run = RunSpec.from_dict(
+            {**values, "model": spec.model, "output_dir": str(model_dir)}, f"cell {cell.name}"
+        )
+        seconds = train(run, resume=bool(checkpoints(model_dir))).train_seconds
+    model, _ = load_model_and_tokenizer(str(model_dir), **_load_options(spec))
+    metrics = model_dir / METRICS_FILE
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return model.eval(), seconds, _curve(rows)
+
+
+def _curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: row[k] for k in CURVE_KEYS if k in row}
+        for row in log_history
+        if "loss" in row and "train_runtime" not in row
+    ]
+
+
+def _load_options(spec: GridSpec) -> dict[str, Any]:
+    import torch
+
+    options = dict(spec.model_init_kwargs or {"dtype": "float32"})
+    if torch.cuda.is_available():
+        options.setdefault("device", "cuda")
+    return options
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """``output_dir`` as a Path, if a grid may write there: a new or empty directory, or one an
+    earlier grid run wrote (it holds ``cells/``, or ``base.json`` once stale cells were deleted
+    as advised). Anything else is refused before any work: the
+    results, report and plots would overwrite files of the same name (``--output-dir ""``, an
+    unset shell variable, would write into the working directory)."""
+    if not str(output_dir).strip():
+        raise ValueError("--output-dir is empty; name a directory for the results")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output-dir {output_dir} is a file; name a directory")
+    earlier_run = (output_dir / "cells").is_dir() or (output_dir / "base.json").is_file()
+    if output_dir.is_dir() and not earlier_run:
+        held = sorted(path.name for path in output_dir.iterdir())
+        if held:
+            shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+            raise ValueError(
+                f"--output-dir {output_dir} is not empty and holds no earlier grid run (it holds "
+                f"{shown}); choose a new or empty directory"
+            )
+    return output_dir
+
+
+def run_grid(
+    spec: GridSpec,
+    output_dir: str | Path,
+    *,
+    title: str = "InfoSFT grid",
+    log: Callable[[str], None] = _stderr,
+    job_id: str | None = None,
+    stale_after: float = STALE_AFTER_SECONDS,
+    report_only: bool = False,
+) -> dict[str, Any]:
+    """Run or resume ``spec`` into ``output_dir``; returns the results written to results.json.
+
+    Several jobs may run the same grid into one ``output_dir`` at once (module docstring):
+    ``job_id`` names this one in claims and cell files (default ``<host>-<pid>``), and a claim
+    whose heartbeat is ``stale_after`` seconds old is taken over. ``report_only`` writes the
+    results and report from the cells finished so far, without loading the model.
+    """
+    from infosft.experiments.report import write_grid_report
+    from infosft.models import load_model_and_tokenizer
+
+    start = time.perf_counter()
+    if not (math.isfinite(stale_after) and stale_after > 0):
+        raise ValueError(f"--stale-after {stale_after} is not a positive number of seconds")
+    output_dir = check_output_dir(output_dir)
+    plan = Plan(spec)
+    cells_dir = output_dir / "cells"
+    cells = spec.cells()
+    done = _stale_cells(plan, cells_dir, cells)
+    claims = Claims(output_dir / "claims", job_id or default_job_id(), stale_after)
+    results_stamp = _stamp(output_dir / "results.json")
+
+    def report(base: dict[str, Any], run_seconds: list[float]) -> dict[str, Any]:
+        log(f"writing results.json and the report (job {claims.job})")
+        finished = _stale_cells(plan, cells_dir, cells)
+        results = _results(spec, title, base, cells, finished, start, run_seconds)
+        write_grid_report(results, output_dir)
+        write_json_atomic(output_dir / "results.json", results)
+        # As results.json holds them (NaN as null): the same whichever job wrote them.
+        return json.loads(to_json(results))
+
+    if report_only:
+        base = _measured_base(plan, output_dir / "base.json")
+        if base is None or not done:
+            what = "base measurement (base.json)" if base is None else "finished cell"
+            raise ValueError(
+                f"{output_dir} holds no {what} of this grid yet, so there is nothing to report; "
+                "run the grid without --report-only first"
+            )
+        results = _once(claims, "report", lambda: None, lambda: report(base, []), log)
+        log(f"report of {len(done)} of {len(cells)} cells: {output_dir / 'report.md'}")
+        return results
+
+    if spec.keep_checkpoints:
+        _stale_models(plan, output_dir / "runs", done)
+    log(
+        f"{title}: {len(cells)} cells ({len(spec.tasks)} task(s) x {len(spec.variants)} "
+        f"method(s) x {len(spec.learning_rates)} learning rate(s) x {len(spec.epochs)} length(s) "
+        f"x {len(spec.seeds)} seed(s)), {len(done)} finished before; results in {output_dir} "
+        f"(job {claims.job})"
+    )
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    log(f"loading {spec.model}")
+    base_model, tokenizer = load_model_and_tokenizer(spec.model, **_load_options(spec))
+    base_model.eval()
+    plan.make_own_answers(base_model, tokenizer, output_dir / "demonstrations", log)
+
+    base = _once(
+        claims,
+        "base",
+        lambda: _measured_base(plan, output_dir / "base.json"),
+        lambda: _measure_base(plan, base_model, tokenizer, output_dir / "base.json", log),
+        log,
+    )
+    log(
+        "base: "
+        + ", ".join(f"{t} accuracy {v['accuracy']:.3f}" for t, v in base["new_tasks"].items())
+        + f"; retention items (prior items the base gets right): {base['retention_items']}"
+    )
+
+    kl_reference = KLReference(
+        base_model, tokenizer, plan.suite.general_prompts, base["general_samples"]
+    )
+    run_seconds = []
+    waiting = False
+    try:
+        while len(done) < len(cells):
+            took = False
+            for index, cell in enumerate(cells, start=1):
+                if cell.name in done:
+                    continue
+                done.update(_stale_cells(plan, cells_dir, [cell]))
+                claim = None if cell.name in done else claims.take(cell.name)
+                if claim is None:
+                    continue
+                took, waiting = True, False
+                head = f"[{index}/{len(cells)}] {cell.describe()}"
+                with claim:
+                    # Another job may have finished it between the look above and the claim.
+                    done.update(_stale_cells(plan, cells_dir, [cell]))
+                    if cell.name in done:
+                        continue
+                    log(f"{head}: training")
+                    began = time.perf_counter()
+                    model, seconds, curve = train_cell(
+                        plan, cell, base_model, tokenizer, output_dir / "runs" / cell.name, log
+                    )
+                    trained = time.perf_counter()
+                    measured = measure_tuned(
+                        model, tokenizer, plan.suite, cell.task, base, kl_reference
+                    )
+                    del model
+                    record = _cell_record(spec, cell, measured, seconds, curve)
+                    record["measure_seconds"] = time.perf_counter() - trained
+                    record["job"] = claims.job
+                    record["fingerprint"] = plan.cell_fingerprint(cell)
+                    if not claim.held():
+                        log(
+                            f"{head}: another job took this cell over while it trained (this "
+                            f"job missed {stale_after:g} s of heartbeats); that job writes it"
+                        )
+                        continue
+                    write_json_atomic(cells_dir / f"{cell.name}.json", record)
+                done[cell.name] = record
+                run_seconds.append(time.perf_counter() - began)
+                left = len(cells) - len(done)
+                per_cell = sum(run_seconds) / len(run_seconds)
+                eta = f"; {left} cell(s) left, about {_duration(left * per_cell)} in one job"
+                log(
+                    f"{head}: accuracy {_fmt(record['accuracy'])}, retention "
+                    f"{_fmt(record['retention'])}, KL {_fmt(record['kl_base_tuned'], 4)} "
+                    f"({_duration(trained - began)} training, "
+                    f"{_duration(record['measure_seconds'])} measuring){eta if left else ''}"
+                )
+            if not took and len(done) < len(cells):
+                if not waiting:
+                    log(
+                        f"{len(cells) - len(done)} cell(s) left, all claimed by other jobs; "
+                        "waiting for them to finish (or to go stale)"
+                    )
+                waiting = True
+                time.sleep(claims.heartbeat)
+    except KeyboardInterrupt:
+        log(
+            f"interrupted: {len(done)} of {len(cells)} cells are saved in {cells_dir}; run the "
+            "same command again to finish the others"
+        )
+        raise
+
+    results = _once(
+        claims,
+        "report",
+        lambda: _complete_results(output_dir / "results.json", results_stamp, len(cells)),
+        lambda: report(base, run_seconds),
+        log,
+    )
+    log(
+        f"done in {_duration(time.perf_counter() - start)} (all {len(cells)} cells: "
+        f"{_duration(results['timing']['compute_seconds'])} of training and measuring): "
+        f"{output_dir / 'report.md'}"
+    )
+    return results
+
+
+def _measured_base(plan: Plan, base_path: Path) -> dict[str, Any] | None:
+    """base.json, if it was measured with this grid's base fingerprint."""
+    base = _read_json(base_path)
+    if base is None or changed_parts(base.get("fingerprint"), plan.base_fingerprint()):
+        return None
+    return base
+
+
+def _measure_base(
+    plan: Plan, base_model: Any, tokenizer: Any, base_path: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Measure the base model once for every cell and write base.json."""
+    stored = _read_json(base_path)
+    # The base is remeasured, not refused, when it changed: every finished cell matched, so
+    # what changed (a task without finished cells, the seed order) alters no result.
+    changed = changed_parts(stored and stored.get("fingerprint"), plan.base_fingerprint())
+    why = "" if stored is None else f"; its {_listing(changed)} changed"
+    log(f"measuring the base model (once for every cell{why})")
+    measured = time.perf_counter()
+    # First: it also prepares each task's training rows, so bad data or a max_length that
+    # leaves no target fails before the longer measurements.
+    q_under_base = _q_under_base(plan, base_model, tokenizer)
+    base = {
+        "fingerprint": plan.base_fingerprint(),
+        **measure_base(base_model, tokenizer, plan.suite),
+        "q_under_base": q_under_base,
+    }
+    base["measure_seconds"] = time.perf_counter() - measured
+    write_json_atomic(base_path, base)
+    return base
+
+
+def _once(
+    claims: Claims,
+    name: str,
+    finished: Callable[[], dict[str, Any] | None],
+    make: Callable[[], dict[str, Any]],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """``finished()`` once it is not None; made by ``make()`` in the one job that claims
+    ``name`` meanwhile, the others waiting for it."""
+    waiting = False
+    while True:
+        result = finished()
+        if result is not None:
+            return result
+        claim = claims.take(name)
+        if claim is not None:
+            with claim:
+                return finished() or make()
+        if not waiting:
+            holder = claims.holder(name).get("job", "another job")
+            log(f"waiting for job {holder}, which holds the {name} (or for its claim to go stale)")
+        waiting = True
+        time.sleep(claims.heartbeat)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which version of a file this is (inode, mtime, size); None when there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _complete_results(
+    path: Path, stamp_at_start: tuple[int, int, int] | None, cell_count: int
+) -> dict[str, Any] | None:
+    """results.json if another job wrote it, complete, after this job started: the report is
+    then written already (a rerun of a finished grid writes it again)."""
+    if _stamp(path) == stamp_at_start:
+        return None
+    results = _read_json(path)
+    if results is None or results.get("missing_cells") or len(results["cells"]) != cell_count:
+        return None
+    return results
+
+
+def _results(
+    spec: GridSpec,
+    title: str,
+    base: dict[str, Any],
+    cells: list[Cell],
+    finished: dict[str, dict[str, Any]],
+    start: float,
+    run_seconds: list[float],
+) -> dict[str, Any]:
+    """results.json of the finished cells (in grid order); ``missing_cells`` names the rest."""
+    records = [finished[c.name] for c in cells if c.name in finished]
+    results = {
+        "format": RESULTS_FORMAT,
+        "title": title,
+        "spec": spec.to_dict(),
+        "environment": environment(),
+        "base": {k: v for k, v in base.items() if k != "fingerprint"},
+        "cells": [{k: v for k, v in r.items() if k != "fingerprint"} for r in records],
+        "missing_cells": [c.name for c in cells if c.name not in finished],
+    }
+    results["summary"] = summarize.setting_rows(results["cells"])
+    results["fronts"] = summarize.task_fronts(results["cells"], base["probe_correct"], spec)
+    results["timing"] = {
+        "total_seconds": time.perf_counter() - start,
+        "cells_run": len(run_seconds),
+        "cells_reused": len(records) - len(run_seconds),
+        # What the whole grid cost, also when it was finished over several invocations or jobs
+        # (total_seconds counts only this one): training and measuring summed over every cell,
+        # plus measuring the base once. A cell measured from a model already on disk has no
+        # training time (None) and adds only its measuring.
+        "compute_seconds": base.get("measure_seconds", 0.0)
+        + sum((r["train_seconds"] or 0.0) + r["measure_seconds"] for r in records),
+    }
+    return results
+
+
+def _cell_record(
+    spec: GridSpec, cell: Cell, measured: dict[str, Any], seconds: float | None, curve: list
+) -> dict[str, Any]:
+    variant = spec.variant(cell.variant)
+    training = spec.training_values(cell)
+    return {
+        "task": cell.task,
+        "curve": variant.name,
+        "method": variant.method,
+        "learning_rate": cell.learning_rate,
+        "epochs": cell.epochs,
+        "max_steps": training.get("max_steps"),
+        "seed": cell.seed,
+        "p_bar": training.get("p_bar", DEFAULT_P_BAR),
+        "method_args": variant.method_args,
+        "kl_to_base": variant.kl_to_base,
+        "loss_schedule": variant.loss_schedule,
+        "lora": spec.lora,
+        "train_seconds": seconds,
+        **measured,
+        "curve_log": curve,
+    }
+
+
+def _q_under_base(plan: Plan, model: Any, tokenizer: Any, rows: int = 32) -> dict[str, Any]:
+    """Per task, q of the first training rows' target tokens under the base model, as the
+    trainer prepares them: where the task sits between weak and strong prior."""
+    from infosft.experiments.diagnostics import q_summary
+    from infosft.experiments.inspect import prepare_examples, score_prepared, target_log_probs
+    from infosft.training import RunSpec
+
+    summary = {}
+    for task in plan.spec.tasks:
+        cell, values = plan.q_run(task)
+        spec = RunSpec.from_dict(
+            {**values, "method": "nll", "data": plan.data(cell), "output_dir": "unused"}
+        )
+        prepared = prepare_examples(spec, copy.deepcopy(model), tokenizer, limit=rows)
+        log_q = target_log_probs(score_prepared(model, prepared))
+        summary[task.name] = q_summary(log_q, DEFAULT_P_BAR)
+    return summary
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
