@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from infosft.evaluation.tasks import Task
-from infosft.experiments.grid_runner import Plan, changed_parts
 from infosft.experiments.grid import read_grid
+from infosft.experiments.grid_runner import Plan, changed_parts
 from infosft.experiments.measure import task_content
 
 ITEMS = [

@@ -305,7 +305,9 @@ def test_a_base_claim_left_by_a_killed_job_is_taken_over_and_the_base_measured(
     an_hour_ago = time.time() - 3600
     os.utime(tmp_path / "out" / "claims" / "base.json", (an_hour_ago, an_hour_ago))
     lines = []
-    results = grid_runner.run_grid(read_grid(config), tmp_path / "out", log=lines.append, stale_after=60)
+    results = grid_runner.run_grid(
+        read_grid(config), tmp_path / "out", log=lines.append, stale_after=60
+    )
     assert any(line.startswith("measuring the base model") for line in lines)
     assert (
         results["base"]["retention_items"]

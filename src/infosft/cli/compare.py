@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     import datasets
 
     from infosft.experiments.claims import STALE_AFTER_SECONDS
-    from infosft.experiments.grid_runner import run_grid
     from infosft.experiments.grid import read_grid
+    from infosft.experiments.grid_runner import run_grid
     from infosft.experiments.report import text_summary
 
     spec = read_grid(args.config)
@@ -84,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 def print_plan(args: argparse.Namespace) -> int:
     """``--plan``: the grid checked and described; local data files may be missing still."""
-    from infosft.experiments.grid_runner import check_output_dir
     from infosft.experiments.grid import read_grid
+    from infosft.experiments.grid_runner import check_output_dir
     from infosft.experiments.plan import plan_text
 
     spec = read_grid(args.config, require_data=False)

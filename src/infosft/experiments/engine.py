@@ -6,7 +6,7 @@ from infosft.experiments.grid_runner import *  # noqa: F403
 from infosft.experiments.grid_runner import Plan, changed_parts, run_grid, train_cell  # noqa: F401
 
 warnings.warn(
-    "infosft.experiments.engine is now infosft.experiments.grid_runner; the old name will be removed",
+    "infosft.experiments.engine is now infosft.experiments.grid_runner; the old name goes away",
     DeprecationWarning,
     stacklevel=2,
 )

@@ -6,7 +6,7 @@ from infosft.experiments.inspect import *  # noqa: F403
 from infosft.experiments.inspect import run_inspect  # noqa: F401
 
 warnings.warn(
-    "infosft.experiments.q_profile is now infosft.experiments.inspect; the old name will be removed",
+    "infosft.experiments.q_profile is now infosft.experiments.inspect; the old name goes away",
     DeprecationWarning,
     stacklevel=2,
 )
