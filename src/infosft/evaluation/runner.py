@@ -304,6 +304,72 @@ def evaluate(
     return results
 
 
+def evaluate_with_base(
+    model: Any,
+    tokenizer: Any,
+    base_model: Any,
+    base_tokenizer: Any,
+    task: Task,
+    settings: SamplingSettings | None = None,
+    limit: int | None = None,
+    workers: int = 2,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    sandbox: str = "auto",
+    progress_path: str | Path | None = None,
+    base_progress_path: str | Path | None = None,
+    progress: bool = True,
+    general_prompts: Sequence[str] | None = None,
+    general_texts: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` of a tuned model and of its base model on the same items, and the tuned
+    model measured against its base: ``model``'s results with ``base_metrics`` (the base
+    model's metrics) and ``forgetting``
+    (:func:`infosft.evaluation.forgetting.compare_to_base`, the task standing for both the new
+    task and the prior capability: the keys and values a grid cell of the same model reports).
+
+    Each model generates with its own tokenizer; KL and the general NLL compare both through
+    ``tokenizer``, so the two must share one vocabulary. ``general_prompts`` (user messages when
+    ``tokenizer`` has a chat template) and ``general_texts``: None takes the built-in ones.
+    """
+    from infosft.evaluation.forgetting import (
+        DEFAULT_GENERAL_PROMPTS,
+        DEFAULT_GENERAL_TEXTS,
+        KLReference,
+        check_shared_vocabulary,
+        compare_to_base,
+        first_samples,
+        general_prompt_messages,
+        measure_base_general,
+    )
+
+    check_shared_vocabulary(base_model, model, tokenizer)
+    prompts = list(DEFAULT_GENERAL_PROMPTS if general_prompts is None else general_prompts)
+    texts = list(DEFAULT_GENERAL_TEXTS if general_texts is None else general_texts)
+    if not prompts or not texts:
+        raise ValueError("general_prompts and general_texts must not be empty (None: built-in)")
+    if getattr(tokenizer, "chat_template", None):
+        prompts = general_prompt_messages(prompts)
+    options = {"limit": limit, "workers": workers, "timeout": timeout, "sandbox": sandbox}
+    options["progress"] = progress
+    results = evaluate(model, tokenizer, task, settings, **options, progress_path=progress_path)
+    base = evaluate(
+        base_model, base_tokenizer, task, settings, **options, progress_path=base_progress_path
+    )
+    base_general = measure_base_general(base_model, tokenizer, prompts, texts, progress)
+    kl_reference = KLReference(base_model, tokenizer, prompts, base_general["general_samples"])
+    base_correct, tuned_correct = first_samples(base["samples"]), first_samples(results["samples"])
+    base_scores = {
+        "task_correct": base_correct,
+        "prior_correct": base_correct,
+        "general_nll": base_general["general_nll"],
+    }
+    results["base_metrics"] = base["metrics"]
+    results["forgetting"] = compare_to_base(
+        model, tokenizer, base_scores, tuned_correct, tuned_correct, kl_reference, texts
+    )
+    return results
+
+
 def with_overrides(settings: SamplingSettings, **overrides: Any) -> SamplingSettings:
     """``settings`` with the given fields replaced (``None`` values are ignored)."""
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
