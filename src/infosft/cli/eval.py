@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a model on a task (acc@1, pass@k, forgetting vs a base model)",
         description=(
             "Generate with --model and score on --task; with --base-model also measure "
-            "forgetting (retention, KL(base||tuned), held-out NLL). With --lm-eval, also run "
+            "forgetting (retention, KL(base||tuned), general-text NLL) as a grid cell of "
+            "`infosft compare` reports it. With --lm-eval, also run "
             "lm-evaluation-harness tasks on both models. With --samples, score "
             "pre-generated completions ({task_id, completion} per line) without a model."
         ),
@@ -61,8 +62,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run_opts.add_argument("--workers", type=int, default=2, help="programs run in parallel")
     run_opts.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
     forget = parser.add_argument_group("forgetting (with --base-model)")
-    forget.add_argument("--general-prompts", help="JSON lines or text file of general prompts")
-    forget.add_argument("--heldout", help="JSON lines or text file of held-out general text")
+    forget.add_argument(
+        "--general-prompts",
+        help="JSON lines or text file of general prompts (default: the built-in ones a grid uses)",
+    )
+    forget.add_argument(
+        "--heldout",
+        help="JSON lines or text file of general text (default: the built-in ones a grid uses)",
+    )
     harness = parser.add_argument_group(
         "lm-evaluation-harness tasks (needs: pip install 'infosft[lm-eval]')"
     )

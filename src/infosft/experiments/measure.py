@@ -260,7 +260,7 @@ def measure_tuned(
     ``kl_reference`` a :class:`infosft.evaluation.forgetting.KLReference` of the base model on
     its general samples. :func:`infosft.evaluation.forgetting.compare_to_base`'s keys, and per
     source, the examples and the per-item records."""
-    from infosft.evaluation.forgetting import compare_to_base
+    from infosft.evaluation.forgetting import compare_to_base, retention
     from infosft.evaluation.lm_eval_tasks import score_deltas
 
     clock = _Clock()
@@ -271,12 +271,13 @@ def measure_tuned(
         per_source[source.name] = share_correct(got)
         examples = examples or shown
     clock.lap("new_task")
-    probe_correct, retention, deltas = {}, {}, {}
+    probe_correct, retention_per_source, deltas = {}, {}, {}
     for source in suite.priors:
         known = {k for k, ok in base["prior"][source.name]["correct"].items() if ok}
         got, _, scores = score(model, tokenizer, source, suite, only=known)
         probe_correct.update(got)
-        retention[source.name] = share_correct({k: got[k] for k in known}) if known else None
+        kept = retention(base["prior"][source.name]["correct"], got)
+        retention_per_source[source.name] = kept["retention"]
         if scores is not None:
             deltas[source.name] = score_deltas(
                 {"t": base["lm_eval_scores"][source.name]}, {"t": scores}
@@ -294,7 +295,7 @@ def measure_tuned(
     return {
         **compared,
         "accuracy_per_source": per_source,
-        "retention_per_source": retention,
+        "retention_per_source": retention_per_source,
         "lm_eval_delta": deltas,
         "examples": examples,
         "task_correct": task_correct,
