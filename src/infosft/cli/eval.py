@@ -62,14 +62,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run_opts.add_argument("--workers", type=int, default=2, help="programs run in parallel")
     run_opts.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
     forget = parser.add_argument_group("forgetting (with --base-model)")
-    forget.add_argument(
-        "--general-prompts",
-        help="JSON lines or text file of general prompts (default: the built-in ones a grid uses)",
-    )
-    forget.add_argument(
-        "--heldout",
-        help="JSON lines or text file of general text (default: the built-in ones a grid uses)",
-    )
+    forget.add_argument("--general-prompts", help="JSON lines or text file of general prompts")
+    forget.add_argument("--heldout", help="JSON lines or text file of general text")
     harness = parser.add_argument_group(
         "lm-evaluation-harness tasks (needs: pip install 'infosft[lm-eval]')"
     )
@@ -457,31 +451,17 @@ def evaluate_models(
     def load(name: str) -> tuple:
         return load_model_and_tokenizer(name, dtype=args.dtype, device=device)
 
-    def progress_path(tag: str) -> Path:
-        return output.with_name(f"{output.stem}.{tag}.progress.jsonl")
-
     model, tokenizer = load(model_name)
     base_model, base_tokenizer = load(args.base_model) if args.base_model else (None, None)
     options = {"limit": args.limit, "workers": args.workers, "timeout": args.timeout}
     options.update(sandbox=args.sandbox, progress=not args.no_progress)
+    paths = [output.with_name(f"{output.stem}.{tag}.progress.jsonl") for tag in ("model", "base")]
     results = {}
     if task is not None and base_model is None:
-        results = evaluate(
-            model, tokenizer, task, settings, progress_path=progress_path("model"), **options
-        )
+        results = evaluate(model, tokenizer, task, settings, progress_path=paths[0], **options)
     elif task is not None:
-        results = evaluate_with_base(
-            model,
-            tokenizer,
-            base_model,
-            base_tokenizer,
-            task,
-            settings,
-            progress_path=progress_path("model"),
-            base_progress_path=progress_path("base"),
-            **options,
-            **texts,
-        )
+        models = (model, tokenizer, base_model, base_tokenizer)
+        results = evaluate_with_base(*models, task, settings, tuple(paths), **texts, **options)
     if args.lm_eval:
         tuned = run_lm_eval_tasks(args, model, tokenizer)
         base = run_lm_eval_tasks(args, base_model, base_tokenizer) if base_model else None

@@ -1,22 +1,15 @@
-"""Forgetting: a tuned model measured against its base model, the same way everywhere.
+"""Forgetting: a tuned model against its base model, measured by :func:`compare_to_base` for
+``infosft eval --base-model`` and every grid cell alike (the same keys and values):
 
-:func:`compare_to_base` is the one measurement behind ``infosft eval --base-model`` and every
-cell of an ``infosft compare`` grid, so one model reports the same numbers under the same keys
-on both paths:
+(a) accuracy on the new task (first completion) and its change from the base;
+(b) retention: on prior-capability items the base model answers right (first completion), the
+    share the tuned model still answers right, with a Wilson interval;
+(c) KL(base || tuned) per token, exact over the vocabulary, on the base model's own samples for
+    general prompts (how far the tuned model moved where the base model puts its mass);
+(d) NLL per token of general text under the tuned model, and its change from the base.
 
-(a) ``accuracy``: the share of the new task's items whose first completion is correct, and its
-    change from the base model;
-(b) ``retention``: of the prior-capability items the base model answers right (first
-    completion), the share the tuned model still answers right, with a Wilson interval;
-(c) ``kl_base_tuned``: KL(base || tuned) per token, exact over the vocabulary, on the base
-    model's own samples for general prompts (how far the tuned model moved where the base model
-    puts its mass);
-(d) ``general_nll``: NLL per token of general text under the tuned model, and its change from
-    the base model.
-
-The base model's side of (c) and (d) is measured once for any number of tuned models
-(:func:`measure_base_general`, :class:`KLReference`). ``infosft eval`` scores one task, which
-stands for both the new task of (a) and the prior capability of (b).
+The base model's side of (c) and (d) is measured once (:func:`measure_base_general`,
+:class:`KLReference`) for any number of tuned models.
 """
 
 from __future__ import annotations
@@ -53,21 +46,13 @@ def share_correct(correct: Mapping[str, bool]) -> float | None:
 def retention(
     base_correct: Mapping[str, bool], tuned_correct: Mapping[str, bool]
 ) -> dict[str, float | int | None]:
-    """Of the items the base model answers right, the share the tuned model still answers
-    right: ``retention`` (None when the base model answers none), its Wilson interval
-    ``retention_ci_low`` and ``retention_ci_high``, and ``base_correct``, how many items that is.
-
-    Both map item id to first completion correct (:func:`first_samples`); ``tuned_correct``
-    needs only the items the base model answers right.
-    """
+    """Of the items the base model answers right (``base_correct`` of them), the share the
+    tuned model still answers right (None for none) and its Wilson interval. Both map item id
+    to first completion correct; ``tuned_correct`` needs only the items the base gets right."""
     known = [item for item, ok in base_correct.items() if ok]
     missing = [item for item in known if item not in tuned_correct]
     if missing:
-        raise ValueError(
-            f"base and tuned results cover different items (the tuned model has no result for "
-            f"{len(missing)} the base model answers right, e.g. {missing[0]!r}); evaluate both "
-            "models on the same items"
-        )
+        raise ValueError(f"base and tuned results cover different items ({missing[0]!r})")
     kept = sum(bool(tuned_correct[item]) for item in known)
     low, high = wilson_interval(kept, len(known))
     return {
@@ -117,13 +102,8 @@ class KLReference:
             self.batches.append((ids, mask, spans, _log_probs(base_model, ids, mask)))
 
     def kl(self, tuned_model: Any) -> dict[str, float]:
-        """Mean per-token KL(base || tuned) over the completion tokens: ``kl_base_tuned`` and
-        ``kl_tokens`` (how many tokens).
-
-        At every completion position t, KL_t = sum_v p_base(v) (log p_base(v) - log p_tuned(v))
-        over the full vocabulary; the result averages KL_t over all completion tokens. Both
-        models must share the tokenizer.
-        """
+        """``kl_base_tuned``: the mean over the ``kl_tokens`` completion tokens t of
+        KL_t = sum_v p_base(v) (log p_base(v) - log p_tuned(v)), over the full vocabulary."""
         total, count = 0.0, 0
         for ids, mask, spans, base_lp in self.batches:
             tuned_lp = _log_probs(tuned_model, ids, mask)
@@ -237,7 +217,6 @@ def measure_base_general(
     tokenizer: Any,
     prompts: Sequence[Prompt],
     texts: Sequence[str],
-    progress: bool = False,
 ) -> dict[str, Any]:
     """The base model's side of KL and general NLL, measured once for every tuned model:
     ``general_samples`` (one completion per prompt, sampled as ``GENERAL_SAMPLE_*`` say, to
@@ -252,7 +231,7 @@ def measure_base_general(
         batch_size=len(prompts),
         seed=GENERAL_SAMPLE_SEED,
     )
-    samples = generate(base_model, tokenizer, prompts, settings, progress)
+    samples = generate(base_model, tokenizer, prompts, settings, progress=False)
     return {
         "general_samples": [s[0] for s in samples],
         "general_nll": heldout_nll(base_model, tokenizer, texts)["nll"],
@@ -268,17 +247,13 @@ def compare_to_base(
     kl_reference: KLReference,
     texts: Sequence[str],
 ) -> dict[str, float | int | None]:
-    """The tuned model against its base model (see the module docstring), in one flat dict.
+    """The tuned model against its base (see the module docstring) in one flat dict: accuracy,
+    accuracy_base, accuracy_delta, :func:`retention`'s keys, :meth:`KLReference.kl`'s keys,
+    general_nll, general_nll_base, general_nll_delta (tuned minus base), general_tokens.
 
-    ``base`` holds the base model's ``task_correct`` and ``prior_correct`` (item id -> first
-    completion correct, every item) and its ``general_nll`` on ``texts``
-    (:func:`measure_base_general`); ``task_correct`` and ``prior_correct`` are the tuned
-    model's (of the prior items, at least those the base model answers right);
-    ``kl_reference`` holds the base model on its general samples.
-
-    Returns ``accuracy``, ``accuracy_base``, ``accuracy_delta``; :func:`retention`'s keys;
-    ``kl_base_tuned``, ``kl_tokens``; ``general_nll``, ``general_nll_base``,
-    ``general_nll_delta`` (tuned minus base) and ``general_tokens``.
+    ``task_correct`` and ``prior_correct`` map item id to first completion correct (the tuned
+    model's priors: at least the items the base gets right); ``base`` holds the base model's
+    ``task_correct``, ``prior_correct`` and ``general_nll`` (:func:`measure_base_general`).
     """
     accuracy, accuracy_base = share_correct(task_correct), share_correct(base["task_correct"])
     report: dict[str, float | int | None] = {
@@ -298,9 +273,8 @@ def compare_to_base(
     return report
 
 
-# The built-in general prompts (everyday instructions, KL is measured on the base model's answers)
-# and texts (plain-English paragraphs, for the general NLL), written for this package; pass
-# your own for real use.
+# Built-in general prompts (everyday instructions) and texts (plain-English paragraphs), written
+# for this package and used unless others are given.
 DEFAULT_GENERAL_PROMPTS: tuple[str, ...] = (
     "Give me one tip for sleeping better.",
     "Describe a sunny day at the beach in two sentences.",

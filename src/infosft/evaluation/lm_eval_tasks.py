@@ -17,10 +17,9 @@ Hub on first use; task YAMLs over local files (``include_path``) run offline.
 
 Metric keys are lm-eval's ``metric,filter`` with its default filter ``,none`` dropped (``acc``,
 ``acc_stderr``, but ``exact_match,strict-match``); a stderr lm-eval could not compute is None.
-``records`` hold what :func:`infosft.evaluation.forgetting.retention` takes (through
-:func:`~infosft.evaluation.forgetting.first_samples`), so retention on base-correct items is
-computed the same way for lm-eval tasks as for our own tasks; a group's records pool its leaf
-tasks' records.
+``records`` are what :func:`infosft.evaluation.forgetting.first_samples` takes, so retention
+on base-correct items is computed the same way for lm-eval tasks as for our own tasks; a
+group's records pool its leaf tasks' records.
 """
 
 from __future__ import annotations

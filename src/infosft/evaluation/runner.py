@@ -311,61 +311,38 @@ def evaluate_with_base(
     base_tokenizer: Any,
     task: Task,
     settings: SamplingSettings | None = None,
-    limit: int | None = None,
-    workers: int = 2,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    sandbox: str = "auto",
-    progress_path: str | Path | None = None,
-    base_progress_path: str | Path | None = None,
-    progress: bool = True,
+    progress_paths: tuple[str | Path | None, str | Path | None] = (None, None),
     general_prompts: Sequence[str] | None = None,
     general_texts: Sequence[str] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """:func:`evaluate` of a tuned model and of its base model on the same items, and the tuned
-    model measured against its base: ``model``'s results with ``base_metrics`` (the base
-    model's metrics) and ``forgetting``
-    (:func:`infosft.evaluation.forgetting.compare_to_base`, the task standing for both the new
-    task and the prior capability: the keys and values a grid cell of the same model reports).
+    """:func:`evaluate` (``options``) of a tuned model and of its base, each with its own
+    tokenizer and progress file: ``model``'s results with ``base_metrics`` and ``forgetting``,
+    :func:`infosft.evaluation.forgetting.compare_to_base` with ``task`` as both new task and
+    prior capability (the keys and values a grid cell reports). KL and general NLL compare both
+    models through ``tokenizer``; None for ``general_prompts`` or ``general_texts``: built-in."""
+    from infosft.evaluation import forgetting
 
-    Each model generates with its own tokenizer; KL and the general NLL compare both through
-    ``tokenizer``, so the two must share one vocabulary. ``general_prompts`` (user messages when
-    ``tokenizer`` has a chat template) and ``general_texts``: None takes the built-in ones.
-    """
-    from infosft.evaluation.forgetting import (
-        DEFAULT_GENERAL_PROMPTS,
-        DEFAULT_GENERAL_TEXTS,
-        KLReference,
-        check_shared_vocabulary,
-        compare_to_base,
-        first_samples,
-        general_prompt_messages,
-        measure_base_general,
-    )
-
-    check_shared_vocabulary(base_model, model, tokenizer)
-    prompts = list(DEFAULT_GENERAL_PROMPTS if general_prompts is None else general_prompts)
-    texts = list(DEFAULT_GENERAL_TEXTS if general_texts is None else general_texts)
-    if not prompts or not texts:
-        raise ValueError("general_prompts and general_texts must not be empty (None: built-in)")
+    forgetting.check_shared_vocabulary(base_model, model, tokenizer)
+    if general_prompts is None:
+        general_prompts = forgetting.DEFAULT_GENERAL_PROMPTS
+    texts = list(forgetting.DEFAULT_GENERAL_TEXTS if general_texts is None else general_texts)
+    prompts = list(general_prompts)
     if getattr(tokenizer, "chat_template", None):
-        prompts = general_prompt_messages(prompts)
-    options = {"limit": limit, "workers": workers, "timeout": timeout, "sandbox": sandbox}
-    options["progress"] = progress
-    results = evaluate(model, tokenizer, task, settings, **options, progress_path=progress_path)
+        prompts = forgetting.general_prompt_messages(prompts)
+    # First: it refuses empty prompts or texts before anything is generated for the task.
+    general = forgetting.measure_base_general(base_model, tokenizer, prompts, texts)
+    reference = forgetting.KLReference(base_model, tokenizer, prompts, general["general_samples"])
+    results = evaluate(model, tokenizer, task, settings, progress_path=progress_paths[0], **options)
     base = evaluate(
-        base_model, base_tokenizer, task, settings, **options, progress_path=base_progress_path
+        base_model, base_tokenizer, task, settings, progress_path=progress_paths[1], **options
     )
-    base_general = measure_base_general(base_model, tokenizer, prompts, texts, progress)
-    kl_reference = KLReference(base_model, tokenizer, prompts, base_general["general_samples"])
-    base_correct, tuned_correct = first_samples(base["samples"]), first_samples(results["samples"])
-    base_scores = {
-        "task_correct": base_correct,
-        "prior_correct": base_correct,
-        "general_nll": base_general["general_nll"],
-    }
+    base_correct = forgetting.first_samples(base["samples"])
+    tuned_correct = forgetting.first_samples(results["samples"])
+    base_scores = {**general, "task_correct": base_correct, "prior_correct": base_correct}
     results["base_metrics"] = base["metrics"]
-    results["forgetting"] = compare_to_base(
-        model, tokenizer, base_scores, tuned_correct, tuned_correct, kl_reference, texts
+    results["forgetting"] = forgetting.compare_to_base(
+        model, tokenizer, base_scores, tuned_correct, tuned_correct, reference, texts
     )
     return results
 

@@ -129,7 +129,6 @@ def build_suite(spec: GridSpec) -> Suite:
         from infosft.evaluation.lm_eval_tasks import check_lm_eval_tasks
 
         check_lm_eval_tasks(lm_eval_names, spec.lm_eval.get("include_path"))
-    # read_texts refuses a file without text: never a silent fallback to the built-in ones.
     prompts = read_texts(spec.general_prompts) if spec.general_prompts else DEFAULT_GENERAL_PROMPTS
     texts = read_texts(spec.heldout_text) if spec.heldout_text else DEFAULT_GENERAL_TEXTS
     return Suite(
