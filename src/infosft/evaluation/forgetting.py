@@ -52,7 +52,10 @@ def retention(
     known = [item for item, ok in base_correct.items() if ok]
     missing = [item for item in known if item not in tuned_correct]
     if missing:
-        raise ValueError(f"base and tuned results cover different items ({missing[0]!r})")
+        raise ValueError(
+            f"base and tuned results cover different items (the tuned model lacks {missing[0]!r}); "
+            "score both models on the same items"
+        )
     kept = sum(bool(tuned_correct[item]) for item in known)
     low, high = wilson_interval(kept, len(known))
     return {
