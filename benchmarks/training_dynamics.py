@@ -74,7 +74,7 @@ def main() -> None:
     import torch
 
     from infosft.evaluation import evaluate
-    from infosft.evaluation.forgetting import retention
+    from infosft.evaluation.forgetting import first_samples, retention
     from infosft.experiments import GENERATED_TASKS, probes
     from infosft.models import DEFAULT_MODEL, load_model_and_tokenizer
 
@@ -162,7 +162,7 @@ def main() -> None:
                     tuned = evaluate(model, tokenizer, evaluation, progress=False)
                     row["accuracy"] = tuned["metrics"]["acc@1"]
                     probe_records = probes.probe_records(model, tokenizer, probes.PROBES)
-                    kept = retention(base_probes, probe_records)
+                    kept = retention(first_samples(base_probes), first_samples(probe_records))
                     row["retention"] = kept["retention"]
                     # The per-item record the experiment engine stores (experiments.fronts).
                     row["task_correct"] = {r["task_id"]: r["passed"] for r in tuned["samples"]}

@@ -96,7 +96,7 @@ def test_yaml_task_with_a_base_model_reports_metrics_and_forgetting(tmp_path, ti
     # The "tuned" model is the base model itself: nothing was forgotten.
     forgetting = results["forgetting"]
     assert forgetting["kl_base_tuned"] == pytest.approx(0.0, abs=1e-6)
-    assert forgetting["heldout_nll_delta"] == pytest.approx(0.0, abs=1e-6)
+    assert forgetting["general_nll_delta"] == pytest.approx(0.0, abs=1e-6)
     assert forgetting["accuracy_delta"] == 0.0
     assert (tmp_path / "results.model.progress.jsonl").is_file()
 

@@ -1,11 +1,17 @@
-"""Forgetting metrics: retention, KL(base || tuned), held-out NLL (float64 references)."""
+"""Forgetting metrics: retention, KL(base || tuned), general-text NLL (float64 references)."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import build_tiny_llama
-from infosft.evaluation.forgetting import heldout_nll, kl_on_base_samples, kl_on_texts, retention
+from infosft.evaluation.forgetting import (
+    KLReference,
+    first_samples,
+    heldout_nll,
+    measure_base_general,
+    retention,
+)
 
 TEXTS = ["The capital of France is Paris.", "def add(a, b):\n    return a + b"]
 
@@ -23,24 +29,30 @@ def record(task_id: str, passed: bool) -> dict:
 
 
 def test_retention_counts_only_items_the_base_model_got_right():
-    base = [record("a", True), record("b", True), record("c", False), record("d", True)]
-    tuned = [record("a", True), record("b", False), record("c", True), record("d", True)]
+    base = {"a": True, "b": True, "c": False, "d": True}
+    tuned = {"a": True, "b": False, "c": True, "d": True}
     report = retention(base, tuned)
     assert report["base_correct"] == 3
     assert report["retention"] == pytest.approx(2 / 3)
-    assert report["accuracy_delta"] == pytest.approx(3 / 4 - 3 / 4)
     assert report["retention_ci_low"] < 2 / 3 < report["retention_ci_high"]
 
 
-def test_retention_uses_the_first_sample_of_each_item():
-    base = [record("a", True), record("a", False)]
-    tuned = [record("a", False), record("a", True)]
-    assert retention(base, tuned)["retention"] == 0.0
+def test_retention_needs_the_tuned_results_only_on_items_the_base_got_right():
+    assert retention({"a": True, "b": False}, {"a": False})["retention"] == 0.0
+
+
+def test_retention_is_undefined_when_the_base_got_nothing_right():
+    assert retention({"a": False}, {"a": True})["retention"] is None
+
+
+def test_first_samples_keeps_the_first_sample_of_each_item():
+    records = [record("a", False), record("a", True), record("b", True)]
+    assert first_samples(records) == {"a": False, "b": True}
 
 
 def test_retention_requires_the_same_items():
     with pytest.raises(ValueError, match="different items"):
-        retention([record("a", True)], [record("b", True)])
+        retention({"a": True}, {"b": True})
 
 
 def nll_reference(model, tokenizer, text: str) -> tuple[float, int]:
@@ -74,33 +86,53 @@ def kl_reference(base, tuned, tokenizer, prompt: str, completion: str) -> tuple[
     return total, len(tail)
 
 
-def test_kl_on_texts_matches_the_per_position_definition(models):
+def test_kl_matches_the_per_position_definition(models):
     base, tuned, tokenizer = models
     prompts = ["What is 12 + 7?", "The capital of Italy"]
     completions = [" 19. The answer is 19.", " is Rome, not Paris."]
     pairs = zip(prompts, completions, strict=True)
     refs = [kl_reference(base, tuned, tokenizer, p, c) for p, c in pairs]
-    result = kl_on_texts(base, tuned, tokenizer, prompts, completions, batch_size=2)
+    result = KLReference(base, tokenizer, prompts, completions, batch_size=2).kl(tuned)
     assert result["kl_tokens"] == sum(r[1] for r in refs)
     expected = sum(r[0] for r in refs) / result["kl_tokens"]
     assert result["kl_base_tuned"] == pytest.approx(expected, rel=1e-5)  # float32 vs float64
 
 
-def test_kl_of_a_model_with_itself_is_zero(models):
+def test_kl_of_a_model_with_itself_on_its_own_samples_is_zero(models):
     base, _, tokenizer = models
-    result = kl_on_base_samples(base, base, tokenizer, ["Hello", "def f(x):"], max_new_tokens=4)
+    prompts = ["Hello", "def f(x):"]
+    measured = measure_base_general(base, tokenizer, prompts, TEXTS)
+    result = KLReference(base, tokenizer, prompts, measured["general_samples"]).kl(base)
     assert result["kl_base_tuned"] == pytest.approx(0.0, abs=1e-6)
     assert result["kl_tokens"] > 0
+    assert measured["general_nll"] == heldout_nll(base, tokenizer, TEXTS)["nll"]
 
 
-def test_an_empty_list_of_texts_is_an_error_not_the_built_in_texts(models):
-    from infosft.evaluation.forgetting import forgetting_report
+def test_the_base_samples_do_not_depend_on_the_global_random_state(models):
+    base, _, tokenizer = models
+    first = measure_base_general(base, tokenizer, ["Hello", "def f(x):"], TEXTS)
+    torch.manual_seed(123)
+    assert measure_base_general(base, tokenizer, ["Hello", "def f(x):"], TEXTS) == first
+
+
+def one_item_task(directory):
+    from infosft.evaluation.tasks import load_task
+
+    (directory / "d.jsonl").write_text('{"q": "1 + 1", "a": "2"}\n')
+    (directory / "t.yaml").write_text(
+        "data: d.jsonl\nprompt: '{q}'\nanswer_field: a\nscorer: exact\n"
+    )
+    return load_task(str(directory / "t.yaml"))
+
+
+def test_an_empty_list_of_texts_is_an_error_not_the_built_in_texts(models, tmp_path):
+    from infosft.evaluation.runner import evaluate_with_base
 
     base, tuned, tokenizer = models
-    records = [record("a", True)]
-    for empty in ({"general_prompts": []}, {"heldout_texts": []}):
+    task = one_item_task(tmp_path)
+    for empty in ({"general_prompts": []}, {"general_texts": []}):
         with pytest.raises(ValueError, match="must not be empty"):
-            forgetting_report(base, tuned, tokenizer, records, records, progress=False, **empty)
+            evaluate_with_base(tuned, tokenizer, base, tokenizer, task, progress=False, **empty)
 
 
 def test_read_texts_takes_strings_and_text_or_prompt_fields_of_json_lines(tmp_path):
@@ -119,14 +151,14 @@ def test_read_texts_keeps_every_non_empty_line_of_a_text_file(tmp_path):
     assert read_texts(path) == ["first", '{"text": "kept as is"}']
 
 
-def test_a_base_model_with_another_vocabulary_is_an_error_not_an_index_error(models):
-    from infosft.evaluation.forgetting import forgetting_report
+def test_a_base_model_with_another_vocabulary_is_an_error_not_an_index_error(models, tmp_path):
+    from infosft.evaluation.runner import evaluate_with_base
 
     base, _, tokenizer = models
     other = build_tiny_llama(len(tokenizer) + 2, seed=1)
-    records = [record("a", True)]
+    task = one_item_task(tmp_path)
     with pytest.raises(ValueError, match=f"{len(tokenizer)} embedding rows, the tuned model"):
-        forgetting_report(base, other, tokenizer, records, records, progress=False)
+        evaluate_with_base(other, tokenizer, base, tokenizer, task, progress=False)
 
 
 def test_read_texts_takes_a_json_list_and_names_the_item_that_holds_no_text(tmp_path):

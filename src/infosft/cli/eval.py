@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a model on a task (acc@1, pass@k, forgetting vs a base model)",
         description=(
             "Generate with --model and score on --task; with --base-model also measure "
-            "forgetting (retention, KL(base||tuned), held-out NLL). With --lm-eval, also run "
+            "forgetting (retention, KL(base||tuned), general-text NLL) as a grid cell of "
+            "`infosft compare` reports it. With --lm-eval, also run "
             "lm-evaluation-harness tasks on both models. With --samples, score "
             "pre-generated completions ({task_id, completion} per line) without a model."
         ),
@@ -62,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     run_opts.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
     forget = parser.add_argument_group("forgetting (with --base-model)")
     forget.add_argument("--general-prompts", help="JSON lines or text file of general prompts")
-    forget.add_argument("--heldout", help="JSON lines or text file of held-out general text")
+    forget.add_argument("--heldout", help="JSON lines or text file of general text")
     harness = parser.add_argument_group(
         "lm-evaluation-harness tasks (needs: pip install 'infosft[lm-eval]')"
     )
@@ -291,15 +292,6 @@ def lm_eval_names(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def check_lm_eval(args: argparse.Namespace) -> None:
-    """lm-eval installed, its task directory present and every task name known to it."""
-    from infosft.evaluation.lm_eval_tasks import _include_paths, _task_manager, require_lm_eval
-
-    require_lm_eval()
-    # The task index is cached: run_lm_eval uses this one, built once.
-    _task_manager(lm_eval_names(args), _include_paths(args.lm_eval_include))
-
-
 def check_models(args: argparse.Namespace, model: str, task) -> None:
     """From the tokenizers and configs, before any weights load: both models exist, a task
     (or lm-eval) that prompts with chat messages has a chat template, and with a forgetting
@@ -363,7 +355,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
         raise ValueError("name a task: --task NAME and/or --lm-eval TASK ...")
     check_flags(args)
     if args.lm_eval:
-        check_lm_eval(args)
+        from infosft.evaluation.lm_eval_tasks import check_lm_eval_tasks
+
+        check_lm_eval_tasks(lm_eval_names(args), args.lm_eval_include)
     task = load_task(args.task) if args.task else None
     name = task.name if task else "lm_eval"
     # The task's name is free text (the model card shows it); a path uses a file-safe form.
@@ -393,7 +387,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             key: read_texts(path, flag) if path is not None else None
             for key, path, flag in (
                 ("general_prompts", args.general_prompts, "--general-prompts"),
-                ("heldout_texts", args.heldout, "--heldout"),
+                ("general_texts", args.heldout, "--heldout"),
             )
         }
     check_output(output, identity, args.overwrite)
@@ -448,54 +442,30 @@ def evaluate_models(
     output: Path,
     texts: dict,
 ) -> dict:
-    """Generate and score with --model (and --base-model for the forgetting report, on
-    ``texts``: ``general_prompts`` and ``heldout_texts``, None for the built-in ones)."""
-    from infosft.evaluation.forgetting import forgetting_report
+    """Generate and score with --model, and with --base-model beside it the forgetting report
+    (on ``texts``: ``general_prompts`` and ``general_texts``, None for the built-in ones)."""
     from infosft.evaluation.lm_eval_tasks import lm_eval_report
-    from infosft.evaluation.runner import evaluate
+    from infosft.evaluation.runner import evaluate, evaluate_with_base
     from infosft.models import load_model_and_tokenizer
 
-    progress = not args.no_progress
+    def load(name: str) -> tuple:
+        return load_model_and_tokenizer(name, dtype=args.dtype, device=device)
 
-    def run_one(name: str, tag: str) -> tuple[dict, object, object]:
-        model, tokenizer = load_model_and_tokenizer(name, dtype=args.dtype, device=device)
-        if task is None:
-            return {"lm_eval": run_lm_eval_tasks(args, model, tokenizer)}, model, tokenizer
-        result = evaluate(
-            model,
-            tokenizer,
-            task,
-            settings,
-            limit=args.limit,
-            workers=args.workers,
-            timeout=args.timeout,
-            sandbox=args.sandbox,
-            progress_path=output.with_name(f"{output.stem}.{tag}.progress.jsonl"),
-            progress=progress,
-        )
-        if args.lm_eval:
-            result["lm_eval"] = run_lm_eval_tasks(args, model, tokenizer)
-        return result, model, tokenizer
-
-    results, model, tokenizer = run_one(model_name, "model")
-    base = {}
-    if args.base_model:
-        base, base_model, _ = run_one(args.base_model, "base")
+    model, tokenizer = load(model_name)
+    base_model, base_tokenizer = load(args.base_model) if args.base_model else (None, None)
+    options = {"limit": args.limit, "workers": args.workers, "timeout": args.timeout}
+    options.update(sandbox=args.sandbox, progress=not args.no_progress)
+    paths = [output.with_name(f"{output.stem}.{tag}.progress.jsonl") for tag in ("model", "base")]
+    results = {}
+    if task is not None and base_model is None:
+        results = evaluate(model, tokenizer, task, settings, progress_path=paths[0], **options)
+    elif task is not None:
+        models = (model, tokenizer, base_model, base_tokenizer)
+        results = evaluate_with_base(*models, task, settings, tuple(paths), **texts, **options)
     if args.lm_eval:
-        results["lm_eval"] = lm_eval_report(results.pop("lm_eval"), base.pop("lm_eval", None))
-    if args.base_model and task is not None:
-        results["base_metrics"] = base["metrics"]
-        results["forgetting"] = forgetting_report(
-            base_model,
-            model,
-            tokenizer,
-            base["samples"],
-            results["samples"],
-            general_prompts=texts["general_prompts"],
-            heldout_texts=texts["heldout_texts"],
-            seed=settings.seed,
-            progress=progress,
-        )
+        tuned = run_lm_eval_tasks(args, model, tokenizer)
+        base = run_lm_eval_tasks(args, base_model, base_tokenizer) if base_model else None
+        results["lm_eval"] = lm_eval_report(tuned, base)
     return results
 
 

@@ -9,7 +9,7 @@ Typical use::
 
 from infosft.evaluation.generation import SamplingSettings, generate
 from infosft.evaluation.metrics import bootstrap_interval, pass_at_k, summarize, wilson_interval
-from infosft.evaluation.runner import evaluate, score_samples, write_json
+from infosft.evaluation.runner import evaluate, evaluate_with_base, score_samples, write_json
 from infosft.evaluation.sandbox import SandboxResult, run_python
 from infosft.evaluation.tasks import Task, available_tasks, load_task, register_task
 
@@ -20,6 +20,7 @@ __all__ = [
     "available_tasks",
     "bootstrap_interval",
     "evaluate",
+    "evaluate_with_base",
     "generate",
     "load_task",
     "pass_at_k",

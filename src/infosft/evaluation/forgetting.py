@@ -1,45 +1,33 @@
-"""Forgetting: how much of the base model survives fine-tuning, reported as deltas vs the base.
+"""Forgetting: a tuned model against its base model, measured by :func:`compare_to_base` for
+``infosft eval --base-model`` and every grid cell alike (the same keys and values):
 
-(a) retention: on items the base model answers right (its first, greedy sample), the fraction
-    the tuned model still answers right, with a Wilson interval;
-(b) KL(base || tuned) per token, exact over the vocabulary, on the base model's own samples for
+(a) accuracy on the new task (first completion) and its change from the base;
+(b) retention: on prior-capability items the base model answers right (first completion), the
+    share the tuned model still answers right, with a Wilson interval;
+(c) KL(base || tuned) per token, exact over the vocabulary, on the base model's own samples for
     general prompts (how far the tuned model moved where the base model puts its mass);
-(c) NLL per token of held-out general text under both models, and its increase.
+(d) NLL per token of general text under the tuned model, and its change from the base.
+
+The base model's side of (c) and (d) is measured once (:func:`measure_base_general`,
+:class:`KLReference`) for any number of tuned models.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from infosft.evaluation.generation import SamplingSettings, generate, render_prompt
+from infosft.evaluation.generation import Prompt, SamplingSettings, generate, render_prompt
 from infosft.evaluation.metrics import wilson_interval
 from infosft.losses import IGNORE_INDEX, target_log_probs
 from infosft.models import pad_right
 
-# Small built-in defaults so that the report always has (b) and (c); pass your own for real use.
-DEFAULT_GENERAL_PROMPTS = [
-    "Give three tips for staying healthy.",
-    "Explain why the sky is blue in two sentences.",
-    "Write a short poem about the sea.",
-    "What is the difference between a list and a tuple in Python?",
-    "Summarise the plot of Romeo and Juliet in one paragraph.",
-    "How do vaccines work?",
-    "Suggest a name for a bakery and explain your choice.",
-    "Translate 'good morning, how are you?' into French.",
-]
-DEFAULT_HELDOUT_TEXTS = [
-    "The water cycle describes how water evaporates from oceans and lakes, condenses into "
-    "clouds, and returns to the surface as rain or snow, feeding rivers that flow back to sea.",
-    "Photosynthesis lets plants turn sunlight, water and carbon dioxide into sugar and oxygen. "
-    "It takes place mostly in the leaves, inside small structures called chloroplasts.",
-    "A library lends books, music and films to its members. Many libraries also offer reading "
-    "rooms, internet access and classes for children and adults.",
-    "To make a cup of tea, boil fresh water, pour it over the tea leaves or bag, wait three to "
-    "five minutes, then remove the leaves and add milk or lemon if you like.",
-]
+# The base model's samples that KL is measured on: one per general prompt, sampled at
+# temperature 1 with a fixed seed (not a task's), so every task and every run shares them.
+GENERAL_SAMPLE_TOKENS = 48
+GENERAL_SAMPLE_SEED = 0
 
 
 def first_samples(records: Sequence[dict[str, Any]]) -> dict[str, bool]:
@@ -50,26 +38,31 @@ def first_samples(records: Sequence[dict[str, Any]]) -> dict[str, bool]:
     return first
 
 
+def share_correct(correct: Mapping[str, bool]) -> float | None:
+    """The share of items answered right (None for no items)."""
+    return sum(correct.values()) / len(correct) if correct else None
+
+
 def retention(
-    base_records: Sequence[dict[str, Any]], tuned_records: Sequence[dict[str, Any]]
-) -> dict[str, float | None]:
-    """Share of the items the base model got right that the tuned model still gets right."""
-    base, tuned = first_samples(base_records), first_samples(tuned_records)
-    if set(base) != set(tuned):
-        raise ValueError("base and tuned results cover different items; evaluate the same task")
-    known = [tid for tid, ok in base.items() if ok]
-    kept = sum(tuned[tid] for tid in known)
+    base_correct: Mapping[str, bool], tuned_correct: Mapping[str, bool]
+) -> dict[str, float | int | None]:
+    """Of the items the base model answers right (``base_correct`` of them), the share the
+    tuned model still answers right (None for none) and its Wilson interval. Both map item id
+    to first completion correct; ``tuned_correct`` needs only the items the base gets right."""
+    known = [item for item, ok in base_correct.items() if ok]
+    missing = [item for item in known if item not in tuned_correct]
+    if missing:
+        raise ValueError(
+            f"base and tuned results cover different items (the tuned model lacks {missing[0]!r}); "
+            "score both models on the same items"
+        )
+    kept = sum(bool(tuned_correct[item]) for item in known)
     low, high = wilson_interval(kept, len(known))
-    base_acc = sum(base.values()) / len(base)
-    tuned_acc = sum(tuned.values()) / len(tuned)
     return {
-        "retention": kept / len(known) if known else None,  # undefined: base got none right
+        "retention": kept / len(known) if known else None,
         "retention_ci_low": low,
         "retention_ci_high": high,
         "base_correct": len(known),
-        "accuracy_base": base_acc,
-        "accuracy_tuned": tuned_acc,
-        "accuracy_delta": tuned_acc - base_acc,
     }
 
 
@@ -112,7 +105,8 @@ class KLReference:
             self.batches.append((ids, mask, spans, _log_probs(base_model, ids, mask)))
 
     def kl(self, tuned_model: Any) -> dict[str, float]:
-        """Mean per-token KL(base || tuned) over the completion tokens (see kl_on_texts)."""
+        """``kl_base_tuned``: the mean over the ``kl_tokens`` completion tokens t of
+        KL_t = sum_v p_base(v) (log p_base(v) - log p_tuned(v)), over the full vocabulary."""
         total, count = 0.0, 0
         for ids, mask, spans, base_lp in self.batches:
             tuned_lp = _log_probs(tuned_model, ids, mask)
@@ -126,47 +120,6 @@ class KLReference:
                 total += kl[row, lo - 1 : hi - 1].double().sum().item()
                 count += hi - lo
         return {"kl_base_tuned": total / max(count, 1), "kl_tokens": count}
-
-
-def kl_on_texts(
-    base_model: Any,
-    tuned_model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str | list[dict[str, str]]],
-    completions: Sequence[str],
-    batch_size: int = 4,
-) -> dict[str, float]:
-    """Mean per-token KL(base || tuned) over the completion tokens of prompt + completion.
-
-    At every completion position t, KL_t = sum_v p_base(v) (log p_base(v) - log p_tuned(v)),
-    over the full vocabulary; the result averages KL_t over all completion tokens. Both models
-    must share the tokenizer.
-    """
-    reference = KLReference(base_model, tokenizer, prompts, completions, batch_size)
-    return reference.kl(tuned_model)
-
-
-def kl_on_base_samples(
-    base_model: Any,
-    tuned_model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str | list[dict[str, str]]],
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    batch_size: int = 4,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, float]:
-    """KL(base || tuned) (``kl_on_texts``) on completions sampled from the base model.
-
-    The completions are sampled as text and re-tokenized, so the KL is measured where the base
-    model puts its mass, not on the tuned model's own outputs.
-    """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size, seed=seed
-    )
-    completions = [c[0] for c in generate(base_model, tokenizer, prompts, settings, progress)]
-    return kl_on_texts(base_model, tuned_model, tokenizer, prompts, completions, batch_size)
 
 
 def heldout_nll(
@@ -257,44 +210,116 @@ def check_shared_vocabulary(base_model: Any, tuned_model: Any, tokenizer: Any) -
         )
 
 
-def forgetting_report(
+def general_prompt_messages(prompts: Sequence[str]) -> list[list[dict[str, str]]]:
+    """Each general prompt as one user message, for a model with a chat template."""
+    return [[{"role": "user", "content": prompt}] for prompt in prompts]
+
+
+def measure_base_general(
     base_model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Prompt],
+    texts: Sequence[str],
+) -> dict[str, Any]:
+    """The base model's side of KL and general NLL, measured once for every tuned model:
+    ``general_samples`` (one completion per prompt, sampled as ``GENERAL_SAMPLE_*`` say, to
+    build a :class:`KLReference` on) and ``general_nll`` (nats per token of ``texts``)."""
+    if not prompts or not texts:
+        raise ValueError(
+            "the general prompts and general texts must not be empty; give at least one of each"
+        )
+    settings = SamplingSettings(
+        max_new_tokens=GENERAL_SAMPLE_TOKENS,
+        temperature=1.0,
+        batch_size=len(prompts),
+        seed=GENERAL_SAMPLE_SEED,
+    )
+    samples = generate(base_model, tokenizer, prompts, settings, progress=False)
+    return {
+        "general_samples": [s[0] for s in samples],
+        "general_nll": heldout_nll(base_model, tokenizer, texts)["nll"],
+    }
+
+
+def compare_to_base(
     tuned_model: Any,
     tokenizer: Any,
-    base_records: Sequence[dict[str, Any]],
-    tuned_records: Sequence[dict[str, Any]],
-    general_prompts: Sequence[str] | None = None,
-    heldout_texts: Sequence[str] | None = None,
-    seed: int = 0,
-    progress: bool = True,
-) -> dict[str, float | None]:
-    """Retention, KL(base || tuned) and held-out NLL delta (tuned minus base) in one dict.
+    base: Mapping[str, Any],
+    task_correct: Mapping[str, bool],
+    prior_correct: Mapping[str, bool],
+    kl_reference: KLReference,
+    texts: Sequence[str],
+) -> dict[str, float | int | None]:
+    """The tuned model against its base (see the module docstring) in one flat dict: accuracy,
+    accuracy_base, accuracy_delta, :func:`retention`'s keys, :meth:`KLReference.kl`'s keys,
+    general_nll, general_nll_base, general_nll_delta (tuned minus base), general_tokens.
 
-    General prompts are sent as user chat messages when the tokenizer has a chat template;
-    None (not an empty list) for ``general_prompts`` or ``heldout_texts`` takes the built-in
-    ones.
+    ``task_correct`` and ``prior_correct`` map item id to first completion correct (the tuned
+    model's priors: at least the items the base gets right); ``base`` holds the base model's
+    ``task_correct``, ``prior_correct`` and ``general_nll`` (:func:`measure_base_general`).
     """
-    check_shared_vocabulary(base_model, tuned_model, tokenizer)
-    prompts = list(DEFAULT_GENERAL_PROMPTS if general_prompts is None else general_prompts)
-    texts = list(DEFAULT_HELDOUT_TEXTS if heldout_texts is None else heldout_texts)
-    if not prompts or not texts:
-        raise ValueError("general_prompts and heldout_texts must not be empty (None: built-in)")
-    if getattr(tokenizer, "chat_template", None):
-        prompts = [[{"role": "user", "content": p}] for p in prompts]
-    report = retention(base_records, tuned_records)
+    accuracy, accuracy_base = share_correct(task_correct), share_correct(base["task_correct"])
+    report: dict[str, float | int | None] = {
+        "accuracy": accuracy,
+        "accuracy_base": accuracy_base,
+        "accuracy_delta": None if None in (accuracy, accuracy_base) else accuracy - accuracy_base,
+        **retention(base["prior_correct"], prior_correct),
+        **kl_reference.kl(tuned_model),
+    }
+    nll = heldout_nll(tuned_model, tokenizer, texts)
     report.update(
-        kl_on_base_samples(
-            base_model, tuned_model, tokenizer, prompts, seed=seed, progress=progress
-        )
-    )
-    base_nll = heldout_nll(base_model, tokenizer, texts)
-    tuned_nll = heldout_nll(tuned_model, tokenizer, texts)
-    report.update(
-        {
-            "heldout_nll_base": base_nll["nll"],
-            "heldout_nll_tuned": tuned_nll["nll"],
-            "heldout_nll_delta": tuned_nll["nll"] - base_nll["nll"],
-            "heldout_tokens": base_nll["tokens"],
-        }
+        general_nll=nll["nll"],
+        general_nll_base=base["general_nll"],
+        general_nll_delta=nll["nll"] - base["general_nll"],
+        general_tokens=nll["tokens"],
     )
     return report
+
+
+# Built-in general prompts (everyday instructions) and texts (plain-English paragraphs), written
+# for this package and used unless others are given.
+DEFAULT_GENERAL_PROMPTS: tuple[str, ...] = (
+    "Give me one tip for sleeping better.",
+    "Describe a sunny day at the beach in two sentences.",
+    "What should I pack for a weekend hiking trip?",
+    "Explain what a library is to a child.",
+    "Write a short thank-you note to a neighbour.",
+    "Why do people drink coffee in the morning?",
+    "Suggest a name for a small bakery.",
+    "How can I keep a houseplant healthy?",
+    "Tell me a fun fact about octopuses.",
+    "What are the benefits of walking every day?",
+    "Describe the taste of a lemon.",
+    "Give two reasons to learn a second language.",
+    "How do you make a cup of tea?",
+    "What is a good way to start learning to cook?",
+    "Write one sentence about autumn.",
+    "Why is it important to drink water?",
+)
+
+DEFAULT_GENERAL_TEXTS: tuple[str, ...] = (
+    "The old lighthouse stood at the end of the rocky point, its white paint peeling after "
+    "decades of salt and wind. Fishermen still used it to find their way home, even though "
+    "the lamp had been replaced by a small automatic beacon that blinked every few seconds.",
+    "Bread is made by mixing flour, water, salt and yeast into a dough. The yeast feeds on the "
+    "sugars in the flour and releases gas, which makes the dough rise. Baking sets the "
+    "structure and gives the crust its brown colour and rich smell.",
+    "Every spring the town held a market in the main square. Farmers brought vegetables, "
+    "cheese and flowers, and children ran between the stalls with paper kites. By the "
+    "afternoon most of the tables were empty and the musicians had started to play.",
+    "Rivers shape the land they flow through. Over thousands of years they carve valleys, "
+    "carry sand and stones toward the sea, and build wide plains where they spill over their "
+    "banks. Many of the world's great cities grew up beside them.",
+    "She opened the letter slowly, unsure whether she wanted to know what it said. The "
+    "handwriting was familiar, although she had not seen it in years, and the paper smelled "
+    "faintly of the cedar box where her grandmother kept her things.",
+    "A good night's sleep helps the body repair itself and helps the mind sort the events of "
+    "the day. Most adults need seven to nine hours, and keeping a regular bedtime makes it "
+    "easier to fall asleep and wake up feeling rested.",
+    "The museum's new exhibition tells the story of early flight, from paper balloons to the "
+    "first engines light enough to lift a person. Visitors can climb into a copy of an early "
+    "cockpit and read the notes the inventors wrote while testing their designs.",
+    "Cats spend a large part of the day asleep, but they wake quickly at the sound of food. "
+    "They clean their fur with rough tongues, mark their territory by rubbing their cheeks on "
+    "furniture, and often choose the one box nobody wanted them to sit in.",
+)

@@ -17,9 +17,9 @@ Hub on first use; task YAMLs over local files (``include_path``) run offline.
 
 Metric keys are lm-eval's ``metric,filter`` with its default filter ``,none`` dropped (``acc``,
 ``acc_stderr``, but ``exact_match,strict-match``); a stderr lm-eval could not compute is None.
-``records`` are what :func:`infosft.evaluation.forgetting.retention` takes, so retention on
-base-correct items is computed the same way for lm-eval tasks as for our own tasks; a group's
-records pool its leaf tasks' records.
+``records`` are what :func:`infosft.evaluation.forgetting.first_samples` takes, so retention
+on base-correct items is computed the same way for lm-eval tasks as for our own tasks; a
+group's records pool its leaf tasks' records.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infosft.evaluation.forgetting import retention
+from infosft.evaluation.forgetting import first_samples, retention
 from infosft.extras import require_extra
 
 # A grid's ``prior_tasks: [lm_eval:NAME, ...]`` entry names an lm-eval task this way.
@@ -62,6 +62,16 @@ def _include_paths(include_path: str | Path | Sequence[str | Path] | None) -> tu
             state = "is a file, not a directory" if Path(path).exists() else "does not exist"
             raise FileNotFoundError(f"lm-eval task directory {path} {state}")
     return tuple(str(Path(p).resolve()) for p in paths)
+
+
+def check_lm_eval_tasks(
+    tasks: Sequence[str], include_path: str | Path | Sequence[str | Path] | None = None
+) -> None:
+    """Before any model loads: lm-eval is installed, every ``include_path`` directory exists
+    and every task name is a task, group or tag lm-eval knows (the index built here is the one
+    :func:`run_lm_eval` uses)."""
+    require_lm_eval()
+    _task_manager(tuple(dict.fromkeys(tasks)), _include_paths(include_path))
 
 
 @functools.cache
@@ -248,7 +258,7 @@ def compare_to_base(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, An
     return {
         "delta": score_deltas(base["scores"], tuned["scores"]),
         "retention": {
-            task: retention(base["records"][task], records)
+            task: retention(first_samples(base["records"][task]), first_samples(records))
             for task, records in tuned["records"].items()
             if task in base["records"]
         },

@@ -304,6 +304,49 @@ def evaluate(
     return results
 
 
+def evaluate_with_base(
+    model: Any,
+    tokenizer: Any,
+    base_model: Any,
+    base_tokenizer: Any,
+    task: Task,
+    settings: SamplingSettings | None = None,
+    progress_paths: tuple[str | Path | None, str | Path | None] = (None, None),
+    general_prompts: Sequence[str] | None = None,
+    general_texts: Sequence[str] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`evaluate` (``options``) of a tuned model and of its base, each with its own
+    tokenizer and progress file: ``model``'s results with ``base_metrics`` and ``forgetting``,
+    :func:`infosft.evaluation.forgetting.compare_to_base` with ``task`` as both new task and
+    prior capability (the keys and values a grid cell reports). KL and general NLL compare both
+    models through ``tokenizer``; None for ``general_prompts`` or ``general_texts``: built-in."""
+    from infosft.evaluation import forgetting
+
+    forgetting.check_shared_vocabulary(base_model, model, tokenizer)
+    if general_prompts is None:
+        general_prompts = forgetting.DEFAULT_GENERAL_PROMPTS
+    texts = list(forgetting.DEFAULT_GENERAL_TEXTS if general_texts is None else general_texts)
+    prompts = list(general_prompts)
+    if getattr(tokenizer, "chat_template", None):
+        prompts = forgetting.general_prompt_messages(prompts)
+    # First: it refuses empty prompts or texts before anything is generated for the task.
+    general = forgetting.measure_base_general(base_model, tokenizer, prompts, texts)
+    reference = forgetting.KLReference(base_model, tokenizer, prompts, general["general_samples"])
+    results = evaluate(model, tokenizer, task, settings, progress_path=progress_paths[0], **options)
+    base = evaluate(
+        base_model, base_tokenizer, task, settings, progress_path=progress_paths[1], **options
+    )
+    base_correct = forgetting.first_samples(base["samples"])
+    tuned_correct = forgetting.first_samples(results["samples"])
+    base_scores = {**general, "task_correct": base_correct, "prior_correct": base_correct}
+    results["base_metrics"] = base["metrics"]
+    results["forgetting"] = forgetting.compare_to_base(
+        model, tokenizer, base_scores, tuned_correct, tuned_correct, reference, texts
+    )
+    return results
+
+
 def with_overrides(settings: SamplingSettings, **overrides: Any) -> SamplingSettings:
     """``settings`` with the given fields replaced (``None`` values are ignored)."""
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

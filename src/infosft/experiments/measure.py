@@ -11,6 +11,9 @@ For one model the suite measures
   for general prompts (0 = unchanged where the base puts its mass);
 - **general-text NLL**: nats per token of plain text, and its change from the base.
 
+The comparison with the base is :func:`infosft.evaluation.forgetting.compare_to_base`, the one
+``infosft eval --base-model`` reports too (the same keys and values for the same model).
+
 Items are keyed ``"<source>/<item id>"`` so that several sources pool into one dict of
 ``{key: correct}``: ``task_correct`` and ``probe_correct``, the records
 :mod:`infosft.experiments.fronts` builds its fronts from.
@@ -27,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from infosft.evaluation.forgetting import GENERAL_SAMPLE_TOKENS, share_correct
 from infosft.experiments import probes
 from infosft.experiments.grid import LM_EVAL_PREFIX, PROBES, GridSpec
 
-GENERAL_SAMPLE_TOKENS = 48
 EXAMPLES_KEPT = 2
 # The grid key that sets a Suite field, to name it where its fingerprint changed.
 GRID_KEY_OF = {"limit": "eval_limit", "batch_size": "eval_batch_size"}
@@ -88,7 +91,12 @@ def build_suite(spec: GridSpec) -> Suite:
     """Load every task the grid names (a bad task YAML or unknown lm-eval task fails here,
     before any model is loaded)."""
     from infosft.evaluation import load_task
-    from infosft.evaluation.forgetting import read_texts
+    from infosft.evaluation.forgetting import (
+        DEFAULT_GENERAL_PROMPTS,
+        DEFAULT_GENERAL_TEXTS,
+        general_prompt_messages,
+        read_texts,
+    )
     from infosft.experiments import GENERATED_TASKS
 
     def source(entry: str) -> Source:
@@ -118,18 +126,15 @@ def build_suite(spec: GridSpec) -> Suite:
         s.lm_eval for s in [*priors, *(s for ss in new_tasks.values() for s in ss)] if s.lm_eval
     ]
     if lm_eval_names:
-        from infosft.evaluation.lm_eval_tasks import _include_paths, _task_manager
+        from infosft.evaluation.lm_eval_tasks import check_lm_eval_tasks
 
-        include = _include_paths(spec.lm_eval.get("include_path"))
-        _task_manager(tuple(dict.fromkeys(lm_eval_names)), include)
-    prompts = read_texts(spec.general_prompts) if spec.general_prompts else probes.GENERAL_PROMPTS
-    texts = read_texts(spec.heldout_text) if spec.heldout_text else probes.GENERAL_TEXT
-    if not prompts or not texts:
-        raise ValueError("general_prompts and heldout_text files must hold at least one line")
+        check_lm_eval_tasks(lm_eval_names, spec.lm_eval.get("include_path"))
+    prompts = read_texts(spec.general_prompts) if spec.general_prompts else DEFAULT_GENERAL_PROMPTS
+    texts = read_texts(spec.heldout_text) if spec.heldout_text else DEFAULT_GENERAL_TEXTS
     return Suite(
         new_tasks=new_tasks,
         priors=priors,
-        general_prompts=[[{"role": "user", "content": p}] for p in prompts],
+        general_prompts=general_prompt_messages(prompts),
         heldout_text=list(texts),
         limit=spec.eval_limit,
         batch_size=spec.eval_batch_size,
@@ -198,8 +203,7 @@ def score(
 
 def measure_base(model: Any, tokenizer: Any, suite: Suite) -> dict[str, Any]:
     """The base model on every source, its samples on the general prompts, its general NLL."""
-    from infosft.evaluation import SamplingSettings, generate
-    from infosft.evaluation.forgetting import heldout_nll
+    from infosft.evaluation.forgetting import measure_base_general
 
     clock = _Clock()
     new_tasks = {}
@@ -209,7 +213,11 @@ def measure_base(model: Any, tokenizer: Any, suite: Suite) -> dict[str, Any]:
             got, shown, _ = score(model, tokenizer, source, suite)
             correct.update(got)
             examples = examples or shown
-        new_tasks[task] = {"accuracy": _share(correct), "correct": correct, "examples": examples}
+        new_tasks[task] = {
+            "accuracy": share_correct(correct),
+            "correct": correct,
+            "examples": examples,
+        }
         clock.lap(task)
     priors, lm_eval_scores = {}, {}
     for source in suite.priors:
@@ -218,28 +226,23 @@ def measure_base(model: Any, tokenizer: Any, suite: Suite) -> dict[str, Any]:
         if scores is not None:
             lm_eval_scores[source.name] = scores
         clock.lap(source.name)
-    sampling = SamplingSettings(
-        max_new_tokens=GENERAL_SAMPLE_TOKENS,
-        temperature=1.0,
-        batch_size=len(suite.general_prompts),
-        seed=0,
-    )
-    samples = generate(model, tokenizer, suite.general_prompts, sampling, progress=False)
-    clock.lap("general_samples")
+    general = measure_base_general(model, tokenizer, suite.general_prompts, suite.heldout_text)
+    clock.lap("general")
     probe_correct = {key: ok for got in priors.values() for key, ok in got.items()}
-    general_nll = heldout_nll(model, tokenizer, suite.heldout_text)["nll"]
-    clock.lap("general_nll")
     return {
         "new_tasks": new_tasks,
         "prior": {
-            name: {"accuracy": _share(got), "correct": got, "base_correct": sum(got.values())}
+            name: {
+                "accuracy": share_correct(got),
+                "correct": got,
+                "base_correct": sum(got.values()),
+            }
             for name, got in priors.items()
         },
         "probe_correct": probe_correct,
         "retention_items": sum(probe_correct.values()),
         "lm_eval_scores": lm_eval_scores,
-        "general_samples": [s[0] for s in samples],
-        "general_nll": general_nll,
+        **general,
         "measure_seconds_by_part": clock.laps,
     }
 
@@ -254,8 +257,9 @@ def measure_tuned(
 ) -> dict[str, Any]:
     """A tuned model of ``task`` against the base: ``base`` from :func:`measure_base`,
     ``kl_reference`` a :class:`infosft.evaluation.forgetting.KLReference` of the base model on
-    its general samples."""
-    from infosft.evaluation.forgetting import heldout_nll
+    its general samples. :func:`infosft.evaluation.forgetting.compare_to_base`'s keys, and per
+    source, the examples and the per-item records."""
+    from infosft.evaluation.forgetting import compare_to_base, retention
     from infosft.evaluation.lm_eval_tasks import score_deltas
 
     clock = _Clock()
@@ -263,34 +267,35 @@ def measure_tuned(
     for source in suite.new_tasks[task]:
         got, shown, _ = score(model, tokenizer, source, suite)
         task_correct.update(got)
-        per_source[source.name] = _share(got)
+        per_source[source.name] = share_correct(got)
         examples = examples or shown
     clock.lap("new_task")
-    probe_correct, retention, deltas = {}, {}, {}
+    probe_correct, retention_per_source, deltas = {}, {}, {}
     for source in suite.priors:
         known = {k for k, ok in base["prior"][source.name]["correct"].items() if ok}
         got, _, scores = score(model, tokenizer, source, suite, only=known)
         probe_correct.update(got)
-        retention[source.name] = _share({k: got[k] for k in known}) if known else None
+        kept = retention(base["prior"][source.name]["correct"], got)
+        retention_per_source[source.name] = kept["retention"]
         if scores is not None:
             deltas[source.name] = score_deltas(
                 {"t": base["lm_eval_scores"][source.name]}, {"t": scores}
             )["t"]
     clock.lap("prior")
-    known = [k for k, ok in base["probe_correct"].items() if ok]
-    kl = kl_reference.kl(model)["kl_base_tuned"]
-    clock.lap("kl")
-    nll = heldout_nll(model, tokenizer, suite.heldout_text)["nll"]
-    clock.lap("general_nll")
+    base_scores = {
+        "task_correct": base["new_tasks"][task]["correct"],
+        "prior_correct": base["probe_correct"],
+        "general_nll": base["general_nll"],
+    }
+    compared = compare_to_base(
+        model, tokenizer, base_scores, task_correct, probe_correct, kl_reference, suite.heldout_text
+    )
+    clock.lap("kl_and_general_nll")
     return {
-        "accuracy": _share(task_correct),
+        **compared,
         "accuracy_per_source": per_source,
-        "retention": _share({k: probe_correct[k] for k in known}) if known else None,
-        "retention_per_source": retention,
+        "retention_per_source": retention_per_source,
         "lm_eval_delta": deltas,
-        "kl_base_tuned": kl,
-        "general_nll": nll,
-        "general_nll_delta": nll - base["general_nll"],
         "examples": examples,
         "task_correct": task_correct,
         "probe_correct": probe_correct,
@@ -309,10 +314,6 @@ class _Clock:
         now = time.perf_counter()
         self.laps[name] = now - self._last
         self._last = now
-
-
-def _share(correct: dict[str, bool]) -> float | None:
-    return sum(correct.values()) / len(correct) if correct else None
 
 
 def text_digest(text: str) -> str:

@@ -1,14 +1,9 @@
-"""Built-in measures of what the base model could already do, for the forgetting metrics.
+"""Built-in probes of what the base model could already do, for retention (no downloads).
 
-Three kinds, all written for this package (no downloads):
-
-- ``PROBES``: short-answer questions (facts, word knowledge, everyday reasoning) with the
-  strings that count as a correct answer. Retention is measured on the items the base model
-  gets right, so items it fails cost nothing.
-- ``GENERAL_PROMPTS``: everyday instructions; KL(base || tuned) is estimated on the base
-  model's own responses to them.
-- ``GENERAL_TEXT``: plain-English paragraphs unrelated to arithmetic; their per-token NLL under
-  a model measures drift in general language modelling.
+``PROBES``: short-answer questions (facts, word knowledge, everyday reasoning) with the strings
+that count as a correct answer. Retention is measured on the items the base model gets right,
+so items it fails cost nothing. The general prompts and texts that KL(base || tuned) and the
+general-text NLL are measured on are :mod:`infosft.evaluation.forgetting`'s defaults.
 """
 
 from __future__ import annotations
@@ -262,50 +257,4 @@ PROBES: tuple[Probe, ...] = (
     _probe("Write the number seven using digits.", "7"),
     _probe("Answer with one word: what is the color of the sky at night?", "black", "dark"),
     _probe("What is a young frog called?", "tadpole", "froglet"),
-)
-
-GENERAL_PROMPTS: tuple[str, ...] = (
-    "Give me one tip for sleeping better.",
-    "Describe a sunny day at the beach in two sentences.",
-    "What should I pack for a weekend hiking trip?",
-    "Explain what a library is to a child.",
-    "Write a short thank-you note to a neighbour.",
-    "Why do people drink coffee in the morning?",
-    "Suggest a name for a small bakery.",
-    "How can I keep a houseplant healthy?",
-    "Tell me a fun fact about octopuses.",
-    "What are the benefits of walking every day?",
-    "Describe the taste of a lemon.",
-    "Give two reasons to learn a second language.",
-    "How do you make a cup of tea?",
-    "What is a good way to start learning to cook?",
-    "Write one sentence about autumn.",
-    "Why is it important to drink water?",
-)
-
-GENERAL_TEXT: tuple[str, ...] = (
-    "The old lighthouse stood at the end of the rocky point, its white paint peeling after "
-    "decades of salt and wind. Fishermen still used it to find their way home, even though "
-    "the lamp had been replaced by a small automatic beacon that blinked every few seconds.",
-    "Bread is made by mixing flour, water, salt and yeast into a dough. The yeast feeds on the "
-    "sugars in the flour and releases gas, which makes the dough rise. Baking sets the "
-    "structure and gives the crust its brown colour and rich smell.",
-    "Every spring the town held a market in the main square. Farmers brought vegetables, "
-    "cheese and flowers, and children ran between the stalls with paper kites. By the "
-    "afternoon most of the tables were empty and the musicians had started to play.",
-    "Rivers shape the land they flow through. Over thousands of years they carve valleys, "
-    "carry sand and stones toward the sea, and build wide plains where they spill over their "
-    "banks. Many of the world's great cities grew up beside them.",
-    "She opened the letter slowly, unsure whether she wanted to know what it said. The "
-    "handwriting was familiar, although she had not seen it in years, and the paper smelled "
-    "faintly of the cedar box where her grandmother kept her things.",
-    "A good night's sleep helps the body repair itself and helps the mind sort the events of "
-    "the day. Most adults need seven to nine hours, and keeping a regular bedtime makes it "
-    "easier to fall asleep and wake up feeling rested.",
-    "The museum's new exhibition tells the story of early flight, from paper balloons to the "
-    "first engines light enough to lift a person. Visitors can climb into a copy of an early "
-    "cockpit and read the notes the inventors wrote while testing their designs.",
-    "Cats spend a large part of the day asleep, but they wake quickly at the sound of food. "
-    "They clean their fur with rough tongues, mark their territory by rubbing their cheeks on "
-    "furniture, and often choose the one box nobody wanted them to sit in.",
 )
