@@ -2,6 +2,7 @@
 its evaluation section, and push_to_hub through the Trainer's own mechanism (offline: the Hub
 calls are intercepted at huggingface_hub's HfApi)."""
 
+import dataclasses
 import json
 import math
 import re
@@ -16,7 +17,7 @@ from huggingface_hub.utils._paths import DEFAULT_IGNORE_PATTERNS
 
 from infosft.cli import main
 from infosft.training import RunSpec, build_trainer, train
-from infosft.training.model_card import add_evaluation
+from infosft.training.card_evaluation import add_evaluation
 
 ROWS = [{"prompt": f"What is {i} + 7?", "completion": f" {i + 7}."} for i in range(16)]
 TINY = {
@@ -152,14 +153,30 @@ def test_the_card_names_a_hub_base_model_and_hub_datasets(tiny_model_dir, data, 
         {"model": str(tiny_model_dir), "data": str(data), "output_dir": str(tmp_path), **TINY}
     )
     trainer = build_trainer(spec)
-    # What train() records about the run: the embedded default model, a Hub dataset.
-    record = {"model": "smollm2-135m-instruct", "data": ["HuggingFaceTB/smoltalk@all:train"]}
-    (tmp_path / "run_config.json").write_text(json.dumps(record))
+    # The run as the trainer holds it: the embedded default model, a Hub dataset.
+    trainer.run_spec = dataclasses.replace(
+        spec, model="smollm2-135m-instruct", data=["HuggingFaceTB/smoltalk@all:train"]
+    )
     trainer.create_model_card()
     card = card_of(tmp_path)
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert card.data.datasets == ["HuggingFaceTB/smoltalk"]
     assert "Q4_1 GGUF" in card.text
+
+
+def test_the_card_describes_the_run_the_trainer_holds_not_a_file_beside_it(
+    tiny_model_dir, data, tmp_path
+):
+    spec = RunSpec.from_dict(
+        {"model": str(tiny_model_dir), "data": str(data), "output_dir": str(tmp_path), **TINY}
+    )
+    trainer = build_trainer(spec)
+    record = {"model": "smollm2-135m-instruct", "data": ["someone/else@x:train"]}
+    (tmp_path / "run_config.json").write_text(json.dumps(record))
+    trainer.create_model_card()
+    card = card_of(tmp_path)
+    assert card.data.base_model is None and card.data.datasets is None
+    assert f"the local model `{tiny_model_dir}`" in card.text and f"`{data}`" in card.text
 
 
 def test_a_lora_run_card_describes_the_merged_model_and_the_adapter(lora_push):
@@ -359,7 +376,7 @@ NASTY_NAMES = [
 @pytest.fixture
 def bare_card(tmp_path):
     """A directory holding only an infosft model card with an empty evaluation section."""
-    from infosft.training.model_card import EVAL_BEGIN, EVAL_END, NOT_EVALUATED
+    from infosft.training.card_evaluation import EVAL_BEGIN, EVAL_END, NOT_EVALUATED
 
     (tmp_path / "README.md").write_text(
         f"---\ntags:\n- infosft\n---\n\n# m\n\n## Evaluation\n\n{EVAL_BEGIN}\n{NOT_EVALUATED}\n"
@@ -372,7 +389,7 @@ def bare_card(tmp_path):
 def test_a_marker_gives_back_exactly_the_key_it_was_made_from(name):
     from urllib.parse import unquote
 
-    from infosft.training.model_card import marker_key
+    from infosft.training.card_evaluation import marker_key
 
     encoded = marker_key(f"task:{name}")
     assert unquote(encoded) == f"task:{name}"
@@ -413,7 +430,7 @@ def test_a_task_name_injects_no_heading_marker_or_html(bare_card, tmp_path, name
 
 def test_a_card_of_the_old_marker_format_keeps_its_sections(bare_card, tmp_path):
     """Markers written before names were encoded (``task:NAME`` of ``[\\w.:-]``) still match."""
-    from infosft.training.model_card import NOT_EVALUATED
+    from infosft.training.card_evaluation import NOT_EVALUATED
 
     path = bare_card / "README.md"
     old = (

@@ -425,7 +425,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
         print(format_table(results["lm_eval"]))
     print(f"wrote {output} ({results['seconds']:.0f} s)")
     if args.model and not args.samples:
-        from infosft.training.model_card import add_evaluation, is_infosft_card
+        from infosft.training.card_evaluation import add_evaluation
+        from infosft.training.outputs import is_infosft_card
 
         # A model trained by infosft keeps its evaluations in its own model card.
         if is_infosft_card(args.model):

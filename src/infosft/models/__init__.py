@@ -12,6 +12,7 @@ from infosft.models.chat_templates import (
 )
 from infosft.models.loading import (
     TOKENIZER_FILES,
+    is_hub_repo_id,
     load_config,
     load_model_and_tokenizer,
     load_tokenizer,
@@ -21,10 +22,12 @@ from infosft.models.loading import (
 from infosft.models.smollm2 import (
     CACHE_ENV,
     DEFAULT_MODEL,
+    SMOLLM2_HUB_ID,
     SMOLLM2_INSTALL,
     cache_dir,
     default_model_dir,
     ensure_default_model,
+    is_default_model,
     smollm2_gguf_path,
 )
 
@@ -32,12 +35,15 @@ __all__ = [
     "CACHE_ENV",
     "DEFAULT_MODEL",
     "SMOLLM2_CHAT_TEMPLATE",
+    "SMOLLM2_HUB_ID",
     "SMOLLM2_INSTALL",
     "SMOLLM2_TRAINING_CHAT_TEMPLATE",
     "TOKENIZER_FILES",
     "cache_dir",
     "default_model_dir",
     "ensure_default_model",
+    "is_default_model",
+    "is_hub_repo_id",
     "load_config",
     "load_model_and_tokenizer",
     "load_tokenizer",

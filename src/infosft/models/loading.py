@@ -6,13 +6,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-from infosft.models.smollm2 import DEFAULT_MODEL, ensure_default_model
+from infosft.models.smollm2 import DEFAULT_MODEL, ensure_default_model, is_default_model
 
 # Any of these in a checkpoint directory means its tokenizer was saved with it.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 # "org/name" or "name" as on the Hugging Face Hub; anything else is taken as a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_repo_id(name: str) -> bool:
+    """Whether ``name`` is written as a Hub repository id ``org/name`` (a model's or a
+    dataset's); whether it is one or a local path of that shape is the caller's to check."""
+    return bool(_HUB_REPO_ID.match(name))
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -24,7 +31,7 @@ def resolve_model_path(name_or_path: str) -> str:
 
     Raises FileNotFoundError for a local path that does not exist or is not a checkpoint.
     """
-    if name_or_path.strip().lower() == DEFAULT_MODEL:
+    if is_default_model(name_or_path):
         return str(ensure_default_model())
     path = Path(name_or_path).expanduser()
     if path.is_dir():

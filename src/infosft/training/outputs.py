@@ -249,10 +249,19 @@ def _left_by_a_run(path: Path) -> bool:
     if name in RESTARTABLE or name.startswith(".") or name.endswith(INCOMPLETE_SUFFIX):
         return True
     if name == CARD_FILE and path.is_file():
-        from infosft.training.model_card import is_infosft_card
-
         return is_infosft_card(path.parent)
     return False
+
+
+def is_infosft_card(model_dir: str | os.PathLike) -> bool:
+    """Whether ``model_dir`` holds a model card written by infosft (tagged ``infosft``)."""
+    from huggingface_hub import ModelCard
+
+    path = Path(model_dir) / CARD_FILE
+    if not path.is_file():
+        return False
+    tags = ModelCard.load(path, ignore_metadata_errors=True).data.tags or []
+    return "infosft" in tags
 
 
 def check_output_path(output_dir: Path) -> None:

@@ -91,6 +91,7 @@ def build_trainer(
         processing_class=tokenizer,
         peft_config=None if spec.lora is None else spec.lora.peft_config(),
         callbacks=list(callbacks),
+        run_spec=spec,
     )
 
 

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,9 @@ from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
 from infosft.training.outputs import BASE_LOG_PROBS_DIR, final_model_saved
 from infosft.training.static_weights import COLUMN, compute_base_log_probs, with_base_log_probs
+
+if TYPE_CHECKING:
+    from infosft.training.spec import RunSpec
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +192,9 @@ class InfoSFTTrainer(SFTTrainer):
     ``train/...`` and ``eval/...``). With evaluation data the last step is always followed by
     an evaluation, in the training loop (:class:`EvaluateAtEnd`). A NaN or infinite training
     loss stops training with :class:`NonFiniteLossError`. :meth:`create_model_card` writes the
-    InfoSFT model card.
+    InfoSFT model card, naming the model, data and LoRA of ``run_spec`` (the
+    :class:`~infosft.training.RunSpec` that :func:`~infosft.training.build_trainer` passes;
+    without one, the model's own name).
     """
 
     def __init__(
@@ -198,6 +203,7 @@ class InfoSFTTrainer(SFTTrainer):
         args: InfoSFTConfig | None = None,
         *,
         processing_class: Any = None,
+        run_spec: RunSpec | None = None,
         **kwargs: Any,
     ):
         if not isinstance(args, InfoSFTConfig):
@@ -210,6 +216,8 @@ class InfoSFTTrainer(SFTTrainer):
                 "InfoSFTTrainer computes the loss itself; set InfoSFTConfig.method (or register "
                 "a scheme with infosft.register_weighting) instead of passing compute_loss_func"
             )
+        # What the model card says of the model, data and LoRA (build_trainer passes it).
+        self.run_spec = run_spec
         # Read by _prepare_dataset, which SFTTrainer.__init__ calls.
         self._template_tokenizer = marked_template_tokenizer(processing_class, args)
         self._initial_model = model
