@@ -208,7 +208,7 @@ class InfoSFTTrainer(SFTTrainer):
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
                 "InfoSFTTrainer computes the loss itself; set InfoSFTConfig.method (or register "
-                "a scheme with infosft.register_weighting) instead of passing compute_loss_func"
+                "a scheme with infosft.register_scheme) instead of passing compute_loss_func"
             )
         # Read by _prepare_dataset, which SFTTrainer.__init__ calls.
         self._template_tokenizer = marked_template_tokenizer(processing_class, args)
