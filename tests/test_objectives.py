@@ -409,7 +409,6 @@ def test_a_scheme_returning_integer_weights_is_refused(registry):
 
 def test_a_scheme_that_raises_is_refused_naming_the_exception(registry):
     def broken(tokens, p_bar):
-        log_probs = tokens.log_probs
         raise RuntimeError("shape mismatch\nsecond line")
 
     with pytest.raises(ValueError, match=r"'broken_test': its weight raised RuntimeError \("):
