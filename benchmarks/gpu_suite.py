@@ -13,7 +13,7 @@ that are missed are reported, not failed.
 Parts (``--parts``, comma list; default all):
 
 correctness
-    For every registered scheme (``infosft.objectives.available_weightings()``, so a scheme
+    For every registered scheme (``infosft.objectives.available_schemes()``, so a scheme
     added later is covered without editing this file) x float32 / bfloat16 x the chunk function
     compiled or not (``use_compile=True/False``) x without / with the KL anchor to a base model:
     loss and gradients of ``fused_weighted_nll_loss`` (hidden states, head weight, head bias)
@@ -317,7 +317,7 @@ def check_case(problem: dict[str, Any], method: str, compiled: bool, kl: float) 
 def part_correctness(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from infosft.objectives import available_weightings
+    from infosft.objectives import available_schemes
 
     with contextlib.suppress(AttributeError):
         # Every (scheme, dtype, flag) combination is a new specialisation of the compiled chunk
@@ -326,7 +326,7 @@ def part_correctness(args: argparse.Namespace) -> dict[str, Any]:
     compile_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.compile]
     rows, notes = [], []
     seed = 0
-    for method in available_weightings():
+    for method in available_schemes():
         for dtype_name in ("float32", "bfloat16"):
             for compiled in compile_modes:
                 for kl in (0.0, 0.5):

@@ -61,7 +61,7 @@ def main() -> None:
     )
     from infosft.files import write_json_atomic
     from infosft.models import load_model_and_tokenizer
-    from infosft.objectives import DEFAULT_P_BAR, available_weightings
+    from infosft.objectives import DEFAULT_P_BAR, available_schemes
     from infosft.training import RunSpec
 
     results = json.loads(Path(args.results).read_text(encoding="utf-8")) if args.results else {}
@@ -78,7 +78,7 @@ def main() -> None:
         values = {k: v for k, v in grid.training_values(cell).items() if k not in SCHEME_KEYS}
         with tempfile.TemporaryDirectory() as scratch:
             spec = RunSpec.from_dict({**values, "data": plan.data(cell), "output_dir": scratch})
-            schemes = resolve_schemes(spec, available_weightings())
+            schemes = resolve_schemes(spec, available_schemes())
             prepared = prepare_examples(spec, model, tokenizer)
         batch_size = spec.args.per_device_train_batch_size
         examples = score_prepared(model, prepared, batch_size, schemes)

@@ -36,7 +36,7 @@ import time
 import torch
 
 from infosft.losses.fused import fused_weighted_nll_loss, score_targets
-from infosft.objectives import available_weightings, get_scheme
+from infosft.objectives import available_schemes, get_scheme
 
 KL_BETA = 0.1
 KL_CANDIDATES = {"nll+kl": "nll", "dft+kl (ASFT)": "dft"}
@@ -44,7 +44,7 @@ KL_CANDIDATES = {"nll+kl": "nll", "dft+kl (ASFT)": "dft"}
 
 def candidates() -> dict[str, tuple[str, float]]:
     """name -> (method, kl_to_base)."""
-    plain = {method: (method, 0.0) for method in available_weightings()}
+    plain = {method: (method, 0.0) for method in available_schemes()}
     return plain | {name: (method, KL_BETA) for name, method in KL_CANDIDATES.items()}
 
 

@@ -119,7 +119,7 @@ CLI = "from infosft.cli import main; sys.exit(main(sys.argv[1:]))"
 # Losses computed in the subprocess on small random inputs, saved with their inputs.
 CORE_RUN = """
 import torch, infosft
-from infosft.objectives import available_weightings, register_weighting
+from infosft.objectives import available_schemes, register_scheme
 torch.manual_seed(0)
 hidden = torch.randn(2, 7, 5, dtype=torch.float64, requires_grad=True)
 weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
@@ -136,8 +136,8 @@ logits = hidden.detach() @ weight.detach().T
 saved["weighted_nll_loss"] = infosft.weighted_nll_loss(logits, labels, method="dft")
 loss_fn = infosft.compute_loss_func("infosft", p_bar=0.93)
 saved["compute_loss_func"] = loss_fn({"logits": logits}, labels, num_items_in_batch=20)
-register_weighting("half", lambda log_probs, p_bar: torch.full_like(log_probs, 0.5))
-saved["registered"] = "half" in available_weightings()
+register_scheme("half", lambda tokens, p_bar: torch.full_like(tokens.log_probs, 0.5))
+saved["registered"] = "half" in available_schemes()
 saved["half"] = infosft.weighted_nll_loss(logits, labels, method="half")
 try:
     import transformers
@@ -242,7 +242,7 @@ def test_compute_loss_func_runs_on_the_core_alone(core_run):
     torch.testing.assert_close(saved["compute_loss_func"], expected, **TOLERANCE)
 
 
-def test_register_weighting_runs_on_the_core_alone(core_run):
+def test_register_scheme_runs_on_the_core_alone(core_run):
     assert core_run["registered"]
     expected = float64_loss(core_run["hidden"], core_run["weight"], core_run["labels"], "half")
     torch.testing.assert_close(core_run["half"], expected, **TOLERANCE)

@@ -69,7 +69,7 @@ def layout(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("method", objectives.available_weightings())
+@pytest.mark.parametrize("method", objectives.available_schemes())
 def test_fp32_loss_and_gradients_match_float64_full_logits(method, layout):
     hidden, weight, bias, labels = make_problem()
     loss = fused_weighted_nll_loss(hidden, weight, labels, method=method, lm_head_bias=bias)
@@ -79,7 +79,7 @@ def test_fp32_loss_and_gradients_match_float64_full_logits(method, layout):
     assert_parity(loss, (hidden, weight, bias), ref_loss, ref_grads, tol=1e-5)
 
 
-@pytest.mark.parametrize("method", objectives.available_weightings())
+@pytest.mark.parametrize("method", objectives.available_schemes())
 def test_bf16_inputs_give_bf16_gradients_close_to_float64(method, layout):
     hidden, weight, bias, labels = make_problem(torch.bfloat16)
     loss = fused_weighted_nll_loss(hidden, weight, labels, method=method, lm_head_bias=bias)
@@ -92,7 +92,7 @@ def test_bf16_inputs_give_bf16_gradients_close_to_float64(method, layout):
 
 def test_a_newly_registered_scheme_is_used(monkeypatch):
     monkeypatch.setattr(objectives, "_REGISTRY", dict(objectives._REGISTRY))
-    infosft.register_weighting("sqrt_q", lambda lp, p_bar: (0.5 * lp).exp())
+    infosft.register_scheme("sqrt_q", lambda tokens, p_bar: (0.5 * tokens.log_probs).exp())
     hidden, weight, bias, labels = make_problem(torch.float64)
     loss = fused_weighted_nll_loss(hidden, weight, labels, method="sqrt_q", lm_head_bias=bias)
     logits = (hidden @ weight.t() + bias).detach()
@@ -408,7 +408,7 @@ def test_backward_twice_is_refused():
         ({"labels": torch.full((B, T), V)}, f"label {V} is outside"),
         ({"target_weights": torch.zeros(B, T - 1)}, "target_weights must be"),
         ({"chunk_size": 0}, "chunk_size"),
-        ({"method": "nope"}, "unknown weighting method"),
+        ({"method": "nope"}, "unknown scheme"),
     ],
 )
 def test_bad_input_is_named_in_the_error(kwargs, message):
@@ -434,7 +434,7 @@ def test_non_finite_target_weight_at_a_target_is_refused():
     "(test_rival_objectives compiles one case by default)",
 )
 @pytest.mark.parametrize("return_stats", [False, True])
-@pytest.mark.parametrize("method", objectives.available_weightings())
+@pytest.mark.parametrize("method", objectives.available_schemes())
 def test_compiled_chunk_math_matches_float64_on_cpu(method, layout, return_stats):
     hidden, weight, bias, labels = make_problem()
     loss = fused_weighted_nll_loss(
@@ -459,7 +459,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-@pytest.mark.parametrize("method", objectives.available_weightings())
+@pytest.mark.parametrize("method", objectives.available_schemes())
 def test_cuda_matches_float64_full_logits(method, dtype, tol):
     hidden, weight, bias, labels = make_problem(dtype)
     on_gpu = [t.detach().cuda().requires_grad_() for t in (hidden, weight, bias)]
@@ -543,7 +543,7 @@ def test_a_target_weight_outside_0_to_max_weight_at_a_target_is_refused_by_posit
 
 
 @pytest.mark.parametrize("num_items", [None, 5, torch.tensor(5)])
-@pytest.mark.parametrize("method", objectives.available_weightings())
+@pytest.mark.parametrize("method", objectives.available_schemes())
 def test_a_batch_without_targets_gives_zero_loss_and_zero_gradients_with_any_divisor(
     method, num_items
 ):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import infosft.losses
-from infosft.objectives import available_weightings
+from infosft.objectives import available_schemes
 
 SUITE = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
 
@@ -53,7 +53,7 @@ def test_cpu_self_check_runs_every_part_and_writes_json_and_markdown(tmp_path):
     parts = json.loads(json_path.read_text())["parts"]
 
     checks = parts["correctness"]["rows"]
-    assert {row["method"] for row in checks} == set(available_weightings())
+    assert {row["method"] for row in checks} == set(available_schemes())
     assert {(row["dtype"], row["kl"]) for row in checks} == {
         (dtype, kl) for dtype in ("float32", "bfloat16") for kl in (0.0, 0.5)
     }

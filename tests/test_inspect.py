@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infosft.experiments import inspect as insp
-from infosft.objectives import available_weightings, token_weights
+from infosft.objectives import available_schemes, token_weights
 
 P_BAR = 0.93
 
@@ -287,10 +287,10 @@ def test_inspect_command_reports_the_completion_tokens_and_writes_json_and_plots
     assert summary["num_target_tokens"] == expected
     assert f"{expected} target tokens in 2 examples" in printed
     # Every registered scheme, those that are not functions of q included.
-    assert list(summary["bins"]["mass_share"]) == available_weightings()
+    assert list(summary["bins"]["mass_share"]) == available_schemes()
     for method in ("nll", "eaft", "talr"):
         assert sum(summary["bins"]["mass_share"][method]) == pytest.approx(1.0)
-    assert set(summary["regime"]["mean_weight"]) == set(available_weightings())
+    assert set(summary["regime"]["mean_weight"]) == set(available_schemes())
     for task in summary["regimes_reference"]["tasks"]:
         assert task in printed
     for name in summary["figures"]:

@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ def infosft_reference(q: float, p_bar: float = 0.93) -> float:
     return q * max(0.0, 1.0 - math.log(q / (1 - q)) / c)
 
 
-# reference.md §1: the shape at p_bar = 0.93.
+# The paper's shape at p_bar = 0.93 (arXiv 2605.14967).
 TABLE = [
     (0.01, 0.028),
     (0.1, 0.185),
@@ -103,20 +104,21 @@ def test_unknown_method_lists_the_known_ones():
         infosft.token_weights(torch.zeros(1), "focal")
 
 
-def test_register_weighting_adds_a_scheme_everywhere():
-    def square(log_probs, p_bar):
+def test_register_scheme_adds_a_scheme_everywhere():
+    def square(tokens, p_bar):
+        log_probs = tokens.log_probs
         return log_probs.exp() ** 2
 
-    infosft.register_weighting("square_test", square)
+    infosft.register_scheme("square_test", square)
     try:
-        assert "square_test" in infosft.available_weightings()
+        assert "square_test" in infosft.available_schemes()
         w = infosft.token_weights(torch.tensor([math.log(0.5)]), "square_test")
         assert w.item() == pytest.approx(0.25)
         logits = torch.randn(1, 3, 5)
         labels = torch.tensor([[-100, 1, 2]])
         infosft.weighted_nll_loss(logits, labels, method="square_test")
         with pytest.raises(ValueError, match="already registered"):
-            infosft.register_weighting("square_test", square)
+            infosft.register_scheme("square_test", square)
     finally:
         from infosft.objectives import _REGISTRY
 
@@ -125,8 +127,8 @@ def test_register_weighting_adds_a_scheme_everywhere():
 
 def test_a_scheme_returning_the_wrong_shape_is_refused_at_registration(registry):
     with pytest.raises(ValueError, match=r"'bad_shape_test' returned \(\) for \d+ tokens"):
-        infosft.register_weighting("bad_shape_test", lambda lp, p: lp.sum())
-    assert "bad_shape_test" not in infosft.available_weightings()
+        infosft.register_scheme("bad_shape_test", lambda tokens, p_bar: tokens.log_probs.sum())
+    assert "bad_shape_test" not in infosft.available_schemes()
 
 
 @settings(max_examples=300, deadline=None)
@@ -270,7 +272,7 @@ def test_a_resolved_scheme_refuses_a_different_p_bar_next_to_it():
 
 def test_a_scheme_returning_non_finite_weights_is_refused_at_registration(registry):
     with pytest.raises(ValueError, match=r"'inv_q_test' .* weight inf \(non-finite\) at q = 3.7"):
-        infosft.register_weighting("inv_q_test", lambda lp, p_bar: (-lp).exp())
+        infosft.register_scheme("inv_q_test", lambda tokens, p_bar: (-tokens.log_probs).exp())
 
 
 def test_token_weights_refuses_a_scheme_that_is_not_a_function_of_q():
@@ -280,7 +282,7 @@ def test_token_weights_refuses_a_scheme_that_is_not_a_function_of_q():
         infosft.token_weights(torch.zeros(3), "talr")
 
 
-Q_ONLY = [m for m in infosft.available_weightings() if infosft.get_scheme(m).q_only]
+Q_ONLY = [m for m in infosft.available_schemes() if infosft.get_scheme(m).q_only]
 
 
 @pytest.mark.parametrize("method", Q_ONLY)
@@ -334,25 +336,27 @@ def reported_q(message: str) -> float:
     return float(re.search(r"at q = ([-+.e\d]+|inf|nan) ", message).group(1))
 
 
-def test_a_weighting_that_is_nan_on_part_of_the_unit_interval_is_refused_naming_the_q(registry):
-    def nan_between(log_probs, p_bar):
+def test_a_scheme_that_is_nan_on_part_of_the_unit_interval_is_refused_naming_the_q(registry):
+    def nan_between(tokens, p_bar):
+        log_probs = tokens.log_probs
         q = log_probs.exp()
         return torch.where((q > 0.3) & (q < 0.31), math.nan, q)
 
     with pytest.raises(ValueError, match=r"'nan_test' .*weight nan \(non-finite\)") as error:
-        infosft.register_weighting("nan_test", nan_between)
+        infosft.register_scheme("nan_test", nan_between)
     assert 0.3 < reported_q(str(error.value)) < 0.31
-    assert "nan_test" not in infosft.available_weightings()
+    assert "nan_test" not in infosft.available_schemes()
 
 
 def test_resolving_a_scheme_at_a_p_bar_tries_its_weight_at_q_equal_to_that_p_bar(registry):
     probed = []
 
-    def spy(log_probs, p_bar):
+    def spy(tokens, p_bar):
+        log_probs = tokens.log_probs
         probed.append(log_probs.double().exp())
         return torch.ones_like(log_probs)
 
-    infosft.register_weighting("spy_q_test", spy)
+    infosft.register_scheme("spy_q_test", spy)
     probed.clear()
     infosft.get_scheme("spy_q_test", p_bar=0.9137)
     assert min((q - 0.9137).abs().min().item() for q in probed) < 1e-6
@@ -361,11 +365,12 @@ def test_resolving_a_scheme_at_a_p_bar_tries_its_weight_at_q_equal_to_that_p_bar
 def test_the_probe_covers_q_near_0_and_near_1_in_float32_and_float64(registry):
     probed = []
 
-    def spy(log_probs, p_bar):
+    def spy(tokens, p_bar):
+        log_probs = tokens.log_probs
         probed.append(log_probs)
         return torch.ones_like(log_probs)
 
-    infosft.register_weighting("spy_range_test", spy)
+    infosft.register_scheme("spy_range_test", spy)
     assert {lp.dtype for lp in probed} == {torch.float32, torch.float64}
     for log_probs in probed:
         q = log_probs.double().exp()
@@ -374,43 +379,48 @@ def test_the_probe_covers_q_near_0_and_near_1_in_float32_and_float64(registry):
         assert q.max() == 1.0 and ((q > 1 - 1e-6) & (q < 1)).any()
 
 
-def test_a_weighting_that_is_0_times_inf_at_q_equal_0_is_refused_naming_q_0(registry):
-    def naive_infosft(log_probs, p_bar):
+def test_a_scheme_that_is_0_times_inf_at_q_equal_0_is_refused_naming_q_0(registry):
+    def naive_infosft(tokens, p_bar):
+        log_probs = tokens.log_probs
         q = log_probs.exp()
         logit = log_probs - torch.log(1 - q)  # -inf at q = 0, so q * factor is 0 * inf
         return q * (1 - logit / math.log(p_bar / (1 - p_bar))).clamp(min=0)
 
     with pytest.raises(ValueError, match=r"nan \(non-finite\) at q = 0 \(log q = -inf"):
-        infosft.register_weighting("naive_test", naive_infosft)
+        infosft.register_scheme("naive_test", naive_infosft)
 
 
-def test_a_weighting_with_negative_weights_is_refused(registry):
+def test_a_scheme_with_negative_weights_is_refused(registry):
     with pytest.raises(ValueError, match=r"'minus_q_test' .*\(negative\) at q = "):
-        infosft.register_weighting("minus_q_test", lambda lp, p_bar: 0.5 - lp.exp())
+        infosft.register_scheme("minus_q_test", lambda tokens, p_bar: 0.5 - tokens.log_probs.exp())
 
 
-def test_a_weighting_with_weights_above_max_weight_is_refused(registry):
+def test_a_scheme_with_weights_above_max_weight_is_refused(registry):
     with pytest.raises(ValueError, match=r"weight 1e\+38 \(too large\) .*\[0, 10000\]"):
-        infosft.register_weighting("huge_test", lambda lp, p_bar: torch.full_like(lp, 1e38))
+        infosft.register_scheme(
+            "huge_test", lambda tokens, p_bar: torch.full_like(tokens.log_probs, 1e38)
+        )
 
 
-def test_a_weighting_returning_integer_weights_is_refused(registry):
+def test_a_scheme_returning_integer_weights_is_refused(registry):
     with pytest.raises(ValueError, match=r"'int_test' returned torch\.int64 weights"):
-        infosft.register_weighting("int_test", lambda lp, p_bar: (lp < -1).long())
+        infosft.register_scheme("int_test", lambda tokens, p_bar: (tokens.log_probs < -1).long())
 
 
-def test_a_weighting_that_raises_is_refused_naming_the_exception(registry):
-    def broken(log_probs, p_bar):
+def test_a_scheme_that_raises_is_refused_naming_the_exception(registry):
+    def broken(tokens, p_bar):
         raise RuntimeError("shape mismatch\nsecond line")
 
     with pytest.raises(ValueError, match=r"'broken_test': its weight raised RuntimeError \("):
-        infosft.register_weighting("broken_test", broken)
+        infosft.register_scheme("broken_test", broken)
 
 
 def test_a_refused_overwrite_keeps_the_registered_scheme(registry):
-    infosft.register_weighting("kept_test", lambda lp, p_bar: lp.exp())
+    infosft.register_scheme("kept_test", lambda tokens, p_bar: tokens.log_probs.exp())
     with pytest.raises(ValueError, match="kept_test"):
-        infosft.register_weighting("kept_test", lambda lp, p_bar: -lp.exp(), overwrite=True)
+        infosft.register_scheme(
+            "kept_test", lambda tokens, p_bar: -tokens.log_probs.exp(), overwrite=True
+        )
     w = infosft.token_weights(torch.tensor([math.log(0.25)]), "kept_test")
     assert w.item() == pytest.approx(0.25)
 
@@ -506,3 +516,46 @@ def test_token_weights_refuses_nan_or_positive_log_probs_naming_the_index(value)
 def test_token_weights_refuses_integer_log_probs_with_a_value_error():
     with pytest.raises(ValueError, match="log_probs must be a floating-point tensor"):
         infosft.token_weights(torch.zeros(3, dtype=torch.long))
+
+
+# Each old name's call, and what the new name gives for it.
+OLD_REGISTRY_CALLS = {
+    "available_weightings": (
+        lambda: infosft.available_weightings(),
+        lambda: infosft.available_schemes(),
+    ),
+    "get_weighting": (
+        lambda: infosft.get_weighting("dft").method,
+        lambda: infosft.get_scheme("dft").method,
+    ),
+    "register_weighting": (
+        lambda: infosft.register_weighting(
+            "old_q_test", lambda lp, p_bar: lp.exp(), overwrite=True
+        ),
+        lambda: None,
+    ),
+}
+
+
+@pytest.mark.parametrize("old", OLD_REGISTRY_CALLS)
+def test_each_old_registry_name_warns_once_and_still_works(registry, monkeypatch, old):
+    from infosft import objectives
+
+    old_call, new_call = OLD_REGISTRY_CALLS[old]
+    monkeypatch.setattr(objectives, "_WARNED", set())
+    with pytest.warns(DeprecationWarning, match=f"infosft.{old} is now infosft.") as caught:
+        assert old_call() == new_call()
+    assert caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert old_call() == new_call()
+
+
+def test_register_weighting_gives_the_same_weights_as_register_scheme_of_log_q(registry):
+    with pytest.warns(DeprecationWarning):
+        infosft.register_weighting("old_sq_test", lambda lp, p_bar: lp.exp() ** 2)
+    infosft.register_scheme("new_sq_test", lambda tokens, p_bar: tokens.log_probs.exp() ** 2)
+    log_q = torch.log(torch.tensor([0.1, 0.5, 0.9]))
+    old = infosft.token_weights(log_q, "old_sq_test")
+    torch.testing.assert_close(old, infosft.token_weights(log_q, "new_sq_test"))
+    torch.testing.assert_close(old.double(), torch.tensor([0.01, 0.25, 0.81], dtype=torch.float64))

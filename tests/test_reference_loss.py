@@ -157,7 +157,7 @@ def test_compute_loss_func_plugs_into_trainer_outputs():
 
 
 def test_compute_loss_func_validates_eagerly():
-    with pytest.raises(ValueError, match="known methods"):
+    with pytest.raises(ValueError, match="known schemes"):
         infosft.compute_loss_func(method="nope")
     with pytest.raises(ValueError, match="p_bar"):
         infosft.compute_loss_func(p_bar=1.2)
@@ -216,7 +216,7 @@ def test_num_items_in_batch_may_be_any_one_positive_number(make_count):
 
 
 @pytest.mark.parametrize("num_items", [None, 5, torch.tensor(5)])
-@pytest.mark.parametrize("method", infosft.available_weightings())
+@pytest.mark.parametrize("method", infosft.available_schemes())
 def test_a_batch_without_targets_gives_zero_loss_and_zero_gradient_with_any_divisor(
     method, num_items
 ):

@@ -531,7 +531,7 @@ def test_assistant_only_loss_on_data_without_an_assistant_turn_is_an_error(
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("method", "focal", "unknown weighting method"),
+        ("method", "focal", "unknown scheme"),
         ("loss_type", "dft", "method='dft'"),
         ("p_bar", 1.5, "p_bar"),
         ("p_bar", 0.3, "p_bar > 0.5|0.5 < p_bar"),

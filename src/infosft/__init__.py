@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from infosft import extras
+from infosft import extras, objectives
 from infosft.losses import (
     FusedWeightedNLLLoss,
     TokenStats,
@@ -15,10 +15,9 @@ from infosft.objectives import (
     DEFAULT_P_BAR,
     Scheme,
     TokenInputs,
-    available_weightings,
+    available_schemes,
     get_scheme,
     register_scheme,
-    register_weighting,
     token_weights,
 )
 
@@ -31,10 +30,15 @@ _LAZY = {
     "NonFiniteLossError": "infosft.training.trainer",
 }
 
+# Deprecated spellings of the scheme registry; each warns once when called.
+_DEPRECATED = ("available_weightings", "get_weighting", "register_weighting")
+
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(extras.import_module(_LAZY[name], f"infosft.{name}"), name)
+    if name in _DEPRECATED:
+        return getattr(objectives, name)
     raise AttributeError(f"module 'infosft' has no attribute {name!r}")
 
 
@@ -47,12 +51,11 @@ __all__ = [
     "Scheme",
     "TokenInputs",
     "TokenStats",
-    "available_weightings",
+    "available_schemes",
     "compute_loss_func",
     "fused_weighted_nll_loss",
     "get_scheme",
     "register_scheme",
-    "register_weighting",
     "score_targets",
     "token_weights",
     "weighted_nll_loss",

@@ -2,7 +2,7 @@
 
 Every path of the package (reference loss, fused loss, trainer, CLI, inspect, plots) gets its
 weights from a scheme defined once here. The per-token loss of every scheme is
-``-sg(w) * log q`` (reference.md §1); ``method`` names the scheme everywhere.
+``-sg(w) * log q`` (arXiv 2605.14967); ``method`` names the scheme everywhere.
 
 A scheme is resolved and validated once, before any token is seen::
 
@@ -17,13 +17,15 @@ A scheme never sees how the rows are chunked: it receives the values of some tar
 
 Registering a scheme of your own:
 
-- a function of q alone: ``register_weighting(name, fn)`` with ``fn(log_probs, p_bar)``;
-- anything richer: ``register_scheme(name, weight, ...)`` with
-  ``weight(tokens: TokenInputs, p_bar, **method_args)``, declaring its ``method_args`` and
-  defaults and what it reads (``entropy=True``, ``top_k_entropy=True`` with a ``top_k``
-  argument, ``batch_statistic=fn(tokens, sequence_ids)``, ``self_normalised=True``).
+``register_scheme(name, weight, ...)`` with ``weight(tokens: TokenInputs, p_bar, **method_args)``;
+a function of q alone reads ``tokens.log_probs`` only
+(``register_scheme("sqrt_q", lambda tokens, p_bar: (0.5 * tokens.log_probs).exp())``). A richer
+scheme declares its ``method_args`` and defaults and what it reads (``entropy=True``,
+``top_k_entropy=True`` with a ``top_k`` argument, ``batch_statistic=fn(tokens, sequence_ids)``,
+``self_normalised=True``). The older names ``register_weighting``, ``available_weightings`` and
+``get_weighting`` remain as deprecated aliases.
 
-Either is tried at once on a dense grid of tokens (:func:`probe_scheme`), and again whenever it
+A scheme is tried at once on a dense grid of tokens (:func:`probe_scheme`), and again whenever it
 is resolved with other arguments: a weight that is not finite, negative or above
 :data:`MAX_WEIGHT`, of the wrong shape or dtype, or an exception, is a ValueError naming the
 scheme and the q.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -352,10 +355,10 @@ def check_p_bar(p_bar: Any) -> float:
 
 def _check_name(name: str, overwrite: bool) -> None:
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"weighting name must be an identifier-like string, got {name!r}")
+        raise ValueError(f"scheme name must be an identifier-like string, got {name!r}")
     if name in _REGISTRY and not overwrite:
         raise ValueError(
-            f"weighting {name!r} is already registered; pass overwrite=True to replace it"
+            f"scheme {name!r} is already registered; pass overwrite=True to replace it"
         )
 
 
@@ -368,23 +371,6 @@ def _add(name: str, definition: _Definition) -> None:
     on a ValueError the registry is unchanged."""
     _bind(name, definition, None, None)
     _REGISTRY[name] = definition
-
-
-def register_weighting(name: str, fn: WeightFn, *, overwrite: bool = False) -> None:
-    """Make ``fn`` available as ``method=name`` on every path (losses, trainer, CLI, plots).
-
-    ``fn(log_probs, p_bar)`` receives detached float32 log-probabilities in [-inf, 0] of any
-    shape and returns float weights of the same shape, each finite and within
-    [0, :data:`MAX_WEIGHT`]. It is tried here on about 1200 q at p_bar = 0.93
-    (:func:`probe_scheme`), and again for each other p_bar it is resolved with; a weight outside
-    that range, of the wrong shape or dtype, or an exception is a ValueError naming the q, and
-    nothing is registered. For a scheme that reads more than q, takes arguments or normalises
-    itself, use :func:`register_scheme`.
-    """
-    _check_name(name, overwrite)
-    if not callable(fn):
-        raise ValueError(f"weighting {name!r} must be callable as fn(log_probs, p_bar), got {fn!r}")
-    _add(name, _Definition(_of_q(fn), MappingProxyType({}), False, False, None, False, None))
 
 
 def _of_q(fn: WeightFn) -> SchemeWeightFn:
@@ -409,12 +395,13 @@ def register_scheme(
     validate: Callable[..., None] | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Register a scheme that may read more than q, on every path.
+    """Make ``weight`` available as ``method=name`` on every path (losses, trainer, CLI, plots).
 
     Args:
         name: the ``method`` name.
         weight: ``weight(tokens, p_bar, **method_args) -> [N]`` float weights, each finite and
             within [0, :data:`MAX_WEIGHT`], from the :class:`TokenInputs` of N target tokens.
+            A function of q alone reads ``tokens.log_probs`` ([N] float32, detached) only.
         method_args: the scheme's arguments and their (finite) defaults; a user's value is
             converted to the default's type (int or float), unknown names are refused.
         entropy: ``tokens.entropy`` (full-vocabulary entropy) is filled in.
@@ -463,19 +450,33 @@ def register_scheme(
     )
 
 
-def available_weightings() -> list[str]:
+def available_schemes() -> list[str]:
     """Names accepted as ``method=`` everywhere, in registration order."""
     return list(_REGISTRY)
+
+
+def available_weightings() -> list[str]:
+    """Deprecated name of :func:`available_schemes`."""
+    _warn_renamed("available_weightings", "available_schemes")
+    return available_schemes()
+
+
+def register_weighting(name: str, fn: WeightFn, *, overwrite: bool = False) -> None:
+    """Deprecated: ``register_scheme(name, lambda tokens, p_bar: fn(tokens.log_probs, p_bar))``."""
+    _warn_renamed("register_weighting", "register_scheme")
+    if not callable(fn):
+        raise ValueError(f"scheme {name!r} must be callable as fn(log_probs, p_bar), got {fn!r}")
+    register_scheme(name, _of_q(fn), overwrite=overwrite)
 
 
 def _definition(name: str) -> _Definition:
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
-        known = ", ".join(available_weightings())
+        known = ", ".join(available_schemes())
         raise ValueError(
-            f"unknown weighting method {name!r}; known methods: {known}. "
-            "Add one with infosft.register_weighting(name, fn)."
+            f"unknown scheme {name!r}; known schemes: {known}. "
+            "Add one with infosft.register_scheme(name, weight)."
         ) from None
 
 
@@ -518,7 +519,7 @@ def get_scheme(
     """Resolve and validate a scheme once: name, p_bar and arguments -> :class:`Scheme`.
 
     Args:
-        method: a registered name (see :func:`available_weightings`), or a :class:`Scheme`,
+        method: a registered name (see :func:`available_schemes`), or a :class:`Scheme`,
             returned as it is (then ``p_bar`` and ``method_args`` must be None or equal to its
             own).
         p_bar: InfoSFT's clip point in (0, 1); None means :data:`DEFAULT_P_BAR`.
@@ -631,7 +632,7 @@ def _probe_call(
     except Exception as err:  # any failure of a user's function is the user's to fix
         first_line = (str(err).splitlines() or [""])[0]
         raise ValueError(
-            f"weighting {scheme.method!r}: its {what} raised {type(err).__name__} "
+            f"scheme {scheme.method!r}: its {what} raised {type(err).__name__} "
             f"({first_line}) on {dtype} probe tokens with log q in [-inf, 0]; it must accept "
             "any such tokens"
         ) from err
@@ -657,7 +658,7 @@ def _probe_batches(scheme: Scheme, tokens: TokenInputs) -> list[TokenInputs]:
         statistic = _probe_call(scheme, "batch statistic", fn, part, sequence_ids)
         if not isinstance(statistic, Tensor):
             raise ValueError(
-                f"weighting {scheme.method!r}: its batch statistic returned "
+                f"scheme {scheme.method!r}: its batch statistic returned "
                 f"{type(statistic).__name__}, expected a tensor"
             )
         batches.append(part._replace(statistic=statistic.detach()))
@@ -694,12 +695,12 @@ def _check_probe_weights(
     if not isinstance(weights, Tensor) or weights.shape != tokens.log_probs.shape:
         got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
         raise ValueError(
-            f"weighting {scheme.method!r} returned {got} for {n} tokens, expected a tensor of "
+            f"scheme {scheme.method!r} returned {got} for {n} tokens, expected a tensor of "
             f"shape ({n},) (one weight per token)"
         )
     if not torch.is_floating_point(weights):
         raise ValueError(
-            f"weighting {scheme.method!r} returned {weights.dtype} weights; return a "
+            f"scheme {scheme.method!r} returned {weights.dtype} weights; return a "
             "floating-point tensor (e.g. with .float())"
         )
     w = weights.double()
@@ -718,18 +719,30 @@ def _check_probe_weights(
         at += f", batch statistic = {tokens.statistic.item():.6g}"
     args = "".join(f", {k}={v}" for k, v in scheme.method_args.items())
     raise ValueError(
-        f"weighting {scheme.method!r} (p_bar={scheme.p_bar}{args}) gives weight {value:.6g} "
+        f"scheme {scheme.method!r} (p_bar={scheme.p_bar}{args}) gives weight {value:.6g} "
         f"({kind}) at {at}, {dtype}); every weight must be finite and within "
         f"[0, {MAX_WEIGHT:g}] (infosft.objectives.MAX_WEIGHT) for every q in [0, 1]"
     )
 
 
 def get_weighting(name: str) -> Scheme:
-    """The scheme ``name`` with default arguments; ValueError listing the known names otherwise.
-
-    Kept for callers that only validate a name; new code calls :func:`get_scheme`.
-    """
+    """Deprecated name of :func:`get_scheme` with default arguments."""
+    _warn_renamed("get_weighting", "get_scheme")
     return get_scheme(name)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    """A DeprecationWarning for ``old``, once per process, pointing at the caller's line."""
+    if old not in _WARNED:
+        _WARNED.add(old)
+        warnings.warn(
+            f"infosft.{old} is now infosft.{new}; the old name will be removed",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
 
 LOG_Q_ROUNDING = 0.1
@@ -750,7 +763,7 @@ def token_weights(
             :data:`LOG_Q_ROUNDING` above 0 (rounding) are treated as 0. On CPU, NaN or a
             larger value is a ValueError; on an accelerator the values are not read here (that
             would wait for the device), and NaN gives NaN.
-        method: a registered scheme name (see :func:`available_weightings`) or a
+        method: a registered scheme name (see :func:`available_schemes`) or a
             :class:`Scheme`; it must be a function of q alone (:attr:`Scheme.q_only`).
         p_bar: the expert's confidence in its own token; InfoSFT's clip point (None: 0.93).
         method_args: the scheme's other arguments by name.
@@ -779,8 +792,8 @@ def token_weights(
     return scheme.weights(flat).reshape(log_probs.shape)
 
 
-register_weighting("nll", nll_weight)
-register_weighting("dft", dft_weight)
+register_scheme("nll", _of_q(nll_weight))
+register_scheme("dft", _of_q(dft_weight))
 register_scheme("infosft", _of_q(infosft_weight), validate=_check_infosft)
 register_scheme(
     "eaft",

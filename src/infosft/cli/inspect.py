@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from infosft.experiments.inspect import run_inspect
-    from infosft.objectives import available_weightings
+    from infosft.objectives import available_schemes
     from infosft.training import resolve_spec
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         "output_dir": args.output_dir,
     }
     spec = resolve_spec(args.config, args.set, flags)
-    methods = args.methods or available_weightings()
+    methods = args.methods or available_schemes()
     summary, text = run_inspect(
         spec, args.output_dir, methods=methods, limit=args.limit, k_lowest=args.lowest
     )

@@ -7,7 +7,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from infosft.models import DEFAULT_MODEL
-from infosft.objectives import DEFAULT_P_BAR, available_weightings
+from infosft.objectives import DEFAULT_P_BAR, available_schemes
 
 if TYPE_CHECKING:
     from infosft.training.spec import RunSpec
@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--method",
         metavar="NAME",
-        help=f"weighting scheme: {', '.join(available_weightings())} (default: infosft)",
+        help=f"weighting scheme: {', '.join(available_schemes())} (default: infosft)",
     )
     parser.add_argument("--output-dir", help="where the checkpoint and logs go (required)")
     parser.add_argument(
@@ -145,13 +145,12 @@ def run(args: argparse.Namespace) -> int:
 def _exit_after_distributed_run() -> None:
     """End a finished multi-process run now, before the interpreter tears down native threads.
 
-    A rank of a finished run sometimes aborted at interpreter exit, after its model, metrics and
-    finished marker were written ("terminate called without an active exception", SIGABRT: a
-    native thread still joinable when its owner was destroyed): twice in about ten full-suite
-    runs here, once in the 2-process DDP test and once in the ZeRO-3 test after destroying the
-    process group (above) had been added. The launcher then reports the whole run failed.
-    Everything the run must leave is on disk by now, so run the Python exit handlers (trackers
-    finishing their runs, logging flushing) and leave without the native teardown.
+    A rank of a finished run can abort at interpreter exit, after its model, metrics and
+    finished marker are written ("terminate called without an active exception", SIGABRT: a
+    native thread still joinable when its owner is destroyed), even with the process group
+    destroyed (above); the launcher would then report the whole run failed. Everything the run
+    must leave is on disk by now, so run the Python exit handlers (trackers finishing their
+    runs, logging flushing) and leave without the native teardown.
     """
     import atexit
     import os

@@ -10,7 +10,7 @@ import argparse
 import math
 from typing import Any
 
-from infosft.objectives import DEFAULT_P_BAR, available_weightings, get_scheme, token_weights
+from infosft.objectives import DEFAULT_P_BAR, available_schemes, get_scheme, token_weights
 
 DEFAULT_QS = (0.01, 0.1, 0.3, 0.5, 0.568, 0.8, 0.9, 0.93, 0.99)
 
@@ -55,7 +55,7 @@ def parse_method_args(items: list[str]) -> dict[str, dict[str, Any]]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    methods = args.methods or available_weightings()
+    methods = args.methods or available_schemes()
     method_args = parse_method_args(args.method_arg)
     unused = sorted(set(method_args) - set(methods))
     if unused:

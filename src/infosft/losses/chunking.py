@@ -14,11 +14,8 @@ scarce:
 - the rows are then split into equal chunks (N = 512 at V = 151936 gives 4 x 128 rather than
   3 x 165 + 17), rounded up to a multiple of 8 on CUDA.
 
-Measured on the 2-core CPU at V = 151936, H = 896 (benchmarks/loss_bench.py, README "Speed and
-memory of the loss"), against the fixed 165-row plan before it: 512 rows, 4 x 128, same time at
-0.19x instead of 0.27x the full-logits loss's extra memory; 2048 rows, 4 x 512, 7% faster;
-8192 rows, 5 x 1639, 12% faster (as fast as the three bare matmuls). The CUDA numbers are a
-first guess for benchmarks/gpu_suite.py to check (it also times other chunk heights).
+``benchmarks/loss_bench.py`` times plans against the full-logits loss; ``benchmarks/gpu_suite.py``
+also times other chunk heights on CUDA.
 """
 
 from __future__ import annotations

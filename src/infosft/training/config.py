@@ -185,7 +185,7 @@ class InfoSFTConfig(SFTConfig):
         metadata={
             "help": "Token weighting of the NLL: 'nll' (plain SFT, w=1), 'dft' (w=q), 'infosft' "
             "(w = q * max(0, 1 - logit(q)/logit(p_bar))) or any scheme registered with "
-            "infosft.register_weighting. Ignored when loss_schedule is set."
+            "infosft.register_scheme. Ignored when loss_schedule is set."
         },
     )
     p_bar: float = field(

@@ -36,7 +36,7 @@ Formatter = Callable[[Row], Row]
 RowFilter = Callable[[Row], bool]
 
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-"""The system prompt of the paper's math runs (reference.md §2)."""
+"""The system prompt of the paper's math runs (arXiv 2605.14967)."""
 
 _FORMATTERS: dict[str, Formatter] = {}
 _ROW_FILTERS: dict[str, RowFilter] = {}

@@ -20,7 +20,7 @@ a second run with the same model and data only reads the cache. Under ``torch.di
 shards are split round-robin over the ranks that hold real weights, then every rank reads all of
 them (``cache_dir`` must be on a filesystem all ranks see). Under DeepSpeed ZeRO-3 the
 parameters are gathered for the pass (``deepspeed.zero.GatheredParameters``); that path, like
-every multi-GPU one, has not been run here (no GPU, no DeepSpeed on the development machine).
+every multi-GPU one, is outside the CPU test suite.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ class InfoSFTTrainer(SFTTrainer):
         if kwargs.get("compute_loss_func") is not None:
             raise ValueError(
                 "InfoSFTTrainer computes the loss itself; set InfoSFTConfig.method (or register "
-                "a scheme with infosft.register_weighting) instead of passing compute_loss_func"
+                "a scheme with infosft.register_scheme) instead of passing compute_loss_func"
             )
         # What the model card says of the model, data and LoRA (build_trainer passes it).
         self.run_spec = run_spec
