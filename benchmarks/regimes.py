@@ -34,8 +34,8 @@ def main() -> None:
     from infosft.evaluation import evaluate
     from infosft.evaluation.metrics import wilson_interval
     from infosft.experiments import GENERATED_TASKS, probes
-    from infosft.experiments.diagnostics import mass_shares, q_summary
-    from infosft.experiments.inspect import score_rows, target_log_probs
+    from infosft.experiments.diagnostics import mass_shares
+    from infosft.experiments.inspect import q_summary, score_rows, scored_log_probs
     from infosft.models import DEFAULT_MODEL, load_model_and_tokenizer
 
     torch.manual_seed(0)
@@ -54,7 +54,7 @@ def main() -> None:
         correct = round(result["metrics"]["acc@1"] * len(test))
         low, high = wilson_interval(correct, len(test))
         scored = score_rows(model, tokenizer, [task.sft_example(p) for p in train])
-        log_q = target_log_probs(scored)
+        log_q = scored_log_probs(scored)
         stats = q_summary(log_q)
         shares = mass_shares(log_q, methods)
         rows_out.append((name, correct, len(test), low, high, seconds, stats, shares, len(train)))
@@ -73,8 +73,8 @@ def main() -> None:
     for name, correct, n, low, high, seconds, stats, shares, n_demos in rows_out:
         print(
             f"{name:15} {correct / n:8.3f} {f'{low:.2f}-{high:.2f}':>13} {seconds:6.0f} "
-            f"{stats['num_tokens'] / n_demos:8.1f} {stats['median_q']:8.3f} "
-            f"{stats['share_q_ge_p_bar']:8.3f} {stats['share_q_lt_0.05']:7.3f} "
+            f"{stats['num_target_tokens'] / n_demos:8.1f} {stats['median_q']:8.3f} "
+            f"{stats['share_q_ge_p_bar']:8.3f} {stats['share_q_lt_low']:7.3f} "
             + " ".join(f"{shares['mean_weight'][m]:9.3f}" for m in methods)
         )
     start = time.perf_counter()

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +45,24 @@ def main() -> None:
     parser.add_argument("--output", help="default: the packaged regimes_reference.json")
     args = parser.parse_args()
 
-    from infosft.experiments.grid import Cell, demo_spec_path, read_grid
+    from infosft.experiments.grid import demo_spec_path, read_grid
     from infosft.experiments.grid_runner import Plan
     from infosft.experiments.inspect import (
         LOW_Q,
         REGIMES_REFERENCE,
         format_regimes,
-        prepare_examples,
         regime_numbers,
         resolve_schemes,
         scheme_weights,
         score_prepared,
-        target_log_probs,
+        scored_log_probs,
     )
     from infosft.files import write_json_atomic
     from infosft.models import load_model_and_tokenizer
     from infosft.objectives import DEFAULT_P_BAR, available_schemes
-    from infosft.training import RunSpec
+    from infosft.training.data import load_data
+    from infosft.training.preparation import prepare_rows
+    from infosft.training.spec import training_config
 
     results = json.loads(Path(args.results).read_text(encoding="utf-8")) if args.results else {}
     grid = read_grid(demo_spec_path(args.full))
@@ -74,16 +74,15 @@ def main() -> None:
     for task in grid.tasks:
         if not task.builtin:
             continue
-        cell = Cell(task.name, grid.variants[0].name, grid.learning_rates[0], None, grid.seeds[0])
+        cell = next(c for c in grid.cells() if c.task == task.name)
         values = {k: v for k, v in grid.training_values(cell).items() if k not in SCHEME_KEYS}
-        with tempfile.TemporaryDirectory() as scratch:
-            spec = RunSpec.from_dict({**values, "data": plan.data(cell), "output_dir": scratch})
-            schemes = resolve_schemes(spec, available_schemes())
-            prepared = prepare_examples(spec, model, tokenizer)
-        batch_size = spec.args.per_device_train_batch_size
+        training = training_config(values)
+        schemes = resolve_schemes(training, available_schemes())
+        prepared = prepare_rows(load_data(plan.data(cell.task, cell.seed)), tokenizer, training)
+        batch_size = training.per_device_train_batch_size
         examples = score_prepared(model, prepared, batch_size, schemes)
         numbers = regime_numbers(
-            target_log_probs(examples), scheme_weights(examples, schemes), DEFAULT_P_BAR
+            scored_log_probs(examples), scheme_weights(examples, schemes), DEFAULT_P_BAR
         )
         tasks[task.name] = {
             "regime": task.about,

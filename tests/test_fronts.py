@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from infosft.experiments import fronts
-from infosft.experiments.fronts import Cell, Point
+from infosft.experiments.fronts import CellOutcome, Point
 
 
 def point(retention, accuracy, curve="x", setting=None):
@@ -19,7 +19,9 @@ def bits(n_correct, n, offset=0):
 
 
 def cell(curve, setting, task_correct, retention_correct, seed=0):
-    return Cell(curve, setting, seed, np.asarray(task_correct), np.asarray(retention_correct))
+    return CellOutcome(
+        curve, setting, seed, np.asarray(task_correct), np.asarray(retention_correct)
+    )
 
 
 def test_front_keeps_points_no_other_point_beats_on_both_axes_by_increasing_retention():

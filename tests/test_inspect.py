@@ -169,7 +169,7 @@ def test_eaft_and_talr_weights_are_their_per_token_weights_in_training_micro_bat
     spec = RunSpec.from_dict({**values, "data": Dataset.from_list(rows)})
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    schemes = insp.resolve_schemes(spec, ["eaft", "talr"])
+    schemes = insp.resolve_schemes(spec.args, ["eaft", "talr"])
     prepared = insp.prepare_examples(spec, model, tokenizer)
     got = insp.scheme_weights(insp.score_prepared(model, prepared, 2, schemes), schemes)
 

@@ -11,7 +11,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infosft.training import InfoSFTConfig, NonFiniteLossError, RunSpec, build_trainer
-from infosft.training.trainer import drop_examples_without_targets
+from infosft.training.preparation import drop_examples_without_targets
 
 P_BAR = 0.93
 
@@ -453,7 +453,7 @@ def test_examples_truncated_to_no_target_are_dropped_with_a_count(
     tiny_model_dir, tokenizer, tmp_path, caplog
 ):
     rows = PROMPTS + [{"prompt": LONG_PROMPT, "completion": " 42."}] * 2
-    with caplog.at_level(logging.WARNING, logger="infosft.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="infosft.training.preparation"):
         trainer = build(tiny_model_dir, tokenizer, rows, tmp_path, max_length=24)
     assert len(trainer.train_dataset) == 4
     assert "2 of 6 train examples have no target token within max_length=24" in caplog.text
@@ -463,7 +463,7 @@ def test_examples_cut_at_max_length_are_counted_in_a_warning(
     tiny_model_dir, tokenizer, tmp_path, caplog
 ):
     rows = [*PROMPTS, {"prompt": "What is 1 + 1?", "completion": " two" * 40}]
-    with caplog.at_level(logging.WARNING, logger="infosft.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="infosft.training.preparation"):
         trainer = build(tiny_model_dir, tokenizer, rows, tmp_path, max_length=32)
     assert max(len(ids) for ids in trainer.train_dataset["input_ids"]) == 32
     assert "1 of 5 train examples reach max_length=32 tokens" in caplog.text
@@ -473,7 +473,7 @@ def test_examples_without_a_target_after_the_shift_are_dropped(caplog):
     # Position 0 is never predicted, so a label there alone is no target (causal shift).
     labels = [[-100, 5, 6], [5, -100, -100], [-100, -100, -100], [-100, -100, 7]]
     prepared = Dataset.from_dict({"input_ids": [[1, 5, 6]] * 4, "labels": labels})
-    with caplog.at_level(logging.WARNING, logger="infosft.training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="infosft.training.preparation"):
         kept = drop_examples_without_targets(prepared, 5, "train", 8)
     assert kept["labels"] == [[-100, 5, 6], [-100, -100, 7]]
     assert "3 of 5 train examples have no target token within max_length=8" in caplog.text

@@ -80,9 +80,12 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
-def model_fingerprint(model: Any) -> str:
+def full_model_fingerprint(model: Any) -> str:
     """SHA-256 of what decides a model's outputs: its config, its generation config and every
-    parameter and buffer (name, dtype, shape and bytes; a tied tensor is hashed once)."""
+    parameter and buffer (name, dtype, shape and every byte; a tied tensor is hashed once).
+    Saved completions are reused under it, so two models that differ anywhere differ here
+    (:func:`infosft.training.static_weights.sampled_model_fingerprint` is the fast key that
+    samples values)."""
     import torch
 
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
@@ -128,7 +131,7 @@ def completions_key(model: Any, tokenizer: Any, settings: SamplingSettings) -> s
     import transformers
 
     parts = {
-        "model": model_fingerprint(model),
+        "model": full_model_fingerprint(model),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "settings": {k: v for k, v in asdict(settings).items() if k != "batch_size"},
         "device": next(model.parameters()).device.type,

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from transformers import TrainerCallback
 
+from infosft.experiments.inspect import q_bin_index, q_summary
 from infosft.objectives import token_weights
 
 # Bins of q: nearly impossible, unlikely, likely, and past InfoSFT's default clip point.
@@ -70,12 +71,6 @@ def logit_gradient_mass(
     return 2.0 * weights * (-torch.expm1(log_probs.double().clamp(max=0.0)))
 
 
-def _bin_index(log_probs: Tensor, edges: Sequence[float]) -> Tensor:
-    q = log_probs.double().exp()
-    inner = torch.tensor(list(edges[1:-1]), dtype=torch.float64)
-    return torch.bucketize(q, inner, right=True)
-
-
 def mass_shares(
     log_probs: Tensor,
     methods: Sequence[str],
@@ -89,7 +84,7 @@ def mass_shares(
     (the mean of w and of 2 w (1 - q) per token): the scale a global-norm argument is about.
     """
     flat = log_probs.reshape(-1)
-    index = _bin_index(flat, edges)
+    index = q_bin_index(flat.double().exp(), edges)
     labels = bin_labels(edges)
     n = max(flat.numel(), 1)
     counts = torch.bincount(index, minlength=len(labels)).double()
@@ -111,30 +106,15 @@ def mass_shares(
     return result
 
 
-def q_summary(log_probs: Tensor, p_bar: float = 0.93) -> dict[str, float]:
-    """Median q, share of tokens with q >= p_bar and with q < 0.05, and the token count."""
-    q = log_probs.reshape(-1).double().exp()
-    return {
-        "median_q": float(q.median()) if q.numel() else math.nan,
-        "share_q_ge_p_bar": float((q >= p_bar).double().mean()) if q.numel() else math.nan,
-        "share_q_lt_0.05": float((q < 0.05).double().mean()) if q.numel() else math.nan,
-        "num_tokens": q.numel(),
-    }
-
-
 def probe_batch(prepared: Any, rows: int = 16) -> dict[str, Tensor]:
     """The first ``rows`` of a prepared dataset (``input_ids``, ``labels``, as the trainer's
     ``train_dataset`` holds them) as a right-padded batch: ``input_ids``, ``attention_mask``,
     ``labels`` [B, T] int64, labels IGNORE_INDEX on padding."""
-    from infosft.losses import IGNORE_INDEX
-    from infosft.models import pad_right
+    from infosft.training.data import pad_tokenized
 
-    chosen = prepared.select(range(min(rows, len(prepared))))
-    input_ids, attention = pad_right([r["input_ids"] for r in chosen], 0)
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    for i, r in enumerate(chosen):
-        labels[i, : len(r["labels"])] = torch.tensor(r["labels"])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    chosen = list(prepared.select(range(min(rows, len(prepared)))))
+    input_ids, attention_mask, labels = pad_tokenized(chosen)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def parameter_group(name: str) -> str:

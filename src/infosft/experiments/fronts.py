@@ -67,8 +67,8 @@ def exact_number(value: float) -> str:
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One measured fine-tune.
+class CellOutcome:
+    """What one measured fine-tune (a grid's :class:`~infosft.experiments.grid.Cell`) scored.
 
     ``task_correct`` [n_task] and ``retention_correct`` [n_retention] are bool arrays aligned
     with the task's held-out problems and retention items (the same order in every cell).
@@ -150,7 +150,7 @@ def cells_from_records(
     *,
     curve: Callable[[Mapping[str, Any]], str] = default_curve,
     setting: Callable[[Mapping[str, Any]], str] = default_setting,
-) -> list[Cell]:
+) -> list[CellOutcome]:
     """Cells of one task from the engine's per-cell records (format in the module docstring).
 
     Retention items are the probes the base answered correctly. Raises ValueError when the base
@@ -171,7 +171,7 @@ def cells_from_records(
         if missing:
             raise ValueError(f"cell {name} lacks probes {sorted(missing)[:3]}")
         cells.append(
-            Cell(
+            CellOutcome(
                 curve=curve(record),
                 setting=setting(record),
                 seed=int(record["seed"]),
@@ -184,11 +184,11 @@ def cells_from_records(
     return cells
 
 
-def _group(cells: Sequence[Cell]) -> dict[tuple[str, str], list[Cell]]:
+def _group(cells: Sequence[CellOutcome]) -> dict[tuple[str, str], list[CellOutcome]]:
     if not cells:
         raise ValueError("no cells")
     n_task, n_ret = cells[0].task_correct.shape, cells[0].retention_correct.shape
-    groups: dict[tuple[str, str], list[Cell]] = {}
+    groups: dict[tuple[str, str], list[CellOutcome]] = {}
     for cell in cells:
         if cell.task_correct.shape != n_task or cell.retention_correct.shape != n_ret:
             raise ValueError(
@@ -202,7 +202,7 @@ def _group(cells: Sequence[Cell]) -> dict[tuple[str, str], list[Cell]]:
     return groups
 
 
-def points(cells: Sequence[Cell]) -> list[Point]:
+def points(cells: Sequence[CellOutcome]) -> list[Point]:
     """One point per (curve, setting), seeds averaged, in first-seen order."""
     return [
         Point(
@@ -279,7 +279,7 @@ class _Resamples:
 
 
 def _resample_points(
-    cells: Sequence[Cell], resamples: int, seed: int
+    cells: Sequence[CellOutcome], resamples: int, seed: int
 ) -> tuple[_Resamples, list[tuple[str, str]]]:
     groups = _group(cells)
     rng = np.random.default_rng(seed)
@@ -310,7 +310,7 @@ def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, 
 
 
 def compare(
-    cells: Sequence[Cell],
+    cells: Sequence[CellOutcome],
     curve: str,
     reference: str,
     *,
@@ -523,7 +523,7 @@ def _without_overlap(
 
 
 def compare_all(
-    cells: Sequence[Cell],
+    cells: Sequence[CellOutcome],
     reference: str = "nll",
     *,
     resamples: int = DEFAULT_RESAMPLES,
@@ -552,7 +552,7 @@ def compare_all(
 
 
 def front_bands(
-    cells: Sequence[Cell],
+    cells: Sequence[CellOutcome],
     levels: Sequence[float],
     *,
     resamples: int = DEFAULT_RESAMPLES,
@@ -589,7 +589,7 @@ def front_bands(
 
 
 def fronts_summary(
-    cells: Sequence[Cell],
+    cells: Sequence[CellOutcome],
     reference: str = "nll",
     *,
     resamples: int = DEFAULT_RESAMPLES,

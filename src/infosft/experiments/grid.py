@@ -359,36 +359,33 @@ def parse_grid(
 
 
 def check_run_options(spec: GridSpec) -> None:
-    """Build the run spec of one cell per method variant (and the training options alone), so
-    that a bad p_bar, method_args, kl_to_base, loss schedule, training key or type, or LoRA key
-    fails now, naming where it is, not when its cell is reached."""
-    from datasets import Dataset
-
-    from infosft.training import RunSpec
+    """Check the training options of the grid's first cell with each method variant (and the
+    training options alone), so that a bad p_bar, method_args, kl_to_base, loss schedule,
+    training key or type, or LoRA key fails now, naming where it is, not when its cell is
+    reached."""
     from infosft.training.config import check_schedule_fits
 
-    placeholder = Dataset.from_list([{"text": "x"}])
-    first = Cell(
-        spec.tasks[0].name, spec.variants[0].name, spec.learning_rates[0], spec.epochs[0], 0
-    )
+    first = spec.cells()[0]
     plain = {k: v for k, v in spec.training_values(first).items() if k not in METHOD_OPTIONS}
-    _run_spec(RunSpec, {**plain, "method": "nll"}, placeholder, "training")
+    _training_config({**plain, "method": "nll"}, "training")
     for index, variant in enumerate(spec.variants):
         where = f"grid.methods[{index}] ({variant.name})"
         cell = dataclasses.replace(first, variant=variant.name)
-        run = _run_spec(RunSpec, spec.training_values(cell), placeholder, where)
+        args = _training_config(spec.training_values(cell), where)
         # A switch at or after the end of a run never happens: the cell would be labelled with
         # a schedule it did not train with.
         shortest = min((e for e in spec.epochs if e is not None), default=None)
         try:
-            check_schedule_fits(run.args.schedule, epochs=shortest, trained="cells train")
+            check_schedule_fits(args.schedule, epochs=shortest, trained="cells train")
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
 
 
-def _run_spec(run_spec: Any, values: dict[str, Any], data: Any, where: str) -> Any:
+def _training_config(values: dict[str, Any], where: str) -> Any:
+    from infosft.training.spec import training_config
+
     try:
-        return run_spec.from_dict({**values, "data": data, "output_dir": "unused"})
+        return training_config(values)
     except ValueError as err:
         raise ValueError(f"{where}: {err}") from None
 

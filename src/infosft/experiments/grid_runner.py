@@ -45,7 +45,7 @@ from infosft.evaluation.forgetting import KLReference
 from infosft.experiments import summary as summarize
 from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id
 from infosft.experiments.demonstrations import agrees_with_demonstration, corrupt, near_policy
-from infosft.experiments.grid import METHOD_OPTIONS, Cell, GridSpec
+from infosft.experiments.grid import Cell, GridSpec
 from infosft.experiments.measure import (
     Suite,
     build_suite,
@@ -143,15 +143,15 @@ class Plan:
                 )
         self.model_id = model_identity(spec.model)
 
-    def data(self, cell: Cell) -> Any:
-        """The training rows of a cell: built-in tasks draw theirs from the cell's seed; a
-        task's noise or near_policy regime turns them into that regime's rows."""
+    def data(self, task_name: str, seed: int) -> Any:
+        """The training rows of a task's cells of ``seed``: built-in tasks draw theirs from the
+        seed; a task's noise or near_policy regime turns them into that regime's rows."""
         from datasets import Dataset
 
-        task = self.spec.task(cell.task)
+        task = self.spec.task(task_name)
         if not task.builtin and task.noise is None and task.near_policy is None:
             return self._data[task.name]
-        return Dataset.from_list(self._training_rows(task, cell.seed))
+        return Dataset.from_list(self._training_rows(task, seed))
 
     def _source_rows(self, task: Any, seed: int) -> list[dict[str, Any]]:
         """The task's demonstrations, before any regime."""
@@ -227,14 +227,12 @@ class Plan:
                 )
                 self._own_answers[task.name, seed] = stored["rows"]
 
-    def q_run(self, task: Any) -> tuple[Cell, dict[str, Any]]:
-        """The cell whose training rows ``q_under_base`` scores for ``task`` (the first seed's)
-        and the training options that prepare them (those of any method)."""
-        cell = Cell(task.name, self.spec.variants[0].name, 1e-5, None, self.spec.seeds[0])
-        values = {
-            k: v for k, v in self.spec.training_values(cell).items() if k not in METHOD_OPTIONS
-        }
-        return cell, values
+    def preparation(self) -> dict[str, Any]:
+        """The training options that decide how every cell's rows are prepared (the same for
+        every cell: a method entry and the grid's axes set none of them)."""
+        from infosft.training.preparation import PREPARATION_OPTIONS
+
+        return {k: v for k, v in self.spec.training.items() if k in PREPARATION_OPTIONS}
 
     def _model_parts(self) -> dict[str, Any]:
         return {
@@ -257,12 +255,12 @@ class Plan:
 
     def base_fingerprint(self) -> dict[str, Any]:
         """Per part, like :meth:`cell_fingerprint`: the model, the whole suite, and what
-        ``q_under_base`` scores (each task's first training rows, prepared as for training)."""
+        ``q_under_base`` scores (each task's first seed's training rows, prepared as for
+        training)."""
         parts = {**self._model_parts(), **self.suite.fingerprint()}
         for task in self.spec.tasks:
-            cell, values = self.q_run(task)
-            rows = self._rows_digest(task, cell.seed)
-            parts[f"training rows of {task.name}"] = _digest([rows, values])
+            rows = self._rows_digest(task, self.spec.seeds[0])
+            parts[f"training rows of {task.name}"] = _digest([rows, self.preparation()])
         return parts
 
     def training_fingerprint(self, cell: Cell) -> dict[str, Any]:
@@ -365,7 +363,11 @@ def train_cell(
     from infosft.training import RunSpec
 
     spec = plan.spec
-    values = {**spec.training_values(cell), "data": plan.data(cell), "data_format": None}
+    values = {
+        **spec.training_values(cell),
+        "data": plan.data(cell.task, cell.seed),
+        "data_format": None,
+    }
     if spec.keep_checkpoints:
         cell_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cell_dir / TRAINED_WITH, plan.training_fingerprint(cell))
@@ -754,18 +756,17 @@ def _cell_record(
 def _q_under_base(plan: Plan, model: Any, tokenizer: Any, rows: int = 32) -> dict[str, Any]:
     """Per task, q of the first training rows' target tokens under the base model, as the
     trainer prepares them: where the task sits between weak and strong prior."""
-    from infosft.experiments.diagnostics import q_summary
-    from infosft.experiments.inspect import prepare_examples, score_prepared, target_log_probs
-    from infosft.training import RunSpec
+    from infosft.experiments.inspect import q_summary, score_prepared, scored_log_probs
+    from infosft.training.data import load_data
+    from infosft.training.preparation import preparation_args, prepare_rows
 
+    args = preparation_args(plan.preparation())
     summary = {}
     for task in plan.spec.tasks:
-        cell, values = plan.q_run(task)
-        spec = RunSpec.from_dict(
-            {**values, "method": "nll", "data": plan.data(cell), "output_dir": "unused"}
-        )
-        prepared = prepare_examples(spec, copy.deepcopy(model), tokenizer, limit=rows)
-        log_q = target_log_probs(score_prepared(model, prepared))
+        data = load_data(plan.data(task.name, plan.spec.seeds[0]))
+        data = data.select(range(min(rows, len(data))))
+        prepared = prepare_rows(data, tokenizer, args)
+        log_q = scored_log_probs(score_prepared(model, prepared))
         summary[task.name] = q_summary(log_q, DEFAULT_P_BAR)
     return summary
 

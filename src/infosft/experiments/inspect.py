@@ -1,12 +1,12 @@
 """What each weighting would do to a dataset, before training: q of every target token.
 
 ``infosft inspect`` reads the data through the trainer's own dataset preparation
-(:func:`infosft.training.build_trainer`: the same tokenization, chat template, assistant-only
-or completion-only masking and truncation as ``infosft train`` with the same run options), so
-the tokens it scores are exactly the ones training would weight. One forward pass of the model
-per micro-batch gives each target token's log q and, through the fused engine's scorer
-(:func:`infosft.losses.score_targets`), the real weight of every scheme that reads more than q
-(eaft's top-K entropy, talr's micro-batch statistic). From them:
+(:func:`infosft.training.preparation.prepare_rows`: the same tokenization, chat template,
+assistant-only or completion-only masking and truncation as ``infosft train`` with the same run
+options), so the tokens it scores are exactly the ones training would weight. One forward pass
+of the model per micro-batch gives each target token's log q and, through the fused engine's
+scorer (:func:`infosft.losses.score_targets`), the real weight of every scheme that reads more
+than q (eaft's top-K entropy, talr's micro-batch statistic). From them:
 
 - the distribution of q (shares per q bin, quantiles);
 - the share of total weight each scheme puts on each q bin, and its mean weight;
@@ -17,9 +17,8 @@ per micro-batch gives each target token's log q and, through the fused engine's 
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import tempfile
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from infosft.objectives import DEFAULT_P_BAR, Scheme, get_scheme, token_weights
 from infosft.training.data import pad_tokenized
 
 if TYPE_CHECKING:
+    from infosft.training.config import InfoSFTConfig
     from infosft.training.spec import RunSpec
 
 Q_BIN_EDGES = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0)
@@ -59,10 +59,9 @@ class ScoredExample:
     weights: dict[str, list[float]] = field(default_factory=dict)
 
 
-def resolve_schemes(spec: RunSpec, methods: Sequence[str]) -> list[Scheme]:
+def resolve_schemes(args: InfoSFTConfig, methods: Sequence[str]) -> list[Scheme]:
     """The schemes of ``methods`` with the run's ``p_bar`` (and its ``method_args`` for the
     run's own ``method``); ValueError for an unknown name or a bad argument."""
-    args = spec.args
     return [
         get_scheme(m, p_bar=args.p_bar, method_args=args.method_args if m == args.method else None)
         for m in methods
@@ -70,20 +69,18 @@ def resolve_schemes(spec: RunSpec, methods: Sequence[str]) -> list[Scheme]:
 
 
 def prepare_examples(spec: RunSpec, model: Any, tokenizer: Any, limit: int | None = None) -> Any:
-    """The first ``limit`` examples of ``spec.data`` as the trainer prepares them: a Dataset of
-    ``input_ids`` and ``labels`` (IGNORE_INDEX where no loss applies).
-
-    Built with :func:`infosft.training.build_trainer` on ``model``, which is not trained (LoRA
-    is left out of the spec).
-    """
-    from infosft.training import build_trainer
+    """The first ``limit`` examples of ``spec.data`` as the trainer prepares them
+    (:func:`infosft.training.preparation.prepare_rows` with ``spec.args``): a Dataset of
+    ``input_ids`` and ``labels`` (IGNORE_INDEX where no loss applies). Tokenized data is
+    checked against ``model``'s vocabulary."""
     from infosft.training.data import load_data
+    from infosft.training.preparation import prepare_rows
 
-    dataset = load_data(spec.data, spec.data_format)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    dataset = load_data(spec.data, spec.data_format, vocab_size)
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
-    spec = dataclasses.replace(spec, data=dataset, data_format=None, eval_data=None, lora=None)
-    return build_trainer(spec, model=model, tokenizer=tokenizer).train_dataset
+    return prepare_rows(dataset, tokenizer, spec.args)
 
 
 @torch.no_grad()
@@ -150,26 +147,19 @@ def score_rows(
     model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]], *, max_length: int = 1024
 ) -> list[ScoredExample]:
     """log q of the target tokens of SFT rows (any TRL format) under ``model``, prepared as
-    ``infosft train`` would with default options and ``max_length``; ``model`` is not trained.
-    """
+    ``infosft train`` would with default options and ``max_length``."""
     from datasets import Dataset
 
-    from infosft.training import RunSpec
+    from infosft.training.data import load_data
+    from infosft.training.preparation import preparation_args, prepare_rows
 
-    with tempfile.TemporaryDirectory(prefix="infosft-score-") as scratch:
-        spec = RunSpec.from_dict(
-            {
-                "data": Dataset.from_list(list(rows)),
-                "output_dir": scratch,
-                "max_length": max_length,
-                "report_to": [],
-            }
-        )
-        prepared = prepare_examples(spec, model, tokenizer)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    dataset = load_data(Dataset.from_list(list(rows)), vocab_size=vocab_size)
+    prepared = prepare_rows(dataset, tokenizer, preparation_args({"max_length": max_length}))
     return score_prepared(model, prepared)
 
 
-def target_log_probs(examples: Sequence[ScoredExample]) -> Tensor:
+def scored_log_probs(examples: Sequence[ScoredExample]) -> Tensor:
     """log q of all target tokens of all examples, flattened: [N] float32."""
     return _targets(examples, lambda example: example.log_probs)
 
@@ -178,8 +168,8 @@ def scheme_weights(
     examples: Sequence[ScoredExample], schemes: Sequence[Scheme]
 ) -> dict[str, Tensor]:
     """Each scheme's weight of every target token of ``examples`` ([N] float32, in the order
-    of :func:`target_log_probs`): w(q) for a function of q alone, else the scored weights."""
-    log_probs = target_log_probs(examples)
+    of :func:`scored_log_probs`): w(q) for a function of q alone, else the scored weights."""
+    log_probs = scored_log_probs(examples)
     return {
         scheme.method: token_weights(log_probs, scheme)
         if scheme.q_only
@@ -199,8 +189,16 @@ def _targets(examples: Sequence[ScoredExample], values: Any) -> Tensor:
     return torch.tensor(picked, dtype=torch.float32)
 
 
-def _bin_index(q: Tensor, edges: Sequence[float]) -> Tensor:
-    """Bin of each q for bins [e0, e1), [e1, e2), ..., [e_{n-1}, e_n] (last bin closed)."""
+def q_bin_index(q: Tensor, edges: Sequence[float]) -> Tensor:
+    """Bin of each q for bins [e0, e1), [e1, e2), ..., [e_{n-1}, e_n] (last bin closed).
+
+    Args:
+        q: probabilities, any shape, float.
+        edges: increasing bin edges from 0 to 1.
+
+    Returns:
+        int64 tensor of ``q.shape``.
+    """
     inner = torch.tensor(list(edges[1:-1]), dtype=q.dtype)
     return torch.bucketize(q, inner, right=True)
 
@@ -219,7 +217,7 @@ def weight_mass_table(
         "mean_weight": {method: float}, "zero_weight_share": {method: float}}``.
         A method whose weights are all 0 gets a mass share of 0 in every bin.
     """
-    bins = _bin_index(log_probs.double().exp(), edges)
+    bins = q_bin_index(log_probs.double().exp(), edges)
     n_bins = len(edges) - 1
     count = max(len(log_probs), 1)
     token_share = torch.bincount(bins, minlength=n_bins).double() / count
@@ -259,18 +257,31 @@ def infosft_mass_vs_p_bar(
     }
 
 
+def q_summary(log_probs: Tensor, p_bar: float = DEFAULT_P_BAR) -> dict[str, Any]:
+    """Where target tokens sit between weak and strong prior: their count, median q, and the
+    shares with q >= p_bar (InfoSFT's weight 0) and with q < :data:`LOW_Q` (NaN without
+    tokens).
+
+    Args:
+        log_probs: log q of target tokens, any shape, float.
+    """
+    q = log_probs.reshape(-1).double().exp()
+    empty = q.numel() == 0
+    return {
+        "num_target_tokens": q.numel(),
+        "median_q": math.nan if empty else float(q.median()),
+        "share_q_ge_p_bar": math.nan if empty else float((q >= p_bar).double().mean()),
+        "share_q_lt_low": math.nan if empty else float((q < LOW_Q).double().mean()),
+    }
+
+
 def regime_numbers(
     log_probs: Tensor, weights: Mapping[str, Tensor], p_bar: float = DEFAULT_P_BAR
 ) -> dict[str, Any]:
     """The numbers that describe data between weak and strong prior, as inspect prints them:
-    median q, the share of target tokens with q >= p_bar (InfoSFT's weight 0) and with
-    q < :data:`LOW_Q`, the token count and each method's mean weight."""
-    q = log_probs.double().exp()
+    :func:`q_summary` and each method's mean weight."""
     return {
-        "num_target_tokens": len(q),
-        "median_q": float(q.median()),
-        "share_q_ge_p_bar": float((q >= p_bar).double().mean()),
-        "share_q_lt_low": float((q < LOW_Q).double().mean()),
+        **q_summary(log_probs, p_bar),
         "mean_weight": {method: float(w.double().mean()) for method, w in weights.items()},
     }
 
@@ -332,7 +343,7 @@ def inspect_summary(
     k_lowest: int = 10,
 ) -> dict[str, Any]:
     """Everything ``infosft inspect`` reports, as plain JSON-able values."""
-    log_probs = target_log_probs(examples)
+    log_probs = scored_log_probs(examples)
     if len(log_probs) == 0:
         raise ValueError("the data has no target tokens; check its format (see infosft train -h)")
     weights = scheme_weights(examples, schemes)
@@ -507,14 +518,14 @@ def run_inspect(
     from infosft.files import write_json_atomic
     from infosft.models import load_model_and_tokenizer
 
-    schemes = resolve_schemes(spec, methods)
+    schemes = resolve_schemes(spec.args, methods)
     model, tokenizer = load_model_and_tokenizer(spec.model, **(spec.model_init_kwargs or {}))
     prepared = prepare_examples(spec, model, tokenizer, limit)
     batch_size = spec.args.per_device_train_batch_size
     examples = score_prepared(model, prepared, batch_size, schemes)
     summary = inspect_summary(examples, tokenizer, schemes, spec.args.p_bar, k_lowest)
     output_dir = Path(output_dir)
-    q_values = target_log_probs(examples).exp().tolist()
+    q_values = scored_log_probs(examples).exp().tolist()
     figures = write_inspect_plots(summary, q_values, output_dir)
     summary["figures"] = [f.name for f in figures]
     write_json_atomic(output_dir / "inspect.json", summary)

@@ -82,14 +82,10 @@ def task_rows(spec: GridSpec, task: TaskSpec) -> tuple[int | None, str]:
 
 def _training_args(spec: GridSpec, cell: Cell) -> Any:
     """The InfoSFTConfig a cell trains with (defaults filled in as the run fills them)."""
-    from datasets import Dataset
-
-    from infosft.training import RunSpec
+    from infosft.training.spec import training_config
 
     values = {k: v for k, v in spec.training_values(cell).items() if k not in METHOD_OPTIONS}
-    placeholder = Dataset.from_list([{"text": "x"}])
-    run = RunSpec.from_dict({**values, "method": "nll", "data": placeholder, "output_dir": "-"})
-    return run.args
+    return training_config({**values, "method": "nll"})
 
 
 def _variant_line(spec: GridSpec, name: str) -> str:

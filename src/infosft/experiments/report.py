@@ -175,10 +175,12 @@ def _regime(results: Mapping[str, Any], task: str) -> str:
     text = f"base accuracy {_number(accuracy)}"
     q = base.get("q_under_base", {}).get(task)
     if q:
+        # Results written before q_summary had one set of keys call the low share by its bound.
+        low = q.get("share_q_lt_low", q.get("share_q_lt_0.05"))
         text += (
             f"; training targets under the base: median q {q['median_q']:.2f}, "
             f"{q['share_q_ge_p_bar']:.0%} with q >= 0.93 (InfoSFT weight 0), "
-            f"{q['share_q_lt_0.05']:.0%} with q < 0.05"
+            f"{low:.0%} with q < 0.05"
         )
     return text
 

@@ -478,3 +478,22 @@ def _describe(data: Any) -> Any:
     if isinstance(data, (list, tuple)):
         return [_describe(item) for item in data]
     return f"<in-memory {type(data).__name__} of {len(data)} rows>"
+
+
+def training_config(values: dict[str, Any], where: str = "the run options") -> InfoSFTConfig:
+    """The InfoSFTConfig of a run mapping's training options, checked key by key as
+    :meth:`RunSpec.from_dict` checks them, for work that reads the options but neither loads
+    the run's data nor writes its outputs (checking a grid, preparing rows outside a run):
+    ``data`` and ``output_dir`` may be left out. The other run keys are checked as well."""
+    from infosft.training.config import InfoSFTConfig
+
+    fields = config_fields()
+    values = _installed_checkpointing_names(values, fields, where)
+    check_keys(list(values), where, [*fields, *RUN_KEYS])
+    options = {k: _checked(k, v, fields[k]) for k, v in values.items() if k not in RUN_KEYS}
+    check_optional_packages(values)
+    model_init_kwargs = values.get("model_init_kwargs")
+    if model_init_kwargs is not None and not isinstance(model_init_kwargs, dict):
+        raise ValueError(f"model_init_kwargs must be a mapping, got {model_init_kwargs!r}")
+    LoraSpec.from_value(values.get("lora"))
+    return InfoSFTConfig(**{**device_defaults(options), **options})

@@ -61,7 +61,7 @@ def dataset_fingerprint(dataset: Any) -> str:
 
 
 @torch.no_grad()
-def model_fingerprint(model: torch.nn.Module) -> str:
+def sampled_model_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the config, every parameter's name/shape/dtype and a strided sample of its values.
 
     Sampling (at most 4096 values per tensor) keeps this to seconds for 8B models; two models that
@@ -219,7 +219,7 @@ def compute_base_log_probs(
     rank, world = _rank_and_world()
     has_weights = all(p.device.type != "meta" for p in model.parameters())
     with _full_parameters(model):
-        model_key = model_fingerprint(model)[:16]
+        model_key = sampled_model_fingerprint(model)[:16]
     cache = Path(cache_dir) / f"{model_key}-{dataset_fingerprint(dataset)[:16]}"
     cache.mkdir(parents=True, exist_ok=True)
     num_shards = (len(dataset) + shard_size - 1) // shard_size

@@ -19,7 +19,6 @@ fused loss needs the hidden states themselves, and the LM head is where they are
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import time
 from pathlib import Path
@@ -36,12 +35,12 @@ from infosft.losses.lm_head import base_head_inputs, causal_lm_loss
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
 from infosft.training.outputs import BASE_LOG_PROBS_DIR, final_model_saved
+from infosft.training.preparation import marked_template_tokenizer, prepare_rows
 from infosft.training.static_weights import COLUMN, compute_base_log_probs, with_base_log_probs
 
 if TYPE_CHECKING:
     from infosft.training.spec import RunSpec
 
-logger = logging.getLogger(__name__)
 
 # Per-micro-batch values gathered across ranks; every column but the first is summed per log.
 _COLUMNS = (
@@ -87,74 +86,6 @@ def _undo_fused_lm_head(model: nn.Module, given_forward: Any) -> None:
         model.forward = given_forward
 
 
-def count_targets(labels: list[int]) -> int:
-    """Target tokens of one tokenized example: labels that are not IGNORE_INDEX, after the
-    causal shift (the first position is never predicted)."""
-    return sum(label != IGNORE_INDEX for label in labels[1:])
-
-
-def drop_examples_without_targets(
-    prepared: Any, total: int, name: str, max_length: int | None
-) -> Any:
-    """Remove tokenized examples with no target token and warn how many of the ``total``
-    given were lost (counting those TRL dropped) and how many reach ``max_length``.
-
-    Truncation to ``max_length`` can cut away a whole completion; such an example would add
-    only padding to a batch. Raises ValueError when no example is left.
-    """
-    kept = prepared.filter(
-        lambda row: count_targets(row["labels"]) > 0, desc=f"Checking {name} targets"
-    )
-    if len(kept) == 0:
-        raise ValueError(
-            f"none of the {total} {name} examples has a target token within "
-            f"max_length={max_length} (the prompt fills it); raise max_length"
-        )
-    dropped = total - len(kept)
-    if dropped:
-        logger.warning(
-            "%d of %d %s examples have no target token within max_length=%s and were dropped",
-            dropped,
-            total,
-            name,
-            max_length,
-        )
-    if max_length is not None:
-        cut = sum(len(ids) >= max_length for ids in kept["input_ids"])
-        if cut:
-            logger.warning(
-                "%d of %d %s examples reach max_length=%d tokens; longer ones are cut there "
-                "(raise max_length to train on them whole)",
-                cut,
-                total,
-                name,
-                max_length,
-            )
-    return kept
-
-
-def has_assistant_turn(row: dict[str, Any]) -> bool:
-    """Whether a conversational row has an assistant message to train on."""
-    messages = row.get("messages") or [*(row.get("prompt") or []), *(row.get("completion") or [])]
-    return any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
-
-
-def marked_template_tokenizer(tokenizer: Any, args: InfoSFTConfig) -> Any:
-    """A copy of ``tokenizer`` whose chat template marks the assistant turns with
-    ``{% generation %}``, for ``assistant_only_loss``; None when TRL needs no help (the option
-    is off, or the template is not one :func:`infosft.models.training_chat_template` knows)."""
-    from infosft.models import training_chat_template
-
-    if not args.assistant_only_loss or tokenizer is None:
-        return None
-    marked = training_chat_template(getattr(tokenizer, "chat_template", None))
-    if marked is None:
-        return None
-    training_tokenizer = copy.deepcopy(tokenizer)
-    training_tokenizer.chat_template = marked
-    return training_tokenizer
-
-
 class EvaluateAtEnd(TrainerCallback):
     """Evaluate after the last optimizer step with ``eval_strategy: no``, inside the training
     loop (the Trainer itself does so for ``steps`` and ``epoch``): trackers that close their run
@@ -175,15 +106,11 @@ class InfoSFTTrainer(SFTTrainer):
     ``compute_loss_func``; ``args`` must be an :class:`InfoSFTConfig`. It is built by
     :func:`infosft.training.build_trainer`.
 
-    What it adds to TRL's dataset preparation (:meth:`_prepare_dataset`):
-
-    - ``assistant_only_loss`` with a chat template TRL cannot patch but infosft can (SmolLM2's):
-      the data is tokenized with a copy of the tokenizer carrying the marked template, while the
-      trainer keeps (and saves) the tokenizer it was given;
-    - examples left without a target token (a prompt filling ``max_length``) are dropped with a
-      warning that counts them, and examples cut at ``max_length`` are counted in a warning;
-    - with ``weight_source: base``, a ``base_log_probs`` column computed once with the model as
-      it is before training (cached under ``output_dir/_base_log_probs``).
+    Its datasets are prepared by :func:`infosft.training.preparation.prepare_rows` (TRL's
+    preparation, infosft's marked chat template for ``assistant_only_loss``, examples without a
+    target token dropped); the trainer keeps (and saves) the tokenizer it was given. With
+    ``weight_source: base`` it adds a ``base_log_probs`` column computed once with the model as
+    it is before training (cached under ``output_dir/_base_log_probs``).
 
     Logged every logging step: loss, ``nll`` of the same tokens, ``mean_q``, ``mean_weight``,
     ``zero_weight_share``, ``entropy``, ``tokens_per_second``, ``num_tokens``, ``kl_to_base``
@@ -219,7 +146,9 @@ class InfoSFTTrainer(SFTTrainer):
         # What the model card says of the model, data and LoRA (build_trainer passes it).
         self.run_spec = run_spec
         # Read by _prepare_dataset, which SFTTrainer.__init__ calls.
-        self._template_tokenizer = marked_template_tokenizer(processing_class, args)
+        self._template_tokenizer = marked_template_tokenizer(
+            processing_class, args.assistant_only_loss
+        )
         self._initial_model = model
         # The KL anchor's base model for full fine-tuning: a frozen copy of the model as given.
         # With PEFT the base is the same model with its adapters disabled.
@@ -268,26 +197,17 @@ class InfoSFTTrainer(SFTTrainer):
         formatting_func: Any,
         dataset_name: str,
     ) -> Any:
-        """TRL's preparation (tokenize, mask, truncate, pack), then what InfoSFT adds (see the
-        class docstring)."""
-        if args.assistant_only_loss and "input_ids" not in dataset.column_names:
-            for index, row in enumerate(dataset):
-                if not has_assistant_turn(row):
-                    raise ValueError(
-                        f"assistant_only_loss is set, but {dataset_name} example {index} has no "
-                        "assistant message to train on; add one, or set assistant_only_loss: false"
-                    )
-        total = len(dataset)
-        prepared = super()._prepare_dataset(
-            dataset,
-            self._template_tokenizer or processing_class,
-            args,
-            packing,
-            formatting_func,
-            dataset_name,
+        """:func:`~infosft.training.preparation.prepare_rows` with TRL's own preparation, then
+        the base model's log q (``weight_source: base``)."""
+
+        def tokenize(rows: Any, tokenizer: Any) -> Any:
+            return super(InfoSFTTrainer, self)._prepare_dataset(
+                rows, tokenizer, args, packing, formatting_func, dataset_name
+            )
+
+        prepared = prepare_rows(
+            dataset, processing_class, args, name=dataset_name, packing=packing, tokenize=tokenize
         )
-        if not packing:
-            prepared = drop_examples_without_targets(prepared, total, dataset_name, args.max_length)
         if args.weight_source == "base" and COLUMN not in prepared.column_names:
             if getattr(self, "state", None) is not None and self.state.global_step > 0:
                 raise ValueError(
