@@ -407,7 +407,7 @@ def error_of(argv, capsys):
         ("model: [a, b]\n", "model must be one name"),
         ("lora_rank: 8\n", "lora: {rank: 32"),
         ("loss_type: dft\n", "method='dft'"),
-        ("lora: {rank: 0}\n", "rank must be >= 1"),
+        ("lora: {rank: 0}\n", "lora.rank must be a positive whole number, got 0"),
         ("a: [1, 2\n", "r.yaml:2: not valid YAML"),
     ],
 )

@@ -57,7 +57,10 @@ def test_a_valid_grid_has_a_cell_per_task_method_rate_and_seed(tmp_path):
             {"grid": {"methods": [{"name": "e", "method": "eaft", "method_args": {"top_k": 0}}]}},
             r"\(e\).*top_k",
         ),
-        ({"grid": {"methods": [{"name": "k", "method": "nll", "kl_to_base": -1}]}}, r"kl_to_base"),
+        (
+            {"grid": {"methods": [{"name": "k", "method": "nll", "kl_to_base": -1}]}},
+            r"grid.methods\[0\] \(k\): kl_to_base must be a finite number >= 0, got -1",
+        ),
         ({"grid": {"methods": [{"method": "infosft", "p_bar": 0.9}]}}, r"give it a name"),
         ({"grid": {"methods": ["nll", {"name": "nll", "method": "dft"}]}}, r"names nll twice"),
         (
@@ -90,16 +93,16 @@ def test_a_valid_grid_has_a_cell_per_task_method_rate_and_seed(tmp_path):
         ({"grid": {"learning_rates": "fast"}}, r"learning_rates.*'fast'"),
         ({"grid": {"learning_rates": [1e-4, 1e-4]}}, r"learning rate 0.0001 twice"),
         ({"grid": {"epochs": [0]}}, r"epochs.*positive"),
-        ({"grid": {"seeds": [-1]}}, r"seeds.*whole numbers >= 0"),
+        ({"grid": {"seeds": [-1]}}, r"grid.seeds\[0\] must be a whole number >= 0, got -1"),
         ({"grid": {"seeds": [1.5]}}, r"seeds.*1.5"),
         ({"grid": {"seeds": ["a"]}}, r"seeds.*'a'"),
         ({"grid": {"seeds": []}}, r"seeds must list at least one"),
         ({"lora": {"rank": 8, "alfa": 16}}, r"alfa.*did you mean alpha"),
-        ({"lora": {"rank": 0}}, r"rank must be >= 1"),
+        ({"lora": {"rank": 0}}, r"lora.rank must be a positive whole number, got 0"),
         ({"lora": "yes"}, r"lora must be a mapping"),
-        ({"eval_limit": 0}, r"eval_limit must be a positive number"),
-        ({"eval_limit": -1}, r"eval_limit must be a positive number"),
-        ({"eval_limit": 2.5}, r"eval_limit must be a positive number"),
+        ({"eval_limit": 0}, r"eval_limit must be a positive whole number of items"),
+        ({"eval_limit": -1}, r"eval_limit must be a positive whole number of items"),
+        ({"eval_limit": 2.5}, r"eval_limit must be a positive whole number of items"),
         ({"keep_checkpoints": "no"}, r"keep_checkpoints must be true or false, got 'no'"),
         ({"tasks": ["arith_chainz"]}, r"'arith_chainz' is not a built-in task"),
         ({"prior_tasks": ["probez"]}, r"prior_tasks: unknown task 'probez'"),
@@ -241,6 +244,14 @@ def test_a_method_entry_carries_its_own_scheme_settings(tmp_path):
     assert values["p08"]["p_bar"] == 0.8 and values["p08"]["method"] == "infosft"
     assert values["warm"]["loss_schedule"] == schedule and values["warm"]["method"] == "infosft"
     assert values["asft"]["kl_to_base"] == 0.1 and values["asft"]["method"] == "dft"
+
+
+def test_a_whole_kl_to_base_is_held_as_the_number_the_config_holds(tmp_path):
+    """kl_to_base: 1 and 1.0 are one setting: the same training values, the same cells."""
+    methods = [{"name": "anchored", "method": "nll", "kl_to_base": 1}]
+    spec = read_grid(write_grid(tmp_path, grid={"methods": methods}))
+    kl = spec.training_values(spec.cells()[0])["kl_to_base"]
+    assert kl == 1.0 and isinstance(kl, float)
 
 
 def test_max_steps_without_epochs_sets_the_length_of_every_cell(tmp_path):

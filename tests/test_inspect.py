@@ -313,7 +313,7 @@ def test_max_length_below_one_in_a_config_is_an_error(tmp_path, capsys):
 
     (tmp_path / "r.yaml").write_text("data: d.jsonl\nmax_length: 0\n")
     assert main(["inspect", "--config", str(tmp_path / "r.yaml")]) == 2
-    assert "max_length must be at least 1" in capsys.readouterr().err
+    assert "max_length must be a positive whole number of tokens" in capsys.readouterr().err
 
 
 def test_scoring_rows_leaves_the_model_fit_to_be_copied_and_trained(tiny_model_dir, tmp_path):

@@ -154,7 +154,7 @@ def test_bad_step_seconds_is_one_line(capsys, tmp_path, args, message):
     ("task", "message"),
     [
         ({"data_format": "sciqq"}, r"tasks\[0\].data_format: unknown data format 'sciqq'"),
-        ({"n_rows": 0}, r"tasks\[0\].n_rows must be a positive number of training rows"),
+        ({"n_rows": 0}, r"tasks\[0\].n_rows must be a positive whole number of training rows"),
     ],
 )
 def test_grid_rejects_a_bad_data_format_or_n_rows_when_read(tmp_path, task, message):

@@ -155,7 +155,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def read_task_spec(path: str | Path) -> TaskSpec:
     """The checked spec of a task YAML: every key known, every value of its type and shape;
     ValueError naming the file and the key otherwise."""
-    from infosft.training.spec import _checked, check_keys
+    from infosft.checks import check_keys, check_value
 
     path = Path(path)
     if not path.is_file():
@@ -174,7 +174,9 @@ def read_task_spec(path: str | Path) -> TaskSpec:
     # An optional key written as null (``name:`` with nothing after it) is an absent key.
     optional = {f.name for f in fields(TaskSpec) if f.default is None}
     values = {k: v for k, v in values.items() if not (v is None and k in optional)}
-    checked = {key: _checked(f"{path}: {key}", value, hints[key]) for key, value in values.items()}
+    checked = {
+        key: check_value(value, hints[key], f"{path}: {key}") for key, value in values.items()
+    }
     missing = [key for key in REQUIRED_KEYS if key not in checked]
     if missing:
         raise ValueError(f"{path}: missing required key(s) {', '.join(missing)}")

@@ -51,15 +51,14 @@ any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from infosft.checks import Number, check_keys, check_value
 from infosft.experiments.fronts import exact_number
 from infosft.files import read_yaml
-from infosft.models import DEFAULT_MODEL
-from infosft.training.spec import check_keys
+from infosft.models import DEFAULT_MODEL, is_default_model, is_hub_repo_id
 
 PROBES = "probes"
 LM_EVAL_PREFIX = "lm_eval:"
@@ -86,9 +85,6 @@ DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about", "n_rows", *REG
 NOISE_KEYS = ("share", "kind")
 NEAR_POLICY_KEYS = ("samples", "temperature", "max_new_tokens", "scorer", "batch_size")
 NEAR_POLICY_DEFAULTS = {"samples": 4, "temperature": 0.7, "max_new_tokens": 256, "batch_size": 32}
-VARIANT_KEYS = ("name", "method", "p_bar", "method_args", "kl_to_base", "loss_schedule")
-# The training options a method entry sets (the rest of a cell's options are the grid's).
-METHOD_OPTIONS = VARIANT_KEYS[1:]
 LM_EVAL_KEYS = ("include_path", "num_fewshot", "apply_chat_template", "batch_size")
 DEFAULT_N_TRAIN = 128
 DEFAULT_N_TEST = 100
@@ -112,6 +108,7 @@ CELL_OPTIONS = {
 TRAINING_DEFAULTS = {"report_to": "none"}
 IN_MEMORY_DEFAULTS = {"logging_steps": 1, "disable_tqdm": True, "save_strategy": "no"}
 ON_DISK_DEFAULTS = {"logging_steps": 10}
+POSITIVE = Number(low=0, low_open=True)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 SPECS_DIR = Path(__file__).parent / "specs"
 
@@ -137,12 +134,14 @@ class Variant:
     loss_schedule: list[dict[str, Any]] | None = None
 
     def training_values(self) -> dict[str, Any]:
-        """The InfoSFTConfig fields of this variant (p_bar left at its default when unset)."""
-        values: dict[str, Any] = {"method": self.method, "kl_to_base": self.kl_to_base}
-        for key in ("p_bar", "method_args", "loss_schedule"):
-            if getattr(self, key) is not None:
-                values[key] = getattr(self, key)
-        return values
+        """The InfoSFTConfig fields of this variant (those unset left at their defaults)."""
+        values = {key: getattr(self, key) for key in METHOD_OPTIONS}
+        return {key: value for key, value in values.items() if value is not None}
+
+
+# The training options a method entry sets (the rest of a cell's options are the grid's).
+METHOD_OPTIONS = tuple(field.name for field in dataclasses.fields(Variant) if field.name != "name")
+VARIANT_KEYS = ("name", *METHOD_OPTIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +282,8 @@ def parse_grid(
 ) -> GridSpec:
     """The :class:`GridSpec` of a grid mapping whose relative paths are relative to
     ``base_dir``; ValueError (without the file name) for the first problem."""
+    from infosft.training.config import EPOCHS
+
     if "p_bar" in values or "method" in values:
         raise ValueError("p_bar and method belong to a method entry of grid.methods")
     _check_keys(values, TOP_KEYS, "the grid")
@@ -309,36 +310,37 @@ def parse_grid(
             )
         epochs: list[float | None] = [None]
     else:
-        epochs = [
-            _positive_number(e, "grid.epochs") for e in _list(grid.get("epochs", [1]), "epochs")
-        ]
+        epochs = _numbers(grid.get("epochs", [1]), "epochs", EPOCHS)
     tasks, n_rows = _tasks(values["tasks"], base_dir, require_data)
     spec = GridSpec(
         source=source,
         model=_resolve_model(values.get("model", DEFAULT_MODEL), base_dir),
         tasks=tasks,
         variants=_variants(grid["methods"]),
-        learning_rates=[
-            _positive_number(lr, "grid.learning_rates")
-            for lr in _list(grid["learning_rates"], "learning_rates")
-        ],
+        learning_rates=_numbers(grid["learning_rates"], "learning_rates", POSITIVE),
         epochs=epochs,
-        seeds=[_seed(s) for s in _list(grid.get("seeds", [0]), "seeds")],
+        seeds=_numbers(grid.get("seeds", [0]), "seeds", Number(whole=True, low=0)),
         prior_tasks=[
             _resolve_task(t, base_dir, "prior_tasks", allow_probes=True)
             for t in _list(values.get("prior_tasks", [PROBES]), "prior_tasks", top=True)
         ],
-        model_init_kwargs=_mapping_or_none(values.get("model_init_kwargs"), "model_init_kwargs"),
+        model_init_kwargs=check_value(
+            values.get("model_init_kwargs"), dict, "model_init_kwargs", null=True
+        ),
         lm_eval=_lm_eval_options(values.get("lm_eval"), base_dir),
         general_prompts=_resolve_file(values.get("general_prompts"), base_dir, "general_prompts"),
         heldout_text=_resolve_file(values.get("heldout_text"), base_dir, "heldout_text"),
         training=dict(training),
         lora=values.get("lora"),
-        eval_limit=_optional_count(values.get("eval_limit"), "eval_limit", "items"),
-        eval_batch_size=_optional_count(
-            values.get("eval_batch_size"), "eval_batch_size", "prompts"
+        eval_limit=check_value(
+            values.get("eval_limit"), _counts("items"), "eval_limit", null="for all"
         ),
-        keep_checkpoints=_boolean(values.get("keep_checkpoints", False), "keep_checkpoints"),
+        eval_batch_size=check_value(
+            values.get("eval_batch_size"), _counts("prompts"), "eval_batch_size", null="for all"
+        ),
+        keep_checkpoints=check_value(
+            values.get("keep_checkpoints", False), bool, "keep_checkpoints"
+        ),
         n_rows=n_rows,
     )
     for name, kind, alike in (
@@ -372,6 +374,8 @@ def check_run_options(spec: GridSpec) -> None:
         where = f"grid.methods[{index}] ({variant.name})"
         cell = dataclasses.replace(first, variant=variant.name)
         args = _training_config(spec.training_values(cell), where)
+        # The config checks kl_to_base (a number >= 0) and holds it as a float.
+        spec.variants[index] = dataclasses.replace(variant, kl_to_base=args.kl_to_base)
         # A switch at or after the end of a run never happens: the cell would be labelled with
         # a schedule it did not train with.
         shortest = min((e for e in spec.epochs if e is not None), default=None)
@@ -402,50 +406,14 @@ def _list(value: Any, key: str, top: bool = False) -> list[Any]:
     return values
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _numbers(value: Any, key: str, expected: Number) -> list[Any]:
+    """The entries of the grid's list ``key``, each checked against ``expected``."""
+    return [check_value(v, expected, f"grid.{key}[{i}]") for i, v in enumerate(_list(value, key))]
 
 
-def _positive_number(value: Any, where: str) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{where} must hold positive finite numbers, got {value!r}")
-    return float(value)
-
-
-def _seed(value: Any) -> int:
-    if not _is_number(value) or value != int(value) or value < 0:
-        raise ValueError(f"grid.seeds must hold whole numbers >= 0, got {value!r}")
-    return int(value)
-
-
-def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(
-            f"{key} must be true or false, got {value!r} (YAML 1.2 reads yes/no/on/off as text)"
-        )
-    return value
-
-
-def _optional_count(value: Any, key: str, unit: str) -> int | None:
-    if value is None:
-        return None
-    if not _is_number(value) or value != int(value) or value < 1:
-        raise ValueError(
-            f"{key} must be a positive number of {unit} (or null for all), got {value!r}"
-        )
-    return int(value)
-
-
-def _count(value: Any, where: str, unit: str) -> int:
-    if not _is_number(value) or value != int(value) or value < 1:
-        raise ValueError(f"{where} must be a positive number of {unit}, got {value!r}")
-    return int(value)
-
-
-def _mapping_or_none(value: Any, key: str) -> dict[str, Any] | None:
-    if value is not None and not isinstance(value, dict):
-        raise ValueError(f"{key} must be a mapping or null, got {value!r}")
-    return value
+def _counts(unit: str) -> Number:
+    """A positive whole number of ``unit`` ("rows", "items", ...)."""
+    return Number(whole=True, low=1, unit=unit)
 
 
 def _safe_name(value: Any, where: str) -> str:
@@ -476,16 +444,13 @@ def _variants(methods: Any) -> list[Variant]:
         extra = set(entry) - {"name", "method"}
         if "name" not in entry and extra:
             raise ValueError(f"{where} sets {', '.join(sorted(extra))}: give it a name of its own")
-        kl = entry.get("kl_to_base", 0.0)
-        if not _is_number(kl) or not math.isfinite(kl) or kl < 0:
-            raise ValueError(f"{where}.kl_to_base must be a finite number >= 0, got {kl!r}")
         variants.append(
             Variant(
                 name=_safe_name(entry.get("name", method), f"{where}.name"),
                 method=method,
                 p_bar=entry.get("p_bar"),
                 method_args=entry.get("method_args"),
-                kl_to_base=float(kl),
+                kl_to_base=entry.get("kl_to_base", 0.0),
                 loss_schedule=schedule,
             )
         )
@@ -518,9 +483,7 @@ def _tasks(
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be a built-in task name or a mapping, got {entry!r}")
         name = _safe_name(entry.get("name"), f"{where}.name")
-        about = entry.get("about", "")
-        if not isinstance(about, str):
-            raise ValueError(f"{where}.about must be text, got {about!r}")
+        about = check_value(entry.get("about", ""), str, f"{where}.about")
         if "data" not in entry:
             generator = entry.get("generator", name)
             if generator not in GENERATED_TASKS:
@@ -533,11 +496,11 @@ def _tasks(
             tasks.append(
                 TaskSpec(
                     name=name,
-                    n_train=_count(
-                        entry.get("n_train", DEFAULT_N_TRAIN), f"{where}.n_train", "rows"
+                    n_train=check_value(
+                        entry.get("n_train", DEFAULT_N_TRAIN), _counts("rows"), f"{where}.n_train"
                     ),
-                    n_test=_count(
-                        entry.get("n_test", DEFAULT_N_TEST), f"{where}.n_test", "problems"
+                    n_test=check_value(
+                        entry.get("n_test", DEFAULT_N_TEST), _counts("problems"), f"{where}.n_test"
                     ),
                     about=about,
                     generator=None if generator == name else generator,
@@ -552,16 +515,14 @@ def _tasks(
             _resolve_data(d, base_dir, f"{where}.data", require_data)
             for d in _list(entry["data"], f"{where}.data", top=True)
         ]
-        data_format = entry.get("data_format")
-        if data_format is not None and not isinstance(data_format, str):
-            raise ValueError(f"{where}.data_format must be a formatter name, got {data_format!r}")
+        data_format = check_value(entry.get("data_format"), str, f"{where}.data_format", null=True)
         if data_format is not None:
             try:
                 get_formatter(data_format)
             except ValueError as err:
                 raise ValueError(f"{where}.data_format: {err}") from None
         if entry.get("n_rows") is not None:
-            n_rows[name] = _count(entry["n_rows"], f"{where}.n_rows", "training rows")
+            n_rows[name] = check_value(entry["n_rows"], _counts("training rows"), f"{where}.n_rows")
         evals = [
             _resolve_task(e, base_dir, f"{where}.eval", allow_probes=False)
             for e in _list(entry["eval"], f"{where}.eval", top=True)
@@ -585,42 +546,45 @@ def _regime(entry: dict[str, Any], where: str, builtin: bool) -> dict[str, Any]:
     from infosft.evaluation.scorers import SCORERS
     from infosft.experiments.demonstrations import CORRUPTIONS
 
-    noise = _mapping_or_none(entry.get("noise"), f"{where}.noise")
-    near = _mapping_or_none(entry.get("near_policy"), f"{where}.near_policy")
+    noise = check_value(entry.get("noise"), dict, f"{where}.noise", null=True)
+    near = check_value(entry.get("near_policy"), dict, f"{where}.near_policy", null=True)
     if noise is not None and near is not None:
         raise ValueError(
             f"{where} sets both noise and near_policy; make them two tasks (each is one regime)"
         )
     if noise is not None:
         _check_keys(noise, NOISE_KEYS, f"{where}.noise")
-        share = noise.get("share")
-        if not _is_number(share) or not 0 < share <= 1:
-            raise ValueError(
-                f"{where}.noise.share must be the share of answers to corrupt, in (0, 1], "
-                f"got {share!r}"
-            )
-        kind = noise.get("kind", "answer")
-        if kind not in CORRUPTIONS:
-            raise ValueError(f"{where}.noise.kind must be one of {list(CORRUPTIONS)}, got {kind!r}")
-        noise = {"share": float(share), "kind": kind}
+        share = check_value(
+            noise.get("share"),
+            Number(low=0, low_open=True, high=1),
+            f"{where}.noise.share",
+            why="the share of answers to corrupt",
+        )
+        kind = check_value(
+            noise.get("kind", "answer"), Literal[tuple(CORRUPTIONS)], f"{where}.noise.kind"
+        )
+        noise = {"share": share, "kind": kind}
     if near is not None:
         _check_keys(near, NEAR_POLICY_KEYS, f"{where}.near_policy")
-        scorer = near.get("scorer", "math" if builtin else None)
-        if scorer not in SCORERS:
-            raise ValueError(
-                f"{where}.near_policy.scorer must say how a sample is checked against the "
-                f"demonstration's answer, one of {sorted(SCORERS)}; got {scorer!r}"
-            )
+        scorer = check_value(
+            near.get("scorer", "math" if builtin else None),
+            Literal[tuple(sorted(SCORERS))],
+            f"{where}.near_policy.scorer",
+            why="how a sample is checked against the demonstration's answer",
+        )
         near = {**NEAR_POLICY_DEFAULTS, **near, "scorer": scorer}
-        for key in ("samples", "max_new_tokens", "batch_size"):
-            near[key] = _count(near[key], f"{where}.near_policy.{key}", "tokens or samples")
-        temperature = near["temperature"]
-        if not _is_number(temperature) or not 0 < temperature <= 5:
-            raise ValueError(
-                f"{where}.near_policy.temperature must be in (0, 5] (samples, not greedy), got "
-                f"{temperature!r}"
-            )
-        near["temperature"] = float(temperature)
+        for key, unit in (
+            ("samples", "samples"),
+            ("max_new_tokens", "tokens"),
+            ("batch_size", "prompts"),
+        ):
+            near[key] = check_value(near[key], _counts(unit), f"{where}.near_policy.{key}")
+        near["temperature"] = check_value(
+            near["temperature"],
+            Number(low=0, low_open=True, high=5),
+            f"{where}.near_policy.temperature",
+            why="samples, not greedy",
+        )
     return {"noise": noise, "near_policy": near}
 
 
@@ -633,9 +597,7 @@ def _resolve_model(value: Any, base_dir: Path) -> str:
     candidate = base_dir / Path(value).expanduser()
     if candidate.exists():
         return str(candidate)
-    if value.strip().lower() == DEFAULT_MODEL or (
-        re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", value) and not value.startswith(".")
-    ):
+    if is_default_model(value) or is_hub_repo_id(value):
         return value
     raise FileNotFoundError(f"model directory {candidate} does not exist")
 
@@ -716,12 +678,9 @@ def _lm_eval_options(value: Any, base_dir: Path) -> dict[str, Any]:
                 raise FileNotFoundError(f"lm_eval.include_path {path} does not exist")
             resolved.append(str(path))
         options["include_path"] = resolved
-    for key in ("num_fewshot", "batch_size"):
+    for key, low in (("num_fewshot", 0), ("batch_size", 1)):
         if options.get(key) is not None:
-            low = 0 if key == "num_fewshot" else 1
-            v = options[key]
-            if not _is_number(v) or v != int(v) or v < low:
-                raise ValueError(f"lm_eval.{key} must be a whole number >= {low}, got {v!r}")
+            check_value(options[key], Number(whole=True, low=low), f"lm_eval.{key}")
     if "apply_chat_template" in options:
-        _boolean(options["apply_chat_template"], "lm_eval.apply_chat_template")
+        check_value(options["apply_chat_template"], bool, "lm_eval.apply_chat_template")
     return options

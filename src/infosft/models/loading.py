@@ -13,13 +13,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 
 # "org/name" or "name" as on the Hugging Face Hub; anything else is taken as a local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def is_hub_repo_id(name: str) -> bool:
     """Whether ``name`` is written as a Hub repository id ``org/name`` (a model's or a
     dataset's); whether it is one or a local path of that shape is the caller's to check."""
-    return bool(_HUB_REPO_ID.match(name))
+    return _HUB_REPO_ID.fullmatch(name) is not None
 
 
 def resolve_model_path(name_or_path: str) -> str:

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from trl import SFTConfig
 
+from infosft.checks import Number, check_value
 from infosft.objectives import DEFAULT_P_BAR, Scheme, check_p_bar, get_scheme
 
 WEIGHT_SOURCES = ("current", "base")
+KL_TO_BASE = Number(low=0)
+"""What ``kl_to_base`` may be: the weight of the KL anchor, 0 for none."""
 SCHEDULE_KEYS = ("method", "method_args", "until_epoch", "until_step")
+STEPS = Number(whole=True, low=1, unit="steps")
+EPOCHS = Number(low=0, low_open=True, unit="epochs")
+"""How long a run trains (fractions of an epoch allowed), or when a schedule entry ends."""
+SCHEDULE_ENDS = {"until_step": STEPS, "until_epoch": EPOCHS}
 # SFTConfig.loss_type is TRL's own loss; InfoSFT computes every scheme itself and never reads it.
 TRL_LOSS_TYPE = "nll"
 
@@ -143,16 +149,7 @@ def _ending_entry(
     where: str, entry: ScheduleEntry, key: str, given: dict[str, Any], previous: list[ScheduleEntry]
 ) -> ScheduleEntry:
     """``entry`` ending at ``given[key]``, checked to end after the previous entry."""
-    until = given[key]
-    is_number = isinstance(until, (int, float)) and not isinstance(until, bool)
-    if key == "until_step":
-        if not is_number or until != int(until) or until < 1:
-            raise ValueError(
-                f"{where}.until_step must be a whole number of steps >= 1, got {until!r}"
-            )
-        until = int(until)
-    elif not is_number or not math.isfinite(until) or until <= 0:
-        raise ValueError(f"{where}.until_epoch must be a positive number of epochs, got {until!r}")
+    until = check_value(given[key], SCHEDULE_ENDS[key], f"{where}.{key}")
     last = previous[-1] if previous else None
     if last is not None:
         last_key = "until_step" if last.until_step is not None else "until_epoch"
@@ -166,9 +163,7 @@ def _ending_entry(
                 f"{where}.{key}={until} must be later than the previous entry's "
                 f"{getattr(last, key)}"
             )
-    if key == "until_step":
-        return dataclasses.replace(entry, until_step=until)
-    return dataclasses.replace(entry, until_epoch=float(until))
+    return dataclasses.replace(entry, **{key: until})
 
 
 @dataclass
@@ -236,19 +231,9 @@ class InfoSFTConfig(SFTConfig):
         super().__post_init__()
         self.p_bar = check_p_bar(self.p_bar)
         self._check_run_length()
-        if self.method_args is not None and not isinstance(self.method_args, dict):
-            raise ValueError(
-                f"method_args must be a mapping of names to values, got {self.method_args!r}"
-            )
-        kl = self.kl_to_base
-        if isinstance(kl, bool) or not isinstance(kl, (int, float)) or not 0 <= kl < math.inf:
-            raise ValueError(f"kl_to_base must be a finite number >= 0, got {kl!r}")
-        self.kl_to_base = float(kl)
-        if self.weight_source not in WEIGHT_SOURCES:
-            raise ValueError(
-                f"weight_source must be one of {', '.join(WEIGHT_SOURCES)}, "
-                f"got {self.weight_source!r}"
-            )
+        check_value(self.method_args, dict, "method_args", null=True)
+        self.kl_to_base = check_value(self.kl_to_base, KL_TO_BASE, "kl_to_base")
+        check_value(self.weight_source, Literal[WEIGHT_SOURCES], "weight_source")
         self._schedule = self._resolve_schedule()
 
     def _resolve_schedule(self) -> list[ScheduleEntry]:
@@ -293,24 +278,14 @@ class InfoSFTConfig(SFTConfig):
             "per_device_eval_batch_size",
             "gradient_accumulation_steps",
         ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_length is not None and self.max_length < 1:
-            raise ValueError(
-                f"max_length must be at least 1 token (or null for no limit), got {self.max_length}"
-            )
-        if not self.learning_rate >= 0:
-            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(
-                f"max_steps must be a number of steps >= 1 (or -1 to train num_train_epochs), "
-                f"got {self.max_steps}"
-            )
-        if self.max_steps == -1 and not self.num_train_epochs > 0:
-            raise ValueError(
-                "num_train_epochs must be > 0 when max_steps is not set, got "
-                f"{self.num_train_epochs}"
-            )
+            check_value(getattr(self, name), Number(whole=True, low=1), name)
+        tokens = Number(whole=True, low=1, unit="tokens")
+        check_value(self.max_length, tokens, "max_length", null="for no limit")
+        check_value(self.learning_rate, Number(low=0), "learning_rate")
+        if self.max_steps != -1:
+            check_value(self.max_steps, STEPS, "max_steps", why="or -1 to train num_train_epochs")
+        else:
+            check_value(self.num_train_epochs, EPOCHS, "num_train_epochs", why="max_steps is unset")
 
     @property
     def schedule(self) -> list[ScheduleEntry]:

@@ -21,13 +21,11 @@ the file), and builds the spec; every key and value is checked there, once.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
-import types
 import typing
 from typing import TYPE_CHECKING, Any
 
+from infosft.checks import Number, check_keys, check_value
 from infosft.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -38,6 +36,12 @@ if TYPE_CHECKING:
 RUN_KEYS = ("model", "model_init_kwargs", "data", "eval_data", "data_format", "lora")
 """Keys of a run YAML that are not InfoSFTConfig fields."""
 LORA_KEYS = ("rank", "alpha", "dropout", "target_modules")
+LORA_VALUES = {
+    "rank": Number(whole=True, low=1),
+    "alpha": float,
+    "dropout": Number(low=0, high=1, high_open=True),
+}
+"""What the numeric LoRA settings may be (see :func:`infosft.checks.check_value`)."""
 CHECKPOINTING_NAMES = (
     ("activation_checkpointing", "gradient_checkpointing"),
     ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"),
@@ -154,11 +158,9 @@ class LoraSpec:
             )
         check_keys(list(value), where, list(LORA_KEYS))
         options = dict(value)
-        for key, kind in (("rank", int), ("alpha", float), ("dropout", float)):
+        for key, expected in LORA_VALUES.items():
             if key in options:
-                options[key] = _checked(f"{where}.{key}", options[key], kind)
-        if options.get("rank", 1) < 1 or not 0 <= options.get("dropout", 0.0) < 1:
-            raise ValueError(f"{where}: rank must be >= 1 and dropout in [0, 1), got {value!r}")
+                options[key] = check_value(options[key], expected, f"{where}.{key}")
         target = options.get("target_modules")
         if isinstance(target, list) and all(isinstance(t, str) for t in target):
             options["target_modules"] = tuple(target)
@@ -222,11 +224,8 @@ class RunSpec:
         if self.data_format is not None:
             from infosft.training.formats import get_formatter
 
-            if not isinstance(self.data_format, str):
-                raise ValueError(f"data_format must be a formatter name, got {self.data_format!r}")
-            get_formatter(self.data_format)
-        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
-            raise ValueError(f"model_init_kwargs must be a mapping, got {self.model_init_kwargs!r}")
+            get_formatter(check_value(self.data_format, str, "data_format"))
+        check_value(self.model_init_kwargs, dict, "model_init_kwargs", null=True)
         if self.args.model_init_kwargs is not None:
             raise ValueError(
                 "set model_init_kwargs on the RunSpec (it says how to load `model`), not on "
@@ -253,7 +252,7 @@ class RunSpec:
         check_keys(list(values), where, [*fields, *RUN_KEYS])
         run = {key: values[key] for key in RUN_KEYS if key in values}
         options = {key: value for key, value in values.items() if key not in RUN_KEYS}
-        options = {key: _checked(key, value, fields[key]) for key, value in options.items()}
+        options = {key: check_value(value, fields[key], key) for key, value in options.items()}
         check_optional_packages({**options, **run})
         if not (options.get("output_dir") or "").strip():
             raise ValueError(
@@ -366,79 +365,6 @@ def config_fields() -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(InfoSFTConfig) if f.init}
 
 
-def check_keys(keys: list[str], where: str, allowed: list[str], list_allowed: bool = False) -> None:
-    """ValueError naming each key not in ``allowed``, with the nearest valid names (and, with
-    ``list_allowed``, every allowed name: for short lists)."""
-    unknown = [key for key in keys if key not in allowed]
-    if not unknown:
-        return
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.6)
-        hints.append(f"{key!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-    listed = f"; allowed: {', '.join(allowed)}" if list_allowed else ""
-    raise ValueError(
-        f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: {'; '.join(hints)}{listed}"
-    )
-
-
-_KIND_NAMES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
-
-
-def _checked(key: str, value: Any, hint: Any) -> Any:
-    """``value`` if it fits the type annotation ``hint`` (an integral float for an int is made
-    an int); ValueError naming ``key``, the expected type and the value otherwise."""
-    if _fits(value, hint):
-        if hint is int and isinstance(value, float):
-            return int(value)
-        return value
-    raise ValueError(f"{key} must be {_describe_type(hint)}, got {value!r}")
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, member) for member in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer()
-        )
-    if hint is float:
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return is_number and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is not None:
-        hint = origin
-    if isinstance(hint, type):
-        # An enum-valued option (IntervalStrategy, SchedulerType, ...) is written as its name.
-        if issubclass(hint, str) or hint.__module__.startswith("transformers"):
-            return isinstance(value, (str, hint))
-        return isinstance(value, hint)
-    return True
-
-
-def _describe_type(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        members = [m for m in typing.get_args(hint) if m is not type(None)]
-        names = " or ".join(dict.fromkeys(_describe_type(m) for m in members))
-        return names + (" or null" if len(members) < len(typing.get_args(hint)) else "")
-    if hint in _KIND_NAMES:
-        return _KIND_NAMES[hint] + (" (finite)" if hint is float else "")
-    hint = typing.get_origin(hint) or hint
-    if hint is dict:
-        return "a mapping"
-    if hint is list:
-        return "a list"
-    return getattr(hint, "__name__", str(hint))
-
-
 def device_defaults(values: dict[str, Any]) -> dict[str, Any]:
     """Defaults that depend on the machine, for keys the user did not set in ``values``.
 
@@ -490,7 +416,7 @@ def training_config(values: dict[str, Any], where: str = "the run options") -> I
     fields = config_fields()
     values = _installed_checkpointing_names(values, fields, where)
     check_keys(list(values), where, [*fields, *RUN_KEYS])
-    options = {k: _checked(k, v, fields[k]) for k, v in values.items() if k not in RUN_KEYS}
+    options = {k: check_value(v, fields[k], k) for k, v in values.items() if k not in RUN_KEYS}
     check_optional_packages(values)
     model_init_kwargs = values.get("model_init_kwargs")
     if model_init_kwargs is not None and not isinstance(model_init_kwargs, dict):
