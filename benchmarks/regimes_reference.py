@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--output", help="default: the packaged regimes_reference.json")
     args = parser.parse_args()
 
-    from infosft.experiments.grid_runner import Plan
     from infosft.experiments.grid import Cell, demo_spec_path, read_grid
+    from infosft.experiments.grid_runner import Plan
     from infosft.experiments.inspect import (
         LOW_Q,
         REGIMES_REFERENCE,

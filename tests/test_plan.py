@@ -140,7 +140,8 @@ def test_plan_takes_hub_row_counts_from_n_rows(nothing_loads, capsys, tmp_path):
     [
         (["--plan", "--step-seconds", "0"], "--step-seconds must be the positive seconds"),
         (["--plan", "--step-seconds", "nan"], "--step-seconds must be the positive seconds"),
-        (["--step-seconds", "5"], "use it with --plan"),
+        (["--step-seconds", "5"], "use them with --plan"),
+        (["--plan", "--measure-seconds", "5"], "--measure-seconds needs --step-seconds"),
     ],
 )
 def test_bad_step_seconds_is_one_line(capsys, tmp_path, args, message):
