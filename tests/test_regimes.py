@@ -178,21 +178,3 @@ def test_task_epochs_and_max_steps_together_are_refused(tmp_path, tiny_model_dir
     with pytest.raises(ValueError, match=r"set their own epochs; keep one"):
         read_grid(path)
 
-
-def test_the_full_demo_names_the_five_regimes_each_with_its_reason():
-    from infosft.experiments.grid import demo_spec_path
-
-    spec = read_grid(demo_spec_path(full=True))
-    names = [t.name for t in spec.tasks]
-    assert names == [
-        "arith_chain",
-        "word_problems",
-        "word_problems-own",
-        "word_problems-noisy",
-        "word_problems-few",
-    ]
-    assert all(t.about and t.n_test >= 200 for t in spec.tasks)
-    assert spec.task("word_problems-own").near_policy["scorer"] == "math"
-    assert spec.task("word_problems-noisy").noise == {"share": 0.25, "kind": "answer"}
-    assert spec.task("word_problems-few").epochs == (1.0, 4.0, 16.0)
-    assert len(spec.seeds) == 3 and len(spec.learning_rates) == 3

@@ -83,27 +83,9 @@ TOP_KEYS = (
 GRID_KEYS = ("methods", "learning_rates", "epochs", "seeds")
 # What a task may turn its demonstrations into (infosft.experiments.demonstrations).
 REGIME_KEYS = ("noise", "near_policy")
-# A task's own training lengths (epochs), in place of grid.epochs for its cells.
-TASK_EPOCHS_KEY = "epochs"
-BUILTIN_TASK_KEYS = (
-    "name",
-    "generator",
-    "n_train",
-    "n_test",
-    "about",
-    *REGIME_KEYS,
-    TASK_EPOCHS_KEY,
-)
-DATA_TASK_KEYS = (
-    "name",
-    "data",
-    "data_format",
-    "eval",
-    "about",
-    "n_rows",
-    *REGIME_KEYS,
-    TASK_EPOCHS_KEY,
-)
+# "epochs": a task's own training lengths, in place of grid.epochs for its cells.
+BUILTIN_TASK_KEYS = ("name", "generator", "n_train", "n_test", "about", "epochs", *REGIME_KEYS)
+DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about", "n_rows", "epochs", *REGIME_KEYS)
 NOISE_KEYS = ("share", "kind")
 NEAR_POLICY_KEYS = ("samples", "temperature", "max_new_tokens", "scorer", "batch_size")
 NEAR_POLICY_DEFAULTS = {"samples": 4, "temperature": 0.7, "max_new_tokens": 256, "batch_size": 32}
@@ -680,10 +662,10 @@ def _regime(entry: dict[str, Any], where: str, builtin: bool) -> dict[str, Any]:
 
 def _task_epochs(entry: dict[str, Any], where: str) -> tuple[float, ...] | None:
     """A task's own ``epochs`` (a number or a list), checked like ``grid.epochs``."""
-    if entry.get(TASK_EPOCHS_KEY) is None:
+    values = entry.get("epochs")
+    if values is None:
         return None
     key = f"{where}.epochs"
-    values = entry[TASK_EPOCHS_KEY]
     epochs = [_positive_number(e, key) for e in (values if isinstance(values, list) else [values])]
     if not epochs:
         raise ValueError(f"{key} must list at least one number of epochs (or be left out)")
