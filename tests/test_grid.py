@@ -272,8 +272,6 @@ def test_the_full_demo_runs_the_protocol_on_five_regimes_each_with_its_reason():
     assert spec.task("word_problems-own").near_policy["scorer"] == "math"
     assert spec.task("word_problems-noisy").noise == {"share": 0.25, "kind": "answer"}
     assert spec.task("word_problems-few").epochs == (1.0, 4.0, 16.0)
-    variants = {v.name: v for v in spec.variants}
-    assert {"nll", "infosft"} <= set(variants)
-    assert any(v.loss_schedule for v in variants.values())
+    assert {v.name for v in spec.variants} >= {"nll", "infosft"}
     assert max(spec.learning_rates) / min(spec.learning_rates) >= 10 * (1 - 1e-9)
     assert len(spec.seeds) == 3

@@ -111,13 +111,14 @@ def test_plan_adds_each_cells_measuring_to_the_training_time(nothing_loads, caps
     (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 10)
     out = plan(capsys, "--config", path, "--step-seconds", 360, "--measure-seconds", 900)
     # 11 steps x 360 s = 1.1 h of training, and 2 cells x 900 s = 0.5 h of measuring
-    assert "1.1 h of training + 2 cells x 900 s of measuring (--measure-seconds) = 1.60 h" in out
+    assert "11 steps x 360 s/step (--step-seconds) = 1.1 h of training + 2 cells x 900 s" in out
+    assert "of measuring (--measure-seconds) = 1.60 h in one job" in out
 
 
 def test_demo_full_plan_prints_its_cells_and_their_time_on_a_cpu(nothing_loads, capsys, tmp_path):
     assert main(["demo", "--full", "--plan", "--output-dir", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "cells: 189 = 7 (task, length) pair(s) of 5 task(s) x 3 method(s)" in out
+    assert "cells: 126 = 7 (task, length) pair(s) of 5 task(s) x 2 method(s)" in out
     assert "word_problems-few,infosft,lr0.0003,ep16,seed2" in out
     assert "time to run (estimate)" in out
 

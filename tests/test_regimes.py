@@ -177,4 +177,3 @@ def test_task_epochs_and_max_steps_together_are_refused(tmp_path, tiny_model_dir
     )
     with pytest.raises(ValueError, match=r"set their own epochs; keep one"):
         read_grid(path)
-

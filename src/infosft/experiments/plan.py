@@ -212,16 +212,18 @@ def plan_text(
         )
         return "\n".join(lines)
     hours = gpu_hours(steps_to_run, step_seconds)
+    if measure_seconds is not None:
+        total = hours + to_run * measure_seconds / 3600
+        lines.append(
+            f"time to run (estimate): {steps_to_run} steps x {step_seconds:g} s/step "
+            f"(--step-seconds) = {hours:.3g} h of training + {to_run} cells x "
+            f"{measure_seconds:g} s of measuring (--measure-seconds) = {total:.2f} h in one job; "
+            "sampling near-policy answers and measuring the base come on top"
+        )
+        return "\n".join(lines)
     lines.append(
         f"GPU-hours (estimate): {steps_to_run} steps x {step_seconds:g} s/step (--step-seconds) "
         f"/ 3600 = {hours:.3g} (each cell on one GPU); training only: model loading and the "
         "evaluation of each cell come on top"
     )
-    if measure_seconds is not None:
-        total = hours + to_run * measure_seconds / 3600
-        lines.append(
-            f"time to run (estimate): {hours:.3g} h of training + {to_run} cells x "
-            f"{measure_seconds:g} s of measuring (--measure-seconds) = {total:.2f} h in one "
-            "job; sampling near-policy answers and measuring the base come on top"
-        )
     return "\n".join(lines)
