@@ -4,13 +4,16 @@
         [--output src/infosft/experiments/specs/regimes_reference.json]
 
 For each built-in task of the demo's grid spec (``infosft demo``; ``--full``: its full-mode
-spec), the training demonstrations the demo trains on (its first seed) are prepared as the
-demo's training prepares them and scored with the demo's base model; the numbers are those
-``infosft inspect`` prints for the user's data (``infosft.experiments.inspect``): median q,
-the share of target tokens with q >= p_bar and with q < 0.05, and each registered scheme's mean
-weight. With ``--results`` (a demo's results.json), each task also gets the demo's measured base
-accuracy and its verdict sentences; without it they are null and inspect prints "not measured
-yet". Prints the table it wrote.
+spec, whose five regimes include the base model's own answers, reused from the run's
+``demonstrations/`` beside ``--results``), the training demonstrations the demo trains on (its
+first seed) are prepared as the demo's training prepares them and scored with the demo's base
+model; the numbers are those ``infosft inspect`` prints for the user's data
+(``infosft.experiments.inspect``): median q, the share of target tokens with q >= p_bar and with
+q < 0.05, and each registered scheme's mean weight. With ``--results`` (a demo's
+results.json), each task also gets the demo's measured base accuracy and its verdict sentences;
+without it they are null and inspect prints "not measured yet". Prints the table it wrote. The
+reference is written anew, without a ``when_to_use`` test: run benchmarks/when_to_use.py on the
+same results.json next.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import datetime
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +74,10 @@ def main() -> None:
     model, tokenizer = load_model_and_tokenizer(
         grid.model, **(grid.model_init_kwargs or {"dtype": "float32"})
     )
+    # Near-policy tasks train on the base's own answers: those the run sampled (kept beside its
+    # results.json), else sampled now.
+    own = Path(args.results).parent if args.results else Path(tempfile.mkdtemp())
+    plan.make_own_answers(model, tokenizer, own / "demonstrations", print)
     tasks = {}
     for task in grid.tasks:
         if not task.builtin:

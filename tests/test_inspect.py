@@ -333,3 +333,37 @@ def test_scoring_rows_leaves_the_model_fit_to_be_copied_and_trained(tiny_model_d
     spec = RunSpec.from_dict({**values, "data": Dataset.from_list(rows)})
     trainer = build_trainer(spec, model=copy.deepcopy(model), tokenizer=tokenizer)
     assert trainer.train().training_loss > 0
+
+
+MINE_NEAR_STRONG = {
+    "median_q": 0.6,
+    "share_q_ge_p_bar": 0.28,
+    "share_q_lt_low": 0.22,
+    "mean_weight": {"infosft": 0.17},
+}
+
+
+def test_the_nearest_regime_is_the_one_at_the_smallest_euclidean_distance_in_q_statistics():
+    regimes = {name: insp.regime_statistics(t) for name, t in REFERENCE["tasks"].items()}
+    # float64 by hand: (0.28-0.5)^2 + (0.22-0.05)^2 + (0.17-0.15)^2 = 0.0777 against
+    # (0.28-0.3)^2 + (0.22-0.2)^2 + (0.17-0.18)^2 = 0.0009
+    assert insp.nearest_regime(insp.regime_statistics(MINE_NEAR_STRONG), regimes) == "strong"
+    assert insp.nearest_regime(regimes["weak"], regimes) == "weak"
+
+
+def test_without_a_supporting_test_the_closest_regime_is_named_but_no_verdict_is_predicted():
+    for test in (None, {"supported": False, "regimes": {"strong": {"label": "nll ahead"}}}):
+        reference = {**REFERENCE, **({"when_to_use": test} if test else {})}
+        line = insp.closest_regime_line(reference, MINE_NEAR_STRONG)
+        assert line.startswith("closest to strong in q statistics;")
+        assert "do not support predicting the verdict" in line and "nll ahead" not in line
+        text = "\n".join(insp.format_regimes(reference, P_BAR, MINE_NEAR_STRONG))
+        assert line in text
+
+
+def test_a_supporting_test_carries_the_closest_regimes_measured_verdict():
+    test = {"supported": True, "summary": "rho 1.0", "regimes": {"strong": {"label": "nll ahead"}}}
+    line = insp.closest_regime_line({**REFERENCE, "when_to_use": test}, MINE_NEAR_STRONG)
+    assert line == (
+        "closest to strong in q statistics, where the measured verdict was: nll ahead (rho 1.0)"
+    )

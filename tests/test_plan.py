@@ -102,6 +102,27 @@ def test_plan_counts_steps_and_gpu_hours_from_the_step_time(nothing_loads, capsy
     assert "= 1.1 (each cell on one GPU)" in out  # 11 steps x 360 s / 3600 s per hour
 
 
+def test_plan_adds_each_cells_measuring_to_the_training_time(nothing_loads, capsys, tmp_path):
+    path = write_grid(
+        tmp_path,
+        grid={"methods": ["nll"], "learning_rates": [1e-4], "epochs": [1, 2.5]},
+        training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2},
+    )
+    (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 10)
+    out = plan(capsys, "--config", path, "--step-seconds", 360, "--measure-seconds", 900)
+    # 11 steps x 360 s = 1.1 h of training, and 2 cells x 900 s = 0.5 h of measuring
+    assert "11 steps x 360 s/step (--step-seconds) = 1.1 h of training + 2 cells x 900 s" in out
+    assert "of measuring (--measure-seconds) = 1.60 h in one job" in out
+
+
+def test_demo_full_plan_prints_its_cells_and_their_time_on_a_cpu(nothing_loads, capsys, tmp_path):
+    assert main(["demo", "--full", "--plan", "--output-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "cells: 126 = 7 (task, length) pair(s) of 5 task(s) x 2 method(s)" in out
+    assert "word_problems-few,infosft,lr0.0003,ep16,seed2" in out
+    assert "time to run (estimate)" in out
+
+
 def test_plan_leaves_cells_finished_in_the_output_dir_out_of_the_hours(capsys, tmp_path):
     path = write_grid(tmp_path, grid={"methods": ["nll"], "learning_rates": [1e-4, 1e-3]})
     (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 8)
@@ -140,7 +161,8 @@ def test_plan_takes_hub_row_counts_from_n_rows(nothing_loads, capsys, tmp_path):
     [
         (["--plan", "--step-seconds", "0"], "--step-seconds must be the positive seconds"),
         (["--plan", "--step-seconds", "nan"], "--step-seconds must be the positive seconds"),
-        (["--step-seconds", "5"], "use it with --plan"),
+        (["--step-seconds", "5"], "use them with --plan"),
+        (["--plan", "--measure-seconds", "5"], "--measure-seconds needs --step-seconds"),
     ],
 )
 def test_bad_step_seconds_is_one_line(capsys, tmp_path, args, message):

@@ -132,3 +132,54 @@ def test_an_unknown_generator_is_named(tmp_path, tiny_model_dir):
     path = write_grid(tmp_path, tiny_model_dir, tasks=[{"name": "x", "generator": "nope"}])
     with pytest.raises(ValueError, match=r"tasks\[0\].generator: 'nope' is not a built-in task"):
         read_grid(path)
+
+
+def test_a_task_with_its_own_epochs_runs_those_lengths_and_the_others_the_grids(
+    tmp_path, tiny_model_dir
+):
+    tasks = [SUMS, {**SUMS, "name": "few", "epochs": [1, 4, 16]}]
+    grid = {"methods": ["nll"], "learning_rates": [1e-3], "epochs": [2], "seeds": [0]}
+    spec = read_grid(write_grid(tmp_path, tiny_model_dir, tasks=tasks, grid=grid))
+    lengths = {(c.task, c.epochs) for c in spec.cells()}
+    assert lengths == {("sums", 2.0), ("few", 1.0), ("few", 4.0), ("few", 16.0)}
+    assert spec.size().startswith("4 = 4 (task, length) pair(s) of 2 task(s) x 1 method(s)")
+
+
+def test_a_tasks_own_epochs_leave_the_cells_of_the_grids_lengths_as_they_were(
+    tmp_path, tiny_model_dir
+):
+    """A cell of the same length is the same cell, with or without the task's own list."""
+    grid = {"methods": ["nll"], "learning_rates": [1e-3], "epochs": [1], "seeds": [0]}
+    prints = []
+    for task in (SUMS, {**SUMS, "epochs": [1, 4]}):
+        path = write_grid(tmp_path / str(len(task)), tiny_model_dir, tasks=[task], grid=grid)
+        plan = grid_runner.Plan(read_grid(path))
+        cell = next(c for c in plan.spec.cells() if c.epochs == 1)
+        prints.append(plan.cell_fingerprint(cell))
+    assert prints[0] == prints[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": [1, 0]}, r"tasks\[0\].epochs must hold positive finite numbers"),
+        ({"epochs": [4, 4.0]}, r"tasks\[0\].epochs lists 4 twice"),
+        ({"epochs": []}, r"tasks\[0\].epochs must list at least one"),
+    ],
+)
+def test_bad_task_epochs_are_refused_in_one_line(tmp_path, tiny_model_dir, change, message):
+    path = write_grid(tmp_path, tiny_model_dir, tasks=[{**SUMS, **change}])
+    with pytest.raises(ValueError, match=message):
+        read_grid(path)
+
+
+def test_task_epochs_and_max_steps_together_are_refused(tmp_path, tiny_model_dir):
+    path = write_grid(
+        tmp_path,
+        tiny_model_dir,
+        tasks=[{**SUMS, "epochs": [2]}],
+        grid={"methods": ["nll"], "learning_rates": [1e-3]},
+        training={"per_device_train_batch_size": 2, "max_length": 64, "max_steps": 3},
+    )
+    with pytest.raises(ValueError, match=r"set their own epochs; keep one"):
+        read_grid(path)

@@ -32,6 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="with --plan: seconds per optimizer step measured on your GPU, for the GPU-hours",
     )
+    parser.add_argument(
+        "--measure-seconds",
+        type=float,
+        metavar="M",
+        help="with --plan and --step-seconds: seconds to measure one tuned cell (a compare "
+        "progress line's 'measuring'), for the whole run's time",
+    )
     # Several jobs sharing one grid (infosft.experiments.claims).
     parser.add_argument(
         "--job-id",
@@ -58,8 +65,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plan:
         return print_plan(args)
-    if args.step_seconds is not None:
-        raise ValueError("--step-seconds estimates GPU-hours; use it with --plan")
+    if args.step_seconds is not None or args.measure_seconds is not None:
+        raise ValueError("--step-seconds and --measure-seconds estimate time; use them with --plan")
     import datasets
 
     from infosft.experiments.claims import STALE_AFTER_SECONDS
@@ -89,5 +96,6 @@ def print_plan(args: argparse.Namespace) -> int:
     from infosft.experiments.plan import plan_text
 
     spec = read_grid(args.config, require_data=False)
-    print(plan_text(spec, check_output_dir(args.output_dir), args.step_seconds))
+    output_dir = check_output_dir(args.output_dir)
+    print(plan_text(spec, output_dir, args.step_seconds, args.measure_seconds))
     return 0

@@ -20,6 +20,8 @@ the package (``infosft demo --print-spec`` shows it). Paths are relative to the 
       - name: words-own                 #   answers that agree with the demonstration's
         generator: word_problems        #   (samples, temperature, max_new_tokens, batch_size,
         near_policy: {samples: 4, scorer: math}  # scorer: math | choice | exact)
+      - {name: words-few, generator: word_problems, n_train: 32,
+         epochs: [1, 4, 16]}            # its own training lengths, in place of grid.epochs
     prior_tasks: [probes]               # retention items: the built-in probes, task YAMLs,
                                         # registered tasks, lm_eval:NAME (lm-evaluation-harness)
     lm_eval: {include_path: null, num_fewshot: null, apply_chat_template: false, batch_size: 8}
@@ -80,8 +82,9 @@ TOP_KEYS = (
 GRID_KEYS = ("methods", "learning_rates", "epochs", "seeds")
 # What a task may turn its demonstrations into (infosft.experiments.demonstrations).
 REGIME_KEYS = ("noise", "near_policy")
-BUILTIN_TASK_KEYS = ("name", "generator", "n_train", "n_test", "about", *REGIME_KEYS)
-DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about", "n_rows", *REGIME_KEYS)
+# "epochs": a task's own training lengths, in place of grid.epochs for its cells.
+BUILTIN_TASK_KEYS = ("name", "generator", "n_train", "n_test", "about", "epochs", *REGIME_KEYS)
+DATA_TASK_KEYS = ("name", "data", "data_format", "eval", "about", "n_rows", "epochs", *REGIME_KEYS)
 NOISE_KEYS = ("share", "kind")
 NEAR_POLICY_KEYS = ("samples", "temperature", "max_new_tokens", "scorer", "batch_size")
 NEAR_POLICY_DEFAULTS = {"samples": 4, "temperature": 0.7, "max_new_tokens": 256, "batch_size": 32}
@@ -163,6 +166,8 @@ class TaskSpec:
     near_policy: dict[str, Any] | None = None
     """``{"samples", "temperature", "max_new_tokens", "scorer", "batch_size"}``: the base
     model's own accepted answers replace the demonstrations."""
+    epochs: tuple[float, ...] | None = None
+    """The task's own training lengths; None: the grid's ``epochs``."""
 
     @property
     def builtin(self) -> bool:
@@ -227,15 +232,34 @@ class GridSpec:
 
     def cells(self) -> list[Cell]:
         """Every cell: seeds outermost (a finished seed has whole fronts), then tasks, methods,
-        learning rates and epochs."""
+        learning rates and epochs (the task's own, else the grid's)."""
         return [
             Cell(task.name, variant.name, lr, epochs, seed)
             for seed in self.seeds
             for task in self.tasks
             for variant in self.variants
             for lr in self.learning_rates
-            for epochs in self.epochs
+            for epochs in self.task_epochs(task)
         ]
+
+    def task_epochs(self, task: TaskSpec) -> list[float | None]:
+        """The training lengths of ``task``'s cells: its own ``epochs``, else the grid's."""
+        return list(task.epochs) if task.epochs is not None else self.epochs
+
+    def size(self) -> str:
+        """How many cells, and what multiplies to that many, e.g. ``"36 = 2 task(s) x 1
+        length(s) x 2 method(s) x 3 learning rate(s) x 3 seed(s)"``; with tasks of their own
+        lengths, the (task, length) pairs take the place of tasks x lengths."""
+        pairs = sum(len(self.task_epochs(task)) for task in self.tasks)
+        if all(task.epochs is None for task in self.tasks):
+            lengths = f"{len(self.tasks)} task(s) x {len(self.epochs)} length(s)"
+        else:
+            lengths = f"{pairs} (task, length) pair(s) of {len(self.tasks)} task(s)"
+        count = pairs * len(self.variants) * len(self.learning_rates) * len(self.seeds)
+        return (
+            f"{count} = {lengths} x {len(self.variants)} method(s) x "
+            f"{len(self.learning_rates)} learning rate(s) x {len(self.seeds)} seed(s)"
+        )
 
     def task(self, name: str) -> TaskSpec:
         return next(t for t in self.tasks if t.name == name)
@@ -312,6 +336,12 @@ def parse_grid(
     else:
         epochs = _numbers(grid.get("epochs", [1]), "epochs", EPOCHS)
     tasks, n_rows = _tasks(values["tasks"], base_dir, require_data)
+    own_lengths = [t.name for t in tasks if t.epochs is not None]
+    if own_lengths and epochs == [None]:
+        raise ValueError(
+            f"training.max_steps sets every cell's length, and task(s) {', '.join(own_lengths)} "
+            "set their own epochs; keep one (max_steps would silently override the epochs)"
+        )
     spec = GridSpec(
         source=source,
         model=_resolve_model(values.get("model", DEFAULT_MODEL), base_dir),
@@ -378,7 +408,8 @@ def check_run_options(spec: GridSpec) -> None:
         spec.variants[index] = dataclasses.replace(variant, kl_to_base=args.kl_to_base)
         # A switch at or after the end of a run never happens: the cell would be labelled with
         # a schedule it did not train with.
-        shortest = min((e for e in spec.epochs if e is not None), default=None)
+        lengths = [e for task in spec.tasks for e in spec.task_epochs(task) if e is not None]
+        shortest = min(lengths, default=None)
         try:
             check_schedule_fits(args.schedule, epochs=shortest, trained="cells train")
         except ValueError as err:
@@ -505,6 +536,7 @@ def _tasks(
                     about=about,
                     generator=None if generator == name else generator,
                     **_regime(entry, where, builtin=True),
+                    epochs=_task_epochs(entry, where),
                 )
             )
             continue
@@ -535,6 +567,7 @@ def _tasks(
                 tuple(dict.fromkeys(evals)),
                 about=about,
                 **_regime(entry, where, builtin=False),
+                epochs=_task_epochs(entry, where),
             )
         )
     _distinct_names([t.name for t in tasks], "tasks", "give each task its own name")
@@ -586,6 +619,22 @@ def _regime(entry: dict[str, Any], where: str, builtin: bool) -> dict[str, Any]:
             why="samples, not greedy",
         )
     return {"noise": noise, "near_policy": near}
+
+
+def _task_epochs(entry: dict[str, Any], where: str) -> tuple[float, ...] | None:
+    """A task's own ``epochs`` (a number or a list), checked like ``grid.epochs``."""
+    values = entry.get("epochs")
+    if values is None:
+        return None
+    key = f"{where}.epochs"
+    listed = values if isinstance(values, list) else [values]
+    epochs = [float(check_value(e, POSITIVE, f"{key}[{i}]")) for i, e in enumerate(listed)]
+    if not epochs:
+        raise ValueError(f"{key} must list at least one number of epochs (or be left out)")
+    twice = next((e for e in epochs if epochs.count(e) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{key} lists {exact_number(twice)} twice; list each length once")
+    return tuple(epochs)
 
 
 def _resolve_model(value: Any, base_dir: Path) -> str:

@@ -271,9 +271,10 @@ class Plan:
             # Its identity: a file copied or renamed to another cell's name is not that cell.
             "cell": cell.name,
             **self._model_parts(),
-            # The description is a label; data and evaluation files count by their content.
+            # The description is a label; data and evaluation files count by their content;
+            # the task's own epochs are the cell's length, counted in its training settings.
             "task settings": _digest(
-                {k: v for k, v in task.items() if k not in ("about", "data", "evals")}
+                {k: v for k, v in task.items() if k not in ("about", "data", "evals", "epochs")}
             ),
             "training data": self._rows_digest(self.spec.task(cell.task), cell.seed),
             "training settings": _digest(
@@ -506,9 +507,7 @@ def run_grid(
     if spec.keep_checkpoints:
         _stale_models(plan, output_dir / "runs", done)
     log(
-        f"{title}: {len(cells)} cells ({len(spec.tasks)} task(s) x {len(spec.variants)} "
-        f"method(s) x {len(spec.learning_rates)} learning rate(s) x {len(spec.epochs)} length(s) "
-        f"x {len(spec.seeds)} seed(s)), {len(done)} finished before; results in {output_dir} "
+        f"{title}: cells {spec.size()}; {len(done)} finished before; results in {output_dir} "
         f"(job {claims.job})"
     )
     cells_dir.mkdir(parents=True, exist_ok=True)

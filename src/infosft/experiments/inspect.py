@@ -10,7 +10,8 @@ than q (eaft's top-K entropy, talr's micro-batch statistic). From them:
 
 - the distribution of q (shares per q bin, quantiles);
 - the share of total weight each scheme puts on each q bin, and its mean weight;
-- where the data sits between the demo's two regimes (:data:`REGIMES_REFERENCE`);
+- where the data sits among the demo's regimes (:data:`REGIMES_REFERENCE`), and which one it is
+  closest to in q statistics (a verdict only as far as the stored test supports it);
 - the lowest-q tokens shown in context (what plain SFT would push hardest on);
 - how InfoSFT's weight mass moves between q ranges as p_bar changes.
 """
@@ -286,6 +287,58 @@ def regime_numbers(
     }
 
 
+# The q statistics that place data among the measured regimes (the README's table), each a
+# share or mean in [0, 1], read from regime_numbers' output.
+REGIME_STATISTICS = ("share_q_ge_p_bar", "share_q_lt_low", "mean_infosft_weight")
+
+
+def regime_statistics(numbers: Mapping[str, Any]) -> dict[str, float]:
+    """:data:`REGIME_STATISTICS` of :func:`regime_numbers` output (or a reference task's)."""
+    return {
+        "share_q_ge_p_bar": float(numbers["share_q_ge_p_bar"]),
+        "share_q_lt_low": float(numbers["share_q_lt_low"]),
+        "mean_infosft_weight": float(numbers["mean_weight"]["infosft"]),
+    }
+
+
+def nearest_regime(mine: Mapping[str, float], regimes: Mapping[str, Mapping[str, float]]) -> str:
+    """The regime whose :func:`regime_statistics` are nearest to ``mine`` (Euclidean; the
+    statistics share one [0, 1] scale, so none is rescaled); the first of equals."""
+    if not regimes:
+        raise ValueError("no measured regime to compare with")
+
+    def distance(theirs: Mapping[str, float]) -> float:
+        return sum((mine[k] - theirs[k]) ** 2 for k in REGIME_STATISTICS) ** 0.5
+
+    return min(regimes, key=lambda name: distance(regimes[name]))
+
+
+def closest_regime_line(reference: Mapping[str, Any], mine: Mapping[str, Any]) -> str | None:
+    """Which measured regime the data is closest to in q statistics, and whether the stored test
+    (``reference["when_to_use"]``, benchmarks/when_to_use.py) supports reading the verdict off
+    that: only when its ``supported`` is true does the line carry that regime's verdict."""
+    tasks = {
+        name: regime_statistics(task)
+        for name, task in reference.get("tasks", {}).items()
+        if "infosft" in task.get("mean_weight", {})
+    }
+    if not tasks or "infosft" not in mine.get("mean_weight", {}):
+        return None
+    closest = nearest_regime(regime_statistics(mine), tasks)
+    test = reference.get("when_to_use") or {}
+    if test.get("supported") is not True:
+        return (
+            f"closest to {closest} in q statistics; the measured regimes do not support "
+            "predicting the verdict from q statistics (see README, When to use InfoSFT), so "
+            "this is no prediction: measure it on your data (infosft compare)"
+        )
+    verdict = test.get("regimes", {}).get(closest, {}).get("label", NOT_MEASURED)
+    return (
+        f"closest to {closest} in q statistics, where the measured verdict was: {verdict} "
+        f"({test.get('summary', 'see README, When to use InfoSFT')})"
+    )
+
+
 def lowest_q_tokens(
     examples: Sequence[ScoredExample], tokenizer: Any, k: int = 10, context: int = 12
 ) -> list[dict[str, Any]]:
@@ -450,6 +503,8 @@ def format_regimes(
     for name, task in tasks.items():
         lines.append(f"  {name} ({task.get('regime', '')}):")
         lines += [f"    {verdict}" for verdict in task.get("verdicts") or [NOT_MEASURED]]
+    closest = closest_regime_line(reference, mine) if mine is not None else None
+    lines += ["", closest] if closest else []
     lines += [
         "",
         "How to read this: q is the model's probability of each target token before training.",

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from infosft.experiments.fronts import exact_number
 from infosft.experiments.grid import LM_EVAL_PREFIX, METHOD_OPTIONS, Cell, GridSpec, TaskSpec
 from infosft.files import read_text
 
@@ -98,15 +99,22 @@ def _variant_line(spec: GridSpec, name: str) -> str:
 
 
 def plan_text(
-    spec: GridSpec, output_dir: str | Path | None = None, step_seconds: float | None = None
+    spec: GridSpec,
+    output_dir: str | Path | None = None,
+    step_seconds: float | None = None,
+    measure_seconds: float | None = None,
 ) -> str:
     """The plan of a grid as text: cells, what they load, optimizer steps, finished cells in
-    ``output_dir`` and, with ``step_seconds`` (seconds per optimizer step), GPU-hours."""
-    if step_seconds is not None and not (math.isfinite(step_seconds) and step_seconds > 0):
-        raise ValueError(
-            f"--step-seconds must be the positive seconds one optimizer step takes, got "
-            f"{step_seconds}"
-        )
+    ``output_dir`` and, with ``step_seconds`` (seconds per optimizer step), GPU-hours; with
+    ``measure_seconds`` too (seconds to measure one tuned cell), the whole run's time."""
+    for value, flag, what in (
+        (step_seconds, "--step-seconds", "one optimizer step takes"),
+        (measure_seconds, "--measure-seconds", "measuring one cell takes"),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be the positive seconds {what}, got {value}")
+    if measure_seconds is not None and step_seconds is None:
+        raise ValueError("--measure-seconds needs --step-seconds: the run's time is both")
     cells = spec.cells()
     args = _training_args(spec, cells[0])
     batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
@@ -132,6 +140,15 @@ def plan_text(
             lines.append(f"  eval: {', '.join(task.evals)}")
         count = "?" if rows[task.name] is None else rows[task.name]
         lines.append(f"  training rows: {count} ({where})")
+        if task.near_policy is not None:
+            lines.append(
+                "  near_policy: trains on the prompts with an accepted sample of the model's "
+                "own, fewer rows than these (steps below are an upper bound)"
+            )
+        if task.noise is not None:
+            lines.append(f"  noise: {task.noise['share']:g} of the answers made wrong, per seed")
+        if task.epochs is not None:
+            lines.append(f"  epochs: {', '.join(map(exact_number, task.epochs))} (its own)")
     lines.append(f"prior tasks: {', '.join(spec.prior_tasks)}")
     if any(t.startswith(LM_EVAL_PREFIX) for t in [*spec.prior_tasks, *evals]):
         options = json.dumps(spec.lm_eval) if spec.lm_eval else "lm-eval's defaults"
@@ -143,12 +160,7 @@ def plan_text(
         lines.append("steps: unknown, packing: true packs rows by their token lengths")
 
     cells_dir = Path(output_dir) / CELLS_DIR if output_dir is not None else None
-    sizes = (
-        f"{len(spec.tasks)} task(s) x {len(spec.variants)} method(s) x "
-        f"{len(spec.learning_rates)} learning rate(s) x {len(spec.epochs)} length(s) x "
-        f"{len(spec.seeds)} seed(s)"
-    )
-    lines += ["", f"cells: {len(cells)} = {sizes}"]
+    lines += ["", f"cells: {spec.size()}"]
     lines.append(f"  {'cell':<50} {'steps':>8}  status")
     to_run, steps_to_run, unknown = 0, 0, []
     for cell in cells:
@@ -196,6 +208,15 @@ def plan_text(
         )
         return "\n".join(lines)
     hours = gpu_hours(steps_to_run, step_seconds)
+    if measure_seconds is not None:
+        total = hours + to_run * measure_seconds / 3600
+        lines.append(
+            f"time to run (estimate): {steps_to_run} steps x {step_seconds:g} s/step "
+            f"(--step-seconds) = {hours:.3g} h of training + {to_run} cells x "
+            f"{measure_seconds:g} s of measuring (--measure-seconds) = {total:.2f} h in one job; "
+            "sampling near-policy answers and measuring the base come on top"
+        )
+        return "\n".join(lines)
     lines.append(
         f"GPU-hours (estimate): {steps_to_run} steps x {step_seconds:g} s/step (--step-seconds) "
         f"/ 3600 = {hours:.3g} (each cell on one GPU); training only: model loading and the "

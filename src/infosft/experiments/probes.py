@@ -258,3 +258,388 @@ PROBES: tuple[Probe, ...] = (
     _probe("Answer with one word: what is the color of the sky at night?", "black", "dark"),
     _probe("What is a young frog called?", "tadpole", "froglet"),
 )
+
+# More retention items, written as tables of one question shape each (the same kinds of prior
+# capability as above: facts, word knowledge, everyday reasoning; no multiplication, division
+# or chains, which the built-in tasks train). Appended, so that earlier probes keep their ids.
+_CAPITALS = (
+    ("Switzerland", "Bern"),
+    ("Turkey", "Ankara"),
+    ("Chile", "Santiago"),
+    ("Colombia", "Bogota", "Bogotá"),
+    ("Venezuela", "Caracas"),
+    ("Ukraine", "Kyiv", "Kiev"),
+    ("Romania", "Bucharest"),
+    ("Bulgaria", "Sofia"),
+    ("Serbia", "Belgrade"),
+    ("Croatia", "Zagreb"),
+    ("Iceland", "Reykjavik", "Reykjavík"),
+    ("Indonesia", "Jakarta"),
+    ("the Philippines", "Manila"),
+    ("Vietnam", "Hanoi"),
+    ("Malaysia", "Kuala Lumpur"),
+    ("Pakistan", "Islamabad"),
+    ("Iran", "Tehran"),
+    ("Iraq", "Baghdad"),
+    ("Saudi Arabia", "Riyadh"),
+    ("Israel", "Jerusalem"),
+    ("Lebanon", "Beirut"),
+    ("Syria", "Damascus"),
+    ("Morocco", "Rabat"),
+    ("Nigeria", "Abuja"),
+    ("Ethiopia", "Addis Ababa"),
+    ("Ghana", "Accra"),
+    ("Uganda", "Kampala"),
+    ("New Zealand", "Wellington"),
+    ("Scotland", "Edinburgh"),
+    ("Wales", "Cardiff"),
+    ("Afghanistan", "Kabul"),
+    ("Nepal", "Kathmandu"),
+    ("Bangladesh", "Dhaka"),
+    ("Sri Lanka", "Colombo", "Sri Jayawardenepura Kotte"),
+    ("Jamaica", "Kingston"),
+    ("Ecuador", "Quito"),
+    ("Bolivia", "La Paz", "Sucre"),
+    ("Uruguay", "Montevideo"),
+    ("Paraguay", "Asuncion", "Asunción"),
+    ("Estonia", "Tallinn"),
+    ("Latvia", "Riga"),
+    ("Lithuania", "Vilnius"),
+    ("Slovakia", "Bratislava"),
+    ("Slovenia", "Ljubljana"),
+    ("Belarus", "Minsk"),
+    ("Mongolia", "Ulaanbaatar"),
+    ("Qatar", "Doha"),
+    ("Jordan", "Amman"),
+    ("Tunisia", "Tunis"),
+    ("Algeria", "Algiers"),
+    ("Senegal", "Dakar"),
+    ("Zimbabwe", "Harare"),
+)
+_CONTINENTS = (
+    ("Germany", "Europe"),
+    ("Italy", "Europe"),
+    ("Spain", "Europe"),
+    ("Sweden", "Europe"),
+    ("China", "Asia"),
+    ("India", "Asia"),
+    ("Thailand", "Asia"),
+    ("Vietnam", "Asia"),
+    ("Egypt", "Africa"),
+    ("Nigeria", "Africa"),
+    ("Ghana", "Africa"),
+    ("Morocco", "Africa"),
+    ("Argentina", "South America"),
+    ("Chile", "South America"),
+    ("Peru", "South America"),
+    ("Colombia", "South America"),
+    ("Canada", "North America"),
+    ("Mexico", "North America"),
+    ("the United States", "North America"),
+)
+_LANGUAGES = (
+    ("Italy", "Italian"),
+    ("Spain", "Spanish"),
+    ("Portugal", "Portuguese"),
+    ("Japan", "Japanese"),
+    ("China", "Chinese", "Mandarin"),
+    ("Russia", "Russian"),
+    ("Greece", "Greek"),
+    ("Poland", "Polish"),
+    ("Sweden", "Swedish"),
+    ("the Netherlands", "Dutch"),
+    ("Turkey", "Turkish"),
+    ("South Korea", "Korean"),
+    ("Argentina", "Spanish"),
+    ("Egypt", "Arabic"),
+    ("Australia", "English"),
+    ("the United Kingdom", "English"),
+)
+_OPPOSITES = (
+    ("cold", "hot", "warm"),
+    ("down", "up"),
+    ("small", "big", "large"),
+    ("night", "day"),
+    ("slow", "fast", "quick"),
+    ("sad", "happy"),
+    ("dry", "wet"),
+    ("late", "early"),
+    ("full", "empty"),
+    ("lose", "win"),
+    ("white", "black"),
+    ("south", "north"),
+    ("east", "west"),
+    ("west", "east"),
+    ("old", "new", "young"),
+    ("young", "old"),
+    ("tall", "short"),
+    ("long", "short"),
+    ("heavy", "light"),
+    ("hard", "soft", "easy"),
+    ("open", "close", "closed", "shut"),
+    ("left", "right"),
+    ("inside", "outside"),
+    ("strong", "weak"),
+    ("rich", "poor"),
+    ("clean", "dirty"),
+    ("loud", "quiet", "soft"),
+    ("thick", "thin"),
+    ("push", "pull"),
+    ("buy", "sell"),
+    ("give", "take", "receive"),
+    ("true", "false"),
+    ("right", "wrong", "left"),
+    ("always", "never"),
+    ("first", "last"),
+    ("begin", "end", "finish"),
+    ("question", "answer"),
+    ("friend", "enemy", "foe"),
+    ("above", "below", "beneath"),
+    ("near", "far"),
+    ("cheap", "expensive"),
+    ("safe", "dangerous", "unsafe"),
+    ("sweet", "sour", "bitter"),
+    ("dark", "light", "bright"),
+    ("high", "low"),
+    ("in", "out"),
+    ("on", "off"),
+    ("yes", "no"),
+    ("come", "go"),
+    ("laugh", "cry"),
+    ("sharp", "dull", "blunt"),
+    ("smooth", "rough"),
+    ("asleep", "awake"),
+)
+_PLURALS = (
+    ("ox", "oxen"),
+    ("leaf", "leaves"),
+    ("knife", "knives"),
+    ("wolf", "wolves"),
+    ("person", "people", "persons"),
+    ("cactus", "cacti", "cactuses"),
+    ("box", "boxes"),
+    ("baby", "babies"),
+    ("city", "cities"),
+    ("bus", "buses", "busses"),
+    ("wife", "wives"),
+    ("loaf", "loaves"),
+    ("potato", "potatoes"),
+    ("tomato", "tomatoes"),
+    ("glass", "glasses"),
+    ("dish", "dishes"),
+    ("church", "churches"),
+    ("fox", "foxes"),
+    ("half", "halves"),
+    ("life", "lives"),
+)
+_PAST_TENSES = (
+    ("come", "came"),
+    ("take", "took"),
+    ("give", "gave"),
+    ("make", "made"),
+    ("buy", "bought"),
+    ("think", "thought"),
+    ("bring", "brought"),
+    ("catch", "caught"),
+    ("teach", "taught"),
+    ("sing", "sang"),
+    ("drink", "drank"),
+    ("begin", "began"),
+    ("fly", "flew"),
+    ("know", "knew"),
+    ("grow", "grew"),
+    ("throw", "threw"),
+    ("drive", "drove"),
+    ("ride", "rode"),
+    ("speak", "spoke"),
+    ("break", "broke"),
+    ("choose", "chose"),
+    ("sleep", "slept"),
+    ("keep", "kept"),
+    ("feel", "felt"),
+    ("leave", "left"),
+    ("sit", "sat"),
+    ("stand", "stood"),
+    ("find", "found"),
+    ("tell", "told"),
+    ("sell", "sold"),
+    ("win", "won"),
+    ("fall", "fell"),
+    ("hold", "held"),
+    ("meet", "met"),
+    ("pay", "paid"),
+    ("say", "said"),
+    ("do", "did"),
+    ("have", "had"),
+    ("be", "was", "were"),
+    ("walk", "walked"),
+    ("play", "played"),
+    ("jump", "jumped"),
+    ("cook", "cooked"),
+)
+_BABY_ANIMALS = (
+    ("goat", "kid"),
+    ("pig", "piglet"),
+    ("duck", "duckling"),
+    ("chicken", "chick"),
+    ("bear", "cub"),
+    ("lion", "cub"),
+    ("deer", "fawn"),
+    ("kangaroo", "joey"),
+    ("goose", "gosling"),
+    ("swan", "cygnet"),
+    ("owl", "owlet"),
+    ("frog", "tadpole", "froglet"),
+    ("wolf", "pup", "cub"),
+    ("rabbit", "bunny", "kit", "kitten"),
+    ("elephant", "calf"),
+    ("whale", "calf"),
+    ("fox", "kit", "cub", "pup"),
+    ("butterfly", "caterpillar", "larva"),
+)
+_ANIMAL_SOUNDS = (
+    ("cat", "meow", "miaow", "purr"),
+    ("sheep", "baa", "bleat"),
+    ("duck", "quack"),
+    ("lion", "roar"),
+    ("pig", "oink", "grunt"),
+    ("horse", "neigh", "whinny"),
+    ("owl", "hoot"),
+    ("snake", "hiss"),
+    ("bee", "buzz"),
+    ("rooster", "cock-a-doodle-doo", "crow"),
+    ("frog", "croak", "ribbit"),
+    ("mouse", "squeak"),
+)
+_COLORS = (
+    ("a lemon", "yellow"),
+    ("a lime", "green"),
+    ("coal", "black"),
+    ("milk", "white"),
+    ("a tomato", "red"),
+    ("a carrot", "orange"),
+    ("a polar bear", "white"),
+    ("a crow", "black"),
+    ("chocolate", "brown"),
+    ("a fire truck", "red"),
+    ("the sea on a sunny day", "blue"),
+    ("a cucumber", "green"),
+    ("a pumpkin", "orange"),
+    ("a flamingo", "pink"),
+    ("an eggplant", "purple"),
+    ("blood", "red"),
+    ("a frog", "green"),
+)
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_SHAPE_SIDES = (
+    ("a rectangle", "4", "four"),
+    ("a pentagon", "5", "five"),
+    ("a hexagon", "6", "six"),
+    ("an octagon", "8", "eight"),
+)
+_LEGS = (
+    ("a dog", "4", "four"),
+    ("a bird", "2", "two"),
+    ("a cat", "4", "four"),
+    ("a horse", "4", "four"),
+    ("a chicken", "2", "two"),
+    ("a human", "2", "two"),
+    ("an ant", "6", "six"),
+    ("a cow", "4", "four"),
+    ("a snake", "0", "zero", "no legs", "none"),
+)
+_WORKERS = (
+    ("Who treats sick animals?", "vet", "veterinarian"),
+    ("Who treats sick people in a hospital?", "doctor", "doctors", "nurse", "nurses"),
+    ("Who bakes bread for a living?", "baker"),
+    ("Who grows crops and raises animals on a farm?", "farmer"),
+    ("Who delivers letters to houses?", "postman", "mail carrier", "mailman", "postal worker"),
+    ("Who catches criminals?", "police", "police officer", "policeman", "detective"),
+    ("Who cooks food in a restaurant?", "chef", "cook"),
+    ("Who cuts people's hair?", "barber", "hairdresser", "stylist"),
+    ("Who repairs leaking pipes?", "plumber"),
+    ("Who writes books?", "author", "writer", "novelist"),
+    ("Who designs buildings?", "architect"),
+    ("Who sails and commands a ship?", "captain", "sailor"),
+)
+_NEXT_NUMBERS = (9, 19, 29, 39, 49, 59, 69, 79, 89, 199, 999, 14, 27, 56, 73)
+_WORD_COUNTS = (
+    ("days are in a leap year", "366"),
+    ("days are in a normal year", "365"),
+    ("seconds are in a minute", "60"),
+    ("weeks are in a year", "52"),
+    ("letters are in the English alphabet", "26"),
+    ("strings does a standard guitar have", "6"),
+    ("colors are in a rainbow", "7"),
+    ("years are in a century", "100"),
+    ("years are in a decade", "10"),
+    ("cents are in a dollar", "100"),
+    ("centimeters are in a meter", "100"),
+    ("grams are in a kilogram", "1000", "1,000"),
+)
+_NUMBER_WORDS = {
+    "6": "six",
+    "7": "seven",
+    "10": "ten",
+    "26": "twenty-six",
+    "52": "fifty-two",
+    "60": "sixty",
+    "100": "one hundred",
+    "365": "three hundred sixty-five",
+    "366": "three hundred sixty-six",
+}
+
+
+def _more_probes() -> tuple[Probe, ...]:
+    def counted(answer: str, *more: str) -> tuple[str, ...]:
+        word = _NUMBER_WORDS.get(answer)
+        return (answer, *more, *([word] if word else []))
+
+    items = [_probe(f"What is the capital of {c}?", *a) for c, *a in _CAPITALS]
+    items += [_probe(f"On which continent is {c}?", *a) for c, *a in _CONTINENTS]
+    items += [_probe(f"What language is mainly spoken in {c}?", *a) for c, *a in _LANGUAGES]
+    items += [_probe(f"What is the opposite of {w}?", *a) for w, *a in _OPPOSITES]
+    items += [_probe(f"What is the plural of {w}?", *a) for w, *a in _PLURALS]
+    items += [_probe(f"What is the past tense of {w}?", *a) for w, *a in _PAST_TENSES]
+    items += [_probe(f"What is a baby {w} called?", *a) for w, *a in _BABY_ANIMALS]
+    items += [_probe(f"What sound does a {w} make?", *a) for w, *a in _ANIMAL_SOUNDS]
+    items += [_probe(f"What color is {thing}?", *a) for thing, *a in _COLORS]
+    items += [
+        _probe(f"Which day comes after {day}?", _WEEKDAYS[(i + 1) % 7])
+        for i, day in enumerate(_WEEKDAYS)
+    ]
+    items += [
+        _probe(f"Which day comes before {day}?", _WEEKDAYS[i - 1])
+        for i, day in enumerate(_WEEKDAYS)
+    ]
+    items += [
+        _probe(f"Which month comes after {month}?", _MONTHS[(i + 1) % 12])
+        for i, month in enumerate(_MONTHS)
+    ]
+    items += [_probe(f"How many sides does {shape} have?", *a) for shape, *a in _SHAPE_SIDES]
+    items += [_probe(f"How many legs does {animal} have?", *a) for animal, *a in _LEGS]
+    items += [_probe(question, *a) for question, *a in _WORKERS]
+    items += [_probe(f"What number comes after {n}?", str(n + 1)) for n in _NEXT_NUMBERS]
+    items += [_probe(f"What number comes before {n + 1}?", str(n)) for n in _NEXT_NUMBERS]
+    items += [
+        _probe(f"How many {what}?", *counted(answer, *more)) for what, answer, *more in _WORD_COUNTS
+    ]
+    return tuple(items)
+
+
+# Questions already asked above (Monday, January) are not asked twice.
+PROBES = PROBES + tuple(p for p in _more_probes() if p not in PROBES)
