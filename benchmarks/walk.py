@@ -29,7 +29,10 @@ Method (static, ``ast`` only; nothing is imported or run):
    class that reads ``self.x`` is entered too (a framework such as the HF Trainer calls them);
    a class without its own ``__init__`` (a dataclass) built from the value marks all its
    attributes. Each (function, value names) pair is walked once.
-4. All-calls view: every resolved call from the entry on, each function walked once.
+4. Direct view: the value view, except that a call's result does not hold the value (only
+   names read from it, its attributes and expressions of them do): the value as an object,
+   not everything computed from it.
+5. All-calls view: every resolved call from the entry on, each function walked once.
 
 Counting, along the walk in source order (depth first):
 
@@ -235,10 +238,16 @@ def reads(expr: ast.AST, value: set[str]) -> bool:
     return False
 
 
+# The "direct" view sets this False: a call's result does not hold the value it was passed.
+RESULTS_HOLD_THE_VALUE = True
+
+
 def holds(expr: ast.AST, value: set[str]) -> bool:
     """``expr`` reads the value, or calls something with it (the result is derived from it)."""
     if reads(expr, value):
         return True
+    if not RESULTS_HOLD_THE_VALUE:
+        return False
     for node in ast.walk(expr):
         if isinstance(node, ast.Call):
             args = [*node.args, *(kw.value for kw in node.keywords)]
@@ -406,7 +415,11 @@ class Walk:
                 self.function(module, name, set())
 
 
-def run_walk(house: House, entry_module: str, entry: str, value: set[str], follow_value: bool):
+def run_walk(
+    house: House, entry_module: str, entry: str, value: set[str], follow_value: bool, direct: bool
+):
+    global RESULTS_HOLD_THE_VALUE
+    RESULTS_HOLD_THE_VALUE = not direct
     walk = Walk(house, follow_value)
     walk.enter(None, entry_module, 0, f"{entry_module}.{entry}")
     walk.function(entry_module, entry, value)
@@ -435,8 +448,9 @@ def main() -> int:
         if module not in house.modules or entry not in house.modules[module].functions:
             print(f"{name:8} entry {module}.{entry} not found under {src}")
             continue
-        for view, follow in (("value", True), ("all calls", False)):
-            walk = run_walk(house, module, entry, value, follow)
+        views = (("value", True, False), ("direct", True, True), ("all calls", False, False))
+        for view, follow, direct in views:
+            walk = run_walk(house, module, entry, value, follow, direct)
             walks[name, view] = walk
             distinct = len({(a, b) for a, b, _ in walk.returns})
             ups = sum(layer(b) > layer(a) for a, b in itertools.pairwise(walk.trail))
