@@ -469,6 +469,8 @@ def main() -> int:
                 f"{a.removeprefix(PACKAGE + '.')}:{line} -> {b.removeprefix(PACKAGE + '.')}"
                 for a, b, line in walk.climbs
             )
+            if walk.climbs
+            else "  climbs: none (every call goes to the same or a lower layer)"
         )
         goal = WALKS[name][3]
         chain = [goal]
