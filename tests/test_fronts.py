@@ -314,7 +314,7 @@ def test_summary_is_json_ready_and_carries_both_halves_per_other_curve():
     assert set(summary["fronts"]) == {"nll", "infosft"}
 
 
-def test_the_fronts_plot_is_drawn_from_the_summary_alone(tmp_path):
+def test_the_fronts_plot_shows_the_summarys_points_fronts_and_verdicts(tmp_path, monkeypatch):
     from infosft.experiments import plots
 
     kept = bits(9, 10)
@@ -324,5 +324,26 @@ def test_the_fronts_plot_is_drawn_from_the_summary_alone(tmp_path):
         cell("infosft", "a", bits(0, 50), kept),
     ]
     summary = fronts.fronts_summary(cells, resamples=50)
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
     path = plots.plot_fronts(summary, tmp_path / "f.png", title="t", base_accuracy=0.3)
-    assert path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (ax,) = drawn[0].axes
+    staircases = {line.get_label(): line for line in ax.get_lines()}
+    assert set(staircases) == {"nll", "infosft"}
+    dots = sorted(tuple(xy) for c in ax.collections for xy in c.get_offsets().tolist())
+    for curve, front in summary["fronts"].items():
+        mine = [p for p in summary["points"] if p["curve"] == curve]
+        # The staircase starts at the curve's least-retaining setting, at its best accuracy.
+        lowest = min(p["retention"] for p in mine)
+        line = staircases[curve]
+        assert line.get_drawstyle() == "steps-pre"
+        assert list(line.get_xdata()) == [lowest] + [p["retention"] for p in front]
+        assert list(line.get_ydata()) == [front[0]["accuracy"]] + [p["accuracy"] for p in front]
+        for p in mine + front:
+            assert (p["retention"], p["accuracy"]) in dots
+    assert (1.0, 0.3) in dots
+    text = "".join(t.get_text() for t in ax.texts).replace("\n", " ")
+    for verdict in summary["verdicts"]:
+        assert verdict["sentence"] in text

@@ -14,7 +14,7 @@ P_BAR = 0.93
 
 
 def reference_weight(q: float, method: str) -> float:
-    """float64 weights written from reference.md §1, independent of infosft.objectives."""
+    """float64 weights from the paper's formulas, independent of infosft.objectives."""
     if method == "nll":
         return 1.0
     if method == "dft":

@@ -1,7 +1,7 @@
 """The rival objectives and the KL anchor against float64 implementations of their formulas.
 
-The formulas are written here from their definitions (issue 12), token by token, without
-``infosft.objectives``: q = p(target), l = -log q, weights detached.
+The formulas (tests/formulas.py) are written from the schemes' definitions, token by token,
+without ``infosft``: q = p(target), l = -log q, weights detached.
 """
 
 import math
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import infosft
+from formulas import formula_loss
 from infosft.losses import fused, score_targets
 from infosft.losses.fused import fused_weighted_nll_loss
 
@@ -22,71 +23,6 @@ LN2 = math.log(2.0)
 def small_top_k_tiles(monkeypatch):
     """Tiles of 2 columns, so that the fused top-K search runs over tiles here (32 >= K)."""
     monkeypatch.setattr(fused, "TOP_K_TILE", 2)
-
-
-def weight_formula(method, q, nll, *, top_k_logits=None, tau=None, args=None):
-    """w of one token in plain float64, from its q, its l = nll and (eaft) its K largest logits."""
-    args = args or {}
-    if method == "nll":
-        return 1.0
-    if method == "dft":
-        return q
-    if method == "eaft":
-        k, alpha = args.get("top_k", 20), args.get("alpha", 1.0)
-        p = top_k_logits.softmax(-1)
-        h_k = -(p * p.log()).sum().item()
-        return (h_k / math.log(k)) ** alpha
-    if method == "talr":
-        return max(q ** (1.0 / tau), 0.01)
-    if method == "memft":
-        return 1.0 if nll > LN2 else 0.0
-    if method == "dft_mix":
-        alpha = args.get("alpha", 0.7)
-        return alpha * q + (1.0 - alpha)
-    if method == "power":
-        k = args.get("k", 10.0)
-        return k * q**k
-    raise AssertionError(method)
-
-
-def formula_loss(logits, labels, method, *, base_logits=None, beta=0.0, num_items=None, args=None):
-    """The objective of issue 12 from float64 logits [B, T, V], differentiable in the logits."""
-    targets = []  # (row, position t, target y): position t predicts labels[t + 1]
-    for row in range(labels.shape[0]):
-        for t in range(labels.shape[1] - 1):
-            if labels[row, t + 1] != -100:
-                targets.append((row, t, int(labels[row, t + 1])))
-    log_q = {key: logits[key[0], key[1]].log_softmax(-1)[key[2]] for key in targets}
-    nll = {key: -value.item() for key, value in log_q.items()}
-    tau = None
-    if method == "talr":
-        rows = sorted({row for row, _, _ in targets})
-        means = [statistics.mean(nll[k] for k in targets if k[0] == row) for row in rows]
-        tau = statistics.median(means)
-    weights = {}
-    for key in targets:
-        top = None
-        if method == "eaft":
-            k = (args or {}).get("top_k", 20)
-            top = logits[key[0], key[1]].detach().topk(k).values
-        q = math.exp(-nll[key])
-        weights[key] = weight_formula(method, q, nll[key], top_k_logits=top, tau=tau, args=args)
-    n = len(targets) if num_items is None else num_items
-    total = sum(-weights[key] * log_q[key] for key in targets) + 0.0 * logits.sum()
-    if method == "memft":
-        denominator = max(sum(weights.values()), 1.0)
-        if num_items is not None:
-            denominator *= num_items / max(len(targets), 1)
-        loss = total / denominator
-    else:
-        loss = total / max(n, 1)
-    if beta:
-        kl = 0.0
-        for row, t, _ in targets:
-            log_p_base = base_logits[row, t].log_softmax(-1)
-            kl = kl + (log_p_base.exp() * (log_p_base - logits[row, t].log_softmax(-1))).sum()
-        loss = loss + beta * kl / max(n, 1)
-    return loss
 
 
 def make_problem(dtype=torch.float64, seed=0, scale=1.5):

@@ -45,7 +45,7 @@ SGD = {
 
 
 def reference_weights(log_q: torch.Tensor, method: str) -> torch.Tensor:
-    """w(q) in float64, written from the paper's formula (reference.md §1)."""
+    """w(q) in float64, written from the paper's formula (arXiv 2605.14967)."""
     q = log_q.exp()
     if method == "nll":
         return torch.ones_like(q)
