@@ -33,7 +33,7 @@ loss
     (LigerFusedLinearScaledCrossEntropyFunction, CuTe on SM90) with the InfoSFT weight applied
     outside, cut-cross-entropy's per-token NLL with the InfoSFT weight applied outside. Each as
     a ratio to the three bare bf16 GEMMs (logits, grad of hidden, grad of W) timed in the same
-    run. Goal (issue 13) at V 151936, 8192 tokens: infosft <= 1.3x the GEMMs, <= 55 ms, <= 6 GiB.
+    run. Goal at V 151936, 8192 tokens: infosft <= 1.3x the GEMMs, <= 55 ms, <= 6 GiB.
     A candidate whose package is missing is reported as skipped; one that runs out of memory as
     OOM.
 train

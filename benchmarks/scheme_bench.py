@@ -2,8 +2,8 @@
 
 All schemes run through ``infosft.fused_weighted_nll_loss`` on the same random LM-head problem
 (SmolLM2-135M's head by default: H 576, V 49152, 2048 target tokens, float32, CPU), side by
-side in one run, and are reported as ratios to ``nll`` measured in the same run. Targets
-(issue 12): every per-token scheme within 1.10x of ``nll``, the KL anchor within 1.6x.
+side in one run, and are reported as ratios to ``nll`` measured in the same run.
+Targets: every per-token scheme within 1.10x of ``nll``, the KL anchor within 1.6x.
 
 Candidates: each registered scheme at its defaults, and the KL anchor
 (``kl_to_base=0.1``, a base model whose hidden states and head differ from the trained ones)

@@ -4,7 +4,7 @@ Each run trains a few optimizer steps of the same model on the same token rows i
 process (so one run's allocator cache cannot hide another's peak), and reports the median step
 time after warm-up and the peak memory the training adds on top of the loaded model:
 CUDA max_memory_allocated on a GPU, the process's peak resident set (VmHWM, reset just before
-training) on a CPU. Targets (issue 4): infosft step <= 1.02x the nll step of the same trainer,
+training) on a CPU. Targets: infosft step <= 1.02x the nll step of the same trainer,
 and less peak memory than TRL's ``SFTTrainer(loss_type="dft")``.
 
     python benchmarks/train_bench.py                      # SmolLM2-135M, batch 2 x 256, CPU

@@ -14,7 +14,7 @@ P_BAR = 0.93
 
 
 def reference_weights(q: torch.Tensor, method: str) -> torch.Tensor:
-    """w(q) in float64 from the paper's formula (reference.md §1)."""
+    """w(q) in float64 from the paper's formula (arXiv 2605.14967)."""
     if method == "nll":
         return torch.ones_like(q)
     if method == "dft":

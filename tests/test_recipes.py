@@ -1,5 +1,6 @@
-"""The paper's recipes in configs/: they parse, carry reference.md §2's hyperparameters, and
-run one training step on the tiny model with synthetic rows shaped like the real datasets."""
+"""The paper's recipes in configs/: they parse, carry the paper's hyperparameters
+(arXiv 2605.14967), and run one training step on the tiny model with synthetic rows shaped like
+the real datasets."""
 
 import json
 from pathlib import Path
@@ -21,7 +22,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = CONFIGS / "recipes"
 PAPER_GPUS = 4  # the recipes' global batch assumes 4 data-parallel GPUs
 
-# reference.md §2, written out independently of the YAML files.
+# The paper's hyperparameters (arXiv 2605.14967), written out independently of the YAML files.
 PAPER = {
     "math_numina.yaml": {
         "model": "Qwen/Qwen2.5-Math-1.5B",

@@ -78,8 +78,8 @@ def check_lm_eval_tasks(
 def _task_manager(tasks: tuple[str, ...], include_path: tuple[str, ...]) -> Any:
     """lm-eval's task index, built once per process for base and tuned models alike.
 
-    Indexing lm-eval's ~15k built-in tasks takes about 10 s on a 2-core CPU, so tasks that are
-    all defined under ``include_path`` are looked up there alone.
+    Indexing all of lm-eval's built-in tasks is slow (thousands of YAML files), so tasks that
+    are all defined under ``include_path`` are looked up there alone.
     """
     from lm_eval.tasks import TaskManager
 
