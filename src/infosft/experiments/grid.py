@@ -60,7 +60,7 @@ from typing import Any, Literal
 from infosft.checks import Number, check_keys, check_value
 from infosft.experiments.fronts import exact_number
 from infosft.files import read_yaml
-from infosft.models import DEFAULT_MODEL, is_default_model, is_hub_repo_id
+from infosft.models import DEFAULT_MODEL, check_model_name, is_default_model, is_hub_repo_id
 
 PROBES = "probes"
 LM_EVAL_PREFIX = "lm_eval:"
@@ -639,10 +639,7 @@ def _task_epochs(entry: dict[str, Any], where: str) -> tuple[float, ...] | None:
 
 def _resolve_model(value: Any, base_dir: Path) -> str:
     """A model directory relative to the YAML, else the default name or a hub id."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f"model must be one name, checkpoint directory or hub id (a string), got {value!r}"
-        )
+    check_model_name(value)
     candidate = base_dir / Path(value).expanduser()
     if candidate.exists():
         return str(candidate)

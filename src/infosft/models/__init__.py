@@ -12,6 +12,7 @@ from infosft.models.chat_templates import (
 )
 from infosft.models.loading import (
     TOKENIZER_FILES,
+    check_model_name,
     is_hub_repo_id,
     load_config,
     load_model_and_tokenizer,
@@ -40,6 +41,7 @@ __all__ = [
     "SMOLLM2_TRAINING_CHAT_TEMPLATE",
     "TOKENIZER_FILES",
     "cache_dir",
+    "check_model_name",
     "default_model_dir",
     "ensure_default_model",
     "is_default_model",

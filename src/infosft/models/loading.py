@@ -16,6 +16,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+def check_model_name(value: Any) -> str:
+    """``value`` if it can name a model: one non-empty string, the embedded default's name, a
+    checkpoint directory or a hub id (which of them is :func:`resolve_model_path`'s to find)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"model must be one name, checkpoint directory or hub id (a string), got {value!r}"
+        )
+    return value
+
+
 def is_hub_repo_id(name: str) -> bool:
     """Whether ``name`` is written as a Hub repository id ``org/name`` (a model's or a
     dataset's); whether it is one or a local path of that shape is the caller's to check."""

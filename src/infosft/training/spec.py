@@ -26,7 +26,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from infosft.checks import Number, check_keys, check_value
-from infosft.models import DEFAULT_MODEL
+from infosft.models import DEFAULT_MODEL, check_model_name
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -211,11 +211,7 @@ class RunSpec:
 
         if not isinstance(self.args, InfoSFTConfig):
             raise TypeError(f"RunSpec.args must be an InfoSFTConfig, got {type(self.args)}")
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError(
-                "model must be one name, checkpoint directory or hub id (a string), got "
-                f"{self.model!r}"
-            )
+        check_model_name(self.model)
         if self.data is None:
             raise ValueError("no training data; pass --data FILE [FILE ...] (or data: in --config)")
         self.data = _sources(self.data, "data")
