@@ -148,8 +148,15 @@ def test_both_generated_tasks_are_registered_and_scored_on_the_final_number():
     assert [r["passed"] for r in score_samples(task, samples, progress=False)] == [True, False]
 
 
-def test_there_are_enough_distinct_probes_for_100_retention_items():
-    assert len({p.question for p in probes.PROBES}) == len(probes.PROBES) >= 150
+def test_there_are_enough_distinct_probes_for_200_retention_items():
+    # The embedded base answers about half of them (259 of 527).
+    assert len({p.question for p in probes.PROBES}) == len(probes.PROBES) >= 450
+
+
+def test_new_probes_come_after_the_default_demos_186_so_their_ids_stay():
+    assert probes.PROBES[0].question == "What is the capital of France?"
+    assert probes.PROBES[185].question == "What is a young frog called?"
+    assert probes.PROBES[186].question == "What is the capital of Switzerland?"
 
 
 def test_no_probe_gives_its_answer_away_in_the_question():
