@@ -333,3 +333,9 @@ def test_scoring_rows_leaves_the_model_fit_to_be_copied_and_trained(tiny_model_d
     spec = RunSpec.from_dict({**values, "data": Dataset.from_list(rows)})
     trainer = build_trainer(spec, model=copy.deepcopy(model), tokenizer=tokenizer)
     assert trainer.train().training_loss > 0
+
+
+def test_q_summary_of_no_target_tokens_is_nan_not_an_error():
+    summary = insp.q_summary(torch.tensor([]))
+    assert summary["num_target_tokens"] == 0
+    assert all(math.isnan(summary[k]) for k in ("median_q", "share_q_ge_p_bar", "share_q_lt_low"))
