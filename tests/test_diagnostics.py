@@ -124,4 +124,4 @@ def test_callback_scores_the_probe_batch_at_the_start_and_every_few_steps(tiny_m
         assert sum(record["shares"]["tokens"].values()) == pytest.approx(1.0)
         assert sum(record["shares"]["infosft"].values()) == pytest.approx(1.0)
         # " It is i or 5." after the prompt: every completion token and the end of turn.
-        assert record["q"]["num_tokens"] > 4 * 5
+        assert record["q"]["num_target_tokens"] > 4 * 5

@@ -367,3 +367,9 @@ def test_a_supporting_test_carries_the_closest_regimes_measured_verdict():
     assert line == (
         "closest to strong in q statistics, where the measured verdict was: nll ahead (rho 1.0)"
     )
+
+
+def test_q_summary_of_no_target_tokens_is_nan_not_an_error():
+    summary = insp.q_summary(torch.tensor([]))
+    assert summary["num_target_tokens"] == 0
+    assert all(math.isnan(summary[k]) for k in ("median_q", "share_q_ge_p_bar", "share_q_lt_low"))

@@ -7,7 +7,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from infosft.training import RunSpec, build_trainer
-from infosft.training.preparation import PREPARATION_OPTIONS, preparation_args, prepare_rows
+from infosft.training.preparation import prepare_rows
 from infosft.training.spec import training_config
 
 TEXT = [
@@ -87,7 +87,7 @@ def test_prepared_rows_are_the_token_ids_and_labels_the_trainer_trains_on(
 
 
 def test_a_prompt_filling_max_length_leaves_its_row_out(smollm2_tokenizer):
-    args = preparation_args({"max_length": 16})
+    args = training_config({"max_length": 16})
     prepared = prepare_rows(Dataset.from_list([*COMPLETION, LONG_PROMPT]), smollm2_tokenizer, args)
     assert len(prepared) == len(COMPLETION)
 
@@ -95,7 +95,7 @@ def test_a_prompt_filling_max_length_leaves_its_row_out(smollm2_tokenizer):
 def test_preparing_rows_leaves_the_tokenizer_as_it_was(smollm2_tokenizer):
     from infosft.models import SMOLLM2_CHAT_TEMPLATE
 
-    args = preparation_args({"assistant_only_loss": True})
+    args = training_config({"assistant_only_loss": True})
     prepare_rows(Dataset.from_list(CHAT), smollm2_tokenizer, args)
     assert smollm2_tokenizer.chat_template == SMOLLM2_CHAT_TEMPLATE
 
@@ -104,16 +104,9 @@ def test_a_chat_without_an_assistant_turn_is_an_error_under_assistant_only_loss(
     smollm2_tokenizer,
 ):
     rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "user", "content": "?"}]}]
-    args = preparation_args({"assistant_only_loss": True})
+    args = training_config({"assistant_only_loss": True})
     with pytest.raises(ValueError, match="eval example 0 has no assistant message"):
         prepare_rows(Dataset.from_list(rows), smollm2_tokenizer, args, name="eval")
-
-
-def test_preparation_args_take_the_preparation_options_and_leave_the_rest_at_defaults():
-    args = preparation_args({"max_length": 64, "truncation_mode": "keep_end", "p_bar": 0.8})
-    assert (args.max_length, args.truncation_mode) == (64, "keep_end")
-    assert args.p_bar == training_config({}).p_bar
-    assert "p_bar" not in PREPARATION_OPTIONS
 
 
 def test_training_config_checks_a_run_mapping_without_data_or_output_dir():

@@ -20,7 +20,7 @@ def plan_of(tmp_path, tiny_model_dir, task, seeds=(0,)):
 
 def answers(plan, seed=0):
     cell = next(c for c in plan.spec.cells() if c.seed == seed)
-    return [split_row(row)[1] for row in plan.data(cell).to_list()]
+    return [split_row(row)[1] for row in plan.data(cell.task, cell.seed).to_list()]
 
 
 def test_noise_corrupts_the_share_of_answers_each_seed_its_own(tmp_path, tiny_model_dir):
@@ -96,7 +96,9 @@ def test_a_built_in_task_can_be_drawn_twice_under_two_names(tmp_path, tiny_model
     ]
     grid = {"methods": ["nll"], "learning_rates": [1e-3], "seeds": [0]}
     plan = grid_runner.Plan(read_grid(write_grid(tmp_path, tiny_model_dir, tasks=tasks, grid=grid)))
-    clean, noisy = ([split_row(r)[1] for r in plan.data(c).to_list()] for c in plan.spec.cells())
+    clean, noisy = (
+        [split_row(r)[1] for r in plan.data(c.task, c.seed).to_list()] for c in plan.spec.cells()
+    )
     assert sum(a != b for a, b in zip(clean, noisy, strict=True)) == 2
 
 

@@ -97,3 +97,13 @@ def test_one_seed_says_its_intervals_leave_out_run_to_run_variation():
     assert "run-to-run variation is not in them" in text
     results["spec"]["seeds"] = [0, 1, 2]
     assert "resample items and seeds together" in " ".join(summary.resolution(results))
+
+
+@pytest.mark.parametrize("low_key", ["share_q_lt_low", "share_q_lt_0.05"])
+def test_the_regime_line_reads_q_under_the_base_by_either_key_name(low_key):
+    """Older base.json and results.json files name the low-q share by its bound."""
+    q = {"median_q": 0.5, "share_q_ge_p_bar": 0.25, low_key: 0.4, "num_target_tokens": 8}
+    results = {"base": {"new_tasks": {"t": {"accuracy": 0.5}}, "q_under_base": {"t": q}}}
+    line = report._regime(results, "t")
+    assert "median q 0.50, 25% with q >= 0.93" in line
+    assert "40% with q < 0.05" in line

@@ -227,13 +227,6 @@ class Plan:
                 )
                 self._own_answers[task.name, seed] = stored["rows"]
 
-    def preparation(self) -> dict[str, Any]:
-        """The training options that decide how every cell's rows are prepared (the same for
-        every cell: a method entry and the grid's axes set none of them)."""
-        from infosft.training.preparation import PREPARATION_OPTIONS
-
-        return {k: v for k, v in self.spec.training.items() if k in PREPARATION_OPTIONS}
-
     def _model_parts(self) -> dict[str, Any]:
         return {
             "format": RESULTS_FORMAT,
@@ -260,7 +253,7 @@ class Plan:
         parts = {**self._model_parts(), **self.suite.fingerprint()}
         for task in self.spec.tasks:
             rows = self._rows_digest(task, self.spec.seeds[0])
-            parts[f"training rows of {task.name}"] = _digest([rows, self.preparation()])
+            parts[f"training rows of {task.name}"] = _digest([rows, self.spec.training])
         return parts
 
     def training_fingerprint(self, cell: Cell) -> dict[str, Any]:
@@ -757,9 +750,11 @@ def _q_under_base(plan: Plan, model: Any, tokenizer: Any, rows: int = 32) -> dic
     trainer prepares them: where the task sits between weak and strong prior."""
     from infosft.experiments.inspect import q_summary, score_prepared, scored_log_probs
     from infosft.training.data import load_data
-    from infosft.training.preparation import preparation_args, prepare_rows
+    from infosft.training.preparation import prepare_rows
+    from infosft.training.spec import training_config
 
-    args = preparation_args(plan.preparation())
+    # The grid's training options are every cell's options that decide the preparation.
+    args = training_config(plan.spec.training)
     summary = {}
     for task in plan.spec.tasks:
         data = load_data(plan.data(task.name, plan.spec.seeds[0]))

@@ -152,11 +152,12 @@ def score_rows(
     from datasets import Dataset
 
     from infosft.training.data import load_data
-    from infosft.training.preparation import preparation_args, prepare_rows
+    from infosft.training.preparation import prepare_rows
+    from infosft.training.spec import training_config
 
     vocab_size = model.get_input_embeddings().num_embeddings
     dataset = load_data(Dataset.from_list(list(rows)), vocab_size=vocab_size)
-    prepared = prepare_rows(dataset, tokenizer, preparation_args({"max_length": max_length}))
+    prepared = prepare_rows(dataset, tokenizer, training_config({"max_length": max_length}))
     return score_prepared(model, prepared)
 
 

@@ -175,7 +175,7 @@ def _regime(results: Mapping[str, Any], task: str) -> str:
     text = f"base accuracy {_number(accuracy)}"
     q = base.get("q_under_base", {}).get(task)
     if q:
-        # Results written before q_summary had one set of keys call the low share by its bound.
+        # Older base.json and results.json files name the low-q share by its bound.
         low = q.get("share_q_lt_low", q.get("share_q_lt_0.05"))
         text += (
             f"; training targets under the base: median q {q['median_q']:.2f}, "

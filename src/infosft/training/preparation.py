@@ -1,10 +1,9 @@
-"""Training rows as the trainer trains on them: one preparation for training and for scoring.
+"""Training rows as the trainer trains on them, for training and for scoring alike.
 
 :func:`prepare_rows` is what :class:`~infosft.training.InfoSFTTrainer` does to its datasets,
 and what ``infosft inspect`` and the grid runner's q under the base model do to theirs without
 building a trainer: TRL's SFTTrainer preparation (chat template, completion-only or
-assistant-only masking, end-of-sequence token, truncation to ``max_length``, packing), plus
-what infosft adds to it:
+assistant-only masking, truncation to ``max_length``, packing), plus:
 
 - ``assistant_only_loss`` with a chat template TRL cannot patch but infosft can (SmolLM2's):
   the rows are tokenized with a copy of the tokenizer carrying the marked template;
@@ -28,40 +27,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from trl import SFTConfig
 
-    from infosft.training.config import InfoSFTConfig
-
 logger = logging.getLogger(__name__)
-
-PREPARATION_OPTIONS = (
-    "max_length",
-    "truncation_mode",
-    "assistant_only_loss",
-    "completion_only_loss",
-    "dataset_text_field",
-    "dataset_num_proc",
-    "packing",
-    "packing_strategy",
-    "shuffle_dataset",
-    "eos_token",
-    "chat_template_path",
-)
-"""The InfoSFTConfig fields that decide how rows are prepared (``seed`` too, with
-``shuffle_dataset``; it only orders them)."""
-
-
-def preparation_args(values: Mapping[str, Any]) -> InfoSFTConfig:
-    """An InfoSFTConfig with the :data:`PREPARATION_OPTIONS` of ``values`` (a run mapping, or
-    a grid's ``training`` block, already checked) and the defaults for every other field: how
-    rows are prepared outside a training run."""
-    from infosft.training.spec import training_config
-
-    return training_config({k: values[k] for k in PREPARATION_OPTIONS if k in values})
-
-
-def count_targets(labels: list[int]) -> int:
-    """Target tokens of one tokenized example: labels that are not IGNORE_INDEX, after the
-    causal shift (the first position is never predicted)."""
-    return sum(label != IGNORE_INDEX for label in labels[1:])
 
 
 def has_assistant_turn(row: Mapping[str, Any]) -> bool:
@@ -95,8 +61,10 @@ def drop_examples_without_targets(
     Truncation to ``max_length`` can cut away a whole completion; such an example would add
     only padding to a batch. Raises ValueError when no example is left.
     """
+    # The first position is never predicted (the causal shift): a label there is no target.
     kept = prepared.filter(
-        lambda row: count_targets(row["labels"]) > 0, desc=f"Checking {name} targets"
+        lambda row: any(label != IGNORE_INDEX for label in row["labels"][1:]),
+        desc=f"Checking {name} targets",
     )
     if len(kept) == 0:
         raise ValueError(
@@ -129,24 +97,22 @@ def drop_examples_without_targets(
 def trl_preparation(
     rows: Dataset, tokenizer: Any, args: SFTConfig, name: str, packing: bool
 ) -> Dataset:
-    """TRL's SFTTrainer preparation of ``rows`` without a trainer: the tokenizer changes and
-    decisions ``SFTTrainer.__init__`` makes before it prepares data (``eos_token``,
-    ``chat_template_path``, TRL's own training template, completion-only loss from the first
-    row) made the same way, then ``SFTTrainer._prepare_dataset`` itself."""
+    """TRL's SFTTrainer preparation of ``rows`` without a trainer: what ``SFTTrainer.__init__``
+    does first (``eos_token`` and a ``.jinja`` ``chat_template_path`` set on the tokenizer, here
+    on a copy; TRL's own training template; completion-only loss from the first row), then
+    ``SFTTrainer._prepare_dataset`` itself."""
     from trl import SFTTrainer
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
     if args.eos_token is not None or args.chat_template_path is not None:
         tokenizer = copy.deepcopy(tokenizer)
-        if args.eos_token is not None:
-            tokenizer.eos_token = args.eos_token
+        tokenizer.eos_token = args.eos_token or tokenizer.eos_token
         if args.chat_template_path is not None:
             path = Path(args.chat_template_path)
             if not (path.is_file() and path.suffix in (".jinja", ".j2")):
                 raise ValueError(
-                    f"chat_template_path {args.chat_template_path} is not a .jinja file: a "
-                    "template cloned from another model adds tokens to the model, which only "
-                    "training does; give the template as a .jinja file"
+                    f"chat_template_path {path} is no .jinja file; a template cloned from a "
+                    "model adds tokens to the model, which only training does"
                 )
             tokenizer.chat_template = path.read_text(encoding="utf-8")
     chat_template = None
@@ -179,7 +145,8 @@ def prepare_rows(
     Args:
         rows: the examples, checked (:func:`infosft.training.data.load_data`).
         tokenizer: the model's tokenizer (never changed; a copy carries a marked template).
-        args: the run's options; :data:`PREPARATION_OPTIONS` decide the result.
+        args: the run's options (``max_length``, ``truncation_mode``, ``assistant_only_loss``,
+            ``completion_only_loss``, ``packing``, ... decide the result).
         name: the dataset's name in messages ("train", "eval").
         packing: whether rows are packed (default ``args.packing``); packed rows are kept whole.
         tokenize: TRL's step as ``tokenize(rows, tokenizer)``; InfoSFTTrainer passes its own
