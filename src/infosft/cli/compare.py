@@ -32,6 +32,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="with --plan: seconds per optimizer step measured on your GPU, for the GPU-hours",
     )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --plan: the GPUs that train each cell (accelerate launch --num_processes N)",
+    )
     # Several jobs sharing one grid (infosft.experiments.claims).
     parser.add_argument(
         "--job-id",
@@ -60,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
         return print_plan(args)
     if args.step_seconds is not None:
         raise ValueError("--step-seconds estimates GPU-hours; use it with --plan")
+    if args.num_processes != 1:
+        raise ValueError(
+            "--num-processes describes the launch for --plan; to run on N GPUs start "
+            "`accelerate launch --num_processes N -m infosft compare ...`"
+        )
     import datasets
 
     from infosft.experiments.claims import STALE_AFTER_SECONDS
@@ -89,5 +101,6 @@ def print_plan(args: argparse.Namespace) -> int:
     from infosft.experiments.plan import plan_text
 
     spec = read_grid(args.config, require_data=False)
-    print(plan_text(spec, check_output_dir(args.output_dir), args.step_seconds))
+    plan = plan_text(spec, check_output_dir(args.output_dir), args.step_seconds, args.num_processes)
+    print(plan)
     return 0
