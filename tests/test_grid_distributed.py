@@ -97,13 +97,13 @@ def compare(config, out, *launch):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
     """The grid run by one process (2 micro-batches accumulated) and by two gloo processes
-    under `accelerate launch` with the repository's DDP config (1 micro-batch each)."""
+    under `accelerate launch` with the repository's DDP config (1 micro-batch each). No GPU is
+    visible, so accelerate's DDP runs on gloo (``--cpu`` would start one process)."""
     tmp = tmp_path_factory.mktemp("dp")
     alone = compare(grid_config(tmp / "one", tiny_model_dir, 2), tmp / "one" / "out")
     launch = [
         "--config_file",
         str(DDP_CONFIG),
-        "--cpu",
         "--num_processes",
         "2",
         "--mixed_precision",

@@ -22,18 +22,11 @@ _SPLITTING = [False]
 
 
 def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the number of processes (0, 1 outside a distributed launch).
-
-    Read from accelerate's PartialState, which joins the launch's process group (gloo on CPU,
-    NCCL on GPUs) the first time it is asked."""
+    """This process's rank and the number of processes (0, 1 outside a distributed launch), as
+    the launcher (``accelerate launch``, ``torchrun``) set them."""
     import os
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    from accelerate import PartialState
-
-    state = PartialState()
-    return state.process_index, state.num_processes
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main() -> bool:
@@ -41,16 +34,25 @@ def is_main() -> bool:
     return rank_and_world()[0] == 0
 
 
-def device() -> Any:
-    """The device this rank's models live on (its own GPU under a launch)."""
+def _state() -> Any:
+    """accelerate's PartialState, which joins the launch's process group the first time: on
+    the CPU (gloo) where the trainer will be (no GPU: infosft's ``use_cpu`` default), else on
+    the GPUs. The trainer sets it up again later on the same process group."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState().device
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def device() -> Any:
+    """The device this rank's models live on (its own GPU under a launch)."""
+    return _state().device
 
 
 def _broadcast(value: Any) -> Any:
     import torch.distributed as dist
 
+    _state()
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -63,17 +65,17 @@ def from_main(make: Callable[[], T]) -> T:
     may be writing, and write it): every rank then acts on the same answer."""
     if rank_and_world()[1] == 1:
         return make()
-    result, error = None, None
+    result, error, message = None, None, None
     if is_main():
         try:
             result = make()
-        except Exception as err:  # sent to the other ranks, then raised here too
-            error = err
-    result, error = _broadcast((result, error))
+        except Exception as err:  # said to the other ranks, then raised here
+            error, message = err, f"{type(err).__name__}: {err}"
+    result, message = _broadcast((result, message))
     if error is not None:
-        if is_main():
-            raise error
-        raise RuntimeError(f"the main process failed: {error}") from error
+        raise error
+    if message is not None:
+        raise RuntimeError(f"the main process failed: {message}")
     return result
 
 
@@ -119,6 +121,7 @@ def gather(results: list[tuple[int, T]]) -> list[T]:
         return [result for _, result in sorted(results, key=lambda pair: pair[0])]
     import torch.distributed as dist
 
+    _state()
     parts: list[Any] = [None] * rank_and_world()[1]
     dist.all_gather_object(parts, results)
     pairs = sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])

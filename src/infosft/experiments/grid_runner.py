@@ -687,6 +687,7 @@ def _follow(plan: Plan, base_model: Any, tokenizer: Any, output_dir: Path) -> di
     while True:
         command, value = distributed.send()
         if command == "measure base":
+            _q_under_base(plan, base_model, tokenizer)
             with distributed.splitting():
                 measure_base(base_model, tokenizer, plan.suite)
         elif command == "base":
@@ -730,8 +731,10 @@ def _measure_base(
     measured = time.perf_counter()
     # First: it also prepares each task's training rows, so bad data or a max_length that
     # leaves no target fails before the longer measurements.
-    q_under_base = _q_under_base(plan, base_model, tokenizer)
+    # Every process: preparing the rows builds a trainer, whose data preparation waits for
+    # the other processes.
     _lead("measure base")
+    q_under_base = _q_under_base(plan, base_model, tokenizer)
     with distributed.splitting():
         measured_base = measure_base(base_model, tokenizer, plan.suite)
     base = {
