@@ -6,10 +6,13 @@ What must be equal, and why:
 - the base's measurements, exactly: the same weights on every rank, and each measurement loop
   splits whole batches (the batches one process forms, so the same rows and the same padding)
   and sums per-batch totals in batch order;
-- each cell's held-out and retention answers (greedy), exactly, and its KL and general-text NLL
-  within ``DP_RTOL``: DDP all-reduces the gradients, summing the ranks' float32 partial sums in
-  another order than one process accumulating two micro-batches, so the trained weights differ
-  by float32 rounding (a few ulps per step), and so do the numbers measured from them.
+- each cell's held-out and retention answers (greedy) exactly, and its KL, general-text NLL and
+  training losses within ``DP_RTOL``. DDP all-reduces the ranks' gradients; with more than two
+  ranks (or NCCL's chunked rings) that sums the float32 partial gradients in another order than
+  one process accumulating its micro-batches, so the trained weights differ by float32 rounding
+  (a few ulps per step) and so do the numbers measured from them; a greedy answer could flip
+  only at a near-tie of two logits. With two gloo ranks the all-reduce adds the same two
+  float32 values one process adds (a + b), and the results here come out bitwise equal.
 """
 
 import json

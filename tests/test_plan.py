@@ -125,6 +125,14 @@ def test_plan_refuses_a_process_count_below_one(value, capsys, tmp_path):
     assert "--num-processes must be the number of GPUs" in capsys.readouterr().err
 
 
+def test_num_processes_without_plan_says_how_to_run_on_several_gpus(capsys, tmp_path):
+    path = write_grid(tmp_path)
+    argv = ["compare", "--config", str(path), "--output-dir", str(tmp_path / "o")]
+    assert main([*argv, "--num-processes", "2"]) == 2
+    assert "accelerate launch --num_processes N -m infosft compare" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_plan_leaves_cells_finished_in_the_output_dir_out_of_the_hours(capsys, tmp_path):
     path = write_grid(tmp_path, grid={"methods": ["nll"], "learning_rates": [1e-4, 1e-3]})
     (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 8)
