@@ -66,8 +66,8 @@ def environment():
 
 def grid_config(directory, model_dir, accumulation):
     """A 2-cell grid whose global batch is 4 rows: 2 per process times ``accumulation``. Its
-    measurements run in several batches (eval_batch_size 3; 5 general prompts and texts), so
-    that two processes split each of them."""
+    measurements run in several batches (7 held-out items in batches of 2, 5 general prompts
+    and texts in batches of 4), so that two processes split them."""
     training = {
         "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": accumulation,
@@ -78,8 +78,10 @@ def grid_config(directory, model_dir, accumulation):
         "ddp_find_unused_parameters": False,
     }
     config = write_grid(
-        directory, model_dir, grid=GRID, training=training, eval_batch_size=3, eval_limit=8
+        directory, model_dir, grid=GRID, training=training, eval_batch_size=2, eval_limit=8
     )
+    items = [{"id": f"i{a}", "q": f"{a} + {a % 3}", "answer": str(a + a % 3)} for a in range(7)]
+    (directory / "new.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     (directory / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     (directory / "text.txt").write_text("\n".join(TEXTS) + "\n")
     return config
@@ -146,8 +148,8 @@ def test_the_base_is_measured_exactly_as_one_process_measures_it(runs):
     one, two = results(tmp, "one")["base"], results(tmp, "two")["base"]
     for key in ("new_tasks", "prior", "probe_correct", "general_samples", "general_nll"):
         assert two[key] == one[key], key
-    # Several batches were split: the probes (8 in batches of 3) and both models' answers.
-    assert len(one["probe_correct"]) == 8
+    # The held-out items were answered in 4 batches, split across the two processes.
+    assert len(one["new_tasks"]["sums"]["correct"]) == 7
     assert 0 < one["retention_items"] < 8
 
 

@@ -175,9 +175,7 @@ def score(
             (f"probe-{i}", p) for i, p in items if only is None or prefix + f"probe-{i}" in only
         ]
         records = (
-            probes.probe_records(
-                model, tokenizer, [p for _, p in keyed], [k for k, _ in keyed], suite.batch_size
-            )
+            probes.probe_records(model, tokenizer, [p for _, p in keyed], [k for k, _ in keyed])
             if keyed
             else []
         )
@@ -339,13 +337,10 @@ def _source_content(source: Source, suite: Suite) -> Any:
     if source.lm_eval is not None:
         return {"lm_eval": source.lm_eval}
     if source.task is None:
-        content = {
+        return {
             "probes": [dataclasses.astuple(p) for p in probes.PROBES[: suite.limit]],
             "system": probes.PROBE_SYSTEM_PROMPT,
         }
-        # Probes are generated in batches of the suite's batch size when it sets one (batches
-        # pad differently); without one the digest is what it always was.
-        return content if suite.batch_size is None else {**content, "batch": suite.batch_size}
     task = dataclasses.replace(
         source.task,
         items=source.task.items[: suite.limit],

@@ -42,17 +42,12 @@ def probe_passed(completion: str, probe: Probe) -> bool:
 
 
 def probe_records(
-    model: Any,
-    tokenizer: Any,
-    items: Sequence[Probe],
-    ids: Sequence[str] | None = None,
-    batch_size: int | None = None,
+    model: Any, tokenizer: Any, items: Sequence[Probe], ids: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """Greedy short answers to the probes, scored: ``{"task_id", "completion", "passed"}``.
 
     ``ids`` names the items (default ``probe-<position in items>``), so that a subset of the
-    probes keeps the ids the full set gave them. ``batch_size`` prompts per generation batch
-    (default: all in one batch).
+    probes keeps the ids the full set gave them.
     """
     from infosft.evaluation import SamplingSettings, generate
 
@@ -63,7 +58,7 @@ def probe_records(
         ]
         for probe in items
     ]
-    settings = SamplingSettings(max_new_tokens=24, batch_size=batch_size or len(prompts))
+    settings = SamplingSettings(max_new_tokens=24, batch_size=len(prompts))
     completions = generate(model, tokenizer, prompts, settings, progress=False)
     ids = [f"probe-{i}" for i in range(len(items))] if ids is None else list(ids)
     return [
