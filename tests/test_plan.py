@@ -123,6 +123,37 @@ def test_demo_full_plan_prints_its_cells_and_their_time_on_a_cpu(nothing_loads, 
     assert "time to run (estimate)" in out
 
 
+def test_plan_for_several_processes_deals_the_micro_batches_and_counts_every_gpu(
+    nothing_loads, capsys, tmp_path
+):
+    path = write_grid(
+        tmp_path,
+        grid={"methods": ["nll"], "learning_rates": [1e-4], "epochs": [1]},
+        training={"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2},
+    )
+    (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 30)
+    out = plan(capsys, "--config", path, "--step-seconds", 360, "--num-processes", 3)
+    # 30 rows / batch 2 = 15 micro-batches, 5 per process, / 2 accumulated = 3 steps
+    assert "2 rows x 2 accumulation = 12 rows per optimizer step (3 processes)" in out
+    assert "optimizer steps to run: 3" in out
+    assert "x 3 GPU(s) / 3600 = 0.9 (each cell on 3 GPUs)" in out  # 3 x 360 s x 3 GPUs
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_plan_refuses_a_process_count_below_one(value, capsys, tmp_path):
+    path = write_grid(tmp_path)
+    assert main(["compare", "--plan", "--config", str(path), "--num-processes", value]) == 2
+    assert "--num-processes must be the number of GPUs" in capsys.readouterr().err
+
+
+def test_num_processes_without_plan_says_how_to_run_on_several_gpus(capsys, tmp_path):
+    path = write_grid(tmp_path)
+    argv = ["compare", "--config", str(path), "--output-dir", str(tmp_path / "o")]
+    assert main([*argv, "--num-processes", "2"]) == 2
+    assert "accelerate launch --num_processes N -m infosft compare" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_plan_leaves_cells_finished_in_the_output_dir_out_of_the_hours(capsys, tmp_path):
     path = write_grid(tmp_path, grid={"methods": ["nll"], "learning_rates": [1e-4, 1e-3]})
     (tmp_path / "train.jsonl").write_text('{"prompt": "Q", "completion": " A"}\n' * 8)

@@ -39,6 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="with --plan and --step-seconds: seconds to measure one tuned cell (a compare "
         "progress line's 'measuring'), for the whole run's time",
     )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --plan: the GPUs that train each cell (accelerate launch --num_processes N)",
+    )
     # Several jobs sharing one grid (infosft.experiments.claims).
     parser.add_argument(
         "--job-id",
@@ -67,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
         return print_plan(args)
     if args.step_seconds is not None or args.measure_seconds is not None:
         raise ValueError("--step-seconds and --measure-seconds estimate time; use them with --plan")
+    if args.num_processes != 1:
+        raise ValueError(
+            "--num-processes describes the launch for --plan; to run on N GPUs start "
+            "`accelerate launch --num_processes N -m infosft compare ...`"
+        )
     import datasets
 
     from infosft.experiments.claims import STALE_AFTER_SECONDS
@@ -97,5 +109,9 @@ def print_plan(args: argparse.Namespace) -> int:
 
     spec = read_grid(args.config, require_data=False)
     output_dir = check_output_dir(args.output_dir)
-    print(plan_text(spec, output_dir, args.step_seconds, args.measure_seconds))
+    print(
+        plan_text(
+            spec, output_dir, args.step_seconds, args.measure_seconds, processes=args.num_processes
+        )
+    )
     return 0

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from infosft.distributed import gather, my_batches
 from infosft.evaluation.generation import Prompt, SamplingSettings, generate, render_prompt
 from infosft.evaluation.metrics import wilson_interval
 from infosft.losses import IGNORE_INDEX, target_log_probs
@@ -79,7 +80,9 @@ class KLReference:
     """The base model's next-token log-probs on fixed texts (prompt + completion), computed
     once, so that KL(base || tuned) of many tuned models costs one forward pass each.
 
-    Holds float32 log-probs [B, T, V] for every batch of ``batch_size`` texts.
+    Holds float32 log-probs [B, T, V] for every batch of ``batch_size`` texts; made inside
+    :func:`infosft.distributed.splitting`, each rank holds its share of the batches, and
+    :meth:`kl` (called inside it too) gathers the totals.
     """
 
     def __init__(
@@ -92,8 +95,9 @@ class KLReference:
     ) -> None:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         device = next(base_model.parameters()).device
+        # Under a distributed measurement each rank holds (and later scores) its share.
         self.batches = []
-        for start in range(0, len(prompts), batch_size):
+        for _, start in my_batches(range(0, len(prompts), batch_size)):
             seqs, spans = [], []
             chunk = slice(start, start + batch_size)
             for p, c in zip(prompts[chunk], completions[chunk], strict=True):
@@ -102,13 +106,14 @@ class KLReference:
                 seqs.append(head["input_ids"] + tail)
                 spans.append((len(head["input_ids"]), len(seqs[-1])))
             ids, mask = pad_right(seqs, pad_id, device)
-            self.batches.append((ids, mask, spans, _log_probs(base_model, ids, mask)))
+            self.batches.append((start, ids, mask, spans, _log_probs(base_model, ids, mask)))
 
     def kl(self, tuned_model: Any) -> dict[str, float]:
         """``kl_base_tuned``: the mean over the ``kl_tokens`` completion tokens t of
         KL_t = sum_v p_base(v) (log p_base(v) - log p_tuned(v)), over the full vocabulary."""
-        total, count = 0.0, 0
-        for ids, mask, spans, base_lp in self.batches:
+        sums = []
+        for start, ids, mask, spans, base_lp in self.batches:
+            total, count = 0.0, 0
             tuned_lp = _log_probs(tuned_model, ids, mask)
             if base_lp.shape != tuned_lp.shape:
                 raise ValueError(
@@ -119,6 +124,8 @@ class KLReference:
                 # Position t predicts token t + 1: completion tokens lo..hi-1 come from lo-1..hi-2.
                 total += kl[row, lo - 1 : hi - 1].double().sum().item()
                 count += hi - lo
+            sums.append((start, (total, count)))
+        total, count = _sum_in_order(gather(sums))
         return {"kl_base_tuned": total / max(count, 1), "kl_tokens": count}
 
 
@@ -128,8 +135,8 @@ def heldout_nll(
     """Mean negative log-likelihood per token (nats) of ``texts`` under ``model``."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    total, count = 0.0, 0
-    for start in range(0, len(texts), batch_size):
+    sums = []
+    for _, start in my_batches(range(0, len(texts), batch_size)):
         seqs = [
             tokenizer(t, add_special_tokens=True)["input_ids"][:max_length]
             for t in texts[start : start + batch_size]
@@ -140,9 +147,20 @@ def heldout_nll(
         log_probs = target_log_probs(model, ids, mask, labels)
         target_mask = labels != IGNORE_INDEX
         target_mask[:, 0] = False
-        total -= log_probs[target_mask].double().sum().item()
-        count += int(target_mask.sum())
+        nll = -log_probs[target_mask].double().sum().item()
+        sums.append((start, (nll, int(target_mask.sum()))))
+    total, count = _sum_in_order(gather(sums))
     return {"nll": total / max(count, 1), "tokens": count}
+
+
+def _sum_in_order(sums: Sequence[tuple[float, int]]) -> tuple[float, int]:
+    """Per-batch (total, count) pairs summed in batch order: the same float64 additions
+    whether one process or several ran the batches."""
+    total, count = 0.0, 0
+    for batch_total, batch_count in sums:
+        total += batch_total
+        count += batch_count
+    return total, count
 
 
 def read_texts(path: str | Path, what: str = "text file") -> list[str]:

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from infosft.distributed import gather, my_batches
+
 Prompt = str | list[dict[str, str]]
 
 
@@ -244,8 +246,11 @@ def generate(
     batches = [
         order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)
     ]
+    # Under a distributed measurement each rank runs its share of these same batches.
+    mine = my_batches(batches)
+    done = []
     try:
-        for b, batch in enumerate(tqdm(batches, desc="generating", disable=not progress)):
+        for b, batch in tqdm(mine, desc="generating", disable=not progress):
             # Keyed sampling draws each of a prompt's n samples as a row of its own.
             rows = [i for i in batch for _ in range(settings.n)] if keyed else batch
             width = max(len(encoded[i]) for i in rows)
@@ -277,6 +282,10 @@ def generate(
                 results[prompt].append(truncate_at_stop(text, settings.stop))
             if on_batch is not None:
                 on_batch(batch, [results[i] for i in batch])
+            done.append((b, [(i, results[i]) for i in batch]))
     finally:
         model.train(was_training)
+    for batch_results in gather(done):
+        for i, completions in batch_results:
+            results[i] = completions
     return results

@@ -25,6 +25,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from infosft.distributed import gather, my_batches, shares
 from infosft.evaluation.generation import SamplingSettings, completions_key, generate
 from infosft.evaluation.metrics import summarize
 from infosft.evaluation.sandbox import (
@@ -148,7 +149,19 @@ def score_samples(
         mode = check_sandbox(sandbox, timeout)
         built = [build_program(task, items[s["task_id"]], s["completion"]) for s in samples]
         runnable = [i for i, (_, rejection) in enumerate(built) if not rejection]
-        results = run_checked([built[i][0] for i in runnable], workers, timeout, mode, progress)
+        # Under a distributed measurement each rank runs a share of the programs; an error
+        # is raised on every rank (none may leave the others waiting).
+        ran = []
+        for share, programs in my_batches(shares([built[i][0] for i in runnable])):
+            try:
+                ran.append((share, run_checked(programs, workers, timeout, mode, progress)))
+            except SandboxError as err:
+                ran.append((share, err))
+        results = []
+        for part in gather(ran):
+            if isinstance(part, SandboxError):
+                raise part
+            results.extend(part)
         for i, (_, rejection) in enumerate(built):
             if rejection:
                 records[i].update(rejected_record(rejection))

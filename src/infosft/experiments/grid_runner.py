@@ -25,6 +25,13 @@ sharing a filesystem, one process per GPU): each claims a cell before training i
 other jobs hold, and takes over a cell whose job stopped sending heartbeats (killed). The base
 is measured by the one job that claims it, the others wait for ``base.json``; once every cell is
 in, the one job that claims the report writes it and the others return what it wrote.
+
+A job may itself span several processes (``accelerate launch ... -m infosft compare``, any of
+the launch configs ``train`` uses: DDP, FSDP2, ZeRO-2/3). Its main process claims, decides
+and writes; every process trains the cell the main process took, data-parallel through the
+same trainer ``train`` builds, and measures it, each rank taking whole batches of every
+measurement loop (:mod:`infosft.distributed`). The other processes follow the main process's
+commands (:func:`_follow`) and write nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from infosft import distributed
 from infosft.evaluation.forgetting import KLReference
 from infosft.experiments import summary as summarize
 from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id
@@ -378,7 +386,7 @@ def train_cell(
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    tuned = trainer.model
+    tuned = distributed.whole_model(trainer.model, base_model)
     if hasattr(tuned, "merge_and_unload"):
         tuned = tuned.merge_and_unload()
     return tuned.eval(), seconds, _curve(trainer.state.log_history)
@@ -418,7 +426,9 @@ def _load_options(spec: GridSpec) -> dict[str, Any]:
 
     options = dict(spec.model_init_kwargs or {"dtype": "float32"})
     if torch.cuda.is_available():
-        options.setdefault("device", "cuda")
+        # Under a launch, each process's own GPU.
+        multi = distributed.rank_and_world()[1] > 1
+        options.setdefault("device", str(distributed.device()) if multi else "cuda")
     return options
 
 
@@ -468,11 +478,14 @@ def run_grid(
     start = time.perf_counter()
     if not (math.isfinite(stale_after) and stale_after > 0):
         raise ValueError(f"--stale-after {stale_after} is not a positive number of seconds")
-    output_dir = check_output_dir(output_dir)
+    leads = distributed.is_main()
+    if not leads:
+        log = _quiet
+    output_dir = Path(distributed.from_main(lambda: check_output_dir(output_dir)))
     plan = Plan(spec)
     cells_dir = output_dir / "cells"
     cells = spec.cells()
-    done = _stale_cells(plan, cells_dir, cells)
+    done = distributed.from_main(lambda: _stale_cells(plan, cells_dir, cells))
     claims = Claims(output_dir / "claims", job_id or default_job_id(), stale_after)
     results_stamp = _stamp(output_dir / "results.json")
 
@@ -485,7 +498,7 @@ def run_grid(
         # As results.json holds them (NaN as null): the same whichever job wrote them.
         return json.loads(to_json(results))
 
-    if report_only:
+    def report_only_results() -> dict[str, Any]:
         base = _measured_base(plan, output_dir / "base.json")
         if base is None or not done:
             what = "base measurement (base.json)" if base is None else "finished cell"
@@ -497,18 +510,53 @@ def run_grid(
         log(f"report of {len(done)} of {len(cells)} cells: {output_dir / 'report.md'}")
         return results
 
+    if report_only:
+        return distributed.from_main(report_only_results)
     if spec.keep_checkpoints:
-        _stale_models(plan, output_dir / "runs", done)
+        distributed.from_main(lambda: _stale_models(plan, output_dir / "runs", done))
     log(
         f"{title}: cells {spec.size()}; {len(done)} finished before; results in {output_dir} "
         f"(job {claims.job})"
     )
-    cells_dir.mkdir(parents=True, exist_ok=True)
+    if leads:
+        cells_dir.mkdir(parents=True, exist_ok=True)
     log(f"loading {spec.model}")
     base_model, tokenizer = load_model_and_tokenizer(spec.model, **_load_options(spec))
     base_model.eval()
-    plan.make_own_answers(base_model, tokenizer, output_dir / "demonstrations", log)
 
+    def own_answers() -> dict[tuple[str, int], list[dict[str, Any]]]:
+        plan.make_own_answers(base_model, tokenizer, output_dir / "demonstrations", log)
+        return plan._own_answers
+
+    # Made once by the main process (sampling is keyed per prompt: the rows do not depend on
+    # how many processes there are).
+    plan._own_answers = distributed.from_main(own_answers)
+    if not leads:
+        return _follow(plan, base_model, tokenizer, output_dir)
+    try:
+        return _lead_grid(
+            plan, base_model, tokenizer, output_dir, claims, done, report, results_stamp, log, start
+        )
+    except Exception as err:
+        _lead("error", f"{type(err).__name__}: {err}")
+        raise
+
+
+def _lead_grid(
+    plan: Plan,
+    base_model: Any,
+    tokenizer: Any,
+    output_dir: Path,
+    claims: Claims,
+    done: dict[str, dict[str, Any]],
+    report: Callable[[dict[str, Any], list[float]], dict[str, Any]],
+    results_stamp: tuple[int, int, int] | None,
+    log: Callable[[str], None],
+    start: float,
+) -> dict[str, Any]:
+    """The grid's cells and report, from the main process (the only one outside a launch)."""
+    spec, cells, cells_dir = plan.spec, plan.spec.cells(), output_dir / "cells"
+    stale_after = claims.stale_after
     base = _once(
         claims,
         "base",
@@ -522,9 +570,11 @@ def run_grid(
         + f"; retention items (prior items the base gets right): {base['retention_items']}"
     )
 
-    kl_reference = KLReference(
-        base_model, tokenizer, plan.suite.general_prompts, base["general_samples"]
-    )
+    _lead("base", base)
+    with distributed.splitting():
+        kl_reference = KLReference(
+            base_model, tokenizer, plan.suite.general_prompts, base["general_samples"]
+        )
     run_seconds = []
     waiting = False
     try:
@@ -546,13 +596,15 @@ def run_grid(
                         continue
                     log(f"{head}: training")
                     began = time.perf_counter()
+                    _lead("cell", cell.name)
                     model, seconds, curve = train_cell(
                         plan, cell, base_model, tokenizer, output_dir / "runs" / cell.name, log
                     )
                     trained = time.perf_counter()
-                    measured = measure_tuned(
-                        model, tokenizer, plan.suite, cell.task, base, kl_reference
-                    )
+                    with distributed.splitting():
+                        measured = measure_tuned(
+                            model, tokenizer, plan.suite, cell.task, base, kl_reference
+                        )
                     del model
                     record = _cell_record(spec, cell, measured, seconds, curve)
                     record["measure_seconds"] = time.perf_counter() - trained
@@ -583,6 +635,7 @@ def run_grid(
                         "waiting for them to finish (or to go stale)"
                     )
                 waiting = True
+                _lead("wait")
                 time.sleep(claims.heartbeat)
     except KeyboardInterrupt:
         log(
@@ -603,7 +656,52 @@ def run_grid(
         f"{_duration(results['timing']['compute_seconds'])} of training and measuring): "
         f"{output_dir / 'report.md'}"
     )
+    _lead("results", results)
     return results
+
+
+def _quiet(message: str) -> None:
+    """The log of a process other than the main one: the main process reports progress."""
+
+
+def _lead(command: str, value: Any = None) -> None:
+    """On the main process of a launch: have the other processes run ``command`` with it
+    (:func:`_follow`); nothing in one process."""
+    if distributed.rank_and_world()[1] > 1:
+        distributed.send((command, value))
+
+
+def _follow(plan: Plan, base_model: Any, tokenizer: Any, output_dir: Path) -> dict[str, Any]:
+    """A process other than the main one: join each training and measurement the main
+    process runs (they are collective), until it sends the results. ``wait`` commands, sent
+    while the main process waits for other jobs, keep each wait here short of the
+    collectives' timeout."""
+    base, kl_reference = None, None
+    cells = {cell.name: cell for cell in plan.spec.cells()}
+    while True:
+        command, value = distributed.send()
+        if command == "measure base":
+            _q_under_base(plan, base_model, tokenizer)
+            with distributed.splitting():
+                measure_base(base_model, tokenizer, plan.suite)
+        elif command == "base":
+            base = value
+            with distributed.splitting():
+                kl_reference = KLReference(
+                    base_model, tokenizer, plan.suite.general_prompts, base["general_samples"]
+                )
+        elif command == "cell":
+            cell = cells[value]
+            model, _, _ = train_cell(
+                plan, cell, base_model, tokenizer, output_dir / "runs" / cell.name, _quiet
+            )
+            with distributed.splitting():
+                measure_tuned(model, tokenizer, plan.suite, cell.task, base, kl_reference)
+            del model
+        elif command == "results":
+            return value
+        elif command == "error":
+            raise RuntimeError(f"the main process stopped: {value}")
 
 
 def _measured_base(plan: Plan, base_path: Path) -> dict[str, Any] | None:
@@ -627,10 +725,15 @@ def _measure_base(
     measured = time.perf_counter()
     # First: it also prepares each task's training rows, so bad data or a max_length that
     # leaves no target fails before the longer measurements.
+    # Every process: preparing the rows builds a trainer, whose data preparation waits for
+    # the other processes.
+    _lead("measure base")
     q_under_base = _q_under_base(plan, base_model, tokenizer)
+    with distributed.splitting():
+        measured_base = measure_base(base_model, tokenizer, plan.suite)
     base = {
         "fingerprint": plan.base_fingerprint(),
-        **measure_base(base_model, tokenizer, plan.suite),
+        **measured_base,
         "q_under_base": q_under_base,
     }
     base["measure_seconds"] = time.perf_counter() - measured
@@ -660,6 +763,7 @@ def _once(
             holder = claims.holder(name).get("job", "another job")
             log(f"waiting for job {holder}, which holds the {name} (or for its claim to go stale)")
         waiting = True
+        _lead("wait")
         time.sleep(claims.heartbeat)
 
 

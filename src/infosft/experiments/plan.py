@@ -21,18 +21,21 @@ from infosft.files import read_text
 CELLS_DIR = "cells"
 
 
-def optimizer_steps(rows: int, batch_size: int, accumulation: int, epochs: float) -> int:
-    """Optimizer steps of a run over ``rows`` rows, as transformers' Trainer counts them in one
-    process: ceil(rows / batch) micro-batches per epoch, the last accumulation group short, and
-    ceil(epochs x steps per epoch) in all."""
-    micro_batches = math.ceil(rows / batch_size)
+def optimizer_steps(
+    rows: int, batch_size: int, accumulation: int, epochs: float, processes: int = 1
+) -> int:
+    """Optimizer steps of a run over ``rows`` rows, as transformers' Trainer counts them:
+    ceil(rows / batch) micro-batches per epoch, dealt to ``processes`` data-parallel processes
+    (ceil of the share each: accelerate evens the last), the last accumulation group short,
+    and ceil(epochs x steps per epoch) in all."""
+    micro_batches = math.ceil(math.ceil(rows / batch_size) / processes)
     per_epoch = max(math.ceil(micro_batches / accumulation), 1)
     return math.ceil(epochs * per_epoch)
 
 
-def gpu_hours(steps: int, step_seconds: float) -> float:
-    """GPU-hours of ``steps`` optimizer steps of ``step_seconds`` each on one GPU."""
-    return steps * step_seconds / 3600
+def gpu_hours(steps: int, step_seconds: float, processes: int = 1) -> float:
+    """GPU-hours of ``steps`` optimizer steps of ``step_seconds`` each on ``processes`` GPUs."""
+    return steps * step_seconds * processes / 3600
 
 
 def count_rows(path: str | Path) -> int:
@@ -103,10 +106,17 @@ def plan_text(
     output_dir: str | Path | None = None,
     step_seconds: float | None = None,
     measure_seconds: float | None = None,
+    processes: int = 1,
 ) -> str:
     """The plan of a grid as text: cells, what they load, optimizer steps, finished cells in
-    ``output_dir`` and, with ``step_seconds`` (seconds per optimizer step), GPU-hours; with
+    ``output_dir`` and, with ``step_seconds`` (seconds per optimizer step), GPU-hours, each cell
+    trained data-parallel on ``processes`` GPUs (``accelerate launch --num_processes``); with
     ``measure_seconds`` too (seconds to measure one tuned cell), the whole run's time."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ValueError(
+            f"--num-processes must be the number of GPUs that train each cell (1 or more), got "
+            f"{processes}"
+        )
     for value, flag, what in (
         (step_seconds, "--step-seconds", "one optimizer step takes"),
         (measure_seconds, "--measure-seconds", "measuring one cell takes"),
@@ -124,7 +134,8 @@ def plan_text(
     tuning = "full fine-tuning" if not lora else f"LoRA {json.dumps(lora)}"
     lines.append(
         f"training: {tuning}; {batch} rows x {accumulation} accumulation = "
-        f"{batch * accumulation} rows per optimizer step (one process), max_length "
+        f"{batch * accumulation * processes} rows per optimizer step ({processes} "
+        f"process{'es' if processes > 1 else ''}), max_length "
         f"{args.max_length}, bf16 {args.bf16}"
     )
     rows, steps_known = {}, True
@@ -169,7 +180,7 @@ def plan_text(
         elif rows[cell.task] is None or not steps_known:
             steps = None
         else:
-            steps = optimizer_steps(rows[cell.task], batch, accumulation, cell.epochs)
+            steps = optimizer_steps(rows[cell.task], batch, accumulation, cell.epochs, processes)
         finished = cells_dir is not None and (cells_dir / f"{cell.name}.json").is_file()
         status = "finished" if finished else "to run"
         if not finished:
@@ -207,7 +218,7 @@ def plan_text(
             f"{accumulation}"
         )
         return "\n".join(lines)
-    hours = gpu_hours(steps_to_run, step_seconds)
+    hours = gpu_hours(steps_to_run, step_seconds, processes)
     if measure_seconds is not None:
         total = hours + to_run * measure_seconds / 3600
         lines.append(
@@ -217,9 +228,10 @@ def plan_text(
             "sampling near-policy answers and measuring the base come on top"
         )
         return "\n".join(lines)
+    gpus = "one GPU" if processes == 1 else f"{processes} GPUs"
     lines.append(
         f"GPU-hours (estimate): {steps_to_run} steps x {step_seconds:g} s/step (--step-seconds) "
-        f"/ 3600 = {hours:.3g} (each cell on one GPU); training only: model loading and the "
-        "evaluation of each cell come on top"
+        f"x {processes} GPU(s) / 3600 = {hours:.3g} (each cell on {gpus}); training only: model "
+        "loading and the evaluation of each cell come on top"
     )
     return "\n".join(lines)
