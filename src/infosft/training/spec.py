@@ -235,21 +235,7 @@ class RunSpec:
         checked; machine-dependent defaults (CPU, bf16) fill the keys not given."""
         from infosft.training.config import InfoSFTConfig
 
-        if not isinstance(values, dict):
-            raise ValueError(f"{where} must be a mapping of keys to values, got {values!r}")
-        fields = config_fields()
-        legacy = sorted(k for k in values if k.startswith("lora_"))
-        if legacy:
-            raise ValueError(
-                f"{where}: {', '.join(legacy)} are written as one mapping now: "
-                "lora: {rank: 32, alpha: 64, dropout: 0.05, target_modules: all-linear}"
-            )
-        values = _installed_checkpointing_names(values, fields, where)
-        check_keys(list(values), where, [*fields, *RUN_KEYS])
-        run = {key: values[key] for key in RUN_KEYS if key in values}
-        options = {key: value for key, value in values.items() if key not in RUN_KEYS}
-        options = {key: check_value(value, fields[key], key) for key, value in options.items()}
-        check_optional_packages({**options, **run})
+        run, options = _checked_run_values(values, where)
         if not (options.get("output_dir") or "").strip():
             raise ValueError(
                 f"no output directory in {where} (an empty one is often an unset shell "
@@ -409,13 +395,32 @@ def training_config(values: dict[str, Any], where: str = "the run options") -> I
     ``data`` and ``output_dir`` may be left out. The other run keys are checked as well."""
     from infosft.training.config import InfoSFTConfig
 
-    fields = config_fields()
-    values = _installed_checkpointing_names(values, fields, where)
-    check_keys(list(values), where, [*fields, *RUN_KEYS])
-    options = {k: check_value(v, fields[k], k) for k, v in values.items() if k not in RUN_KEYS}
-    check_optional_packages(values)
-    model_init_kwargs = values.get("model_init_kwargs")
+    run, options = _checked_run_values(values, where)
+    model_init_kwargs = run.get("model_init_kwargs")
     if model_init_kwargs is not None and not isinstance(model_init_kwargs, dict):
         raise ValueError(f"model_init_kwargs must be a mapping, got {model_init_kwargs!r}")
-    LoraSpec.from_value(values.get("lora"))
+    LoraSpec.from_value(run.get("lora"))
     return InfoSFTConfig(**{**device_defaults(options), **options})
+
+
+def _checked_run_values(values: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run mapping split into its run keys and its config options, every key known and every
+    option checked against the config field's type (shared by :meth:`RunSpec.from_dict` and
+    :func:`training_config`)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping of keys to values, got {values!r}")
+    fields = config_fields()
+    legacy = sorted(k for k in values if k.startswith("lora_"))
+    if legacy:
+        raise ValueError(
+            f"{where}: {', '.join(legacy)} are written as one mapping now: "
+            "lora: {rank: 32, alpha: 64, dropout: 0.05, target_modules: all-linear}"
+        )
+    values = _installed_checkpointing_names(values, fields, where)
+    check_keys(list(values), where, [*fields, *RUN_KEYS])
+    run = {key: values[key] for key in RUN_KEYS if key in values}
+    options = {
+        key: check_value(v, fields[key], key) for key, v in values.items() if key not in RUN_KEYS
+    }
+    check_optional_packages({**options, **run})
+    return run, options
