@@ -164,7 +164,7 @@ def test_a_tasks_own_epochs_leave_the_cells_of_the_grids_lengths_as_they_were(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"epochs": [1, 0]}, r"tasks\[0\].epochs must hold positive finite numbers"),
+        ({"epochs": [1, 0]}, r"tasks\[0\]\.epochs\[1\] must be a positive finite number of epochs"),
         ({"epochs": [4, 4.0]}, r"tasks\[0\].epochs lists 4 twice"),
         ({"epochs": []}, r"tasks\[0\].epochs must list at least one"),
     ],

@@ -628,7 +628,9 @@ def _task_epochs(entry: dict[str, Any], where: str) -> tuple[float, ...] | None:
         return None
     key = f"{where}.epochs"
     listed = values if isinstance(values, list) else [values]
-    epochs = [float(check_value(e, POSITIVE, f"{key}[{i}]")) for i, e in enumerate(listed)]
+    from infosft.training.config import EPOCHS
+
+    epochs = [float(check_value(e, EPOCHS, f"{key}[{i}]")) for i, e in enumerate(listed)]
     if not epochs:
         raise ValueError(f"{key} must list at least one number of epochs (or be left out)")
     twice = next((e for e in epochs if epochs.count(e) > 1), None)
