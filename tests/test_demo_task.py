@@ -153,7 +153,7 @@ def test_there_are_enough_distinct_probes_for_200_retention_items():
     assert len({p.question for p in probes.PROBES}) == len(probes.PROBES) >= 450
 
 
-def test_new_probes_come_after_the_default_demos_186_so_their_ids_stay():
+def test_new_probes_come_after_the_original_186_so_their_ids_stay():
     assert probes.PROBES[0].question == "What is the capital of France?"
     assert probes.PROBES[185].question == "What is a young frog called?"
     assert probes.PROBES[186].question == "What is the capital of Switzerland?"
