@@ -185,3 +185,32 @@ def test_task_epochs_and_max_steps_together_are_refused(tmp_path, tiny_model_dir
     )
     with pytest.raises(ValueError, match=r"set their own epochs; keep one"):
         read_grid(path)
+
+
+def test_the_base_answers_the_held_out_items_two_regimes_share_once(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from infosft.experiments import measure
+    from infosft.models import load_model_and_tokenizer
+
+    words = {"generator": "word_problems", "n_train": 8, "n_test": 2}
+    tasks = [
+        {**words, "name": "words"},
+        {**words, "name": "words-noisy", "noise": {"share": 0.25}},
+        {**words, "name": "words-fewer", "n_test": 1},  # other items: answered on their own
+    ]
+    plan = grid_runner.Plan(read_grid(write_grid(tmp_path, tiny_model_dir, tasks=tasks)))
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    real, answered = measure.score, []
+
+    def counting(model, tokenizer, source, suite, only=None):
+        answered.append(source.name)
+        return real(model, tokenizer, source, suite, only)
+
+    monkeypatch.setattr(measure, "score", counting)
+    base = measure.measure_base(model, tokenizer, plan.suite)
+    assert answered == ["words", "words-fewer", "probes"]
+    for task in ("words", "words-noisy", "words-fewer"):
+        alone = real(model, tokenizer, plan.suite.new_tasks[task][0], plan.suite)[0]
+        assert base["new_tasks"][task]["correct"] == alone
+        assert all(key.startswith(f"{task}/") for key in alone)
