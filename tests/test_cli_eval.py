@@ -281,6 +281,14 @@ def test_samples_that_are_not_utf8_name_the_file_and_line(tmp_path, capsys):
     assert f"{samples}:2: not UTF-8" in capsys.readouterr().err
 
 
+def test_a_sample_without_its_keys_is_named_by_its_record(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    good = json.dumps({"task_id": "HumanEval/0", "completion": ""})
+    samples.write_text(f"{good}\n\n{good}\n" + json.dumps({"task_id": 3, "completion": ""}))
+    assert main(["eval", "--task", "humaneval", "--samples", str(samples)]) == 2
+    assert f"{samples}: record 3's 'task_id' must be a string" in capsys.readouterr().err
+
+
 def test_a_truncated_samples_line_names_its_own_line(tmp_path, capsys):
     samples = tmp_path / "s.jsonl"
     samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\n{"task_id": "HumanEv')

@@ -211,3 +211,41 @@ def environment() -> dict[str, Any]:
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "versions": library_versions(),
     }
+
+
+def file_name_part(text: str, fallback: str) -> str:
+    """``text`` as part of one file name: runs of characters other than ASCII letters, digits
+    and ``._-`` become ``-`` (no ``/``, NUL or ``..`` path step survives), no leading dot, at
+    most 100 characters; ``fallback`` when nothing is left."""
+    part = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip(".-").rstrip("-")
+    return part[:100] or fallback
+
+
+def check_results_file(
+    output: Path, identity: dict[str, Any], overwrite: bool, where: str = "--output"
+) -> None:
+    """Before any work: ``output`` (given as ``where``) must be a writable file path, and must
+    not hold results whose ``identity`` keys differ (another task, model or samples file),
+    unless ``overwrite``."""
+    if output.is_dir():
+        raise ValueError(
+            f"{where} {output} is a directory; give a file such as {output}/results.json"
+        )
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}."):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write {where} {output}: {err}") from None
+    if not output.exists() or overwrite:
+        return
+    try:
+        previous = json.loads(output.read_bytes())
+        same = all(previous.get(key) == value for key, value in identity.items())
+    except (ValueError, AttributeError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"{where} {output} already holds other results (not {identity}); choose another "
+            f"{where}, or pass --overwrite to replace them"
+        )

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -96,100 +93,11 @@ def print_metrics(title: str, metrics: dict) -> None:
         print(f"  {key:<28}{shown:>12}{ci}")
 
 
-def read_samples(path: str) -> list[dict]:
-    """The ``{task_id, completion}`` rows of a JSON-lines file; errors name the file and line."""
-    from infosft.files import read_text
-
-    file = Path(path)
-    if not file.is_file():
-        what = "is a directory, not a file" if file.is_dir() else "does not exist"
-        raise FileNotFoundError(f"samples file {path} {what}")
-    samples = []
-    for n, line in enumerate(read_text(file).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}:{n}: not valid JSON ({err.msg} at column {err.colno}); each line is "
-                'one {"task_id": ..., "completion": ...} object'
-            ) from None
-        if not isinstance(row, dict) or "task_id" not in row or "completion" not in row:
-            raise ValueError(f"{path}:{n}: each line needs 'task_id' and 'completion'")
-        # A completion that is not text is the sample's failure, scored as "rejected".
-        if not isinstance(row["task_id"], str):
-            raise ValueError(f"{path}:{n}: 'task_id' must be a string")
-        samples.append(row)
-    if not samples:
-        raise ValueError(f"samples file {path} is empty")
-    return samples
-
-
-def file_name_part(text: str, fallback: str) -> str:
-    """``text`` as part of one file name: runs of characters other than ASCII letters, digits
-    and ``._-`` become ``-`` (no ``/``, NUL or ``..`` path step survives), no leading dot, at
-    most 100 characters; ``fallback`` when nothing is left."""
-    part = re.sub(r"[^A-Za-z0-9._-]+", "-", text).lstrip(".-").rstrip("-")
-    return part[:100] or fallback
-
-
 def slug(name: str) -> str:
     """A file-name-safe short name of a model or file: its last path component."""
+    from infosft.files import file_name_part
+
     return file_name_part(Path(name.rstrip("/")).name or name, "model")
-
-
-def check_output(output: Path, identity: dict, overwrite: bool) -> None:
-    """Before any work: ``output`` must be a writable file path, and must not hold the results
-    of another task, model or samples file (unless ``overwrite``)."""
-    if output.is_dir():
-        raise ValueError(
-            f"--output {output} is a directory; give a file such as {output}/results.json"
-        )
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}."):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot write --output {output}: {err}") from None
-    if not output.exists() or overwrite:
-        return
-    try:
-        previous = json.loads(output.read_bytes())
-        same = all(previous.get(key) == value for key, value in identity.items())
-    except (ValueError, AttributeError):
-        same = False
-    if not same:
-        raise ValueError(
-            f"--output {output} already holds other results (not {identity}); choose another "
-            "--output, or pass --overwrite to replace them"
-        )
-
-
-def resolve_device(name: str | None) -> str:
-    """The torch device to load models on; a clear error for unknown or absent devices."""
-    import torch
-
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as err:
-        raise ValueError(f"unknown --device {name!r} ({err}); use cpu, cuda, cuda:1, ...") from None
-    if device.type == "cpu":
-        return name
-    backend = getattr(torch, device.type, None)
-    available = getattr(backend, "is_available", None)
-    if device.type == "mps":
-        available = torch.backends.mps.is_available
-    if available is None or not available():
-        raise ValueError(
-            f"--device {name}: no {device.type} device is available here; use --device cpu"
-        )
-    count = getattr(backend, "device_count", None)
-    if device.index is not None and count is not None and device.index >= count():
-        raise ValueError(f"--device {name}: only {count()} {device.type} device(s) here")
-    return name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -292,53 +200,13 @@ def lm_eval_names(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def check_models(args: argparse.Namespace, model: str, task) -> None:
-    """From the tokenizers and configs, before any weights load: both models exist, a task
-    (or lm-eval) that prompts with chat messages has a chat template, and with a forgetting
-    report the tuned and base models share one vocabulary (KL and NLL compare them token by
-    token)."""
-    from infosft.models import load_config, load_tokenizer, resolve_dtype
-
-    resolve_dtype(args.dtype)
-    names = {"--model": model, "--base-model": args.base_model}
-    tokenizers = {flag: load_tokenizer(name) for flag, name in names.items() if name}
-    chat = task is not None and task.items and not isinstance(task.prompt(task.items[0]), str)
-    for flag, tokenizer in tokenizers.items():
-        if getattr(tokenizer, "chat_template", None) is not None:
-            continue
-        if chat:
-            raise ValueError(
-                f"task {task.name!r} prompts with chat messages, but the tokenizer of {flag} "
-                f"{names[flag]} has no chat template; use a chat model or a prompt: template"
-            )
-        if args.lm_eval_chat_template:
-            raise ValueError(
-                f"--lm-eval-chat-template: the tokenizer of {flag} {names[flag]} has no chat "
-                "template; drop the flag"
-            )
-    if task is None or not args.base_model:
-        return
-    sizes = {}
-    for flag, tokenizer in tokenizers.items():
-        config = load_config(names[flag])
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        sizes[flag] = (len(tokenizer), getattr(text_config, "vocab_size", None))
-    (tuned, base) = tokenizers.values()
-    if sizes["--model"] != sizes["--base-model"] or tuned.get_vocab() != base.get_vocab():
-        describe = {f: f"{t} tokens (embedding rows: {e})" for f, (t, e) in sizes.items()}
-        raise ValueError(
-            f"--model {model} has a vocabulary of {describe['--model']} and --base-model "
-            f"{args.base_model} one of {describe['--base-model']}"
-            + (", with other tokens" if sizes["--model"] == sizes["--base-model"] else "")
-            + "; forgetting compares both models token by token: pass the model --model was "
-            "fine-tuned from as --base-model"
-        )
-
-
 def evaluate_command(args: argparse.Namespace) -> int:
     import infosft.experiments  # noqa: F401 - registers the demo's tasks with load_task
     from infosft.evaluation.forgetting import read_texts
     from infosft.evaluation.runner import (
+        check_models,
+        evaluate_models,
+        read_samples,
         score_samples,
         summarize_records,
         validate_limit,
@@ -346,7 +214,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     )
     from infosft.evaluation.sandbox import check_sandbox, validate_timeout
     from infosft.evaluation.tasks import load_task
-    from infosft.files import write_json_atomic
+    from infosft.files import check_results_file, file_name_part, write_json_atomic
+    from infosft.models import resolve_device, resolve_dtype
 
     # Every flag and every file is read and checked here, before any model is loaded.
     validate_limit(args.limit)
@@ -382,7 +251,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
             stop=args.stop,
             seed=args.seed,
         )
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, "--device")
         texts = {
             key: read_texts(path, flag) if path is not None else None
             for key, path, flag in (
@@ -390,9 +259,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
                 ("general_texts", args.heldout, "--heldout"),
             )
         }
-    check_output(output, identity, args.overwrite)
+    check_results_file(output, identity, args.overwrite)
     if not args.samples:
-        check_models(args, model, task)
+        resolve_dtype(args.dtype)
+        check_models(model, args.base_model, task, bool(args.lm_eval_chat_template))
     start = time.perf_counter()
     if args.samples:
         mode = check_sandbox(args.sandbox, args.timeout) if task.program else None
@@ -408,10 +278,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if mode is not None:
             results["sandbox"] = mode
     else:
-        results = {
-            **identity,
-            **evaluate_models(args, model, task, settings, device, output, texts),
-        }
+        options = {"limit": args.limit, "workers": args.workers, "timeout": args.timeout}
+        options.update(sandbox=args.sandbox, progress=not args.no_progress)
+        paths = tuple(
+            output.with_name(f"{output.stem}.{tag}.progress.jsonl") for tag in ("model", "base")
+        )
+        measured = evaluate_models(
+            model,
+            task,
+            settings,
+            base_model_name=args.base_model,
+            device=device,
+            dtype=args.dtype,
+            progress_paths=paths,
+            lm_eval=lm_eval_options(args) if args.lm_eval else None,
+            **texts,
+            **options,
+        )
+        results = {**identity, **measured}
     results["seconds"] = time.perf_counter() - start
     write_json_atomic(output, results)
     if task is not None:
@@ -434,54 +318,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_models(
-    args: argparse.Namespace,
-    model_name: str,
-    task,
-    settings,
-    device: str,
-    output: Path,
-    texts: dict,
-) -> dict:
-    """Generate and score with --model, and with --base-model beside it the forgetting report
-    (on ``texts``: ``general_prompts`` and ``general_texts``, None for the built-in ones)."""
-    from infosft.evaluation.lm_eval_tasks import lm_eval_report
-    from infosft.evaluation.runner import evaluate, evaluate_with_base
-    from infosft.models import load_model_and_tokenizer
-
-    def load(name: str) -> tuple:
-        return load_model_and_tokenizer(name, dtype=args.dtype, device=device)
-
-    model, tokenizer = load(model_name)
-    base_model, base_tokenizer = load(args.base_model) if args.base_model else (None, None)
-    options = {"limit": args.limit, "workers": args.workers, "timeout": args.timeout}
-    options.update(sandbox=args.sandbox, progress=not args.no_progress)
-    paths = [output.with_name(f"{output.stem}.{tag}.progress.jsonl") for tag in ("model", "base")]
-    results = {}
-    if task is not None and base_model is None:
-        results = evaluate(model, tokenizer, task, settings, progress_path=paths[0], **options)
-    elif task is not None:
-        models = (model, tokenizer, base_model, base_tokenizer)
-        results = evaluate_with_base(*models, task, settings, tuple(paths), **texts, **options)
-    if args.lm_eval:
-        tuned = run_lm_eval_tasks(args, model, tokenizer)
-        base = run_lm_eval_tasks(args, base_model, base_tokenizer) if base_model else None
-        results["lm_eval"] = lm_eval_report(tuned, base)
-    return results
-
-
-def run_lm_eval_tasks(args: argparse.Namespace, model, tokenizer) -> dict:
-    """The --lm-eval tasks on one loaded model (see infosft.evaluation.lm_eval_tasks)."""
-    from infosft.evaluation.lm_eval_tasks import run_lm_eval
-
-    return run_lm_eval(
-        model,
-        tokenizer,
-        list(lm_eval_names(args)),
-        limit=args.limit,
-        include_path=args.lm_eval_include,
-        num_fewshot=args.lm_eval_fewshot,
-        apply_chat_template=args.lm_eval_chat_template,
-        batch_size=args.batch_size or 8,
-        seed=args.seed,
-    )
+def lm_eval_options(args: argparse.Namespace) -> dict:
+    """The --lm-eval flags as :func:`infosft.evaluation.lm_eval_tasks.run_lm_eval` arguments."""
+    return {
+        "tasks": list(lm_eval_names(args)),
+        "limit": args.limit,
+        "include_path": args.lm_eval_include,
+        "num_fewshot": args.lm_eval_fewshot,
+        "apply_chat_template": args.lm_eval_chat_template,
+        "batch_size": args.batch_size or 8,
+        "seed": args.seed,
+    }

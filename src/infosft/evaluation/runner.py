@@ -360,6 +360,112 @@ def evaluate_with_base(
     return results
 
 
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """The ``{task_id, completion}`` records of a JSON-lines (or JSON list) file; errors name
+    the file and line."""
+    from infosft.evaluation.tasks import read_records
+
+    samples = read_records(Path(path), "samples file")
+    for n, row in enumerate(samples, 1):
+        # A completion that is not text is the sample's failure, scored as "rejected".
+        if "task_id" not in row or "completion" not in row:
+            raise ValueError(f"{path}: record {n} needs 'task_id' and 'completion'")
+        if not isinstance(row["task_id"], str):
+            raise ValueError(f"{path}: record {n}'s 'task_id' must be a string")
+    if not samples:
+        raise ValueError(f"samples file {path} is empty")
+    return samples
+
+
+def check_models(
+    model: str, base_model: str | None, task: Task | None, lm_eval_chat_template: bool = False
+) -> None:
+    """From the tokenizers and configs, before any weights load: both models exist, a task
+    (or lm-eval with ``lm_eval_chat_template``) that prompts with chat messages has a chat
+    template, and with ``task`` and ``base_model`` (a forgetting report) both share one
+    vocabulary (KL and NLL compare them token by token). Errors name the models by the
+    ``infosft eval`` flags that give them."""
+    from infosft.models import load_config, load_tokenizer
+
+    names = {"--model": model, "--base-model": base_model}
+    tokenizers = {flag: load_tokenizer(name) for flag, name in names.items() if name}
+    chat = task is not None and task.items and not isinstance(task.prompt(task.items[0]), str)
+    for flag, tokenizer in tokenizers.items():
+        if getattr(tokenizer, "chat_template", None) is not None:
+            continue
+        if chat:
+            raise ValueError(
+                f"task {task.name!r} prompts with chat messages, but the tokenizer of {flag} "
+                f"{names[flag]} has no chat template; use a chat model or a prompt: template"
+            )
+        if lm_eval_chat_template:
+            raise ValueError(
+                f"--lm-eval-chat-template: the tokenizer of {flag} {names[flag]} has no chat "
+                "template; drop the flag"
+            )
+    if task is None or not base_model:
+        return
+    sizes = {}
+    for flag, tokenizer in tokenizers.items():
+        config = load_config(names[flag])
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        sizes[flag] = (len(tokenizer), getattr(text_config, "vocab_size", None))
+    (tuned, base) = tokenizers.values()
+    if sizes["--model"] != sizes["--base-model"] or tuned.get_vocab() != base.get_vocab():
+        describe = {f: f"{t} tokens (embedding rows: {e})" for f, (t, e) in sizes.items()}
+        raise ValueError(
+            f"--model {model} has a vocabulary of {describe['--model']} and --base-model "
+            f"{base_model} one of {describe['--base-model']}"
+            + (", with other tokens" if sizes["--model"] == sizes["--base-model"] else "")
+            + "; forgetting compares both models token by token: pass the model --model was "
+            "fine-tuned from as --base-model"
+        )
+
+
+def evaluate_models(
+    model_name: str,
+    task: Task | None,
+    settings: SamplingSettings | None = None,
+    *,
+    base_model_name: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    progress_paths: tuple[str | Path | None, str | Path | None] = (None, None),
+    general_prompts: Sequence[str] | None = None,
+    general_texts: Sequence[str] | None = None,
+    lm_eval: dict[str, Any] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Load ``model_name`` (and ``base_model_name``) and run :func:`evaluate` on ``task``, or
+    :func:`evaluate_with_base` with a base; ``lm_eval``: the keyword arguments of
+    :func:`infosft.evaluation.lm_eval_tasks.run_lm_eval` (``tasks``, ``limit``, ...), run on
+    both models and reported side by side. ``options``: :func:`evaluate`'s."""
+    from infosft.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
+    base_model = base_tokenizer = None
+    if base_model_name:
+        base_model, base_tokenizer = load_model_and_tokenizer(
+            base_model_name, dtype=dtype, device=device
+        )
+    results: dict[str, Any] = {}
+    if task is not None and base_model is None:
+        results = evaluate(
+            model, tokenizer, task, settings, progress_path=progress_paths[0], **options
+        )
+    elif task is not None:
+        models = (model, tokenizer, base_model, base_tokenizer)
+        texts = {"general_prompts": general_prompts, "general_texts": general_texts}
+        results = evaluate_with_base(*models, task, settings, progress_paths, **texts, **options)
+    if lm_eval is not None:
+        from infosft.evaluation.lm_eval_tasks import lm_eval_report, run_lm_eval
+
+        tuned = run_lm_eval(model, tokenizer, **lm_eval)
+        base = run_lm_eval(base_model, base_tokenizer, **lm_eval) if base_model else None
+        results["lm_eval"] = lm_eval_report(tuned, base)
+    return results
+
+
 def with_overrides(settings: SamplingSettings, **overrides: Any) -> SamplingSettings:
     """``settings`` with the given fields replaced (``None`` values are ignored)."""
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

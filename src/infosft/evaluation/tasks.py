@@ -121,12 +121,12 @@ def fill(template: str, record: dict[str, Any]) -> str:
     return FIELD.sub(lambda m: str(record.get(m.group(1), m.group(0))), template)
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path, what: str = "task data file") -> list[dict[str, Any]]:
     """Records of a ``.jsonl`` (one JSON object per line) or ``.json`` (a list) file; errors
-    name the file and line (text that is not UTF-8, a line that is not JSON)."""
+    name the file (as ``what``) and line (text that is not UTF-8, a line that is not JSON)."""
     if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"task data file {path} {what}")
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {path} {state}")
     text = read_text(path)
     if path.suffix == ".json":
         try:

@@ -17,6 +17,7 @@ from infosft.models.loading import (
     load_config,
     load_model_and_tokenizer,
     load_tokenizer,
+    resolve_device,
     resolve_dtype,
     resolve_model_path,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "load_model_and_tokenizer",
     "load_tokenizer",
     "pad_right",
+    "resolve_device",
     "resolve_dtype",
     "resolve_model_path",
     "smollm2_gguf_path",

@@ -159,3 +159,30 @@ def model_vocab_size(name_or_path: str, **config_kwargs: Any) -> int:
         where = "model directory" if Path(path).is_dir() else "model"
         raise ValueError(f"{where} {name_or_path}: its config could not be read: {err}") from err
     return int(config.get_text_config().vocab_size)
+
+
+def resolve_device(name: str | None, where: str = "device") -> str:
+    """The torch device to load models on (None: cuda when available, else cpu); a clear
+    error, naming ``where`` the name came from, for unknown or absent devices."""
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"unknown {where} {name!r} ({err}); use cpu, cuda, cuda:1, ...") from None
+    if device.type == "cpu":
+        return name
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type == "mps":
+        available = torch.backends.mps.is_available
+    if available is None or not available():
+        raise ValueError(
+            f"{where} {name}: no {device.type} device is available here; use {where} cpu"
+        )
+    count = getattr(backend, "device_count", None)
+    if device.index is not None and count is not None and device.index >= count():
+        raise ValueError(f"{where} {name}: only {count()} {device.type} device(s) here")
+    return name
