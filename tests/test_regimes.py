@@ -72,6 +72,31 @@ def test_near_policy_trains_on_the_models_accepted_answers_and_keeps_them(
     assert answers(again) == [" 5"]
 
 
+def test_a_shipped_near_policy_set_stands_in_only_for_its_own_recipe(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import infosft.evaluation
+
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr(grid_runner, "SHIPPED_DEMONSTRATIONS", shipped)
+    plan = plan_of(tmp_path / "made", tiny_model_dir, NEAR)
+    monkeypatch.setattr(infosft.evaluation, "generate", own_answers(" 5"))
+    plan.make_own_answers(None, None, shipped, lambda line: None)
+
+    monkeypatch.setattr(infosft.evaluation, "generate", None)  # used, not sampled again
+    same = plan_of(tmp_path / "same", tiny_model_dir, NEAR)
+    lines = []
+    same.make_own_answers(None, None, tmp_path / "same" / "demonstrations", lines.append)
+    assert answers(same) == [" 5"] and "shipped" in lines[0]
+    assert (tmp_path / "same" / "demonstrations" / "sums,seed0.json").is_file()
+
+    # Another recipe (more samples per prompt) samples its own.
+    more = {**NEAR["near_policy"], "samples": 3}
+    other = plan_of(tmp_path / "other", tiny_model_dir, {**NEAR, "near_policy": more})
+    with pytest.raises(TypeError):
+        other.make_own_answers(None, None, tmp_path / "other" / "demonstrations", print)
+
+
 def test_near_policy_with_no_accepted_answer_says_what_to_change(
     tmp_path, tiny_model_dir, monkeypatch
 ):

@@ -70,6 +70,8 @@ RESULTS_FORMAT = 2
 STEP_LINE_SECONDS = 20.0
 # Beside a cell's model on disk: the training fingerprint it was (or is being) trained with.
 TRAINED_WITH = "trained_with.json"
+# Near-policy sets shipped with the package (the demo's): used where their recipe matches.
+SHIPPED_DEMONSTRATIONS = Path(__file__).parent / "specs" / "demonstrations"
 CURVE_KEYS = (
     "step",
     "epoch",
@@ -186,7 +188,9 @@ class Plan:
     ) -> None:
         """The near-policy tasks' rows, per seed: ``model``'s own accepted answers to the
         task's prompts (:func:`infosft.experiments.demonstrations.near_policy`). Each set is
-        kept in ``directory`` under its recipe's digest and reused while the recipe holds."""
+        kept in ``directory`` under its recipe's digest and reused while the recipe holds; a
+        set shipped in ``SHIPPED_DEMONSTRATIONS`` with the same recipe (the same source rows,
+        sampling options, model name and seed: the demo's) is used instead of sampling."""
         from infosft.evaluation import SamplingSettings, generate
 
         for task in self.spec.tasks:
@@ -197,6 +201,13 @@ class Plan:
                 recipe = self._rows_digest(task, seed)
                 path = directory / f"{task.name},seed{seed}.json"
                 stored = _read_json(path)
+                shipped = _read_json(SHIPPED_DEMONSTRATIONS / path.name)
+                if (stored is None or stored.get("recipe") != recipe) and (
+                    shipped is not None and shipped.get("recipe") == recipe
+                ):
+                    log(f"{task.name}, seed {seed}: the model's own answers shipped with infosft")
+                    stored = shipped
+                    write_json_atomic(path, stored)
                 if stored is None or stored.get("recipe") != recipe:
                     settings = SamplingSettings(
                         max_new_tokens=options["max_new_tokens"],
