@@ -266,8 +266,21 @@ def test_the_default_demo_sweeps_three_rates_over_10x_for_nll_and_infosft_on_two
     assert {"nll", "infosft"} <= {v.name for v in spec.variants}
     assert len(spec.learning_rates) >= 3
     assert max(spec.learning_rates) / min(spec.learning_rates) >= 10 * (1 - 1e-9)
-    assert {t.name for t in spec.tasks} == {"arith_chain", "word_problems"}
-    assert all(t.n_test >= 50 for t in spec.tasks)
+    assert {t.name for t in spec.tasks} == {"word_problems", "word_problems-own"}
+    assert all(t.n_test >= 40 for t in spec.tasks)
+
+
+def test_the_default_demo_trains_on_the_shipped_near_policy_answers_without_sampling():
+    import json
+
+    from infosft.experiments import grid_runner
+
+    plan = grid_runner.Plan(read_grid(demo_spec_path()))
+    own = plan.spec.task("word_problems-own")
+    shipped = grid_runner.SHIPPED_DEMONSTRATIONS / "word_problems-own,seed0.json"
+    stored = json.loads(shipped.read_text())
+    assert stored["recipe"] == plan._rows_digest(own, 0)
+    assert stored["counts"]["kept"] == len(stored["rows"]) >= 32
 
 
 def test_the_full_demo_runs_the_protocol_on_five_regimes_each_with_its_reason():
