@@ -9,22 +9,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from infosft.training import RunSpec, build_trainer
 from infosft.training.preparation import prepare_rows
 from infosft.training.spec import training_config
+from test_inspect import CHAT
 
 TEXT = [
     {"text": "The capital of France is Paris."},
     {"text": "def add(a, b):\n    return a + b"},
-]
-CHAT = [
-    {
-        "messages": [
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": f"What is {i} + 7?"},
-            {"role": "assistant", "content": f"It is {i + 7}."},
-            {"role": "user", "content": "Sure?"},
-            {"role": "assistant", "content": "Yes."},
-        ]
-    }
-    for i in range(3)
 ]
 COMPLETION = [{"prompt": f"Q: {i} + 3?\nA:", "completion": f" {i + 3}"} for i in range(3)]
 CHAT_COMPLETION = [
