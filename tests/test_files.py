@@ -1,7 +1,9 @@
 """infosft.files: the one atomic writer, JSON-lines appender, YAML 1.2 reader, environment."""
 
+import hashlib
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -95,3 +97,29 @@ def test_a_key_given_twice_beside_a_merge_is_still_an_error():
 def test_yaml_nested_too_deeply_to_read_is_a_value_error_naming_the_source():
     with pytest.raises(ValueError, match=r"c\.yaml: YAML nested too deeply"):
         files.load_yaml("a: " + "[" * 5000 + "]" * 5000, "c.yaml")
+
+
+def test_files_digest_reads_content_not_names_or_dates(tmp_path):
+    first, second = tmp_path / "a.bin", tmp_path / "copy" / "b.bin"
+    second.parent.mkdir()
+    first.write_bytes(b"x" * 100)
+    second.write_bytes(b"x" * 100)
+    os.utime(second, (0, 0))
+    assert files.files_digest([first]) == files.files_digest([second])
+    assert files.files_digest([first]) == hashlib.sha256(b"x" * 100).hexdigest()[:16]
+    second.write_bytes(b"x" * 99 + b"y")
+    assert files.files_digest([first]) != files.files_digest([second])
+
+
+def test_a_file_over_whole_up_to_is_known_by_its_size_and_evenly_spaced_chunks(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(files, "CHUNK_BYTES", 4)
+    monkeypatch.setattr(files, "SAMPLED_CHUNKS", 3)
+    data = bytes(range(40))
+    path = tmp_path / "weights.bin"
+    path.write_bytes(data)
+    # Chunks start at 0, 18 and 36: first and last bytes always read, the rest evenly between.
+    sampled = b"40" + data[0:4] + data[18:22] + data[36:40]
+    assert files.files_digest([path], 39) == hashlib.sha256(sampled).hexdigest()[:16]
+    assert files.files_digest([path], 40) == hashlib.sha256(data).hexdigest()[:16]

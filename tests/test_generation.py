@@ -97,11 +97,24 @@ def test_chat_messages_go_through_the_chat_template(model_and_tokenizer):
     assert from_messages == [[tokenizer.decode(new, skip_special_tokens=True)]]
 
 
-def test_invalid_settings_are_rejected():
-    with pytest.raises(ValueError, match="temperature > 0"):
-        SamplingSettings(n=4)
-    with pytest.raises(ValueError, match="top_p"):
-        SamplingSettings(temperature=1.0, top_p=0.0)
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"n": 4}, "n=4 samples per prompt need temperature > 0"),
+        ({"temperature": 1.0, "top_p": 0.0}, r"top_p must be a finite number in \(0, 1\], got 0.0"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive whole number, got 0"),
+        ({"temperature": float("nan")}, "temperature must be a finite number >= 0, got nan"),
+        ({"batch_size": 1.5}, "batch_size must be a positive whole number, got 1.5"),
+        ({"stop": [1]}, r"stop must be a list of strings, got \[1\]"),
+    ],
+)
+def test_invalid_settings_are_rejected_naming_the_setting(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingSettings(**settings)
+
+
+def test_a_whole_float_reads_as_a_whole_number():
+    assert SamplingSettings(batch_size=2.0).batch_size == 2
 
 
 def test_a_final_assistant_message_is_continued_not_closed(model_and_tokenizer):

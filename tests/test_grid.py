@@ -277,9 +277,10 @@ def test_the_default_demo_trains_on_the_shipped_near_policy_answers_without_samp
 
     plan = grid_runner.Plan(read_grid(demo_spec_path()))
     own = plan.spec.task("word_problems-own")
-    shipped = grid_runner.SHIPPED_DEMONSTRATIONS / "word_problems-own,seed0.json"
+    recipe = plan._rows_digest(own, 0)
+    shipped = grid_runner.SHIPPED_DEMONSTRATIONS / f"word_problems-own,seed0,{recipe}.json"
     stored = json.loads(shipped.read_text())
-    assert stored["recipe"] == plan._rows_digest(own, 0)
+    assert stored["recipe"] == recipe
     assert stored["counts"]["kept"] == len(stored["rows"]) >= 32
 
 
@@ -299,3 +300,23 @@ def test_the_full_demo_runs_the_protocol_on_five_regimes_each_with_its_reason():
     assert {v.name for v in spec.variants} >= {"nll", "infosft"}
     assert max(spec.learning_rates) / min(spec.learning_rates) >= 10 * (1 - 1e-9)
     assert len(spec.seeds) == 3
+
+
+def test_a_model_directory_is_known_by_its_files_content_not_where_or_when_it_was_written(
+    tmp_path,
+):
+    import shutil
+
+    from infosft.experiments.grid_runner import model_identity
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    (model / "checkpoint-1").mkdir()  # what loading the model does not read is not hashed
+    copy = shutil.copytree(model, tmp_path / "elsewhere" / "model")
+    os.utime(copy / "model.safetensors", (0, 0))
+    (copy / "checkpoint-1" / "extra.bin").write_bytes(b"\x01")
+    assert model_identity(str(model)) == model_identity(str(copy))
+    (copy / "model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")
+    assert model_identity(str(model)) != model_identity(str(copy))

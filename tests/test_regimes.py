@@ -82,6 +82,8 @@ def test_a_shipped_near_policy_set_stands_in_only_for_its_own_recipe(
     plan = plan_of(tmp_path / "made", tiny_model_dir, NEAR)
     monkeypatch.setattr(infosft.evaluation, "generate", own_answers(" 5"))
     plan.make_own_answers(None, None, shipped, lambda line: None)
+    made = shipped / "sums,seed0.json"
+    made.rename(shipped / f"sums,seed0,{json.loads(made.read_text())['recipe']}.json")
 
     monkeypatch.setattr(infosft.evaluation, "generate", None)  # used, not sampled again
     same = plan_of(tmp_path / "same", tiny_model_dir, NEAR)

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from infosft.checks import Number, check_value
 from infosft.distributed import gather, my_batches
 
 Prompt = str | list[dict[str, str]]
+POSITIVE = Number(whole=True, low=1)
+_SETTINGS = {
+    "max_new_tokens": POSITIVE,
+    "temperature": Number(low=0),
+    "top_p": Number(low=0, low_open=True, high=1),
+    "n": POSITIVE,
+    "stop": list,
+    "batch_size": POSITIVE,
+    "seed": int,
+}
 
 
 @dataclass
@@ -27,26 +37,10 @@ class SamplingSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("max_new_tokens", "n", "batch_size", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be a whole number, got {value!r}")
-        for name in ("temperature", "top_p"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
-        if not isinstance(self.stop, list) or not all(isinstance(x, str) for x in self.stop):
+        for name, expected in _SETTINGS.items():
+            setattr(self, name, check_value(getattr(self, name), expected, name))
+        if not all(isinstance(x, str) for x in self.stop):
             raise ValueError(f"stop must be a list of strings, got {self.stop!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if self.n < 1 or self.batch_size < 1:
-            raise ValueError(f"n and batch_size must be >= 1, got {self.n}, {self.batch_size}")
         if self.n > 1 and self.temperature == 0:
             raise ValueError(
                 f"n={self.n} samples per prompt need temperature > 0 (greedy gives one answer)"

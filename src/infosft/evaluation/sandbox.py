@@ -36,11 +36,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from infosft.checks import Number, check_value
+
 # Read once: a program can never change the supervisor of the samples after it.
 SUPERVISOR_SOURCE = Path(__file__).with_name("_supervisor.py").read_text(encoding="utf-8")
 MODES = ("auto", "bwrap", "landlock")
 DEFAULT_TIMEOUT_S = 3.0
 MAX_TIMEOUT_S = 86400
+TIMEOUT = Number(low=0, low_open=True, high=MAX_TIMEOUT_S, unit="seconds")
 DEFAULT_MEMORY_BYTES = 2 * 1024**3
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
 DEFAULT_MAX_FILE_BYTES = 16 * 1024**2
@@ -92,15 +95,7 @@ class SandboxResult:
 
 def validate_timeout(timeout: float) -> float:
     """``timeout`` as a float, or ValueError unless it is a number of seconds in (0, 1 day]."""
-    try:
-        value = float(timeout)
-    except (TypeError, ValueError):
-        raise ValueError(f"the timeout must be a number of seconds, got {timeout!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"the timeout must be a finite number of seconds > 0, got {timeout!r}")
-    if value > MAX_TIMEOUT_S:
-        raise ValueError(f"the timeout must be at most {MAX_TIMEOUT_S} s (a day), got {timeout!r}")
-    return value
+    return check_value(timeout, TIMEOUT, "the timeout")
 
 
 def scrubbed_env(home: str) -> dict[str, str]:

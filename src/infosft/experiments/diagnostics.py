@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from transformers import TrainerCallback
 
-from infosft.experiments.inspect import q_bin_index, q_summary
+from infosft.experiments.inspect import q_summary, weight_mass_table
 from infosft.objectives import token_weights
 
 # Bins of q: nearly impossible, unlikely, likely, and past InfoSFT's default clip point.
@@ -84,25 +84,19 @@ def mass_shares(
     (the mean of w and of 2 w (1 - q) per token): the scale a global-norm argument is about.
     """
     flat = log_probs.reshape(-1)
-    index = q_bin_index(flat.double().exp(), edges)
+    masses = {method: logit_gradient_mass(flat, method, p_bar) for method in methods}
+    table = weight_mass_table(flat, masses, edges)
     labels = bin_labels(edges)
-    n = max(flat.numel(), 1)
-    counts = torch.bincount(index, minlength=len(labels)).double()
     result: dict[str, dict[str, float]] = {
-        "tokens": {label: float(c) / n for label, c in zip(labels, counts, strict=True)},
-        "mean_weight": {},
-        "total_mass": {},
+        "tokens": dict(zip(labels, table["token_share"], strict=True)),
+        "mean_weight": {m: float(token_weights(flat, m, p_bar).double().mean()) for m in methods},
+        "total_mass": table["mean_weight"],
     }
     for method in methods:
-        mass = logit_gradient_mass(flat, method, p_bar)
-        per_bin = torch.zeros(len(labels), dtype=torch.float64).index_add_(0, index, mass)
-        total = float(per_bin.sum())
-        result[method] = {
-            label: (float(m) / total if total > 0 else math.nan)
-            for label, m in zip(labels, per_bin, strict=True)
-        }
-        result["mean_weight"][method] = float(token_weights(flat, method, p_bar).double().mean())
-        result["total_mass"][method] = total / n
+        shares = table["mass_share"][method]
+        if table["mean_weight"][method] <= 0:
+            shares = [math.nan] * len(labels)
+        result[method] = dict(zip(labels, shares, strict=True))
     return result
 
 

@@ -57,12 +57,11 @@ from infosft.experiments.grid import Cell, GridSpec
 from infosft.experiments.measure import (
     Suite,
     build_suite,
-    files_digest,
     measure_base,
     measure_tuned,
     text_digest,
 )
-from infosft.files import environment, to_json, write_json_atomic
+from infosft.files import environment, files_digest, to_json, write_json_atomic
 from infosft.objectives import DEFAULT_P_BAR
 
 # Bump when what a cell file holds, or how it is measured, changes: old cells are not reused.
@@ -70,7 +69,10 @@ RESULTS_FORMAT = 2
 STEP_LINE_SECONDS = 20.0
 # Beside a cell's model on disk: the training fingerprint it was (or is being) trained with.
 TRAINED_WITH = "trained_with.json"
-# Near-policy sets shipped with the package (the demo's): used where their recipe matches.
+# Model files up to this size are hashed whole for a grid's fingerprints (about 1 s per GB).
+MODEL_FILE_READ_WHOLE = 4 * 1024**3
+# Near-policy sets shipped with the package (the demo's and the full protocol's), each named
+# "<task>,seed<seed>,<recipe>.json": used where a run's recipe matches.
 SHIPPED_DEMONSTRATIONS = Path(__file__).parent / "specs" / "demonstrations"
 CURVE_KEYS = (
     "step",
@@ -95,18 +97,17 @@ def _duration(seconds: float) -> str:
 
 
 def model_identity(name: str) -> str:
-    """What identifies a model: for a directory, each file's name, size and modification time
-    and config.json's content (hashing many gigabytes of weights would take minutes); for a
-    hub id, the id."""
+    """What identifies a model: for a directory, each of its files' name and content (a file
+    over :data:`MODEL_FILE_READ_WHOLE` bytes by its size and evenly spaced chunks: see
+    :func:`infosft.files.files_digest`), so that the same weights on another machine, copied or
+    converted again, are the same model; for a hub id, the id."""
     from infosft.models import resolve_model_path
 
     path = Path(resolve_model_path(name))
     if not path.is_dir():
         return name
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    stats = [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    config = (path / "config.json").read_text(encoding="utf-8")
-    return json.dumps([stats, config])
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    return json.dumps({p.name: files_digest([p], whole_up_to=MODEL_FILE_READ_WHOLE) for p in files})
 
 
 class StepProgress(TrainerCallback):
@@ -190,7 +191,8 @@ class Plan:
         task's prompts (:func:`infosft.experiments.demonstrations.near_policy`). Each set is
         kept in ``directory`` under its recipe's digest and reused while the recipe holds; a
         set shipped in ``SHIPPED_DEMONSTRATIONS`` with the same recipe (the same source rows,
-        sampling options, model name and seed: the demo's) is used instead of sampling."""
+        sampling options, model name and seed: the demo's and the full protocol's) is used
+        instead of sampling."""
         from infosft.evaluation import SamplingSettings, generate
 
         for task in self.spec.tasks:
@@ -201,10 +203,8 @@ class Plan:
                 recipe = self._rows_digest(task, seed)
                 path = directory / f"{task.name},seed{seed}.json"
                 stored = _read_json(path)
-                shipped = _read_json(SHIPPED_DEMONSTRATIONS / path.name)
-                if (stored is None or stored.get("recipe") != recipe) and (
-                    shipped is not None and shipped.get("recipe") == recipe
-                ):
+                shipped = _read_json(SHIPPED_DEMONSTRATIONS / f"{path.stem},{recipe}.json")
+                if (stored is None or stored.get("recipe") != recipe) and shipped is not None:
                     log(f"{task.name}, seed {seed}: the model's own answers shipped with infosft")
                     stored = shipped
                     write_json_atomic(path, stored)

@@ -26,13 +26,12 @@ import hashlib
 import inspect
 import json
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from infosft.evaluation.forgetting import GENERAL_SAMPLE_TOKENS, share_correct
 from infosft.experiments import probes
 from infosft.experiments.grid import LM_EVAL_PREFIX, PROBES, GridSpec
+from infosft.files import files_digest
 
 EXAMPLES_KEPT = 2
 # The grid key that sets a Suite field, to name it where its fingerprint changed.
@@ -391,14 +390,3 @@ def _lm_eval_content(suite: Suite) -> dict[str, Any]:
         "included": files_digest(include if isinstance(include, list) else [include]),
         "version": version,
     }
-
-
-def files_digest(paths: Sequence[str | Path]) -> str:
-    """Hash of the bytes of files (every file under a directory), in order."""
-    digest = hashlib.sha256()
-    for path in map(Path, paths):
-        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for member in members:
-            digest.update(str(member.relative_to(path) if path.is_dir() else "").encode())
-            digest.update(member.read_bytes())
-    return digest.hexdigest()[:16]
