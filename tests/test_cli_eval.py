@@ -293,7 +293,7 @@ def test_a_truncated_samples_line_names_its_own_line(tmp_path, capsys):
     samples = tmp_path / "s.jsonl"
     samples.write_text('{"task_id": "HumanEval/0", "completion": ""}\n{"task_id": "HumanEv')
     assert main(["eval", "--task", "humaneval", "--samples", str(samples)]) == 2
-    assert f"{samples}:2: not valid JSON" in capsys.readouterr().err
+    assert f"{samples}:2: malformed JSON" in capsys.readouterr().err
 
 
 def test_task_data_that_is_not_utf8_names_the_file_and_line(tmp_path, capsys):
@@ -411,7 +411,7 @@ def forgetting_argv(tmp_path: Path, flag: str, path: Path) -> list[str]:
         ("", " holds no texts"),
         ("\n  \n", " holds no texts"),
         ('{"text": "a"}\n5\n', ":2: each line needs a non-empty 'text' or 'prompt' string"),
-        ('{"text": "a"}\n{"text": "b\n', ":2: not valid JSON"),
+        ('{"text": "a"}\n{"text": "b\n', ":2: malformed JSON"),
         ('{"other": "a"}\n', ":1: each line needs"),
         ('{"text": ""}\n', ":1: each line needs a non-empty"),
     ],

@@ -220,8 +220,11 @@ def test_cells_made_with_other_data_or_another_model_are_never_reused(
         rows = (tmp_path / "train.jsonl").read_text().replace("+ 3", "+ 4")
         (tmp_path / "train.jsonl").write_text(rows)
     else:
+        # Other weights (one bit of the last weight); rewriting the same bytes is the same model.
         weights = model_dir / "model.safetensors"
-        weights.write_bytes(weights.read_bytes())
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 1
+        weights.write_bytes(bytes(data))
     loaded = []
     monkeypatch.setattr(
         "infosft.models.load_model_and_tokenizer", lambda *a, **k: loaded.append(a) or 1 / 0

@@ -89,6 +89,67 @@ def _umask() -> int:
     return mask
 
 
+def existing_file(path: str | os.PathLike, what: str = "") -> Path:
+    """``path`` as a Path if it is a file; FileNotFoundError naming it (as ``what``, how the
+    user gave it: "task file", "--heldout") and what it is instead."""
+    path = Path(path)
+    if not path.is_file():
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} {path} {state}".lstrip())
+    return path
+
+
+def parse_json(text: str, where: str) -> Any:
+    """The JSON value of ``text``; ValueError naming ``where`` (and the line) if it is not JSON,
+    is nested too deeply for Python's parser or holds a number it cannot read."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        line = f":{err.lineno}" if "\n" in text.strip() else ""
+        raise ValueError(f"{where}{line}: malformed JSON ({err.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as err:
+        # Python refuses integers of more than 4300 digits (int_max_str_digits).
+        raise ValueError(f"{where}: unreadable JSON number ({err})") from None
+
+
+def json_lines(path: str | os.PathLike, what: str = "") -> list[tuple[int, Any]]:
+    """``(line number, JSON value)`` of each non-blank line of a JSON Lines file; ValueError
+    naming the file (as ``what``) and line of text that is not UTF-8 or not JSON."""
+    where = f"{what} {path}".lstrip()
+    lines = read_text(path).splitlines()
+    return [
+        (n, parse_json(line, f"{where}:{n}")) for n, line in enumerate(lines, 1) if line.strip()
+    ]
+
+
+def read_records(path: str | os.PathLike, what: str = "data file") -> tuple[list[dict], list[str]]:
+    """The objects of a ``.json`` file (a list of them, or ``{"data": [...]}``) or of a JSON
+    Lines file (one per line), and where each stands (``path:line`` or ``path example i``), for
+    messages. FileNotFoundError or ValueError naming the file (as ``what``) and the place."""
+    path = existing_file(path, what)
+    if path.suffix.lower() == ".json":
+        content = parse_json(read_text(path), str(path))
+        if isinstance(content, dict) and isinstance(content.get("data"), list):
+            content = content["data"]
+        if not isinstance(content, list) or not all(isinstance(row, dict) for row in content):
+            raise ValueError(
+                f"{path}: a .json {what} must hold a list of objects (one per example); for one "
+                "object per line use .jsonl"
+            )
+        return content, [f"{path} example {i}" for i in range(len(content))]
+    rows, places = [], []
+    for number, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}"
+            )
+        rows.append(row)
+        places.append(f"{path}:{number}")
+    return rows, places
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The UTF-8 text of ``path``; ValueError naming the file and line of a byte that is not
     UTF-8 (``str.decode`` only gives a byte offset)."""
@@ -134,10 +195,7 @@ def read_yaml(path: str | os.PathLike) -> Any:
     Raises FileNotFoundError when there is no such file, ValueError (file and line) for text
     that is not UTF-8 or not YAML.
     """
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{path} {what}")
+    path = existing_file(path)
     return load_yaml(read_text(path), str(path))
 
 

@@ -171,37 +171,22 @@ def read_texts(path: str | Path, what: str = "text file") -> list[str]:
     line of a line that is not JSON or holds no text, and for a file with no text at all
     (an empty file is never a silent fallback to built-in texts).
     """
-    from infosft.files import read_text
+    from infosft.files import existing_file, json_lines, parse_json, read_text
 
-    path = Path(path)
-    if not path.is_file():
-        state = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{what} {path} {state}")
+    path = existing_file(path, what)
     text = read_text(path)
-    expected = 'a JSON string or {"text": ...} object'
     if path.suffix == ".json":
-        try:
-            rows = json.loads(text) if text.strip() else []
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{what} {path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        rows = parse_json(text, f"{what} {path}") if text.strip() else []
         if not isinstance(rows, list):
-            raise ValueError(f"{what} {path} must hold a JSON list, each item {expected}")
+            raise ValueError(
+                f"{what} {path} must hold a JSON list, each item a JSON string or "
+                '{"text": ...} object'
+            )
         numbered = [(f"item {i}", row) for i, row in enumerate(rows)]
+    elif path.suffix == ".jsonl":
+        numbered = json_lines(path, what)
     else:
-        numbered = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            if path.suffix != ".jsonl":
-                numbered.append((number, line))
-                continue
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{what} {path}:{number}: not valid JSON ({err.msg} at column "
-                    f"{err.colno}); each line is {expected}"
-                ) from None
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     texts = []
     for where, row in numbered:
         text = row.get("text", row.get("prompt")) if isinstance(row, dict) else row

@@ -20,7 +20,6 @@ reply starts inside a code block). Other modules add tasks with ``register_task(
 
 from __future__ import annotations
 
-import json
 import re
 import typing
 from collections.abc import Callable
@@ -28,9 +27,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from infosft import files
 from infosft.evaluation.generation import Prompt, SamplingSettings
 from infosft.evaluation.scorers import SCORERS, humaneval_program
-from infosft.files import read_text, read_yaml
+from infosft.files import read_yaml
 
 FIELD = re.compile(r"\{(\w+)\}")
 # Codex's stop sequences: a new top-level statement ends the function body.
@@ -124,32 +124,7 @@ def fill(template: str, record: dict[str, Any]) -> str:
 def read_records(path: Path, what: str = "task data file") -> list[dict[str, Any]]:
     """Records of a ``.jsonl`` (one JSON object per line) or ``.json`` (a list) file; errors
     name the file (as ``what``) and line (text that is not UTF-8, a line that is not JSON)."""
-    if not path.is_file():
-        state = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"{what} {path} {state}")
-    text = read_text(path)
-    if path.suffix == ".json":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise ValueError(f"{path} must hold a JSON list of objects (or use .jsonl lines)")
-        return records
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})"
-            ) from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: each line must be a JSON object")
-        records.append(record)
-    return records
+    return files.read_records(path, what)[0]
 
 
 def read_task_spec(path: str | Path) -> TaskSpec:
@@ -157,10 +132,7 @@ def read_task_spec(path: str | Path) -> TaskSpec:
     ValueError naming the file and the key otherwise."""
     from infosft.checks import check_keys, check_value
 
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"task file {path} {what}")
+    path = files.existing_file(path, "task file")
     values = read_yaml(path)
     if values is None:
         raise ValueError(f"task file {path} is empty; it needs data, answer_field, scorer, prompt")

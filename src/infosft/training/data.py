@@ -16,10 +16,11 @@ formatter from :mod:`infosft.training.formats`, named with ``data_format``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from infosft.files import read_records
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -156,67 +157,6 @@ def row_problem(row: dict[str, Any], data_format: str, vocab_size: int | None = 
     return None
 
 
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """Rows of a JSON Lines file and the 1-based line number of each; blank lines are skipped.
-
-    Raises ValueError naming the file and line of a line that is not a JSON object.
-    """
-    rows, line_numbers = [], []
-    with path.open("rb") as file:
-        for number, raw in enumerate(file, start=1):
-            try:
-                # utf-8-sig drops the byte-order mark some Windows editors write first.
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(
-                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[err.start]:02x}); "
-                    "save the file as UTF-8"
-                ) from None
-            if not line.strip():
-                continue
-            row = _parse_json(line, f"{path}:{number}")
-            if not isinstance(row, dict):
-                raise ValueError(
-                    f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}"
-                )
-            rows.append(row)
-            line_numbers.append(number)
-    return rows, line_numbers
-
-
-def read_json(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON file holding a list of objects (or ``{"data": [...]}``)."""
-    from infosft.files import read_text
-
-    content = _parse_json(read_text(path), str(path))
-    if isinstance(content, dict) and isinstance(content.get("data"), list):
-        content = content["data"]
-    if not isinstance(content, list) or not all(isinstance(row, dict) for row in content):
-        raise ValueError(
-            f"{path}: a .json data file must hold a list of objects (one per example); "
-            "for one object per line use .jsonl"
-        )
-    return content
-
-
-def _parse_json(text: str, where: str) -> Any:
-    """The JSON value of ``text``; ValueError naming ``where`` (and the line) if it is not JSON,
-    is nested too deeply for Python's parser or holds a number it cannot read."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        line = f":{err.lineno}" if "\n" in text.strip() else ""
-        raise ValueError(f"{where}{line}: malformed JSON ({err.msg})") from None
-    except RecursionError:
-        raise ValueError(
-            f"{where}: JSON nested too deeply to read (data rows may nest at most {MAX_NESTING} "
-            "lists/objects)"
-        ) from None
-    except ValueError as err:
-        # Python refuses integers of more than 4300 digits (int_max_str_digits).
-        raise ValueError(f"{where}: unreadable JSON number ({err})") from None
-
-
 def parse_hub_name(name: str) -> tuple[str, str | None, str]:
     """``NAME[@CONFIG][:SPLIT]`` -> (name, config, split); the split defaults to "train".
 
@@ -246,12 +186,8 @@ def load_source(source: str | Dataset) -> tuple[Dataset, Callable[[int], str]]:
         if not path.is_file():
             raise FileNotFoundError(f"data file {source} does not exist")
         suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            rows, lines = read_jsonl(path)
-            return _from_rows(rows, source, [f"{source}:{line}" for line in lines])
-        if suffix == ".json":
-            rows = read_json(path)
-            return _from_rows(rows, source, [f"{source} example {i}" for i in range(len(rows))])
+        if suffix in (".jsonl", ".json"):
+            return _from_rows(*read_records(path), source)
         if suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -269,7 +205,7 @@ def load_source(source: str | Dataset) -> tuple[Dataset, Callable[[int], str]]:
 
 
 def _from_rows(
-    rows: list[dict[str, Any]], source: str, places: list[str]
+    rows: list[dict[str, Any]], places: list[str], source: str
 ) -> tuple[Dataset, Callable[[int], str]]:
     """A Dataset of parsed JSON rows and its row locator (``places[i]`` names row i).
 
