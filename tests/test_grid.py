@@ -270,18 +270,20 @@ def test_the_default_demo_sweeps_three_rates_over_10x_for_nll_and_infosft_on_two
     assert all(t.n_test >= 40 for t in spec.tasks)
 
 
-def test_the_default_demo_trains_on_the_shipped_near_policy_answers_without_sampling():
+@pytest.mark.parametrize("full", [False, True])
+def test_the_demos_train_on_the_shipped_near_policy_answers_without_sampling(full):
     import json
 
     from infosft.experiments import grid_runner
 
-    plan = grid_runner.Plan(read_grid(demo_spec_path()))
+    plan = grid_runner.Plan(read_grid(demo_spec_path(full=full)))
     own = plan.spec.task("word_problems-own")
-    recipe = plan._rows_digest(own, 0)
-    shipped = grid_runner.SHIPPED_DEMONSTRATIONS / f"word_problems-own,seed0,{recipe}.json"
-    stored = json.loads(shipped.read_text())
-    assert stored["recipe"] == recipe
-    assert stored["counts"]["kept"] == len(stored["rows"]) >= 32
+    for seed in plan.spec.seeds:
+        recipe = plan._rows_digest(own, seed)
+        name = f"word_problems-own,seed{seed},{recipe}.json"
+        stored = json.loads((grid_runner.SHIPPED_DEMONSTRATIONS / name).read_text())
+        assert stored["recipe"] == recipe
+        assert stored["counts"]["kept"] == len(stored["rows"]) >= 32
 
 
 def test_the_full_demo_runs_the_protocol_on_five_regimes_each_with_its_reason():
