@@ -617,6 +617,7 @@ def _lead_grid(
                             model, tokenizer, plan.suite, cell.task, base, kl_reference
                         )
                     del model
+                    _release_memory()
                     record = _cell_record(spec, cell, measured, seconds, curve)
                     record["measure_seconds"] = time.perf_counter() - trained
                     record["job"] = claims.job
@@ -671,6 +672,22 @@ def _lead_grid(
     return results
 
 
+def _release_memory() -> None:
+    """Hand the memory of a finished cell (its model, optimizer, activations) back to the
+    system. glibc's malloc keeps freed heap for reuse, and a fresh copy of the model per cell
+    does not fit the holes the last one left, so without the trim a long grid's process grows
+    cell by cell."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def _quiet(message: str) -> None:
     """The log of a process other than the main one: the main process reports progress."""
 
@@ -709,6 +726,7 @@ def _follow(plan: Plan, base_model: Any, tokenizer: Any, output_dir: Path) -> di
             with distributed.splitting():
                 measure_tuned(model, tokenizer, plan.suite, cell.task, base, kl_reference)
             del model
+            _release_memory()
         elif command == "results":
             return value
         elif command == "error":
