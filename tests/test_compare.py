@@ -405,6 +405,7 @@ def test_the_default_demo_spec_runs_on_the_embedded_model_at_reduced_size(tmp_pa
         spec,
         tasks=[dataclasses.replace(t, n_train=8, n_test=4) for t in spec.tasks],
         learning_rates=spec.learning_rates[-1:],
+        training={**spec.training, "max_steps": 1},
         eval_limit=4,
     )
     results = grid_runner.run_grid(spec, tmp_path, log=quiet)
