@@ -161,3 +161,57 @@ def test_keyed_sampler_draws_from_the_top_p_softmax_of_the_logits():
     expected = torch.where(kept, probs, 0.0) / probs[kept].sum()
     assert torch.allclose(frequencies, expected, atol=0.015)
     assert frequencies[~kept].sum() == 0
+
+
+@pytest.mark.parametrize("cache_can_be_cut", [True, False])
+def test_greedy_rows_that_finish_leave_the_batch_and_every_answer_stays_the_same(
+    model_and_tokenizer, monkeypatch, cache_can_be_cut
+):
+    """Greedy decoding in stages (2, 4, 6 new tokens): rows that have ended drop out between
+    stages, and each completion is still what one unbatched ``model.generate`` call gives,
+    whether the unfinished rows go on from their cut KV cache or from a fresh prefill."""
+    import copy
+
+    from transformers import DynamicCache
+
+    from infosft.evaluation import generation
+
+    if not cache_can_be_cut:
+
+        def cannot(self, indices):
+            raise NotImplementedError
+
+        monkeypatch.setattr(DynamicCache, "batch_select_indices", cannot)
+
+    model, tokenizer = model_and_tokenizer
+    model = copy.deepcopy(model)
+    plain = {}
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False, eos_token_id=[])
+        plain[prompt] = out[0, ids.shape[1] :].tolist()
+    # An end token that one answer produces early and another never does.
+    early = plain[PROMPTS[0]][1]
+    assert any(early not in plain[p] for p in PROMPTS), "pick another token for this model"
+    model.generation_config.eos_token_id = early
+
+    def reference(prompt: str) -> str:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
+        return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+    rows_per_call = []
+    original = model.generate
+
+    def counting(*args, **kwargs):
+        rows_per_call.append(kwargs["input_ids"].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", counting)
+    monkeypatch.setattr(generation, "FIRST_STAGE_TOKENS", 2)
+    settings = SamplingSettings(max_new_tokens=12, batch_size=4)
+    staged = generate(model, tokenizer, PROMPTS, settings, progress=False)
+    assert staged == [[reference(p)] for p in PROMPTS]
+    assert rows_per_call[0] == 4 and rows_per_call[-1] < 4, rows_per_call

@@ -247,12 +247,17 @@ def generate(
         for b, batch in tqdm(mine, desc="generating", disable=not progress):
             # Keyed sampling draws each of a prompt's n samples as a row of its own.
             rows = [i for i in batch for _ in range(settings.n)] if keyed else batch
-            width = max(len(encoded[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for row, i in enumerate(rows):
-                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
+            if settings.greedy:
+                tokens = _greedy_in_stages(model, [encoded[i] for i in rows], kwargs, pad_id)
+                decoded = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+                for j, text in enumerate(decoded):
+                    results[rows[j]].append(truncate_at_stop(text, settings.stop))
+                if on_batch is not None:
+                    on_batch(batch, [results[i] for i in batch])
+                done.append((b, [(i, results[i]) for i in batch]))
+                continue
+            ids, mask = _left_padded([encoded[i] for i in rows], pad_id)
+            width = ids.shape[1]
             extra = {}
             if keyed:
                 seeds = [
@@ -283,3 +288,92 @@ def generate(
         for i, completions in batch_results:
             results[i] = completions
     return results
+
+
+# Greedy decoding starts with this many new tokens, then doubles the stage length.
+FIRST_STAGE_TOKENS = 32
+
+
+def _left_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """``input_ids`` and ``attention_mask`` [rows, longest] (int64), left-padded with
+    ``pad_id``."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+def _greedy_in_stages(
+    model: Any, prompts: Sequence[Sequence[int]], kwargs: dict[str, Any], pad_id: int
+) -> list[list[int]]:
+    """Greedy new tokens for each prompt (token ids), the same as one ``model.generate`` call
+    with ``kwargs`` would give, generated in stages of growing length between which the rows
+    that have finished leave the batch.
+
+    ``generate`` decodes every row of a batch until the last one finishes, and on a CPU each
+    step costs in proportion to the rows in the batch: with a few long answers among many short
+    ones most of the work is spent on rows that are done. A greedy row's continuation depends
+    only on its own tokens, so the unfinished rows go on from the stage's KV cache, cut to their
+    rows; a cache that cannot be cut is dropped and the rows start again from their tokens so
+    far (one prefill).
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    stops = bool(kwargs.get("stop_strings"))
+    total = kwargs["max_new_tokens"]
+    ids, mask = _left_padded(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    new: list[list[int]] = [[] for _ in prompts]
+    live = list(range(len(prompts)))
+    # transformers renamed generate's past_key_values to cache (the old name warns).
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+
+        cache_name = ALL_CACHE_NAMES[0]
+    except ImportError:
+        cache_name = "past_key_values"
+    cache, made, stage = None, 0, FIRST_STAGE_TOKENS
+    while live and made < total:
+        length = min(stage, total - made)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                return_dict_in_generate=True,
+                **{**kwargs, "max_new_tokens": length, cache_name: cache},
+            )
+        tokens = out.sequences[:, ids.shape[1] :]
+        for r, row in zip(live, tokens.tolist(), strict=True):
+            new[r].extend(row)
+        # A finished row has produced an end token, or (stop strings) ends in the pad_id that
+        # generate writes after a row is done. A row stopped by a stop string on the stage's
+        # last token looks unfinished and goes on, which truncate_at_stop undoes.
+        keep = [
+            j
+            for j, row in enumerate(tokens.tolist())
+            if len(row) == length
+            and not eos_ids.intersection(row)
+            and not (stops and row[-1] == pad_id)
+        ]
+        made += length
+        stage *= 2
+        if not keep or made >= total:
+            break
+        index = torch.tensor(keep, device=device)
+        live = [live[j] for j in keep]
+        ids = out.sequences[index]
+        mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)[index]
+        cache = out.get("cache") if "cache" in out else out.get("past_key_values")
+        try:
+            cache.batch_select_indices(index)
+        except (AttributeError, NotImplementedError, TypeError):
+            cache = None
+    return new
