@@ -367,13 +367,15 @@ def _greedy_in_stages(
         stage *= 2
         if not keep or made >= total:
             break
-        index = torch.tensor(keep, device=device)
-        live = [live[j] for j in keep]
-        ids = out.sequences[index]
-        mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)[index]
+        ids = out.sequences
+        mask = torch.cat([mask, torch.ones_like(tokens)], dim=1)
         cache = out.get("cache") if "cache" in out else out.get("past_key_values")
-        try:
-            cache.batch_select_indices(index)
-        except (AttributeError, NotImplementedError, TypeError):
-            cache = None
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=device)
+            live = [live[j] for j in keep]
+            ids, mask = ids[index], mask[index]
+            try:
+                cache.batch_select_indices(index)
+            except (AttributeError, NotImplementedError, TypeError):
+                cache = None
     return new
