@@ -248,33 +248,27 @@ def generate(
             # Keyed sampling draws each of a prompt's n samples as a row of its own.
             rows = [i for i in batch for _ in range(settings.n)] if keyed else batch
             if settings.greedy:
-                tokens = _greedy_in_stages(model, [encoded[i] for i in rows], kwargs, pad_id)
-                decoded = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-                for j, text in enumerate(decoded):
-                    results[rows[j]].append(truncate_at_stop(text, settings.stop))
-                if on_batch is not None:
-                    on_batch(batch, [results[i] for i in batch])
-                done.append((b, [(i, results[i]) for i in batch]))
-                continue
-            ids, mask = _left_padded([encoded[i] for i in rows], pad_id)
-            width = ids.shape[1]
-            extra = {}
-            if keyed:
-                seeds = [
-                    sample_seed(settings.seed, sample_keys[i], j)
-                    for i in batch
-                    for j in range(settings.n)
-                ]
-                sampler = keyed_sampler(seeds, settings.temperature, settings.top_p)
-                extra["logits_processor"] = LogitsProcessorList([sampler])
+                new_tokens = _greedy_in_stages(model, [encoded[i] for i in rows], kwargs, pad_id)
             else:
-                # Seeding per batch keeps results independent of how many batches ran before.
-                torch.manual_seed(settings.seed + b)
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **extra
-                )
-            new_tokens = out[:, width:]
+                ids, mask = _left_padded([encoded[i] for i in rows], pad_id)
+                extra = {}
+                if keyed:
+                    seeds = [
+                        sample_seed(settings.seed, sample_keys[i], j)
+                        for i in batch
+                        for j in range(settings.n)
+                    ]
+                    sampler = keyed_sampler(seeds, settings.temperature, settings.top_p)
+                    extra["logits_processor"] = LogitsProcessorList([sampler])
+                else:
+                    # Seeding per batch keeps results independent of how many batches ran
+                    # before.
+                    torch.manual_seed(settings.seed + b)
+                with torch.no_grad():
+                    out = model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **extra
+                    )
+                new_tokens = out[:, ids.shape[1] :]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for j, text in enumerate(decoded):
                 prompt = rows[j] if keyed else batch[j // settings.n]
@@ -351,14 +345,15 @@ def _greedy_in_stages(
                 **{**kwargs, "max_new_tokens": length, cache_name: cache},
             )
         tokens = out.sequences[:, ids.shape[1] :]
-        for r, row in zip(live, tokens.tolist(), strict=True):
+        rows = tokens.tolist()
+        for r, row in zip(live, rows, strict=True):
             new[r].extend(row)
         # A finished row has produced an end token, or (stop strings) ends in the pad_id that
         # generate writes after a row is done. A row stopped by a stop string on the stage's
         # last token looks unfinished and goes on, which truncate_at_stop undoes.
         keep = [
             j
-            for j, row in enumerate(tokens.tolist())
+            for j, row in enumerate(rows)
             if len(row) == length
             and not eos_ids.intersection(row)
             and not (stops and row[-1] == pad_id)
