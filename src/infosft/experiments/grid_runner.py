@@ -41,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from infosft import distributed
 from infosft.evaluation.forgetting import KLReference
@@ -360,6 +360,10 @@ def train_cell(
 ) -> tuple[Any, float | None, list[dict[str, Any]]]:
     """Fine-tune one cell; returns the tuned model (eval mode), the training seconds (None when
     a saved model was reused) and the logged training curve."""
+    from infosft.models import load_model_and_tokenizer
+    from infosft.training import RunSpec, build_trainer, train
+    from infosft.training.outputs import METRICS_FILE, checkpoints, final_model_saved
+
     spec = plan.spec
     values = {
         **spec.training_values(cell),
@@ -369,11 +373,19 @@ def train_cell(
     if spec.keep_checkpoints:
         cell_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cell_dir / TRAINED_WITH, plan.training_fingerprint(cell))
-        return _train_on_disk(spec, values, cell, cell_dir / "model", log)
-    from transformers import PrinterCallback
-
-    from infosft.training import RunSpec, build_trainer
-
+        model_dir = cell_dir / "model"
+        seconds = None
+        if final_model_saved(model_dir):
+            log(f"    {cell.describe()}: trained before, measuring the saved model")
+        else:
+            run = RunSpec.from_dict(
+                {**values, "model": spec.model, "output_dir": str(model_dir)}, f"cell {cell.name}"
+            )
+            seconds = train(run, resume=bool(checkpoints(model_dir))).train_seconds
+        model, _ = load_model_and_tokenizer(str(model_dir), **_load_options(spec))
+        metrics = (model_dir / METRICS_FILE).read_text().splitlines()
+        rows = [json.loads(line) for line in metrics if line.strip()]
+        return model.eval(), seconds, _curve(rows)
     run = RunSpec.from_dict({**values, "output_dir": str(cell_dir)}, f"cell {cell.name}")
     progress = StepProgress(log, f"    {cell.describe()}:")
     model = copy.deepcopy(base_model).train()
@@ -386,27 +398,6 @@ def train_cell(
     if hasattr(tuned, "merge_and_unload"):
         tuned = tuned.merge_and_unload()
     return tuned.eval(), seconds, _curve(trainer.state.log_history)
-
-
-def _train_on_disk(
-    spec: GridSpec, values: dict[str, Any], cell: Cell, model_dir: Path, log: Callable
-) -> tuple[Any, float | None, list[dict[str, Any]]]:
-    from infosft.models import load_model_and_tokenizer
-    from infosft.training import RunSpec, train
-    from infosft.training.outputs import METRICS_FILE, checkpoints, final_model_saved
-
-    seconds = None
-    if final_model_saved(model_dir):
-        log(f"    {cell.describe()}: trained before, measuring the saved model")
-    else:
-        run = RunSpec.from_dict(
-            {**values, "model": spec.model, "output_dir": str(model_dir)}, f"cell {cell.name}"
-        )
-        seconds = train(run, resume=bool(checkpoints(model_dir))).train_seconds
-    model, _ = load_model_and_tokenizer(str(model_dir), **_load_options(spec))
-    metrics = model_dir / METRICS_FILE
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return model.eval(), seconds, _curve(rows)
 
 
 def _curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -87,10 +87,7 @@ def setting_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def task_fronts(
-    cells: Sequence[Mapping[str, Any]],
-    base_probe_correct: Mapping[str, bool],
-    spec: Any,
-    resamples: int = fronts.DEFAULT_RESAMPLES,
+    cells: Sequence[Mapping[str, Any]], base_probe_correct: Mapping[str, bool], spec: Any
 ) -> dict[str, dict[str, Any]]:
     """Per task: :func:`infosft.experiments.fronts.fronts_summary` (points, fronts, bootstrap
     bands, verdicts against the reference curve), or ``{"error": why}`` when fronts are
@@ -114,8 +111,7 @@ def task_fronts(
         # Every curve is compared with plain SFT (nll) when the grid has it.
         curves = [c.curve for c in built]
         reference = REFERENCE_CURVE if REFERENCE_CURVE in curves else curves[0]
-        summary = fronts.fronts_summary(built, reference, resamples=resamples)
-        result[task.name] = {**summary, "reference": reference}
+        result[task.name] = {**fronts.fronts_summary(built, reference), "reference": reference}
     return result
 
 
