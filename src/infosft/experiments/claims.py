@@ -46,6 +46,7 @@ How, and what it assumes of the filesystem:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -76,6 +77,15 @@ def process_space() -> str | None:
     return f"{boot}/{namespace}"
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def default_job_id() -> str:
     """``<host>-<pid>``: unique among the jobs running at one time."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -95,12 +105,10 @@ class Claim:
 
     def _beat(self, heartbeat: float) -> None:
         while not self._stop.wait(heartbeat):
-            try:
+            # A brief filesystem outage: the next beat tries again; a long one makes the claim
+            # stale, which held() then reports.
+            with contextlib.suppress(OSError):
                 os.utime(self._descriptor)
-            except OSError:
-                # A brief filesystem outage: the next beat tries again; a long one makes the
-                # claim stale, which held() then reports.
-                continue
 
     def held(self) -> bool:
         """Whether the claim file is still this job's (not taken over as stale)."""
@@ -143,25 +151,20 @@ class Claims:
 
     def holder(self, name: str) -> dict[str, Any]:
         """The content of the claim on ``name`` (empty when there is none, or it just went)."""
-        try:
-            content = json.loads(self.path(name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return content if isinstance(content, dict) else {}
+        return read_json(self.path(name)) or {}
 
     def now(self) -> float:
         """The filesystem's current time: the mtime of a file just touched here."""
         clock = self.directory / CLOCK_FILE
-        os.close(os.open(clock, os.O_CREAT | os.O_WRONLY, 0o666))
-        os.utime(clock)
-        return os.stat(clock).st_mtime
+        clock.touch()
+        return clock.stat().st_mtime
 
     def take(self, name: str) -> Claim | None:
         """Claim ``name``: a new claim, or a stale one taken over. None when another job holds
         it (a fresh claim) or won the takeover."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(name)
-        if self._fresh(name):
+        if self._look(name)[1]:
             return None  # the common case while jobs wait: no temporary file to write
         content = {
             "job": self.job,
@@ -190,26 +193,23 @@ class Claims:
             Path(temporary).unlink(missing_ok=True)
         return Claim(path, descriptor, self.heartbeat)
 
-    def _fresh(self, name: str) -> bool:
-        holder = self.holder(name)
+    def _look(self, name: str) -> tuple[dict[str, Any], bool | None]:
+        """The claim on ``name`` and whether it is fresh (None when there is no claim)."""
+        # Content first: if the claim is replaced between the two looks, the mtime is the new
+        # claim's (fresh), never a stale mtime paired with a fresh claim's token.
+        content = self.holder(name)
         try:
             age = self.now() - os.stat(self.path(name)).st_mtime
         except FileNotFoundError:
-            return False
-        return age <= self.stale_after and not _dead(holder)
+            return content, None
+        return content, age <= self.stale_after and not _dead(content)
 
     def _take_over(self, name: str, temporary: str) -> bool:
         """Rename ``temporary`` over the claim on ``name`` if that claim is stale and this job
         is the one contender that creates its takeover marker."""
-        path = self.path(name)
-        # Content first: if the claim is replaced between the two looks, the mtime is the
-        # new claim's (fresh), never a stale mtime paired with a fresh claim's token.
-        stale = self.holder(name)
-        try:
-            age = self.now() - os.stat(path).st_mtime
-        except FileNotFoundError:
-            return False  # released meanwhile: the next look claims it afresh
-        if "token" not in stale or (age <= self.stale_after and not _dead(stale)):
+        stale, fresh = self._look(name)
+        # fresh is None when the claim was released meanwhile: the next look claims it afresh.
+        if fresh is not False or "token" not in stale:
             return False
         marker = self.directory / f"{name}.{stale['token']}.taken"
         try:
@@ -217,7 +217,7 @@ class Claims:
         except FileExistsError:
             return False
         marker.write_text(to_json({"taken_by": self.job, "stale_claim": stale}) + "\n")
-        os.replace(temporary, path)
+        os.replace(temporary, self.path(name))
         return True
 
 

@@ -2,10 +2,9 @@
 
 :func:`run_grid` is what ``infosft demo`` and ``infosft compare`` run. Top to bottom it
 
-1. loads everything the grid names and fingerprints it, per part (the model's identity and
-   load options, each task whole, the training data's content, every part of the measurement
-   suite, each cell's training settings), and stops with one line naming what changed if the
-   output directory holds finished cells, or models kept on disk, made with other settings;
+1. loads everything the grid names and fingerprints it per part (:meth:`Plan.cell_fingerprint`),
+   and stops with one line naming what changed if the output directory holds finished cells, or
+   models kept on disk, made with other settings;
 2. loads the base model once and measures it once (``base.json``; measured again when its
    fingerprint changed);
 3. for each cell not finished before: fine-tunes a copy of the base model through
@@ -20,18 +19,14 @@ from the cells finished in this run), and a training-step line at most every
 ``STEP_LINE_SECONDS``. Ctrl-C leaves every finished cell in place; the same command resumes.
 
 Several jobs may run one grid into one output directory at once (a SLURM array, machines
-sharing a filesystem, one process per GPU): each claims a cell before training it
-(:mod:`infosft.experiments.claims`, which says what the filesystem must provide), skips cells
-other jobs hold, and takes over a cell whose job stopped sending heartbeats (killed). The base
-is measured by the one job that claims it, the others wait for ``base.json``; once every cell is
-in, the one job that claims the report writes it and the others return what it wrote.
+sharing a filesystem, one process per GPU): each claims a cell, the base or the report before
+making it (:mod:`infosft.experiments.claims`); the others skip that cell, or wait for the base
+or report and use what the claiming job wrote.
 
 A job may itself span several processes (``accelerate launch ... -m infosft compare``, any of
 the launch configs ``train`` uses: DDP, FSDP2, ZeRO-2/3). Its main process claims, decides
-and writes; every process trains the cell the main process took, data-parallel through the
-same trainer ``train`` builds, and measures it, each rank taking whole batches of every
-measurement loop (:mod:`infosft.distributed`). The other processes follow the main process's
-commands (:func:`_follow`) and write nothing.
+and writes; every process trains the cell it took, data-parallel, and measures it
+(:mod:`infosft.distributed`); the others follow its commands (:func:`_follow`), writing nothing.
 """
 
 from __future__ import annotations
@@ -46,12 +41,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import PrinterCallback, TrainerCallback
 
 from infosft import distributed
 from infosft.evaluation.forgetting import KLReference
 from infosft.experiments import summary as summarize
-from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id
+from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id, read_json
 from infosft.experiments.demonstrations import agrees_with_demonstration, corrupt, near_policy
 from infosft.experiments.grid import Cell, GridSpec
 from infosft.experiments.measure import (
@@ -115,7 +110,6 @@ class StepProgress(TrainerCallback):
 
     def __init__(self, log: Callable[[str], None], prefix: str):
         self.log, self.prefix = log, prefix
-        self.start = self.last = time.perf_counter()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = self.last = time.perf_counter()
@@ -186,8 +180,8 @@ class Plan:
 
     def make_own_answers(
         self, model: Any, tokenizer: Any, directory: Path, log: Callable[[str], None]
-    ) -> None:
-        """The near-policy tasks' rows, per seed: ``model``'s own accepted answers to the
+    ) -> dict[tuple[str, int], list[dict[str, Any]]]:
+        """The near-policy tasks' rows, per (task, seed): ``model``'s own accepted answers to the
         task's prompts (:func:`infosft.experiments.demonstrations.near_policy`). Each set is
         kept in ``directory`` under its recipe's digest and reused while the recipe holds; a
         set shipped in ``SHIPPED_DEMONSTRATIONS`` with the same recipe (the same source rows,
@@ -202,8 +196,8 @@ class Plan:
             for seed in self.spec.seeds:
                 recipe = self._rows_digest(task, seed)
                 path = directory / f"{task.name},seed{seed}.json"
-                stored = _read_json(path)
-                shipped = _read_json(SHIPPED_DEMONSTRATIONS / f"{path.stem},{recipe}.json")
+                stored = read_json(path)
+                shipped = read_json(SHIPPED_DEMONSTRATIONS / f"{path.stem},{recipe}.json")
                 if (stored is None or stored.get("recipe") != recipe) and shipped is not None:
                     log(f"{task.name}, seed {seed}: the model's own answers shipped with infosft")
                     stored = shipped
@@ -245,6 +239,7 @@ class Plan:
                     "samples accepted)"
                 )
                 self._own_answers[task.name, seed] = stored["rows"]
+        return self._own_answers
 
     def _model_parts(self) -> dict[str, Any]:
         return {
@@ -316,21 +311,13 @@ def _listing(parts: list[str], shown: int = 3) -> str:
     return ", ".join(parts[:shown]) + more
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _stale_cells(plan: Plan, cells_dir: Path, cells: list[Cell]) -> dict[str, dict[str, Any]]:
     """Those of ``cells`` that are finished; ValueError when any was made with other settings
     (a finished cell is a result: it is never overwritten, nor reported for settings it was not
     made with)."""
     done, stale = {}, {}
     for cell in cells:
-        stored = _read_json(cells_dir / f"{cell.name}.json")
+        stored = read_json(cells_dir / f"{cell.name}.json")
         if stored is None:
             continue
         changed = changed_parts(stored.get("fingerprint"), plan.cell_fingerprint(cell))
@@ -358,7 +345,7 @@ def _stale_models(plan: Plan, runs_dir: Path, done: dict[str, Any]) -> None:
         model_dir = cell_dir / "model"
         if cell.name in done or not model_dir.is_dir() or not any(model_dir.iterdir()):
             continue
-        stored = _read_json(cell_dir / TRAINED_WITH)
+        stored = read_json(cell_dir / TRAINED_WITH)
         changed = changed_parts(stored, plan.training_fingerprint(cell))
         if changed:
             raise ValueError(
@@ -373,7 +360,9 @@ def train_cell(
 ) -> tuple[Any, float | None, list[dict[str, Any]]]:
     """Fine-tune one cell; returns the tuned model (eval mode), the training seconds (None when
     a saved model was reused) and the logged training curve."""
-    from infosft.training import RunSpec
+    from infosft.models import load_model_and_tokenizer
+    from infosft.training import RunSpec, build_trainer, train
+    from infosft.training.outputs import METRICS_FILE, checkpoints, final_model_saved
 
     spec = plan.spec
     values = {
@@ -384,11 +373,19 @@ def train_cell(
     if spec.keep_checkpoints:
         cell_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(cell_dir / TRAINED_WITH, plan.training_fingerprint(cell))
-        return _train_on_disk(spec, values, cell, cell_dir / "model", log)
-    from transformers import PrinterCallback
-
-    from infosft.training import build_trainer
-
+        model_dir = cell_dir / "model"
+        seconds = None
+        if final_model_saved(model_dir):
+            log(f"    {cell.describe()}: trained before, measuring the saved model")
+        else:
+            run = RunSpec.from_dict(
+                {**values, "model": spec.model, "output_dir": str(model_dir)}, f"cell {cell.name}"
+            )
+            seconds = train(run, resume=bool(checkpoints(model_dir))).train_seconds
+        model, _ = load_model_and_tokenizer(str(model_dir), **_load_options(spec))
+        metrics = (model_dir / METRICS_FILE).read_text().splitlines()
+        rows = [json.loads(line) for line in metrics if line.strip()]
+        return model.eval(), seconds, _curve(rows)
     run = RunSpec.from_dict({**values, "output_dir": str(cell_dir)}, f"cell {cell.name}")
     progress = StepProgress(log, f"    {cell.describe()}:")
     model = copy.deepcopy(base_model).train()
@@ -401,27 +398,6 @@ def train_cell(
     if hasattr(tuned, "merge_and_unload"):
         tuned = tuned.merge_and_unload()
     return tuned.eval(), seconds, _curve(trainer.state.log_history)
-
-
-def _train_on_disk(
-    spec: GridSpec, values: dict[str, Any], cell: Cell, model_dir: Path, log: Callable
-) -> tuple[Any, float | None, list[dict[str, Any]]]:
-    from infosft.models import load_model_and_tokenizer
-    from infosft.training import RunSpec, train
-    from infosft.training.outputs import METRICS_FILE, checkpoints, final_model_saved
-
-    seconds = None
-    if final_model_saved(model_dir):
-        log(f"    {cell.describe()}: trained before, measuring the saved model")
-    else:
-        run = RunSpec.from_dict(
-            {**values, "model": spec.model, "output_dir": str(model_dir)}, f"cell {cell.name}"
-        )
-        seconds = train(run, resume=bool(checkpoints(model_dir))).train_seconds
-    model, _ = load_model_and_tokenizer(str(model_dir), **_load_options(spec))
-    metrics = model_dir / METRICS_FILE
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return model.eval(), seconds, _curve(rows)
 
 
 def _curve(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -446,9 +422,9 @@ def _load_options(spec: GridSpec) -> dict[str, Any]:
 def check_output_dir(output_dir: str | Path) -> Path:
     """``output_dir`` as a Path, if a grid may write there: a new or empty directory, or one an
     earlier grid run wrote (it holds ``cells/``, or ``base.json`` once stale cells were deleted
-    as advised). Anything else is refused before any work: the
-    results, report and plots would overwrite files of the same name (``--output-dir ""``, an
-    unset shell variable, would write into the working directory)."""
+    as advised). Anything else is refused before any work: the results, report and plots would
+    overwrite files of the same name (``--output-dir ""``, an unset shell variable, would write
+    into the working directory)."""
     if not str(output_dir).strip():
         raise ValueError("--output-dir is empty; name a directory for the results")
     output_dir = Path(output_dir)
@@ -535,39 +511,46 @@ def run_grid(
     base_model, tokenizer = load_model_and_tokenizer(spec.model, **_load_options(spec))
     base_model.eval()
 
-    def own_answers() -> dict[tuple[str, int], list[dict[str, Any]]]:
-        plan.make_own_answers(base_model, tokenizer, output_dir / "demonstrations", log)
-        return plan._own_answers
-
     # Made once by the main process (sampling is keyed per prompt: the rows do not depend on
     # how many processes there are).
-    plan._own_answers = distributed.from_main(own_answers)
+    plan._own_answers = distributed.from_main(
+        lambda: plan.make_own_answers(base_model, tokenizer, output_dir / "demonstrations", log)
+    )
     if not leads:
         return _follow(plan, base_model, tokenizer, output_dir)
     try:
-        return _lead_grid(
-            plan, base_model, tokenizer, output_dir, claims, done, report, results_stamp, log, start
+        base, run_seconds = _lead_cells(plan, base_model, tokenizer, output_dir, claims, done, log)
+        results = _once(
+            claims,
+            "report",
+            lambda: _complete_results(output_dir / "results.json", results_stamp, len(cells)),
+            lambda: report(base, run_seconds),
+            log,
         )
+        log(
+            f"done in {_duration(time.perf_counter() - start)} (all {len(cells)} cells: "
+            f"{_duration(results['timing']['compute_seconds'])} of training and measuring): "
+            f"{output_dir / 'report.md'}"
+        )
+        _lead("results", results)
     except Exception as err:
         _lead("error", f"{type(err).__name__}: {err}")
         raise
+    return results
 
 
-def _lead_grid(
+def _lead_cells(
     plan: Plan,
     base_model: Any,
     tokenizer: Any,
     output_dir: Path,
     claims: Claims,
     done: dict[str, dict[str, Any]],
-    report: Callable[[dict[str, Any], list[float]], dict[str, Any]],
-    results_stamp: tuple[int, int, int] | None,
     log: Callable[[str], None],
-    start: float,
-) -> dict[str, Any]:
-    """The grid's cells and report, from the main process (the only one outside a launch)."""
+) -> tuple[dict[str, Any], list[float]]:
+    """The base measurement and the grid's cells, from the main process (the only one outside
+    a launch); returns the base and the seconds of each cell run here."""
     spec, cells, cells_dir = plan.spec, plan.spec.cells(), output_dir / "cells"
-    stale_after = claims.stale_after
     base = _once(
         claims,
         "base",
@@ -624,8 +607,8 @@ def _lead_grid(
                     record["fingerprint"] = plan.cell_fingerprint(cell)
                     if not claim.held():
                         log(
-                            f"{head}: another job took this cell over while it trained (this "
-                            f"job missed {stale_after:g} s of heartbeats); that job writes it"
+                            f"{head}: another job took this cell over while it trained (this job "
+                            f"missed {claims.stale_after:g} s of heartbeats); that job writes it"
                         )
                         continue
                     write_json_atomic(cells_dir / f"{cell.name}.json", record)
@@ -655,21 +638,7 @@ def _lead_grid(
             "same command again to finish the others"
         )
         raise
-
-    results = _once(
-        claims,
-        "report",
-        lambda: _complete_results(output_dir / "results.json", results_stamp, len(cells)),
-        lambda: report(base, run_seconds),
-        log,
-    )
-    log(
-        f"done in {_duration(time.perf_counter() - start)} (all {len(cells)} cells: "
-        f"{_duration(results['timing']['compute_seconds'])} of training and measuring): "
-        f"{output_dir / 'report.md'}"
-    )
-    _lead("results", results)
-    return results
+    return base, run_seconds
 
 
 def _release_memory() -> None:
@@ -735,7 +704,7 @@ def _follow(plan: Plan, base_model: Any, tokenizer: Any, output_dir: Path) -> di
 
 def _measured_base(plan: Plan, base_path: Path) -> dict[str, Any] | None:
     """base.json, if it was measured with this grid's base fingerprint."""
-    base = _read_json(base_path)
+    base = read_json(base_path)
     if base is None or changed_parts(base.get("fingerprint"), plan.base_fingerprint()):
         return None
     return base
@@ -745,7 +714,7 @@ def _measure_base(
     plan: Plan, base_model: Any, tokenizer: Any, base_path: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Measure the base model once for every cell and write base.json."""
-    stored = _read_json(base_path)
+    stored = read_json(base_path)
     # The base is remeasured, not refused, when it changed: every finished cell matched, so
     # what changed (a task without finished cells, the seed order) alters no result.
     changed = changed_parts(stored and stored.get("fingerprint"), plan.base_fingerprint())
@@ -753,9 +722,8 @@ def _measure_base(
     log(f"measuring the base model (once for every cell{why})")
     measured = time.perf_counter()
     # First: it also prepares each task's training rows, so bad data or a max_length that
-    # leaves no target fails before the longer measurements.
-    # Every process: preparing the rows builds a trainer, whose data preparation waits for
-    # the other processes.
+    # leaves no target fails before the longer measurements. On every process: preparing the
+    # rows builds a trainer, whose data preparation waits for the other processes.
     _lead("measure base")
     q_under_base = _q_under_base(plan, base_model, tokenizer)
     with distributed.splitting():
@@ -764,8 +732,8 @@ def _measure_base(
         "fingerprint": plan.base_fingerprint(),
         **measured_base,
         "q_under_base": q_under_base,
+        "measure_seconds": time.perf_counter() - measured,
     }
-    base["measure_seconds"] = time.perf_counter() - measured
     write_json_atomic(base_path, base)
     return base
 
@@ -810,9 +778,7 @@ def _complete_results(
 ) -> dict[str, Any] | None:
     """results.json if another job wrote it, complete, after this job started: the report is
     then written already (a rerun of a finished grid writes it again)."""
-    if _stamp(path) == stamp_at_start:
-        return None
-    results = _read_json(path)
+    results = None if _stamp(path) == stamp_at_start else read_json(path)
     if results is None or results.get("missing_cells") or len(results["cells"]) != cell_count:
         return None
     return results
@@ -899,8 +865,6 @@ def _q_under_base(plan: Plan, model: Any, tokenizer: Any, rows: int = 32) -> dic
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
-    return (
-        "n/a"
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else f"{value:.{digits}f}"
-    )
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"

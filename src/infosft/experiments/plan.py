@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 from infosft.experiments.fronts import exact_number
-from infosft.experiments.grid import LM_EVAL_PREFIX, METHOD_OPTIONS, Cell, GridSpec, TaskSpec
+from infosft.experiments.grid import LM_EVAL_PREFIX, METHOD_OPTIONS, GridSpec, TaskSpec, Variant
 from infosft.files import read_text
 
 # Where run_grid writes a finished cell: OUTPUT_DIR/cells/<cell name>.json.
@@ -31,11 +30,6 @@ def optimizer_steps(
     micro_batches = math.ceil(math.ceil(rows / batch_size) / processes)
     per_epoch = max(math.ceil(micro_batches / accumulation), 1)
     return math.ceil(epochs * per_epoch)
-
-
-def gpu_hours(steps: int, step_seconds: float, processes: int = 1) -> float:
-    """GPU-hours of ``steps`` optimizer steps of ``step_seconds`` each on ``processes`` GPUs."""
-    return steps * step_seconds * processes / 3600
 
 
 def count_rows(path: str | Path) -> int:
@@ -84,21 +78,12 @@ def task_rows(spec: GridSpec, task: TaskSpec) -> tuple[int | None, str]:
     )
 
 
-def _training_args(spec: GridSpec, cell: Cell) -> Any:
-    """The InfoSFTConfig a cell trains with (defaults filled in as the run fills them)."""
-    from infosft.training.spec import training_config
-
-    values = {k: v for k, v in spec.training_values(cell).items() if k not in METHOD_OPTIONS}
-    return training_config({**values, "method": "nll"})
-
-
-def _variant_line(spec: GridSpec, name: str) -> str:
-    variant = spec.variant(name)
+def _variant_line(variant: Variant) -> str:
     settings = {k: v for k, v in variant.training_values().items() if k != "kl_to_base"}
     if variant.kl_to_base:
         settings["kl_to_base"] = variant.kl_to_base
     shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in settings.items())
-    return f"  {name}: {shown}"
+    return f"  {variant.name}: {shown}"
 
 
 def plan_text(
@@ -112,6 +97,8 @@ def plan_text(
     ``output_dir`` and, with ``step_seconds`` (seconds per optimizer step), GPU-hours, each cell
     trained data-parallel on ``processes`` GPUs (``accelerate launch --num_processes``); with
     ``measure_seconds`` too (seconds to measure one tuned cell), the whole run's time."""
+    from infosft.training.spec import training_config
+
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ValueError(
             f"--num-processes must be the number of GPUs that train each cell (1 or more), got "
@@ -126,19 +113,20 @@ def plan_text(
     if measure_seconds is not None and step_seconds is None:
         raise ValueError("--measure-seconds needs --step-seconds: the run's time is both")
     cells = spec.cells()
-    args = _training_args(spec, cells[0])
+    # The InfoSFTConfig the cells train with, defaults filled in as the run fills them.
+    values = {k: v for k, v in spec.training_values(cells[0]).items() if k not in METHOD_OPTIONS}
+    args = training_config({**values, "method": "nll"})
     batch, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
     lines = [f"plan of {spec.source} (nothing loaded; steps and hours are estimates)", ""]
     lines.append(f"model: {spec.model} (loaded once per run, copied for each cell)")
-    lora = spec.lora
-    tuning = "full fine-tuning" if not lora else f"LoRA {json.dumps(lora)}"
+    tuning = f"LoRA {json.dumps(spec.lora)}" if spec.lora else "full fine-tuning"
     lines.append(
         f"training: {tuning}; {batch} rows x {accumulation} accumulation = "
         f"{batch * accumulation * processes} rows per optimizer step ({processes} "
         f"process{'es' if processes > 1 else ''}), max_length "
         f"{args.max_length}, bf16 {args.bf16}"
     )
-    rows, steps_known = {}, True
+    rows = {}
     evals = [e for task in spec.tasks for e in task.evals]
     for task in spec.tasks:
         rows[task.name], where = task_rows(spec, task)
@@ -165,24 +153,21 @@ def plan_text(
         options = json.dumps(spec.lm_eval) if spec.lm_eval else "lm-eval's defaults"
         lines.append(f"lm-eval: {options}; its built-in tasks download their data on first use")
     lines.append("methods:")
-    lines += [_variant_line(spec, v.name) for v in spec.variants]
+    lines += [_variant_line(v) for v in spec.variants]
     if args.packing:
-        steps_known = False
         lines.append("steps: unknown, packing: true packs rows by their token lengths")
 
     cells_dir = Path(output_dir) / CELLS_DIR if output_dir is not None else None
-    lines += ["", f"cells: {spec.size()}"]
-    lines.append(f"  {'cell':<50} {'steps':>8}  status")
+    lines += ["", f"cells: {spec.size()}", f"  {'cell':<50} {'steps':>8}  status"]
     to_run, steps_to_run, unknown = 0, 0, []
     for cell in cells:
         if cell.epochs is None:
             steps = args.max_steps
-        elif rows[cell.task] is None or not steps_known:
+        elif rows[cell.task] is None or args.packing:
             steps = None
         else:
             steps = optimizer_steps(rows[cell.task], batch, accumulation, cell.epochs, processes)
         finished = cells_dir is not None and (cells_dir / f"{cell.name}.json").is_file()
-        status = "finished" if finished else "to run"
         if not finished:
             to_run += 1
             if steps is None:
@@ -190,18 +175,14 @@ def plan_text(
             else:
                 steps_to_run += steps
         shown = "?" if steps is None else str(steps)
-        lines.append(f"  {cell.name:<50} {shown:>8}  {status}")
+        lines.append(f"  {cell.name:<50} {shown:>8}  {'finished' if finished else 'to run'}")
 
-    lines.append("")
-    where = "" if cells_dir is None else f" in {cells_dir}"
-    lines.append(
-        f"{len(cells) - to_run} finished{where}, {to_run} to run"
-        + (
-            " (a finished cell's settings are checked when the grid runs)"
-            if cells_dir is not None
-            else " (give --output-dir to see finished cells)"
-        )
-    )
+    if cells_dir is None:
+        where, note = "", "give --output-dir to see finished cells"
+    else:
+        where = f" in {cells_dir}"
+        note = "a finished cell's settings are checked when the grid runs"
+    lines += ["", f"{len(cells) - to_run} finished{where}, {to_run} to run ({note})"]
     if unknown:
         lines.append(
             f"optimizer steps to run: unknown for {len(unknown)} cell(s) of "
@@ -218,7 +199,7 @@ def plan_text(
             f"{accumulation}"
         )
         return "\n".join(lines)
-    hours = gpu_hours(steps_to_run, step_seconds, processes)
+    hours = steps_to_run * step_seconds * processes / 3600
     if measure_seconds is not None:
         total = hours + to_run * measure_seconds / 3600
         lines.append(

@@ -47,11 +47,10 @@ def format_mean_std(values: Sequence[float | None], digits: int = 3) -> str:
 
 def setting_label(record: Mapping[str, Any]) -> str:
     """A point of a front: its learning rate and run length (everything but the seed)."""
-    length = (
-        f"{fronts.exact_number(record['epochs'])} ep"
-        if record.get("epochs") is not None
-        else f"{record['max_steps']} steps"
-    )
+    if record.get("epochs") is None:
+        length = f"{record['max_steps']} steps"
+    else:
+        length = f"{fronts.exact_number(record['epochs'])} ep"
     return f"lr {fronts.exact_number(record['learning_rate'])}, {length}"
 
 
@@ -87,16 +86,8 @@ def setting_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def reference_curve(curves: Sequence[str]) -> str:
-    """The curve every other is compared with: plain SFT (``nll``) when the grid has it."""
-    return REFERENCE_CURVE if REFERENCE_CURVE in curves else curves[0]
-
-
 def task_fronts(
-    cells: Sequence[Mapping[str, Any]],
-    base_probe_correct: Mapping[str, bool],
-    spec: Any,
-    resamples: int = fronts.DEFAULT_RESAMPLES,
+    cells: Sequence[Mapping[str, Any]], base_probe_correct: Mapping[str, bool], spec: Any
 ) -> dict[str, dict[str, Any]]:
     """Per task: :func:`infosft.experiments.fronts.fronts_summary` (points, fronts, bootstrap
     bands, verdicts against the reference curve), or ``{"error": why}`` when fronts are
@@ -117,11 +108,10 @@ def task_fronts(
         except ValueError as err:
             result[task.name] = {"error": str(err)}
             continue
-        curves = list(dict.fromkeys(c.curve for c in built))
-        reference = reference_curve(curves)
-        summary = fronts.fronts_summary(built, reference, resamples=resamples)
-        summary["reference"] = reference
-        result[task.name] = summary
+        # Every curve is compared with plain SFT (nll) when the grid has it.
+        curves = [c.curve for c in built]
+        reference = REFERENCE_CURVE if REFERENCE_CURVE in curves else curves[0]
+        result[task.name] = {**fronts.fronts_summary(built, reference), "reference": reference}
     return result
 
 
