@@ -70,8 +70,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from infosft.experiments.grid import read_grid
+
     if args.plan:
-        return print_plan(args)
+        from infosft.experiments.grid_runner import check_output_dir
+        from infosft.experiments.plan import plan_text
+
+        # The grid checked and described; local data files may be missing still.
+        spec = read_grid(args.config, require_data=False)
+        output_dir = check_output_dir(args.output_dir)
+        seconds = (args.step_seconds, args.measure_seconds)
+        print(plan_text(spec, output_dir, *seconds, processes=args.num_processes))
+        return 0
     if args.step_seconds is not None or args.measure_seconds is not None:
         raise ValueError("--step-seconds and --measure-seconds estimate time; use them with --plan")
     if args.num_processes != 1:
@@ -82,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     import datasets
 
     from infosft.experiments.claims import STALE_AFTER_SECONDS
-    from infosft.experiments.grid import read_grid
     from infosft.experiments.grid_runner import run_grid
     from infosft.experiments.report import text_summary
 
@@ -98,20 +107,4 @@ def run(args: argparse.Namespace) -> int:
     )
     print(text_summary(results))
     print(f"report: {args.output_dir}/report.md (and report.html, results.json)")
-    return 0
-
-
-def print_plan(args: argparse.Namespace) -> int:
-    """``--plan``: the grid checked and described; local data files may be missing still."""
-    from infosft.experiments.grid import read_grid
-    from infosft.experiments.grid_runner import check_output_dir
-    from infosft.experiments.plan import plan_text
-
-    spec = read_grid(args.config, require_data=False)
-    output_dir = check_output_dir(args.output_dir)
-    print(
-        plan_text(
-            spec, output_dir, args.step_seconds, args.measure_seconds, processes=args.num_processes
-        )
-    )
     return 0

@@ -49,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
         print(path.read_text(encoding="utf-8"), end="")
         return 0
     output_dir = args.output_dir or ("runs/demo-full" if args.full else "runs/demo")
+    spec = read_grid(path)
     if args.plan:
         from infosft.experiments.grid_runner import check_output_dir
         from infosft.experiments.plan import plan_text
 
-        spec = read_grid(path)
         seconds = FULL_CPU_SECONDS if args.full else (None, None)
         print(plan_text(spec, check_output_dir(output_dir), *seconds))
         return 0
@@ -64,7 +64,6 @@ def run(args: argparse.Namespace) -> int:
     from infosft.experiments.grid_runner import run_grid
     from infosft.experiments.report import text_summary
 
-    spec = read_grid(path)
     if args.model is not None:
         spec = dataclasses.replace(spec, model=args.model)
     datasets.disable_progress_bars()

@@ -14,30 +14,24 @@ same tokens, and correctness is judged only on the final number.
 
 from __future__ import annotations
 
+import operator
 import random
 from dataclasses import replace
+from functools import partial
 
 from infosft.experiments.generated import GeneratedTask, Problem
 
 SYSTEM_PROMPT = "Solve the problem step by step."
 TASK_NAME = "arith_chain"
 
-# (wording in the question, symbol in the worked solution, operand range)
+# (wording in the question, symbol in the worked solution, operand range, operation)
 _OPERATIONS = (
-    ("add", "+", (2, 20)),
-    ("subtract", "-", (2, 20)),
-    ("multiply by", "*", (2, 9)),
+    ("add", "+", (2, 20), operator.add),
+    ("subtract", "-", (2, 20), operator.sub),
+    ("multiply by", "*", (2, 9), operator.mul),
 )
 _START_RANGE = (2, 20)
 _MAX_VALUE = 200
-
-
-def _apply(value: int, symbol: str, operand: int) -> int:
-    if symbol == "+":
-        return value + operand
-    if symbol == "-":
-        return value - operand
-    return value * operand
 
 
 def sample_problem(rng: random.Random, steps: int = 3) -> Problem:
@@ -52,9 +46,9 @@ def sample_problem(rng: random.Random, steps: int = 3) -> Problem:
         start = rng.randint(*_START_RANGE)
         value, phrases, lines = start, [], []
         for _ in range(steps):
-            word, symbol, operand_range = rng.choice(_OPERATIONS)
+            word, symbol, operand_range, operation = rng.choice(_OPERATIONS)
             operand = rng.randint(*operand_range)
-            result = _apply(value, symbol, operand)
+            result = operation(value, operand)
             if not 0 <= result <= _MAX_VALUE:
                 break
             phrases.append(f"{word} {operand}")
@@ -68,12 +62,8 @@ def sample_problem(rng: random.Random, steps: int = 3) -> Problem:
             return Problem(question=question, solution=solution, answer=value)
 
 
-def _sample_three_steps(rng: random.Random) -> Problem:
-    return sample_problem(rng, steps=3)
-
-
 ARITH_CHAIN = GeneratedTask(
-    name=TASK_NAME, system_prompt=SYSTEM_PROMPT, sample=_sample_three_steps, max_new_tokens=48
+    name=TASK_NAME, system_prompt=SYSTEM_PROMPT, sample=sample_problem, max_new_tokens=48
 )
 
 
@@ -81,9 +71,7 @@ def generate_problems(
     n: int, seed: int, steps: int = 3, exclude: frozenset[str] | set[str] = frozenset()
 ) -> list[Problem]:
     """``n`` distinct problems from ``seed``, none of whose questions is in ``exclude``."""
-    task = ARITH_CHAIN
-    if steps != 3:
-        task = replace(ARITH_CHAIN, sample=lambda rng: sample_problem(rng, steps))
+    task = replace(ARITH_CHAIN, sample=partial(sample_problem, steps=steps))
     return task.generate(n, seed, exclude)
 
 
@@ -97,31 +85,15 @@ def train_test_split(n_train: int, n_test: int, seed: int) -> tuple[list[Problem
     return ARITH_CHAIN.split(n_train, n_test, seed=seed, test_seed=seed)
 
 
-def prompt_messages(problem: Problem) -> list[dict[str, str]]:
-    """The chat prompt of a problem (system + user), without the answer."""
-    return ARITH_CHAIN.prompt_messages(problem)
-
-
 def to_sft_example(problem: Problem) -> dict[str, list[dict[str, str]]]:
-    """A conversational prompt-completion example, as TRL's SFTTrainer takes it.
-
-    The loss covers only the completion (the worked solution), like assistant-only SFT.
-    """
+    """The problem as a conversational prompt-completion row (:meth:`GeneratedTask.sft_example`)."""
     return ARITH_CHAIN.sft_example(problem)
 
 
 def evaluation_task(problems: list[Problem], max_new_tokens: int = 48, batch_size: int = 16):
-    """The held-out problems as an :class:`infosft.evaluation.Task` (greedy, one answer each).
-
-    Scored by the ``math`` scorer: the number after "the answer is", else the last number of the
-    response, so the base model is not penalised for ignoring the demonstrations' format, only
-    for getting the number wrong. Worked solutions need about 35 tokens; ``max_new_tokens``
-    leaves room for that and cuts off the base model's long prose.
+    """The problems as an :class:`infosft.evaluation.Task` (see
+    :meth:`GeneratedTask.evaluation_task`). Worked solutions need about 35 tokens;
+    ``max_new_tokens`` leaves room for that and cuts off the base model's long prose.
     """
     task = replace(ARITH_CHAIN, max_new_tokens=max_new_tokens)
     return task.evaluation_task(problems, batch_size=batch_size)
-
-
-def default_evaluation_task():
-    """``load_task("arith_chain")``: 100 held-out problems of the demo's default seed 0."""
-    return ARITH_CHAIN.default_evaluation_task()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,23 +42,13 @@ PARAMETER_GROUPS = (
 
 def bin_labels(edges: Sequence[float] = MASS_BIN_EDGES) -> list[str]:
     """``["q<0.05", "0.05<=q<0.5", ..., "q>=0.93"]`` for the bins of ``edges``."""
-    labels = []
-    for i, (low, high) in enumerate(itertools.pairwise(edges)):
-        if i == 0:
-            labels.append(f"q<{high:g}")
-        elif i == len(edges) - 2:
-            labels.append(f"q>={low:g}")
-        else:
-            labels.append(f"{low:g}<=q<{high:g}")
+    labels = [f"{low:g}<=q<{high:g}" for low, high in itertools.pairwise(edges)]
+    labels[-1] = f"q>={edges[-2]:g}"
+    labels[0] = f"q<{edges[1]:g}"
     return labels
 
 
-def logit_gradient_mass(
-    log_probs: Tensor,
-    method: str,
-    p_bar: float | None = None,
-    method_args: Mapping[str, Any] | None = None,
-) -> Tensor:
+def logit_gradient_mass(log_probs: Tensor, method: str, p_bar: float | None = None) -> Tensor:
     """L1 norm of each target token's loss gradient w.r.t. its logits: ``2 w(q) (1 - q)``.
 
     Args:
@@ -67,7 +58,7 @@ def logit_gradient_mass(
     Returns:
         float64 tensor of ``log_probs.shape``.
     """
-    weights = token_weights(log_probs, method, p_bar, method_args).double()
+    weights = token_weights(log_probs, method, p_bar).double()
     return 2.0 * weights * (-torch.expm1(log_probs.double().clamp(max=0.0)))
 
 
@@ -198,14 +189,13 @@ class TrainingDiagnostics(TrainerCallback):
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         start = time.perf_counter()
-        groups: dict[str, float] = {}
+        groups = defaultdict(float)
         total = distance = norm = 0.0
         for name, p in self._trainable(model):
             now = p.detach().float()
             step_sq = float((now - self._before[name]).double().pow(2).sum())
             total += step_sq
-            group = parameter_group(name)
-            groups[group] = groups.get(group, 0.0) + step_sq
+            groups[parameter_group(name)] += step_sq
             distance += float((now - self._start[name]).double().pow(2).sum())
             norm += float(now.double().pow(2).sum())
         record = {
@@ -214,8 +204,8 @@ class TrainingDiagnostics(TrainerCallback):
             "update_norm": math.sqrt(total),
             "distance_from_start": math.sqrt(distance),
             "param_norm": math.sqrt(norm),
+            **{f"update_norm/{g}": math.sqrt(v) for g, v in sorted(groups.items())},
         }
-        record.update({f"update_norm/{g}": math.sqrt(v) for g, v in sorted(groups.items())})
         self.records.append(record)
         self._before = {}
         self.overhead_seconds += time.perf_counter() - start

@@ -191,20 +191,6 @@ def _targets(examples: Sequence[ScoredExample], values: Any) -> Tensor:
     return torch.tensor(picked, dtype=torch.float32)
 
 
-def q_bin_index(q: Tensor, edges: Sequence[float]) -> Tensor:
-    """Bin of each q for bins [e0, e1), [e1, e2), ..., [e_{n-1}, e_n] (last bin closed).
-
-    Args:
-        q: probabilities, any shape, float.
-        edges: increasing bin edges from 0 to 1.
-
-    Returns:
-        int64 tensor of ``q.shape``.
-    """
-    inner = torch.tensor(list(edges[1:-1]), dtype=q.dtype)
-    return torch.bucketize(q, inner, right=True)
-
-
 def weight_mass_table(
     log_probs: Tensor, weights: Mapping[str, Tensor], edges: Sequence[float] = Q_BIN_EDGES
 ) -> dict[str, Any]:
@@ -213,13 +199,15 @@ def weight_mass_table(
     Args:
         log_probs: [N] log q of target tokens.
         weights: each method's [N] weights of the same tokens (see :func:`scheme_weights`).
+        edges: increasing bin edges from 0 to 1 (bins [e_i, e_{i+1}), the last one closed).
 
     Returns:
         ``{"edges", "token_share": [n_bins], "mass_share": {method: [n_bins]},
         "mean_weight": {method: float}, "zero_weight_share": {method: float}}``.
         A method whose weights are all 0 gets a mass share of 0 in every bin.
     """
-    bins = q_bin_index(log_probs.double().exp(), edges)
+    inner = torch.tensor(list(edges[1:-1]), dtype=torch.float64)
+    bins = torch.bucketize(log_probs.double().exp(), inner, right=True)
     n_bins = len(edges) - 1
     count = max(len(log_probs), 1)
     token_share = torch.bincount(bins, minlength=n_bins).double() / count
@@ -345,25 +333,21 @@ def lowest_q_tokens(
 ) -> list[dict[str, Any]]:
     """The ``k`` target tokens with the lowest q, each with up to ``context`` tokens before it."""
     candidates = [
-        (lp, e, t)
+        (lp, e, t, ex.input_ids)
         for e, ex in enumerate(examples)
         for t, (lp, is_target) in enumerate(zip(ex.log_probs, ex.is_target, strict=True))
         if is_target
     ]
-    candidates.sort(key=lambda c: c[0])
-    rows = []
-    for lp, e, t in candidates[:k]:
-        ids = examples[e].input_ids
-        rows.append(
-            {
-                "example": e,
-                "position": t,
-                "q": float(torch.tensor(lp).exp()),
-                "context": tokenizer.decode(ids[max(0, t - context) : t]),
-                "token": tokenizer.decode([ids[t]]),
-            }
-        )
-    return rows
+    return [
+        {
+            "example": e,
+            "position": t,
+            "q": float(torch.tensor(lp).exp()),
+            "context": tokenizer.decode(ids[max(0, t - context) : t]),
+            "token": tokenizer.decode([ids[t]]),
+        }
+        for lp, e, t, ids in sorted(candidates, key=lambda c: c[0])[:k]
+    ]
 
 
 def quantiles(log_probs: Tensor, levels: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict:
@@ -431,10 +415,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for i, label in enumerate(bin_labels(bins["edges"])):
         row = label.ljust(12) + f"{bins['token_share'][i]:9.3f}"
         lines.append(row + "".join(f"{bins['mass_share'][m][i]:10.3f}" for m in methods))
-    lines.append("mean w".ljust(21) + "".join(f"{bins['mean_weight'][m]:10.3f}" for m in methods))
-    lines.append(
-        "w = 0 share".ljust(21) + "".join(f"{bins['zero_weight_share'][m]:10.3f}" for m in methods)
-    )
+    for label, key in (("mean w", "mean_weight"), ("w = 0 share", "zero_weight_share")):
+        lines.append(label.ljust(21) + "".join(f"{bins[key][m]:10.3f}" for m in methods))
     lines += ["", *format_regimes(summary["regimes_reference"], p_bar, summary["regime"])]
     sweep = summary["p_bar_sweep"]
     lines += [
@@ -445,15 +427,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         + "mean w".rjust(10)
         + "w=0".rjust(8),
     ]
-    for p, shares, mean, zero in zip(
-        sweep["p_bars"],
-        sweep["mass_share"],
-        sweep["mean_weight"],
-        sweep["zero_weight_share"],
-        strict=True,
-    ):
+    columns = ("p_bars", "mass_share", "mean_weight", "zero_weight_share")
+    for p, shares, mean, zero in zip(*(sweep[key] for key in columns), strict=True):
         lines.append(
-            f"{p:<8g}" + "".join(f"{s:10.3f}" for s in shares) + f"{mean:10.3f}" + f"{zero:8.3f}"
+            f"{p:<8g}" + "".join(f"{s:10.3f}" for s in shares) + f"{mean:10.3f}{zero:8.3f}"
         )
     lines += ["", "lowest-q target tokens ([token] after its context):"]
     for row in summary["lowest_q"]:
@@ -486,8 +463,6 @@ def format_regimes(
     lines = [
         "where the data sits between the demo's regimes (q under each column's own model):",
         row("", [name for name, _ in columns]),
-    ]
-    lines += [
         row("median q", [number(c["median_q"]) for _, c in columns]),
         row(f"share q >= p_bar {p_bar:g}", [number(c["share_q_ge_p_bar"]) for _, c in columns]),
         row(f"share q < {LOW_Q:g}", [number(c["share_q_lt_low"]) for _, c in columns]),
@@ -577,8 +552,7 @@ def run_inspect(
     schemes = resolve_schemes(spec.args, methods)
     model, tokenizer = load_model_and_tokenizer(spec.model, **(spec.model_init_kwargs or {}))
     prepared = prepare_examples(spec, model, tokenizer, limit)
-    batch_size = spec.args.per_device_train_batch_size
-    examples = score_prepared(model, prepared, batch_size, schemes)
+    examples = score_prepared(model, prepared, spec.args.per_device_train_batch_size, schemes)
     summary = inspect_summary(examples, tokenizer, schemes, spec.args.p_bar, k_lowest)
     output_dir = Path(output_dir)
     q_values = scored_log_probs(examples).exp().tolist()
