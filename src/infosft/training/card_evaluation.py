@@ -268,11 +268,7 @@ def format_value(
     interval from ``context`` when it has one."""
     if value is None:
         return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
+    if not isinstance(value, float) or not math.isfinite(value):
         return str(value)
     text = f"{value:+.4g}" if signed else f"{value:.4g}"
     if context is not None and key is not None:

@@ -278,8 +278,7 @@ def resolve_spec(
     layers = []
     if config_file is not None:
         values = read_yaml(config_file)
-        if values is None:
-            values = {}
+        values = {} if values is None else values
         if not isinstance(values, dict):
             raise ValueError(f"config file {config_file} must hold a mapping of keys to values")
         layers.append(values)
