@@ -51,7 +51,8 @@ def add_evaluation(
     blocks = _eval_blocks(card.text)
     new_results = []
     for key, block, evals in _evaluations(results, Path(results_path)):
-        blocks[key] = _wrap(key, block)
+        # Marked, so that a later evaluation of the same key replaces the block.
+        blocks[key] = f"<!-- infosft:eval {marker_key(key)} -->\n{block}\n<!-- /infosft:eval -->"
         new_results.extend(evals)
     replaced = {result.dataset_type for result in new_results}
     kept = [r for r in card.data.eval_results or [] if r.dataset_type not in replaced]
@@ -185,13 +186,9 @@ def _eval_blocks(text: str) -> dict[str, str]:
     """The evaluation subsections of a card's text by key (``task:NAME``, ``lm_eval:NAME``)."""
     from urllib.parse import unquote
 
-    inside = _between_markers(text)
+    start, end = text.find(EVAL_BEGIN), text.find(EVAL_END)
+    inside = text[start + len(EVAL_BEGIN) : end] if 0 <= start <= end else ""
     return {unquote(match.group(1)): match.group(0) for match in _BLOCK.finditer(inside)}
-
-
-def _wrap(key: str, block: str) -> str:
-    """One evaluation subsection, marked so that a later evaluation of ``key`` replaces it."""
-    return f"<!-- infosft:eval {marker_key(key)} -->\n{block}\n<!-- /infosft:eval -->"
 
 
 def _inline(text: Any) -> str:
@@ -201,13 +198,6 @@ def _inline(text: Any) -> str:
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
     shown = re.sub(r"([\\`\[\]#])", r"\\\1", shown)
     return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _between_markers(text: str) -> str:
-    start, end = text.find(EVAL_BEGIN), text.find(EVAL_END)
-    if start < 0 or end < start:
-        return ""
-    return text[start + len(EVAL_BEGIN) : end]
 
 
 def evaluation_section(body: str = "") -> str:

@@ -291,7 +291,7 @@ def token_length_filter(tokenizer: Any, max_tokens: int) -> RowFilter:
     def keep(row: Row) -> bool:
         messages = row["messages"] if "messages" in row else row["prompt"] + row["completion"]
         ids = tokenizer.apply_chat_template(messages, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         return len(ids) < max_tokens
 
     return keep

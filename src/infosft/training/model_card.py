@@ -98,11 +98,9 @@ def model_card_text(
     from huggingface_hub import ModelCardData
 
     args = trainer.args
-    spec = trainer.run_spec
-    record = {} if spec is None else spec.to_dict()
+    record = {} if trainer.run_spec is None else trainer.run_spec.to_dict()
     base_name, base_hub_id = _base_model(trainer, record)
     lora = _lora(trainer, record)
-    methods = args.methods
     all_tags = list(dict.fromkeys([*TAGS, *(["lora", "peft"] if lora else []), *_as_list(tags)]))
     datasets = _as_list(dataset_name) or _hub_datasets(record.get("data"))
     name = model_name or Path(args.output_dir).resolve().name
@@ -118,7 +116,7 @@ def model_card_text(
     )
     sections = [
         f"# {name}",
-        _summary(base_name, base_hub_id, methods, lora),
+        _summary(base_name, base_hub_id, args.methods, lora),
         "## Objective\n\n" + _objective(args),
         "## Data\n\n" + _data(trainer, record),
         "## Training\n\n" + _training(trainer, lora),

@@ -121,17 +121,15 @@ def _full_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManage
 
 
 @contextlib.contextmanager
-def _frozen_base_model(
-    model: torch.nn.Module, device: str | torch.device | None
-) -> Iterator[torch.nn.Module]:
+def _frozen_base_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """``model`` as its base model (a PEFT model with its adapters disabled), whole, in eval
-    mode and on ``device`` (default: this rank's GPU if there is one) while active; its mode
-    and device are restored after."""
+    mode and on this rank's GPU (if there is one) while active; its mode and device are
+    restored after."""
     original_device = next(model.parameters()).device
-    if device is None and torch.cuda.is_available():
+    device = None
+    # ZeRO-3 keeps its partitions on the GPU and gathers them there.
+    if torch.cuda.is_available() and not _zero3_partitioned(model):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if _zero3_partitioned(model):
-        device = None  # ZeRO-3 keeps its partitions on the GPU and gathers them there
     was_training = model.training
     model.eval()
     if device is not None:
@@ -198,24 +196,20 @@ def compute_base_log_probs(
     batch_size: int = 4,
     shard_size: int = 256,
     pad_token_id: int = 0,
-    device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Add a ``base_log_probs`` column ([T] float32 per row, aligned with ``labels``) to
     ``dataset``, computed with ``model`` frozen, cached and resumable.
 
     Args:
         model: the base causal LM before any training step (a PEFT model is evaluated with its
-            adapters disabled). It is put in eval mode for the pass and restored after.
+            adapters disabled). It is put in eval mode, on this rank's GPU if there is one, for
+            the pass and restored after.
         dataset: the tokenized ``datasets.Dataset`` SFTTrainer trains on (``input_ids``,
             ``labels``; no packing).
         cache_dir: where shards are kept; reuse it to skip or resume the pass.
         batch_size: rows per forward pass.
         shard_size: rows per cache file (the unit of resumption).
         pad_token_id: id used to right-pad batches (masked out by the attention mask).
-        device: where to run the pass; default: this rank's CUDA device if there is one, else
-            the model's device. The model is moved there for the pass and moved back after.
-        progress: optional ``fn(shards_done, shards_total)`` called after each shard.
 
     Returns:
         ``dataset`` with the extra column (rows in the same order).
@@ -246,13 +240,11 @@ def compute_base_log_probs(
     mine = [i for i in mine if rank in workers and workers[i % len(workers)] == rank]
     if mine:
         columns = dataset.select_columns(["input_ids", "labels"])
-        with _frozen_base_model(model, device) as base:
-            for done, i in enumerate(mine, start=1):
+        with _frozen_base_model(model) as base:
+            for i in mine:
                 stop = min(len(dataset), (i + 1) * shard_size)
                 rows = columns.select(range(i * shard_size, stop))
                 _save_shard(paths[i], _compute_shard(base, list(rows), batch_size, pad_token_id))
-                if progress is not None:
-                    progress(done, len(mine))
     if world > 1:
         torch.distributed.barrier()
 
