@@ -59,8 +59,7 @@ def add_evaluation(
     card.data.eval_results = [*kept, *new_results] or None
     if card.data.model_name is None:
         card.data.model_name = Path(model_dir).resolve().name
-    body = "\n\n".join(blocks.values())
-    card.text = _with_eval_section(card.text, body)
+    card.text = _with_eval_section(card.text, "\n\n".join(blocks.values()))
     return write_text_atomic(path, str(card))
 
 
@@ -154,7 +153,6 @@ def _lm_eval_evaluations(
                 f"Retention: {kept['retention']:.1%} of the {kept['base_correct']} items the "
                 "base model gets right are still right.",
             ]
-        block = "\n".join(lines)
         evals = [
             EvalResult(
                 task_type="text-generation",
@@ -166,7 +164,7 @@ def _lm_eval_evaluations(
             )
             for key, value in metrics.items()
         ]
-        found.append((f"lm_eval:{task}", block, evals))
+        found.append((f"lm_eval:{task}", "\n".join(lines), evals))
     return found
 
 

@@ -97,9 +97,9 @@ class InfoSFTTrainer(SFTTrainer):
     :func:`infosft.training.build_trainer`.
 
     Its datasets are prepared by :func:`infosft.training.preparation.prepare_rows`; the trainer
-    keeps (and saves) the tokenizer it was given. With
-    ``weight_source: base`` it adds a ``base_log_probs`` column computed once with the model as
-    it is before training (cached under ``output_dir/_base_log_probs``).
+    keeps (and saves) the tokenizer it was given. With ``weight_source: base`` it adds a
+    ``base_log_probs`` column computed once with the model as it is before training (cached
+    under ``output_dir/_base_log_probs``).
 
     Logged every logging step: loss, ``nll`` of the same tokens, ``mean_q``, ``mean_weight``,
     ``zero_weight_share``, ``entropy``, ``tokens_per_second``, ``num_tokens``, ``kl_to_base``
