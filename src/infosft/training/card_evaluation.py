@@ -51,15 +51,15 @@ def add_evaluation(
     blocks = _eval_blocks(card.text)
     new_results = []
     for key, block, evals in _evaluations(results, Path(results_path)):
-        blocks[key] = _wrap(key, block)
+        # Marked, so that a later evaluation of the same key replaces the block.
+        blocks[key] = f"<!-- infosft:eval {marker_key(key)} -->\n{block}\n<!-- /infosft:eval -->"
         new_results.extend(evals)
     replaced = {result.dataset_type for result in new_results}
     kept = [r for r in card.data.eval_results or [] if r.dataset_type not in replaced]
     card.data.eval_results = [*kept, *new_results] or None
     if card.data.model_name is None:
         card.data.model_name = Path(model_dir).resolve().name
-    body = "\n\n".join(blocks.values())
-    card.text = _with_eval_section(card.text, body)
+    card.text = _with_eval_section(card.text, "\n\n".join(blocks.values()))
     return write_text_atomic(path, str(card))
 
 
@@ -153,7 +153,6 @@ def _lm_eval_evaluations(
                 f"Retention: {kept['retention']:.1%} of the {kept['base_correct']} items the "
                 "base model gets right are still right.",
             ]
-        block = "\n".join(lines)
         evals = [
             EvalResult(
                 task_type="text-generation",
@@ -165,7 +164,7 @@ def _lm_eval_evaluations(
             )
             for key, value in metrics.items()
         ]
-        found.append((f"lm_eval:{task}", block, evals))
+        found.append((f"lm_eval:{task}", "\n".join(lines), evals))
     return found
 
 
@@ -185,13 +184,9 @@ def _eval_blocks(text: str) -> dict[str, str]:
     """The evaluation subsections of a card's text by key (``task:NAME``, ``lm_eval:NAME``)."""
     from urllib.parse import unquote
 
-    inside = _between_markers(text)
+    start, end = text.find(EVAL_BEGIN), text.find(EVAL_END)
+    inside = text[start + len(EVAL_BEGIN) : end] if 0 <= start <= end else ""
     return {unquote(match.group(1)): match.group(0) for match in _BLOCK.finditer(inside)}
-
-
-def _wrap(key: str, block: str) -> str:
-    """One evaluation subsection, marked so that a later evaluation of ``key`` replaces it."""
-    return f"<!-- infosft:eval {marker_key(key)} -->\n{block}\n<!-- /infosft:eval -->"
 
 
 def _inline(text: Any) -> str:
@@ -201,13 +196,6 @@ def _inline(text: Any) -> str:
     shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
     shown = re.sub(r"([\\`\[\]#])", r"\\\1", shown)
     return shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _between_markers(text: str) -> str:
-    start, end = text.find(EVAL_BEGIN), text.find(EVAL_END)
-    if start < 0 or end < start:
-        return ""
-    return text[start + len(EVAL_BEGIN) : end]
 
 
 def evaluation_section(body: str = "") -> str:
@@ -268,11 +256,7 @@ def format_value(
     interval from ``context`` when it has one."""
     if value is None:
         return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
+    if not isinstance(value, float) or not math.isfinite(value):
         return str(value)
     text = f"{value:+.4g}" if signed else f"{value:.4g}"
     if context is not None and key is not None:

@@ -8,7 +8,6 @@ entry of the schedule is active at the current step.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -101,20 +100,18 @@ def parse_loss_schedule(schedule: Any, p_bar: float) -> list[ScheduleEntry] | No
         method, method_args = entry.get("method"), entry.get("method_args")
         scheme = resolve_scheme(method, p_bar, method_args, f"{where}.method")
         ends = [key for key in ("until_epoch", "until_step") if entry.get(key) is not None]
+        until: dict[str, Any] = {}
         if index == len(schedule) - 1:
             if ends:
                 raise ValueError(
                     f"{where} is the last entry and must not have {ends[0]!r}: it runs to the end "
                     "of training"
                 )
-            entries.append(ScheduleEntry(method, scheme, method_args))
-            continue
-        if len(ends) != 1:
+        elif len(ends) != 1:
             raise ValueError(f"{where} needs exactly one of 'until_epoch' or 'until_step'")
-        last = _ending_entry(
-            where, ScheduleEntry(method, scheme, method_args), ends[0], entry, entries
-        )
-        entries.append(last)
+        else:
+            until[ends[0]] = _checked_end(where, ends[0], entry[ends[0]], entries)
+        entries.append(ScheduleEntry(method, scheme, method_args, **until))
     return entries
 
 
@@ -145,13 +142,11 @@ def check_schedule_fits(
             )
 
 
-def _ending_entry(
-    where: str, entry: ScheduleEntry, key: str, given: dict[str, Any], previous: list[ScheduleEntry]
-) -> ScheduleEntry:
-    """``entry`` ending at ``given[key]``, checked to end after the previous entry."""
-    until = check_value(given[key], SCHEDULE_ENDS[key], f"{where}.{key}")
-    last = previous[-1] if previous else None
-    if last is not None:
+def _checked_end(where: str, key: str, value: Any, previous: list[ScheduleEntry]) -> Any:
+    """``value`` of an entry's end ``key``, checked to come after the previous entry's end."""
+    until = check_value(value, SCHEDULE_ENDS[key], f"{where}.{key}")
+    if previous:
+        last = previous[-1]
         last_key = "until_step" if last.until_step is not None else "until_epoch"
         if last_key != key:
             raise ValueError(
@@ -163,7 +158,7 @@ def _ending_entry(
                 f"{where}.{key}={until} must be later than the previous entry's "
                 f"{getattr(last, key)}"
             )
-    return dataclasses.replace(entry, **{key: until})
+    return until
 
 
 @dataclass
@@ -301,18 +296,12 @@ class InfoSFTConfig(SFTConfig):
     def schedule_entry(self, epoch: float | None, global_step: int) -> ScheduleEntry:
         """The schedule entry (method and resolved scheme) active for the next optimizer step,
         after ``global_step`` steps and ``epoch`` epochs (fractional; None before training)."""
-        current = 0.0 if epoch is None else epoch
         for entry in self._schedule[:-1]:
-            if entry.active(current, global_step):
+            if entry.active(epoch or 0.0, global_step):
                 return entry
         return self._schedule[-1]
 
 
 def _entry_dict(entry: ScheduleEntry) -> dict[str, Any]:
     """A resolved schedule entry as the plain mapping it was given as (for to_dict / YAML)."""
-    keys = {
-        "method_args": entry.method_args,
-        "until_epoch": entry.until_epoch,
-        "until_step": entry.until_step,
-    }
-    return {"method": entry.method, **{key: value for key, value in keys.items() if value}}
+    return {key: getattr(entry, key) for key in SCHEDULE_KEYS if getattr(entry, key)}

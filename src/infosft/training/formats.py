@@ -38,8 +38,8 @@ RowFilter = Callable[[Row], bool]
 MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 """The system prompt of the paper's math runs (arXiv 2605.14967)."""
 
-_FORMATTERS: dict[str, Formatter] = {}
-_ROW_FILTERS: dict[str, RowFilter] = {}
+# name -> (formatter, its row filter or None)
+_FORMATTERS: dict[str, tuple[Formatter, RowFilter | None]] = {}
 
 
 def register_formatter(
@@ -56,11 +56,7 @@ def register_formatter(
         raise TypeError(f"formatter {name!r} must be callable as fn(row) -> row, got {fn!r}")
     if name in _FORMATTERS and not overwrite:
         raise ValueError(f"formatter {name!r} is already registered; pass overwrite=True")
-    _FORMATTERS[name] = fn
-    if row_filter is None:
-        _ROW_FILTERS.pop(name, None)
-    else:
-        _ROW_FILTERS[name] = row_filter
+    _FORMATTERS[name] = (fn, row_filter)
 
 
 def available_formatters() -> list[str]:
@@ -71,7 +67,7 @@ def available_formatters() -> list[str]:
 def get_formatter(name: str) -> Formatter:
     """The formatter registered as ``name``; ValueError listing the known names otherwise."""
     try:
-        return _FORMATTERS[name]
+        return _FORMATTERS[name][0]
     except KeyError:
         known = ", ".join(available_formatters())
         raise ValueError(
@@ -83,7 +79,7 @@ def get_formatter(name: str) -> Formatter:
 def get_row_filter(name: str) -> RowFilter | None:
     """The dataset-level row filter of format ``name`` (None when it keeps every row)."""
     get_formatter(name)
-    return _ROW_FILTERS.get(name)
+    return _FORMATTERS[name][1]
 
 
 def _field(row: Row, key: str, dataset: str) -> Any:
@@ -295,7 +291,7 @@ def token_length_filter(tokenizer: Any, max_tokens: int) -> RowFilter:
     def keep(row: Row) -> bool:
         messages = row["messages"] if "messages" in row else row["prompt"] + row["completion"]
         ids = tokenizer.apply_chat_template(messages, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         return len(ids) < max_tokens
 
     return keep

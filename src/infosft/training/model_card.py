@@ -98,11 +98,9 @@ def model_card_text(
     from huggingface_hub import ModelCardData
 
     args = trainer.args
-    spec = trainer.run_spec
-    record = {} if spec is None else spec.to_dict()
+    record = {} if trainer.run_spec is None else trainer.run_spec.to_dict()
     base_name, base_hub_id = _base_model(trainer, record)
     lora = _lora(trainer, record)
-    methods = args.methods
     all_tags = list(dict.fromkeys([*TAGS, *(["lora", "peft"] if lora else []), *_as_list(tags)]))
     datasets = _as_list(dataset_name) or _hub_datasets(record.get("data"))
     name = model_name or Path(args.output_dir).resolve().name
@@ -118,7 +116,7 @@ def model_card_text(
     )
     sections = [
         f"# {name}",
-        _summary(base_name, base_hub_id, methods, lora),
+        _summary(base_name, base_hub_id, args.methods, lora),
         "## Objective\n\n" + _objective(args),
         "## Data\n\n" + _data(trainer, record),
         "## Training\n\n" + _training(trainer, lora),
@@ -294,33 +292,23 @@ def _training(trainer: Any, lora: dict[str, Any] | None) -> str:
     if lora:
         targets = lora.get("target_modules")
         targets = targets if isinstance(targets, str) else ", ".join(targets or [])
-        rows.append(
-            [
-                "LoRA",
-                f"rank {lora.get('rank')}, alpha {lora.get('alpha')}, "
-                f"dropout {lora.get('dropout')}, on {targets}",
-            ]
-        )
+        rank, alpha, dropout = lora.get("rank"), lora.get("alpha"), lora.get("dropout")
+        rows.append(["LoRA", f"rank {rank}, alpha {alpha}, dropout {dropout}, on {targets}"])
     else:
         rows.append(["fine-tuning", "full (every parameter)"])
     return markdown_table(["setting", "value"], rows)
 
 
-def _last_logs(trainer: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, Any]]:
-    """(last training log with diagnostics, last evaluation log, final summary) of the run."""
-    history = trainer.state.log_history
-    train = next((h for h in reversed(history) if "mean_q" in h), None)
-    evaluation = next((h for h in reversed(history) if "eval_loss" in h), None)
-    summary = next((h for h in reversed(history) if "train_runtime" in h), {})
-    return train, evaluation, summary
-
-
 def _diagnostics(trainer: Any) -> str:
-    train, evaluation, summary = _last_logs(trainer)
+    """The last training log with diagnostics, beside the last evaluation log."""
+    history = trainer.state.log_history[::-1]
+    train = next((h for h in history if "mean_q" in h), None)
+    evaluation = next((h for h in history if "eval_loss" in h), None)
+    summary = next((h for h in history if "train_runtime" in h), {})
     if train is None:
         return "No training log was recorded (logging_steps larger than the run?)."
     step = train.get("step", trainer.state.global_step)
-    header = ["name", "training"] + (["evaluation"] if evaluation else [])
+    header = ["name", "training", *(["evaluation"] if evaluation else []), "meaning"]
     rows = []
     for name, meaning in DIAGNOSTICS.items():
         if name not in train:
@@ -329,7 +317,6 @@ def _diagnostics(trainer: Any) -> str:
         if evaluation:
             row.append(format_value(evaluation.get(f"eval_{name}")))
         rows.append([*row, meaning])
-    header.append("meaning")
     lines = [
         f"From the last training log (step {step}, method `{train.get('method', '?')}`)"
         + (f" and the last evaluation (step {evaluation.get('step', '?')})" if evaluation else "")

@@ -220,10 +220,8 @@ def check_output_dir(output_dir: Path) -> None:
             f"{output_dir} holds the final model of an earlier run; choose another --output-dir "
             "(or delete that run first). To train further from that model, pass it as --model"
         )
-    others = sorted(
-        (path for path in output_dir.iterdir() if not _left_by_a_run(path)),
-        key=lambda path: path.name,
-    )
+    # Paths of one directory sort by their names.
+    others = sorted(path for path in output_dir.iterdir() if not _left_by_a_run(path))
     if not others:
         return
     models = [path for path in others if holds_weights(path)]
@@ -248,9 +246,7 @@ def _left_by_a_run(path: Path) -> bool:
     name = path.name
     if name in RESTARTABLE or name.startswith(".") or name.endswith(INCOMPLETE_SUFFIX):
         return True
-    if name == CARD_FILE and path.is_file():
-        return is_infosft_card(path.parent)
-    return False
+    return name == CARD_FILE and path.is_file() and is_infosft_card(path.parent)
 
 
 def is_infosft_card(model_dir: str | os.PathLike) -> bool:

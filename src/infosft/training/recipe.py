@@ -56,9 +56,7 @@ def build_trainer(
         callbacks: TrainerCallbacks added to the trainer's defaults.
 
     Data is loaded and checked before the model, so bad data fails fast (token ids against the
-    vocabulary size in the model's config). With
-    ``weight_source: base`` the trainer's dataset preparation computes the base model's log q
-    and caches it under ``output_dir/_base_log_probs``.
+    vocabulary size in the model's config).
     """
     from infosft.models import load_model_and_tokenizer
     from infosft.models.loading import model_vocab_size

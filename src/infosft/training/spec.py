@@ -110,9 +110,8 @@ def check_optional_packages(values: dict[str, Any]) -> None:
 
     for key, patterns, modules, package in OPTIONAL_PACKAGES:
         for value in _setting_values(values, key):
-            if not any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns):
-                continue
-            if not any(importlib.util.find_spec(module) for module in modules):
+            matches = any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
+            if matches and not any(importlib.util.find_spec(module) for module in modules):
                 raise ValueError(
                     f"{key}: {value} needs the package {package}, which is not installed; "
                     f"install it (pip install {package.split()[0]}) or choose another {key}"
@@ -278,8 +277,7 @@ def resolve_spec(
     layers = []
     if config_file is not None:
         values = read_yaml(config_file)
-        if values is None:
-            values = {}
+        values = {} if values is None else values
         if not isinstance(values, dict):
             raise ValueError(f"config file {config_file} must hold a mapping of keys to values")
         layers.append(values)

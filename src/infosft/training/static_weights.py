@@ -95,12 +95,6 @@ def _check_prepared(dataset: Any) -> None:
         )
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _computing_ranks(has_weights: bool, world: int) -> list[int]:
     """Ranks whose model holds real (non-meta) weights, e.g. only rank 0 under FSDP's
     cpu_ram_efficient_loading."""
@@ -109,11 +103,6 @@ def _computing_ranks(has_weights: bool, world: int) -> list[int]:
     flags: list[Any] = [None] * world
     torch.distributed.all_gather_object(flags, has_weights)
     return [r for r, ok in enumerate(flags) if ok]
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
 
 
 def _zero3_partitioned(model: torch.nn.Module) -> bool:
@@ -131,10 +120,29 @@ def _full_parameters(model: torch.nn.Module) -> contextlib.AbstractContextManage
     return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
-def _base_model_context(model: torch.nn.Module) -> contextlib.AbstractContextManager:
-    """A PEFT model evaluates as its base model inside ``disable_adapter()``."""
-    disable = getattr(model, "disable_adapter", None)
-    return disable() if callable(disable) else contextlib.nullcontext()
+@contextlib.contextmanager
+def _frozen_base_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``model`` as its base model (a PEFT model with its adapters disabled), whole, in eval
+    mode and on this rank's GPU (if there is one) while active; its mode and device are
+    restored after."""
+    original_device = next(model.parameters()).device
+    device = None
+    # ZeRO-3 keeps its partitions on the GPU and gathers them there.
+    if torch.cuda.is_available() and not _zero3_partitioned(model):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    was_training = model.training
+    model.eval()
+    if device is not None:
+        model.to(device)
+    try:
+        disable_adapter = getattr(model, "disable_adapter", None)
+        base_context = disable_adapter() if callable(disable_adapter) else contextlib.nullcontext()
+        with _full_parameters(model), base_context:
+            yield model.get_base_model() if hasattr(model, "get_base_model") else model
+    finally:
+        model.train(was_training)
+        if device is not None:
+            model.to(original_device)
 
 
 def _batches(rows: list[dict], batch_size: int) -> Iterator[list[int]]:
@@ -171,8 +179,7 @@ def _save_shard(path: Path, arrays: list[np.ndarray]) -> None:
             np.savez(f, values=values.astype(np.float32), lengths=lengths)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -189,24 +196,20 @@ def compute_base_log_probs(
     batch_size: int = 4,
     shard_size: int = 256,
     pad_token_id: int = 0,
-    device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Add a ``base_log_probs`` column ([T] float32 per row, aligned with ``labels``) to
     ``dataset``, computed with ``model`` frozen, cached and resumable.
 
     Args:
         model: the base causal LM before any training step (a PEFT model is evaluated with its
-            adapters disabled). It is put in eval mode for the pass and restored after.
+            adapters disabled). It is put in eval mode, on this rank's GPU if there is one, for
+            the pass and restored after.
         dataset: the tokenized ``datasets.Dataset`` SFTTrainer trains on (``input_ids``,
             ``labels``; no packing).
         cache_dir: where shards are kept; reuse it to skip or resume the pass.
         batch_size: rows per forward pass.
         shard_size: rows per cache file (the unit of resumption).
         pad_token_id: id used to right-pad batches (masked out by the attention mask).
-        device: where to run the pass; default: this rank's CUDA device if there is one, else
-            the model's device. The model is moved there for the pass and moved back after.
-        progress: optional ``fn(shards_done, shards_total)`` called after each shard.
 
     Returns:
         ``dataset`` with the extra column (rows in the same order).
@@ -216,7 +219,9 @@ def compute_base_log_probs(
         dataset = dataset.remove_columns(COLUMN)
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
-    rank, world = _rank_and_world()
+    rank, world = 0, 1
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     has_weights = all(p.device.type != "meta" for p in model.parameters())
     with _full_parameters(model):
         model_key = sampled_model_fingerprint(model)[:16]
@@ -234,52 +239,20 @@ def compute_base_log_probs(
     mine = [i for i in range(num_shards) if not paths[i].exists()]
     mine = [i for i in mine if rank in workers and workers[i % len(workers)] == rank]
     if mine:
-        _run_shards(model, dataset, mine, paths, shard_size, batch_size, pad_token_id, device,
-                    progress)  # fmt: skip
-    _barrier(world)
+        columns = dataset.select_columns(["input_ids", "labels"])
+        with _frozen_base_model(model) as base:
+            for i in mine:
+                stop = min(len(dataset), (i + 1) * shard_size)
+                rows = columns.select(range(i * shard_size, stop))
+                _save_shard(paths[i], _compute_shard(base, list(rows), batch_size, pad_token_id))
+    if world > 1:
+        torch.distributed.barrier()
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"static-weight shards missing after the pass: {missing[:3]}")
     (cache / "meta.json").write_text(json.dumps({"rows": len(dataset), "shards": num_shards}))
     return _attach(dataset, paths)
-
-
-def _run_shards(
-    model: torch.nn.Module,
-    dataset: Any,
-    shards: list[int],
-    paths: list[Path],
-    shard_size: int,
-    batch_size: int,
-    pad_token_id: int,
-    device: str | torch.device | None,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    original_device = next(model.parameters()).device
-    if device is None and torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if _zero3_partitioned(model):
-        device = None  # ZeRO-3 keeps its partitions on the GPU and gathers them there
-    was_training = model.training
-    model.eval()
-    if device is not None:
-        model.to(device)
-    try:
-        with _full_parameters(model), _base_model_context(model):
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            for done, i in enumerate(shards, start=1):
-                stop = min(len(dataset), (i + 1) * shard_size)
-                rows = dataset.select_columns(["input_ids", "labels"]).select(
-                    range(i * shard_size, stop)
-                )
-                _save_shard(paths[i], _compute_shard(base, list(rows), batch_size, pad_token_id))
-                if progress is not None:
-                    progress(done, len(shards))
-    finally:
-        model.train(was_training)
-        if device is not None:
-            model.to(original_device)
 
 
 def _attach(dataset: Any, paths: list[Path]) -> Any:

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 from trl import SFTTrainer
 
-from infosft.losses import IGNORE_INDEX
+from infosft.losses import IGNORE_INDEX, TokenStats
 from infosft.losses.lm_head import base_head_inputs, causal_lm_loss
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
@@ -43,17 +43,7 @@ if TYPE_CHECKING:
 
 
 # Per-micro-batch values gathered across ranks; every column but the first is summed per log.
-_COLUMNS = (
-    "loss",
-    "num_tokens",
-    "sum_q",
-    "sum_weight",
-    "num_zero_weight",
-    "sum_nll",
-    "sum_entropy",
-    "sum_kl",
-    "input_tokens",
-)
+_COLUMNS = ("loss", *TokenStats._fields, "input_tokens")
 
 
 class NonFiniteLossError(ValueError):
@@ -106,11 +96,10 @@ class InfoSFTTrainer(SFTTrainer):
     ``compute_loss_func``; ``args`` must be an :class:`InfoSFTConfig`. It is built by
     :func:`infosft.training.build_trainer`.
 
-    Its datasets are prepared by :func:`infosft.training.preparation.prepare_rows` (TRL's
-    preparation, infosft's marked chat template for ``assistant_only_loss``, examples without a
-    target token dropped); the trainer keeps (and saves) the tokenizer it was given. With
-    ``weight_source: base`` it adds a ``base_log_probs`` column computed once with the model as
-    it is before training (cached under ``output_dir/_base_log_probs``).
+    Its datasets are prepared by :func:`infosft.training.preparation.prepare_rows`; the trainer
+    keeps (and saves) the tokenizer it was given. With ``weight_source: base`` it adds a
+    ``base_log_probs`` column computed once with the model as it is before training (cached
+    under ``output_dir/_base_log_probs``).
 
     Logged every logging step: loss, ``nll`` of the same tokens, ``mean_q``, ``mean_weight``,
     ``zero_weight_share``, ``entropy``, ``tokens_per_second``, ``num_tokens``, ``kl_to_base``
@@ -145,10 +134,7 @@ class InfoSFTTrainer(SFTTrainer):
             )
         # What the model card says of the model, data and LoRA (build_trainer passes it).
         self.run_spec = run_spec
-        # Read by _prepare_dataset, which SFTTrainer.__init__ calls.
-        self._template_tokenizer = marked_template_tokenizer(
-            processing_class, args.assistant_only_loss
-        )
+        template_tokenizer = marked_template_tokenizer(processing_class, args.assistant_only_loss)
         self._initial_model = model
         # The KL anchor's base model for full fine-tuning: a frozen copy of the model as given.
         # With PEFT the base is the same model with its adapters disabled.
@@ -160,13 +146,13 @@ class InfoSFTTrainer(SFTTrainer):
         super().__init__(
             model=model,
             args=args,
-            processing_class=self._template_tokenizer or processing_class,
+            processing_class=template_tokenizer or processing_class,
             **kwargs,
         )
         _undo_fused_lm_head(_patchable(self.model), given_forward)
         # Checkpoints keep the tokenizer's own template: several inference engines reject the
         # {% generation %} tag.
-        if self._template_tokenizer is not None:
+        if template_tokenizer is not None:
             self.processing_class = self.callback_handler.processing_class = processing_class
         parallelism = self.accelerator.parallelism_config
         if parallelism is not None and (parallelism.cp_enabled or parallelism.sp_enabled):
@@ -286,7 +272,7 @@ class InfoSFTTrainer(SFTTrainer):
         return loss
 
     def _record(
-        self, mode: str, loss: Tensor, stats: Any, inputs: dict[str, Any], method: str
+        self, mode: str, loss: Tensor, stats: TokenStats, inputs: dict[str, Any], method: str
     ) -> None:
         """Gather this micro-batch's token statistics from every rank, add them to the log sums,
         and stop training on a non-finite loss."""
@@ -294,19 +280,9 @@ class InfoSFTTrainer(SFTTrainer):
             input_tokens = inputs["attention_mask"].sum()
         else:
             input_tokens = torch.tensor(inputs["input_ids"].numel())
-        row = torch.stack(
-            [
-                loss.detach().float(),
-                stats.num_tokens,
-                stats.sum_q,
-                stats.sum_weight,
-                stats.num_zero_weight,
-                stats.sum_nll,
-                stats.sum_entropy,
-                stats.sum_nll.new_zeros(()) if stats.sum_kl is None else stats.sum_kl,
-                input_tokens.to(loss.device, torch.float32),
-            ]
-        ).unsqueeze(0)
+        sum_kl = stats.sum_nll.new_zeros(()) if stats.sum_kl is None else stats.sum_kl
+        input_tokens = input_tokens.to(loss.device, torch.float32)
+        row = torch.stack([loss.detach().float(), *stats[:-1], sum_kl, input_tokens]).unsqueeze(0)
         rows = self.accelerator.gather(row).cpu()
         if mode == "train" and not bool(torch.isfinite(rows[:, 0]).all()):
             self._stop_on_non_finite(rows[:, 0].tolist(), method)
