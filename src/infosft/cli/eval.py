@@ -111,51 +111,35 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-# Flags that only apply when completions are generated (not with --samples), by attribute.
-GENERATION_FLAGS = {
-    "n": "--n",
-    "temperature": "--temperature",
-    "top_p": "--top-p",
-    "max_new_tokens": "--max-new-tokens",
-    "stop": "--stop",
-}
-FORGETTING_FLAGS = {"general_prompts": "--general-prompts", "heldout": "--heldout"}
-LM_EVAL_FLAGS = {
-    "lm_eval_include": "--lm-eval-include",
-    "lm_eval_fewshot": "--lm-eval-fewshot",
-    "lm_eval_chat_template": "--lm-eval-chat-template",
-}
+# Flags by the attribute argparse stores them in (``--top-p``: ``top_p``). Those that only apply
+# when completions are generated (not with --samples):
+GENERATION_FLAGS = ("n", "temperature", "top_p", "max_new_tokens", "stop")
+FORGETTING_FLAGS = ("general_prompts", "heldout")
+LM_EVAL_FLAGS = ("lm_eval_include", "lm_eval_fewshot", "lm_eval_chat_template")
+# Flags naming a file, directory, model or device.
+NAME_FLAGS = ("task", "model", "base_model", "samples", "output", "device", "dtype")
+NAME_FLAGS += (*FORGETTING_FLAGS, "lm_eval_include")
 
 
-def given(args: argparse.Namespace, flags: dict[str, str]) -> list[str]:
-    """The names of the ``flags`` set on the command line."""
+def flag(attr: str) -> str:
+    return "--" + attr.replace("_", "-")
+
+
+def given(args: argparse.Namespace, attrs: tuple[str, ...]) -> list[str]:
+    """The flags of ``attrs`` set on the command line."""
     # By identity: 0 == False, yet ``--seed 0`` and ``--temperature 0`` are given flags.
-    values = {flag: getattr(args, attr) for attr, flag in flags.items()}
-    return [flag for flag, value in values.items() if value is not None and value is not False]
-
-
-# Flags naming a file, directory, model or device, by attribute.
-NAME_FLAGS = {
-    "task": "--task",
-    "model": "--model",
-    "base_model": "--base-model",
-    "samples": "--samples",
-    "output": "--output",
-    "device": "--device",
-    "dtype": "--dtype",
-    **FORGETTING_FLAGS,
-    "lm_eval_include": "--lm-eval-include",
-}
+    values = {flag(attr): getattr(args, attr) for attr in attrs}
+    return [name for name, value in values.items() if value is not None and value is not False]
 
 
 def check_flags(args: argparse.Namespace) -> None:
     """Every flag the command would ignore is an error, and so is an empty name: nothing is
     silently dropped or replaced by a default."""
-    for attr, flag in NAME_FLAGS.items():
-        value = getattr(args, attr)
+    for attr in NAME_FLAGS:
+        value, name = getattr(args, attr), flag(attr)
         if value is not None and not value.strip():
             raise ValueError(
-                f"{flag} is empty (often an unset shell variable); give a value or drop {flag}"
+                f"{name} is empty (often an unset shell variable); give a value or drop {name}"
             )
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
@@ -168,10 +152,9 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.samples:
         if not args.task:
             raise ValueError("--samples scores completions of a task: add --task NAME")
-        generating = {"model": "--model", "base_model": "--base-model", "lm_eval": "--lm-eval"}
-        generating.update({**GENERATION_FLAGS, **FORGETTING_FLAGS, "batch_size": "--batch-size"})
-        generating.update({"seed": "--seed", "device": "--device", "dtype": "--dtype"})
-        ignored = given(args, {**generating, "limit": "--limit"})
+        generating = ("model", "base_model", "lm_eval", *GENERATION_FLAGS, *FORGETTING_FLAGS)
+        generating += ("batch_size", "seed", "device", "dtype", "limit")
+        ignored = given(args, generating)
         if ignored:
             raise ValueError(
                 f"--samples scores existing completions of --task; drop {', '.join(ignored)}: "
@@ -241,20 +224,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
         model = args.model if args.model is not None else DEFAULT_MODEL
         identity = {"task": name, "model": model, "base_model": args.base_model}
         output = Path(args.output or f"runs/eval/{file_name}-{slug(model)}.json")
-        settings = task and with_overrides(  # None without --task (lm-eval only)
-            task.generation,
-            n=args.n,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.batch_size,
-            stop=args.stop,
-            seed=args.seed,
-        )
+        overrides = {
+            attr: getattr(args, attr) for attr in (*GENERATION_FLAGS, "batch_size", "seed")
+        }
+        settings = task and with_overrides(task.generation, **overrides)  # None: lm-eval only
         device = resolve_device(args.device, "--device")
         texts = {
-            key: read_texts(path, flag) if path is not None else None
-            for key, path, flag in (
+            key: read_texts(path, option) if path is not None else None
+            for key, path, option in (
                 ("general_prompts", args.general_prompts, "--general-prompts"),
                 ("general_texts", args.heldout, "--heldout"),
             )
@@ -270,11 +247,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
             task, samples, args.workers, args.timeout, mode or args.sandbox, not args.no_progress
         )
         single = len(records) == len({r["task_id"] for r in records})
-        results = {
-            **identity,
-            "metrics": summarize_records(records, greedy=single),
-            "samples": records,
-        }
+        metrics = summarize_records(records, greedy=single)
+        results = {**identity, "metrics": metrics, "samples": records}
         if mode is not None:
             results["sandbox"] = mode
     else:

@@ -98,27 +98,11 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     flags)."""
     from infosft.training import resolve_spec
 
-    lora = {
-        key: value
-        for key, value in (
-            ("rank", args.lora_rank),
-            ("alpha", args.lora_alpha),
-            ("dropout", args.lora_dropout),
-        )
-        if value is not None
-    }
-    flags = {
-        "model": args.model,
-        "data": args.data,
-        "eval_data": args.eval_data,
-        "data_format": args.data_format,
-        "method": args.method,
-        "p_bar": args.p_bar,
-        "seed": args.seed,
-        "output_dir": args.output_dir,
-        "lora": lora or args.lora,
-    }
-    return resolve_spec(args.config, args.set, flags)
+    lora = {key: getattr(args, f"lora_{key}") for key in ("rank", "alpha", "dropout")}
+    lora = {key: value for key, value in lora.items() if value is not None}
+    keys = ("model", "data", "eval_data", "data_format", "method", "p_bar", "seed", "output_dir")
+    flags = {key: getattr(args, key) for key in keys}
+    return resolve_spec(args.config, args.set, {**flags, "lora": lora or args.lora})
 
 
 def run(args: argparse.Namespace) -> int:

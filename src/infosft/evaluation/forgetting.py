@@ -262,21 +262,20 @@ def compare_to_base(
     ``task_correct``, ``prior_correct`` and ``general_nll`` (:func:`measure_base_general`).
     """
     accuracy, accuracy_base = share_correct(task_correct), share_correct(base["task_correct"])
-    report: dict[str, float | int | None] = {
+    kept = retention(base["prior_correct"], prior_correct)
+    kl = kl_reference.kl(tuned_model)
+    nll = heldout_nll(tuned_model, tokenizer, texts)
+    return {
         "accuracy": accuracy,
         "accuracy_base": accuracy_base,
         "accuracy_delta": None if None in (accuracy, accuracy_base) else accuracy - accuracy_base,
-        **retention(base["prior_correct"], prior_correct),
-        **kl_reference.kl(tuned_model),
+        **kept,
+        **kl,
+        "general_nll": nll["nll"],
+        "general_nll_base": base["general_nll"],
+        "general_nll_delta": nll["nll"] - base["general_nll"],
+        "general_tokens": nll["tokens"],
     }
-    nll = heldout_nll(tuned_model, tokenizer, texts)
-    report.update(
-        general_nll=nll["nll"],
-        general_nll_base=base["general_nll"],
-        general_nll_delta=nll["nll"] - base["general_nll"],
-        general_tokens=nll["tokens"],
-    )
-    return report
 
 
 # Built-in general prompts (everyday instructions) and texts (plain-English paragraphs), written

@@ -10,6 +10,7 @@ from typing import Any
 
 from infosft.checks import Number, check_value
 from infosft.distributed import gather, my_batches
+from infosft.models import pad_right
 
 Prompt = str | list[dict[str, str]]
 POSITIVE = Number(whole=True, low=1)
@@ -205,14 +206,12 @@ def generate(
     from tqdm.auto import tqdm
     from transformers import LogitsProcessorList
 
-    texts = [render_prompt(tokenizer, p) for p in prompts]
     # Chat templates already contain their special tokens; raw prompts get the usual ones.
-    add_special = [isinstance(p, str) for p in prompts]
     encoded = [
-        tokenizer(t, add_special_tokens=a)["input_ids"]
-        for t, a in zip(texts, add_special, strict=True)
+        tokenizer(render_prompt(tokenizer, p), add_special_tokens=isinstance(p, str))["input_ids"]
+        for p in prompts
     ]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
@@ -234,7 +233,7 @@ def generate(
     if settings.stop:
         kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
 
-    results: list[list[str]] = [[] for _ in texts]
+    results: list[list[str]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     batches = [
@@ -250,7 +249,7 @@ def generate(
             if settings.greedy:
                 new_tokens = _greedy_in_stages(model, [encoded[i] for i in rows], kwargs, pad_id)
             else:
-                ids, mask = _left_padded([encoded[i] for i in rows], pad_id)
+                ids, mask = _left_padded([encoded[i] for i in rows], pad_id, device)
                 extra = {}
                 if keyed:
                     seeds = [
@@ -265,9 +264,7 @@ def generate(
                     # before.
                     torch.manual_seed(settings.seed + b)
                 with torch.no_grad():
-                    out = model.generate(
-                        input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs, **extra
-                    )
+                    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs, **extra)
                 new_tokens = out[:, ids.shape[1] :]
             decoded = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for j, text in enumerate(decoded):
@@ -288,18 +285,13 @@ def generate(
 FIRST_STAGE_TOKENS = 32
 
 
-def _left_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+def _left_padded(
+    sequences: Sequence[Sequence[int]], pad_id: int, device: Any = None
+) -> tuple[Any, Any]:
     """``input_ids`` and ``attention_mask`` [rows, longest] (int64), left-padded with
-    ``pad_id``."""
-    import torch
-
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, width - len(seq) :] = 1
-    return ids, mask
+    ``pad_id``: the reversed sequences right-padded, then flipped back."""
+    ids, mask = pad_right([list(s)[::-1] for s in sequences], pad_id, device)
+    return ids.flip(1), mask.flip(1)
 
 
 def _greedy_in_stages(
@@ -323,8 +315,7 @@ def _greedy_in_stages(
     eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     stops = bool(kwargs.get("stop_strings"))
     total = kwargs["max_new_tokens"]
-    ids, mask = _left_padded(prompts, pad_id)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _left_padded(prompts, pad_id, device)
     new: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))
     # transformers renamed generate's past_key_values to cache (the old name warns).

@@ -128,11 +128,8 @@ def run_lm_eval(
         raise ValueError("name at least one lm-eval task, e.g. arc_easy")
     paths = _include_paths(include_path)
     manager = _task_manager(names, paths)
-    seeds = {}
-    if seed is not None:
-        seeds = dict.fromkeys(
-            ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed"), seed
-        )
+    seed_keys = ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")
+    seeds = dict.fromkeys(seed_keys, seed) if seed is not None else {}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         output = lm_eval.simple_evaluate(
@@ -236,16 +233,14 @@ def score_deltas(
     tuned_scores: dict[str, dict[str, float | None]],
 ) -> dict[str, dict[str, float | None]]:
     """Tuned minus base for every metric of every task both have (stderr entries left out)."""
-    deltas = {}
-    for task, tuned in tuned_scores.items():
-        base = base_scores.get(task)
-        if base is None:
-            continue
-        deltas[task] = {
+    return {
+        task: {
             key: None if tuned[key] is None or base.get(key) is None else tuned[key] - base[key]
             for key in _metric_keys(tuned)
         }
-    return deltas
+        for task, tuned in tuned_scores.items()
+        if (base := base_scores.get(task)) is not None
+    }
 
 
 def compare_to_base(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:

@@ -87,11 +87,6 @@ def summarize(
             continue
         per_problem = [pass_at_k(len(c), sum(map(bool, c)), k) for c in correct]
         lo, hi = bootstrap_interval(per_problem, confidence, seed=seed)
-        metrics.update(
-            {
-                f"pass@{k}": sum(per_problem) / len(per_problem),
-                f"pass@{k}_ci_low": lo,
-                f"pass@{k}_ci_high": hi,
-            }
-        )
+        mean = sum(per_problem) / len(per_problem)
+        metrics.update({f"pass@{k}": mean, f"pass@{k}_ci_low": lo, f"pass@{k}_ci_high": hi})
     return metrics

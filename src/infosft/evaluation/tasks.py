@@ -121,12 +121,6 @@ def fill(template: str, record: dict[str, Any]) -> str:
     return FIELD.sub(lambda m: str(record.get(m.group(1), m.group(0))), template)
 
 
-def read_records(path: Path, what: str = "task data file") -> list[dict[str, Any]]:
-    """Records of a ``.jsonl`` (one JSON object per line) or ``.json`` (a list) file; errors
-    name the file (as ``what``) and line (text that is not UTF-8, a line that is not JSON)."""
-    return files.read_records(path, what)[0]
-
-
 def read_task_spec(path: str | Path) -> TaskSpec:
     """The checked spec of a task YAML: every key known, every value of its type and shape;
     ValueError naming the file and the key otherwise."""
@@ -188,7 +182,7 @@ def task_from_yaml(path: str | Path) -> Task:
     data record is checked here, before any model is loaded."""
     path = Path(path)
     spec = read_task_spec(path)
-    records = read_records(path.parent / spec.data)
+    records = files.read_records(path.parent / spec.data, "task data file")[0]
     if not records:
         raise ValueError(f"task data file {path.parent / spec.data} holds no records")
     answer_kinds = (str,) if spec.scorer == "code" else (str, int, float)
@@ -204,12 +198,10 @@ def task_from_yaml(path: str | Path) -> Task:
             )
         items.append({**record, "id": str(record.get(spec.id_field, i))})
 
-    template, messages, answer_field = spec.prompt, spec.messages, spec.answer_field
-
     def prompt(item: dict[str, Any]) -> Prompt:
-        if template is not None:
-            return fill(template, item)
-        return [{"role": m["role"], "content": fill(m["content"], item)} for m in messages]
+        if spec.prompt is not None:
+            return fill(spec.prompt, item)
+        return [{"role": m["role"], "content": fill(m["content"], item)} for m in spec.messages]
 
     generation = spec.generation or {}
     allowed = {f.name for f in fields(SamplingSettings)}
@@ -221,11 +213,11 @@ def task_from_yaml(path: str | Path) -> Task:
         raise ValueError(f"{path}: generation: {err}") from None
     program = None
     if spec.scorer == "code":
-        with_prompt = spec.include_prompt_in_program
 
         def program(item: dict[str, Any], completion: str) -> str:
-            head = prompt(item) if with_prompt and template is not None else ""
-            return f"{head}{completion}\n{item[answer_field]}\n"
+            with_prompt = spec.include_prompt_in_program and spec.prompt is not None
+            head = prompt(item) if with_prompt else ""
+            return f"{head}{completion}\n{item[spec.answer_field]}\n"
 
     try:
         return Task(
@@ -233,7 +225,7 @@ def task_from_yaml(path: str | Path) -> Task:
             items=items,
             prompt=prompt,
             scorer=spec.scorer,
-            reference=lambda item: item[answer_field],
+            reference=lambda item: item[spec.answer_field],
             program=program,
             generation=settings,
         )
