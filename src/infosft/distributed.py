@@ -99,9 +99,7 @@ def splitting() -> Iterator[None]:
 def my_batches(batches: Sequence[T]) -> list[tuple[int, T]]:
     """``(index, batch)`` of the batches this rank runs: every ``world``-th from its rank while
     :func:`splitting`, else all of them."""
-    if not _SPLITTING[0]:
-        return list(enumerate(batches))
-    rank, world = rank_and_world()
+    rank, world = rank_and_world() if _SPLITTING[0] else (0, 1)
     return [(i, batch) for i, batch in enumerate(batches) if i % world == rank]
 
 
@@ -117,15 +115,14 @@ def shares(items: Sequence[T]) -> list[list[T]]:
 def gather(results: list[tuple[int, T]]) -> list[T]:
     """Every rank's ``(batch index, result)`` pairs, as one list in batch order (a no-op
     outside :func:`splitting`)."""
-    if not _SPLITTING[0]:
-        return [result for _, result in sorted(results, key=lambda pair: pair[0])]
-    import torch.distributed as dist
+    if _SPLITTING[0]:
+        import torch.distributed as dist
 
-    _state()
-    parts: list[Any] = [None] * rank_and_world()[1]
-    dist.all_gather_object(parts, results)
-    pairs = sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])
-    return [result for _, result in pairs]
+        _state()
+        parts: list[Any] = [None] * rank_and_world()[1]
+        dist.all_gather_object(parts, results)
+        results = [pair for part in parts for pair in part]
+    return [result for _, result in sorted(results, key=lambda pair: pair[0])]
 
 
 def whole_model(trained: Any, like: Any) -> Any:
