@@ -136,9 +136,7 @@ def _fits(value: Any, expected: Any) -> bool:
     if expected is type(None) or expected is None:
         return value is None
     if expected is int:
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer()
-        )
+        return _is_number(value) and (not isinstance(value, float) or value.is_integer())
     if expected is float:
         return _is_number(value) and math.isfinite(value)
     if origin is not None:

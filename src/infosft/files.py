@@ -35,7 +35,7 @@ CHUNK_BYTES = 1024**2
 
 def finite(value: Any) -> Any:
     """``value`` with every non-finite float (NaN, +-inf) replaced by None, tuples as lists."""
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+    if value is None or isinstance(value, (str, int)):  # bool is an int
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         # numbers.Real also covers numpy's float32/float64 scalars.
