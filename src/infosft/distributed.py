@@ -49,15 +49,6 @@ def device() -> Any:
     return _state().device
 
 
-def _broadcast(value: Any) -> Any:
-    import torch.distributed as dist
-
-    _state()
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def from_main(make: Callable[[], T]) -> T:
     """``make()`` on the main process, its result (or its exception) sent to every rank.
 
@@ -71,7 +62,7 @@ def from_main(make: Callable[[], T]) -> T:
             result = make()
         except Exception as err:  # said to the other ranks, then raised here
             error, message = err, f"{type(err).__name__}: {err}"
-    result, message = _broadcast((result, message))
+    result, message = send((result, message))
     if error is not None:
         raise error
     if message is not None:
@@ -81,7 +72,14 @@ def from_main(make: Callable[[], T]) -> T:
 
 def send(value: Any = None) -> Any:
     """The main process's ``value`` on every rank (each must call it, in the same order)."""
-    return value if rank_and_world()[1] == 1 else _broadcast(value)
+    if rank_and_world()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    _state()
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @contextlib.contextmanager

@@ -552,9 +552,8 @@ def _resolve(method: str, p_bar: float, method_args: dict[str, int | float]) -> 
 
 # ---- probing a scheme ----------------------------------------------------------------------
 
-# log q every weight is tried on: q from e^-100 to 1 - 1e-7 on three scales (e^-100 ... e^-1,
-# 0.001 ... 0.999 in steps of 0.001, 0.9 ... 1 - 1e-7 evenly in log(1 - q)), and the ends of
-# [-inf, 0] that rounding and underflow produce (float64; also tried rounded to float32).
+# log q of probe_scheme's grid, and the ends of [-inf, 0] that rounding and underflow produce
+# (float64; also tried rounded to float32).
 _PROBE_LOG_Q = torch.cat(
     [
         torch.linspace(-100.0, -1.0, 100, dtype=torch.float64),
