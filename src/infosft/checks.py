@@ -81,9 +81,10 @@ def check_value(
     if value is None and null is not False:
         return None
     if _fits(value, expected):
-        if isinstance(value, float) and (expected is int or _whole(expected)):
+        number = isinstance(expected, Number)
+        if isinstance(value, float) and (expected is int or (number and expected.whole)):
             return int(value)
-        if isinstance(expected, Number) and not expected.whole:
+        if number and not expected.whole:
             return float(value)
         return value
     what = _describe(expected)
@@ -116,18 +117,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _whole(expected: Any) -> bool:
-    return isinstance(expected, Number) and expected.whole
-
-
-def _members(expected: Any) -> tuple[Any, ...]:
-    if typing.get_origin(expected) in (typing.Union, types.UnionType):
-        return typing.get_args(expected)
-    return (expected,)
-
-
 def _allows(expected: Any, kind: type) -> bool:
-    return any(member is kind for member in _members(expected))
+    if typing.get_origin(expected) in (typing.Union, types.UnionType):
+        return any(member is kind for member in typing.get_args(expected))
+    return expected is kind
 
 
 def _fits(value: Any, expected: Any) -> bool:
@@ -142,16 +135,10 @@ def _fits(value: Any, expected: Any) -> bool:
         return any(value == choice and type(value) is type(choice) for choice in expected.__args__)
     if expected is type(None) or expected is None:
         return value is None
-    if expected is bool:
-        return isinstance(value, bool)
     if expected is int:
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer()
-        )
+        return _is_number(value) and (not isinstance(value, float) or value.is_integer())
     if expected is float:
         return _is_number(value) and math.isfinite(value)
-    if expected is str:
-        return isinstance(value, str)
     if origin is not None:
         expected = origin
     if isinstance(expected, type):

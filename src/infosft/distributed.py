@@ -49,15 +49,6 @@ def device() -> Any:
     return _state().device
 
 
-def _broadcast(value: Any) -> Any:
-    import torch.distributed as dist
-
-    _state()
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def from_main(make: Callable[[], T]) -> T:
     """``make()`` on the main process, its result (or its exception) sent to every rank.
 
@@ -71,7 +62,7 @@ def from_main(make: Callable[[], T]) -> T:
             result = make()
         except Exception as err:  # said to the other ranks, then raised here
             error, message = err, f"{type(err).__name__}: {err}"
-    result, message = _broadcast((result, message))
+    result, message = send((result, message))
     if error is not None:
         raise error
     if message is not None:
@@ -81,7 +72,14 @@ def from_main(make: Callable[[], T]) -> T:
 
 def send(value: Any = None) -> Any:
     """The main process's ``value`` on every rank (each must call it, in the same order)."""
-    return value if rank_and_world()[1] == 1 else _broadcast(value)
+    if rank_and_world()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    _state()
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 @contextlib.contextmanager
@@ -99,9 +97,7 @@ def splitting() -> Iterator[None]:
 def my_batches(batches: Sequence[T]) -> list[tuple[int, T]]:
     """``(index, batch)`` of the batches this rank runs: every ``world``-th from its rank while
     :func:`splitting`, else all of them."""
-    if not _SPLITTING[0]:
-        return list(enumerate(batches))
-    rank, world = rank_and_world()
+    rank, world = rank_and_world() if _SPLITTING[0] else (0, 1)
     return [(i, batch) for i, batch in enumerate(batches) if i % world == rank]
 
 
@@ -117,15 +113,14 @@ def shares(items: Sequence[T]) -> list[list[T]]:
 def gather(results: list[tuple[int, T]]) -> list[T]:
     """Every rank's ``(batch index, result)`` pairs, as one list in batch order (a no-op
     outside :func:`splitting`)."""
-    if not _SPLITTING[0]:
-        return [result for _, result in sorted(results, key=lambda pair: pair[0])]
-    import torch.distributed as dist
+    if _SPLITTING[0]:
+        import torch.distributed as dist
 
-    _state()
-    parts: list[Any] = [None] * rank_and_world()[1]
-    dist.all_gather_object(parts, results)
-    pairs = sorted((pair for part in parts for pair in part), key=lambda pair: pair[0])
-    return [result for _, result in pairs]
+        _state()
+        parts: list[Any] = [None] * rank_and_world()[1]
+        dist.all_gather_object(parts, results)
+        results = [pair for part in parts for pair in part]
+    return [result for _, result in sorted(results, key=lambda pair: pair[0])]
 
 
 def whole_model(trained: Any, like: Any) -> Any:

@@ -50,15 +50,6 @@ class MissingExtraError(ModuleNotFoundError, ValueError):
         self.extra = extra
 
 
-def extra_installing(module: str) -> str | None:
-    """The smallest extra that installs ``module``'s top-level package, or None if none does.
-
-    ``"yaml.loader"`` -> ``"train"``; ``"math_verify"`` -> ``"eval"``; ``"os"`` -> None.
-    """
-    top = module.partition(".")[0]
-    return next((extra for extra, dists in EXTRAS.items() if top in dists.values()), None)
-
-
 def missing_extra_error(err: ModuleNotFoundError, needed_by: str = "") -> MissingExtraError | None:
     """``err`` as a :class:`MissingExtraError` when an extra installs the missing top-level
     module; None otherwise (a module that no extra provides is a bug, not a missing install).
@@ -70,7 +61,7 @@ def missing_extra_error(err: ModuleNotFoundError, needed_by: str = "") -> Missin
     # A submodule missing from an installed package ("transformers.x") is a version mismatch.
     if not err.name or "." in err.name:
         return None
-    extra = extra_installing(err.name)
+    extra = next((extra for extra, dists in EXTRAS.items() if err.name in dists.values()), None)
     return None if extra is None else MissingExtraError(extra, err.name, needed_by)
 
 

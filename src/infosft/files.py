@@ -13,6 +13,7 @@ one policy:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -34,7 +35,7 @@ CHUNK_BYTES = 1024**2
 
 def finite(value: Any) -> Any:
     """``value`` with every non-finite float (NaN, +-inf) replaced by None, tuples as lists."""
-    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+    if value is None or isinstance(value, (str, int)):  # bool is an int
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         # numbers.Real also covers numpy's float32/float64 scalars.
@@ -199,15 +200,10 @@ def read_yaml(path: str | os.PathLike) -> Any:
     return load_yaml(read_text(path), str(path))
 
 
-_LOADER: Any = None
-
-
+@functools.cache
 def _yaml_1_2_loader() -> Any:
     """yaml.SafeLoader with YAML 1.2's booleans (true/false only), exponent floats and unique
     keys (merge keys ``<<`` allowed)."""
-    global _LOADER
-    if _LOADER is not None:
-        return _LOADER
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -242,7 +238,6 @@ def _yaml_1_2_loader() -> Any:
         re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
         list("-+0123456789"),
     )
-    _LOADER = Loader
     return Loader
 
 

@@ -15,20 +15,11 @@ micro-batch first (:meth:`Scheme.statistic`) and whether the loss divides by the
 A scheme never sees how the rows are chunked: it receives the values of some target tokens as
 :class:`TokenInputs` and returns one weight per token.
 
-Registering a scheme of your own:
-
-``register_scheme(name, weight, ...)`` with ``weight(tokens: TokenInputs, p_bar, **method_args)``;
-a function of q alone reads ``tokens.log_probs`` only
-(``register_scheme("sqrt_q", lambda tokens, p_bar: (0.5 * tokens.log_probs).exp())``). A richer
-scheme declares its ``method_args`` and defaults and what it reads (``entropy=True``,
-``top_k_entropy=True`` with a ``top_k`` argument, ``batch_statistic=fn(tokens, sequence_ids)``,
-``self_normalised=True``). The older names ``register_weighting``, ``available_weightings`` and
-``get_weighting`` remain as deprecated aliases.
-
-A scheme is tried at once on a dense grid of tokens (:func:`probe_scheme`), and again whenever it
-is resolved with other arguments: a weight that is not finite, negative or above
-:data:`MAX_WEIGHT`, of the wrong shape or dtype, or an exception, is a ValueError naming the
-scheme and the q.
+A scheme of your own is one :func:`register_scheme` call; a function of q alone reads
+``tokens.log_probs`` only
+(``register_scheme("sqrt_q", lambda tokens, p_bar: (0.5 * tokens.log_probs).exp())``). The older
+names ``register_weighting``, ``available_weightings`` and ``get_weighting`` remain as deprecated
+aliases.
 
 Built in (q = p(target), l = -log q): ``nll`` (w = 1), ``dft`` (w = q), ``infosft``
 (w = q max(0, 1 - logit(q)/logit(p_bar))), ``eaft`` (w = (H_K / ln K)^alpha, H_K the entropy of
@@ -184,16 +175,8 @@ class Scheme:
 
 def _as_float32(tokens: TokenInputs) -> TokenInputs:
     """Detached float32 values; log q above 0 (rounding) is read as 0."""
-
-    def f32(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.detach().float()
-
-    return TokenInputs(
-        tokens.log_probs.detach().float().clamp(max=0.0),
-        f32(tokens.entropy),
-        f32(tokens.top_k_entropy),
-        f32(tokens.statistic),
-    )
+    values = TokenInputs(*(None if t is None else t.detach().float() for t in tokens))
+    return values._replace(log_probs=values.log_probs.clamp(max=0.0))
 
 
 def log1mexp(x: Tensor) -> Tensor:
@@ -353,24 +336,8 @@ def check_p_bar(p_bar: Any) -> float:
 # ---- registry ------------------------------------------------------------------------------
 
 
-def _check_name(name: str, overwrite: bool) -> None:
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"scheme name must be an identifier-like string, got {name!r}")
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(
-            f"scheme {name!r} is already registered; pass overwrite=True to replace it"
-        )
-
-
 # Bindings whose weight passed probe_scheme: (id(definition), p_bar, arguments) -> definition.
 _PROBED: dict[tuple[int, float, tuple[tuple[str, Any], ...]], _Definition] = {}
-
-
-def _add(name: str, definition: _Definition) -> None:
-    """Register ``definition`` once its defaults pass its own check and :func:`probe_scheme`;
-    on a ValueError the registry is unchanged."""
-    _bind(name, definition, None, None)
-    _REGISTRY[name] = definition
 
 
 def _of_q(fn: WeightFn) -> SchemeWeightFn:
@@ -419,7 +386,12 @@ def register_scheme(
     grid of tokens (:func:`probe_scheme`) here and whenever the scheme is resolved with other
     arguments; either failing is a ValueError, and nothing is registered.
     """
-    _check_name(name, overwrite)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"scheme name must be an identifier-like string, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(
+            f"scheme {name!r} is already registered; pass overwrite=True to replace it"
+        )
     functions = {"weight": weight, "batch_statistic": batch_statistic, "validate": validate}
     for role, fn in functions.items():
         if not callable(fn) and (fn is not None or role == "weight"):
@@ -436,18 +408,18 @@ def register_scheme(
         raise ValueError(
             f"scheme {name!r} reads the top-K entropy, so method_args must declare an int top_k"
         )
-    _add(
-        name,
-        _Definition(
-            weight,
-            MappingProxyType(defaults),
-            entropy,
-            top_k_entropy,
-            batch_statistic,
-            self_normalised,
-            validate,
-        ),
+    definition = _Definition(
+        weight,
+        MappingProxyType(defaults),
+        entropy,
+        top_k_entropy,
+        batch_statistic,
+        self_normalised,
+        validate,
     )
+    # Registered only once its defaults pass its own check and probe_scheme.
+    _bind(name, definition, None, None)
+    _REGISTRY[name] = definition
 
 
 def available_schemes() -> list[str]:
@@ -484,8 +456,7 @@ def _bind_args(
     method: str, defaults: Mapping[str, int | float], given: Mapping[str, Any] | None
 ) -> dict[str, int | float]:
     """The scheme's arguments: defaults overridden by ``given``, each of the default's type."""
-    if given is None:
-        given = {}
+    given = {} if given is None else given
     if not isinstance(given, Mapping):
         raise ValueError(f"method_args must be a mapping of names to numbers, got {given!r}")
     unknown = [name for name in given if name not in defaults]
@@ -581,9 +552,8 @@ def _resolve(method: str, p_bar: float, method_args: dict[str, int | float]) -> 
 
 # ---- probing a scheme ----------------------------------------------------------------------
 
-# log q every weight is tried on: q from e^-100 to 1 - 1e-7 on three scales (e^-100 ... e^-1,
-# 0.001 ... 0.999 in steps of 0.001, 0.9 ... 1 - 1e-7 evenly in log(1 - q)), and the ends of
-# [-inf, 0] that rounding and underflow produce (float64; also tried rounded to float32).
+# log q of probe_scheme's grid, and the ends of [-inf, 0] that rounding and underflow produce
+# (float64; also tried rounded to float32).
 _PROBE_LOG_Q = torch.cat(
     [
         torch.linspace(-100.0, -1.0, 100, dtype=torch.float64),
@@ -611,9 +581,7 @@ def _probe_tokens(scheme: Scheme, dtype: torch.dtype) -> TokenInputs:
     if scheme.top_k is not None:
         shares = torch.tensor(_PROBE_TOP_K_SHARE, dtype=torch.float64)
         columns.append(shares * math.log(scheme.top_k))
-    grid = torch.cartesian_prod(*columns).to(dtype)
-    if grid.dim() == 1:
-        return TokenInputs(grid)
+    grid = torch.cartesian_prod(*columns).to(dtype).reshape(-1, len(columns))
     return TokenInputs(
         grid[:, 0],
         entropy=grid[:, 1] if scheme.needs_entropy else None,
@@ -672,7 +640,7 @@ def probe_scheme(scheme: Scheme) -> None:
     over (0, 1), log(1 - q)-spaced near 1, dense around p_bar) plus q = 0 and q = 1; each
     paired with entropies from 0 to 12.5 nats when the scheme reads them. A scheme with a batch
     statistic is tried on four micro-batches: all these tokens, the near-certain ones, the
-    certain ones and the hopeless ones, each under its own statistic. Takes about a millisecond.
+    certain ones and the hopeless ones, each under its own statistic.
 
     Raises:
         ValueError: naming the scheme, and for a bad weight the q (and entropy, statistic) and

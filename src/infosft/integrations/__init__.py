@@ -44,9 +44,8 @@ def use_fused_loss(
     exact; the Trainer is told the loss is already scaled for accumulation, and the loss is
     multiplied by the number of processes as ``Trainer.compute_loss`` does, because DDP averages
     gradients over ranks. ``trainer.log`` gains this rank's means over the logged window:
-    ``infosft/mean_q``,
-    ``infosft/mean_weight``, ``infosft/zero_weight_share``, ``infosft/nll``, ``infosft/entropy``
-    (and ``infosft/kl_to_base``).
+    ``infosft/mean_q``, ``infosft/mean_weight``, ``infosft/zero_weight_share``, ``infosft/nll``,
+    ``infosft/entropy`` (and ``infosft/kl_to_base``).
 
     Args:
         trainer: the trainer, after it is built and before ``train()``.

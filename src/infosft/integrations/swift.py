@@ -150,12 +150,8 @@ def check_supported(args: Any, trainer: Any) -> None:
 
 
 class InfoSFTLoss:
-    """ms-swift's ``loss_map`` entry: ``loss_map[args.loss_type](args, trainer)``.
-
-    Checks the settings and options when the trainer is built and makes its ``train()`` install
-    the fused loss first. ms-swift's own ``compute_loss``, which would call this object with
-    full logits, is then never used.
-    """
+    """ms-swift's ``loss_map`` entry: ``loss_map[args.loss_type](args, trainer)`` (see the
+    module doc)."""
 
     def __init__(self, args: Any, trainer: Any):
         check_supported(args, trainer)

@@ -77,15 +77,12 @@ class TokenStats(NamedTuple):
     def means(self) -> dict[str, float]:
         """mean_q, mean_weight, zero_weight_share, nll, entropy and, with the KL anchor, kl
         (NaN when there is no token)."""
-        names = ["mean_q", "mean_weight", "zero_weight_share", "nll", "entropy"]
-        sums = [self.sum_q, self.sum_weight, self.num_zero_weight, self.sum_nll, self.sum_entropy]
-        if self.sum_kl is not None:
-            names.append("kl")
-            sums.append(self.sum_kl)
+        names = ("mean_q", "mean_weight", "zero_weight_share", "nll", "entropy", "kl")
+        sums = {
+            name: value for name, value in zip(names, self[1:], strict=True) if value is not None
+        }
         n = float(self.num_tokens)
-        if n == 0:
-            return dict.fromkeys(names, math.nan)
-        return {name: float(value) / n for name, value in zip(names, sums, strict=True)}
+        return {name: math.nan if n == 0 else float(value) / n for name, value in sums.items()}
 
 
 class TargetScores(NamedTuple):
@@ -458,14 +455,13 @@ def _compute(
         result = first._replace(weights=all_weights) if only else None
         loop = loop._replace(top_k=None)
 
-    if all_weights is None:
+    def weigh(tokens: TokenInputs, rows: slice) -> Tensor:
+        return scheme.weights(tokens) if all_weights is None else all_weights[rows]
 
-        def weigh(tokens: TokenInputs, rows: slice) -> Tensor:
-            return scheme.weights(tokens)
-    else:
-
-        def weigh(tokens: TokenInputs, rows: slice) -> Tensor:
-            return all_weights[rows]
+    def inverse_denominator(weights: Tensor) -> Tensor:
+        count, targets = problem.num_items_in_batch, problem.num_targets
+        denominator = loss_denominator(scheme, count, targets, weights.sum())
+        return 1.0 / torch.as_tensor(denominator, dtype=acc_dtype, device=device)
 
     # A self-normalised scheme divides by its weight sum: known now if the weights are, else
     # applied after the loop (fold).
@@ -475,22 +471,13 @@ def _compute(
     elif fold:
         inv_n = torch.ones((), dtype=acc_dtype, device=device)
     else:
-        inv_n = 1.0 / torch.as_tensor(
-            loss_denominator(
-                scheme, problem.num_items_in_batch, problem.num_targets, all_weights.sum()
-            ),
-            dtype=acc_dtype,
-            device=device,
-        )
+        inv_n = inverse_denominator(all_weights)
     if result is None:
         result = _chunk_loop(head, base, problem.targets, weigh, inv_n, kl_coef, needs, loop)
     loss = -weighted_sum(result.weights, result.log_probs) * inv_n
     scale = None
     if fold:
-        denominator = loss_denominator(
-            scheme, problem.num_items_in_batch, problem.num_targets, result.weights.sum()
-        )
-        scale = 1.0 / torch.as_tensor(denominator, dtype=acc_dtype, device=device)
+        scale = inverse_denominator(result.weights)
         loss = loss * scale
     if base is not None:
         loss = loss + result.kl.sum() * kl_coef
@@ -580,14 +567,14 @@ def _prepare(
     method: str | Scheme,
     p_bar: float | None,
     method_args: Mapping[str, Any] | None,
-    num_items_in_batch: int | Tensor | None,
     ignore_index: int,
-    base: tuple[Tensor | None, Tensor | None, Tensor | None],
-    kl_to_base: float,
     chunk_size: int | None,
-    target_weights: Tensor | None,
     with_entropy: bool,
     use_compile: bool | None,
+    num_items_in_batch: int | Tensor | None = None,
+    base: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None),
+    kl_to_base: float = 0.0,
+    target_weights: Tensor | None = None,
 ) -> _Problem:
     """Validate a call once and turn it into a :class:`_Problem`."""
     base_hidden, base_weight, base_bias = base
@@ -717,30 +704,16 @@ def fused_weighted_nll_loss(
     Args:
         hidden_states: [B, T, H] float, the model's last hidden states (after the final norm).
         lm_head_weight: [V, H] float, the output projection.
-        labels: [B, T] integer, aligned with input_ids (shifted by one inside);
-            ``ignore_index`` marks positions without a target.
-        method: a registered scheme name ("nll", "dft", "infosft", "eaft", "talr", "memft",
-            "dft_mix", "power", ...) or a :class:`~infosft.objectives.Scheme` resolved once by
-            :func:`~infosft.objectives.get_scheme`.
-        p_bar: InfoSFT's clip point in (0, 1); None means 0.93 (or the scheme's own).
-        method_args: the scheme's other arguments by name, e.g. ``{"top_k": 20}`` for eaft.
-        num_items_in_batch: target tokens in the whole optimizer step (all accumulation
-            micro-batches and ranks), finite and > 0, a Python number or a one-element tensor
-            (on an accelerator checked in the read of the labels the loss makes anyway, no
-            extra wait: :func:`~infosft.losses.reference.check_num_items_in_batch`); None
-            divides by this batch's target count. A self-normalised scheme divides by its
-            weight sum instead (:func:`~infosft.losses.reference.loss_denominator`); a batch
-            statistic (TALR's tau) is taken over this call's sequences (the micro-batch on
-            this rank).
-        ignore_index: label value that is not a target.
+        labels, method, p_bar, method_args, num_items_in_batch, ignore_index: as for
+            :func:`~infosft.losses.reference.weighted_nll_loss`; a batch statistic (TALR's tau)
+            is taken over this call's sequences (the micro-batch on this rank).
         lm_head_bias: optional [V] bias of the projection.
         base_hidden_states: [B, T, H'] final hidden states of the frozen base model on the
             same inputs, for the KL anchor (read as constants).
         base_lm_head_weight: [V, H'] the base model's LM head (read as a constant).
         base_lm_head_bias: optional [V] bias of the base model's LM head.
-        kl_to_base: beta of the anchor ``beta * sum_t KL(p_base || p_theta) / N`` (KL over the
-            full vocabulary at each target position, N as for the NLL term); 0 turns it off.
-            The base logits are projected chunk by chunk beside the trained ones.
+        kl_to_base: as for the reference loss; the base logits are projected chunk by chunk
+            beside the trained ones.
         chunk_size: target positions per chunk; None picks it from a memory budget of float32
             logits per chunk (:func:`infosft.losses.chunking.rows_per_chunk`).
         return_stats: also return :class:`TokenStats`. The entropy in it costs one more read
@@ -832,12 +805,8 @@ def score_targets(
             method="nll" if method is None else method,
             p_bar=p_bar,
             method_args=method_args,
-            num_items_in_batch=None,
             ignore_index=ignore_index,
-            base=(None, None, None),
-            kl_to_base=0.0,
             chunk_size=chunk_size,
-            target_weights=None,
             with_entropy=True,
             use_compile=False,
         )

@@ -21,17 +21,9 @@ class FusedWeightedNLLLoss(nn.Module):
     ``loss_fn = FusedWeightedNLLLoss("infosft", p_bar=0.93)`` then
     ``loss = loss_fn(model.lm_head.weight, hidden_states, labels)``.
 
-    Args:
-        method: a registered scheme name ("nll", "dft", "infosft", "eaft", ...) or a resolved
-            :class:`~infosft.objectives.Scheme`; checked here, with ``p_bar`` and
-            ``method_args``, so a bad setting fails before the first batch.
-        p_bar: InfoSFT's clip point in (0, 1); None means 0.93 (or the scheme's own).
-        method_args: the scheme's other arguments by name, e.g. ``{"top_k": 20}`` for eaft.
-        ignore_index: label value that is not a target.
-        kl_to_base: beta of the KL anchor to a frozen base model (its hidden states and head
-            are then passed to :meth:`forward`); 0 turns it off.
-        chunk_size: target positions per chunk; None picks it from a memory budget.
-        use_compile: as for the function; None compiles on CUDA when Triton is installed.
+    The arguments are the function's; the scheme is checked here, with ``p_bar`` and
+    ``method_args``, so a bad setting fails before the first batch. With ``kl_to_base`` > 0 the
+    frozen base model's hidden states and head are passed to :meth:`forward`.
 
     Differences from Liger's module: ``labels`` are aligned with ``input_ids`` ([B, T], shifted
     by one inside) where Liger takes already shifted, flattened targets; there is no
@@ -73,18 +65,8 @@ class FusedWeightedNLLLoss(nn.Module):
     ) -> Tensor:
         """The loss, a float32 scalar (float64 for float64 inputs).
 
-        Args:
-            lm_head_weight: [V, H] float, the output projection (Liger's argument order).
-            hidden_states: [B, T, H] float, the model's final hidden states.
-            labels: [B, T] integer, aligned with input_ids; ``ignore_index`` marks
-                non-targets.
-            lm_head_bias: optional [V] bias of the projection.
-            num_items_in_batch: target tokens in the whole optimizer step; None divides by
-                this batch's target count.
-            base_hidden_states, base_lm_head_weight, base_lm_head_bias: the frozen base model's
-                [B, T, H'] hidden states, [V, H'] head and [V] bias, for ``kl_to_base``.
-            target_weights: optional [B, T] float weights aligned with labels, used instead of
-                the scheme's.
+        The arguments are the function's, ``lm_head_weight`` [V, H] first (Liger's order),
+        then ``hidden_states`` [B, T, H] and ``labels`` [B, T] aligned with input_ids.
         """
         return fused_weighted_nll_loss(
             hidden_states,

@@ -147,7 +147,7 @@ def base_head_inputs(
     forward_inputs: Mapping[str, Any],
     *,
     frozen_base: nn.Module | None = None,
-    unwrapped: nn.Module | None = None,
+    unwrapped: nn.Module,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """The KL anchor's base on this batch: the base model's hidden states [B, T, H'] and LM
     head (weight, bias), from one forward without gradients that builds no logits.
@@ -159,7 +159,6 @@ def base_head_inputs(
     """
     if frozen_base is not None:
         return lm_head_inputs(frozen_base, forward_inputs)
-    unwrapped = model if unwrapped is None else unwrapped
     with unwrapped.disable_adapter():
         hidden, weight, bias = lm_head_inputs(model, forward_inputs)
     if weight is output_embeddings(unwrapped).weight:

@@ -74,15 +74,19 @@ def resolve_dtype(dtype: Any) -> Any:
     return dtype
 
 
-def _load_error(name_or_path: str, path: str, err: OSError) -> Exception:
-    """The user error for ``from_pretrained``'s OSError: transformers reports a checkpoint it
-    cannot read (a broken config.json, no weights file) or cannot fetch that way."""
-    if Path(path).is_dir():
-        return ValueError(f"model directory {name_or_path} could not be loaded: {err}")
-    return FileNotFoundError(
-        f"model {name_or_path!r} is not a local directory and could not be loaded from the "
-        f"Hugging Face Hub: {err}"
-    )
+def _from_pretrained(auto_class: Any, name_or_path: str, path: str, /, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained(path, **kwargs)``; its OSError (transformers reports a
+    checkpoint it cannot read, such as a broken config.json or no weights file, or cannot fetch
+    that way) as the user's error."""
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except OSError as err:
+        if Path(path).is_dir():
+            raise ValueError(f"model directory {name_or_path} could not be loaded: {err}") from err
+        raise FileNotFoundError(
+            f"model {name_or_path!r} is not a local directory and could not be loaded from the "
+            f"Hugging Face Hub: {err}"
+        ) from err
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> Any:
@@ -96,10 +100,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL) -> Any:
             f"model directory {name_or_path} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}); "
             "save the tokenizer next to the model (tokenizer.save_pretrained(DIR))"
         )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
-        raise _load_error(name_or_path, path, err) from err
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -110,11 +111,7 @@ def load_config(name_or_path: str = DEFAULT_MODEL) -> Any:
     weights."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(name_or_path)
-    try:
-        return AutoConfig.from_pretrained(path)
-    except OSError as err:
-        raise _load_error(name_or_path, path, err) from err
+    return _from_pretrained(AutoConfig, name_or_path, resolve_model_path(name_or_path))
 
 
 def load_model_and_tokenizer(
@@ -138,10 +135,9 @@ def load_model_and_tokenizer(
     dtype = resolve_dtype(dtype)
     path = resolve_model_path(name_or_path)
     tokenizer = load_tokenizer(name_or_path)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", **model_kwargs)
-    except OSError as err:
-        raise _load_error(name_or_path, path, err) from err
+    model = _from_pretrained(
+        AutoModelForCausalLM, name_or_path, path, dtype=dtype or "auto", **model_kwargs
+    )
     if device is not None:
         model.to(device)
     return model, tokenizer
