@@ -26,7 +26,7 @@ CACHE_ENV = "INFOSFT_CACHE_DIR"
 
 # Part of the cache directory's name: bump it when the conversion changes so that an old
 # conversion is not reused.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2
 
 
 def is_default_model(name: str) -> bool:
@@ -85,6 +85,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         del model.config.quantization_config
     # The GGUF file does not carry the context length; without it model_max_length is "infinite".
     tokenizer.model_max_length = model.config.max_position_embeddings
+    # The loader records local_files_only (True under HF_HUB_OFFLINE) in the saved tokenizer
+    # config. These files are the model's identity in grid fingerprints and near-policy recipes,
+    # so they must not depend on how the first use ran; False is what a first use online writes.
+    tokenizer.init_kwargs["local_files_only"] = False
     generation = model.generation_config
     generation.bos_token_id = tokenizer.bos_token_id
     generation.eos_token_id = tokenizer.eos_token_id
