@@ -322,7 +322,8 @@ def compare(
     estimate = points(cells)
     mine = [p for p in estimate if p.curve == curve]
     theirs = [p for p in estimate if p.curve == reference]
-    for name, found in ((curve, mine), (reference, theirs)):
+    both = ((curve, mine), (reference, theirs))
+    for name, found in both:
         if not found:
             available = sorted({p.curve for p in estimate})
             raise ValueError(f"no cells for curve {name!r}; the cells have {available}")
@@ -347,7 +348,6 @@ def compare(
             gaps.append(result[0])
     overlap_share = len(gaps) / resamples
     beyond = _beyond(mine, theirs, boot, x_cols, y_cols, value_axis, level_axis, verb)
-    both = ((curve, mine), (reference, theirs))
     details = {
         axis: {name: _span(ps, axis) for name, ps in both} for axis in ("retention", "accuracy")
     }
