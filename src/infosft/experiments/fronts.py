@@ -42,7 +42,6 @@ base answers correctly). :func:`cells_from_records` turns those records into cel
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -248,24 +247,21 @@ def matched_gap(
     Exact for the staircases: A is constant on (b_{j-1}, b_j] between consecutive retention
     values b_j, where it equals A(b_j). None when the ranges do not overlap.
     """
+
+    def difference(r: float) -> float:
+        return attainable(x_retention, x_accuracy, r) - attainable(y_retention, y_accuracy, r)
+
     low = max(x_retention.min(), y_retention.min())
     high = min(x_retention.max(), y_retention.max())
     if low > high:
         return None
     if low == high:
-        return (
-            attainable(x_retention, x_accuracy, low) - attainable(y_retention, y_accuracy, low),
-            float(low),
-            float(high),
-        )
+        return difference(low), float(low), float(high)
     inner = np.concatenate([x_retention, y_retention])
     breaks = np.unique(np.concatenate([[low, high], inner[(inner > low) & (inner < high)]]))
     area = 0.0
     for left, right in itertools.pairwise(breaks):
-        diff = attainable(x_retention, x_accuracy, right) - attainable(
-            y_retention, y_accuracy, right
-        )
-        area += (right - left) * diff
+        area += (right - left) * difference(right)
     return area / (high - low), float(low), float(high)
 
 
@@ -278,9 +274,7 @@ class _Resamples:
     accuracy: np.ndarray
 
 
-def _resample_points(
-    cells: Sequence[CellOutcome], resamples: int, seed: int
-) -> tuple[_Resamples, list[tuple[str, str]]]:
+def _resample_points(cells: Sequence[CellOutcome], resamples: int, seed: int) -> _Resamples:
     groups = _group(cells)
     rng = np.random.default_rng(seed)
     n_task = cells[0].task_correct.size
@@ -300,7 +294,7 @@ def _resample_points(
         rows = np.arange(resamples)[:, None]
         accuracy[:, column] = acc[rows, drawn].mean(axis=1)
         retention[:, column] = ret[rows, drawn].mean(axis=1)
-    return _Resamples(keys, retention, accuracy), keys
+    return _Resamples(keys, retention, accuracy)
 
 
 def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -328,7 +322,8 @@ def compare(
     estimate = points(cells)
     mine = [p for p in estimate if p.curve == curve]
     theirs = [p for p in estimate if p.curve == reference]
-    for name, found in ((curve, mine), (reference, theirs)):
+    both = ((curve, mine), (reference, theirs))
+    for name, found in both:
         if not found:
             available = sorted({p.curve for p in estimate})
             raise ValueError(f"no cells for curve {name!r}; the cells have {available}")
@@ -340,10 +335,10 @@ def compare(
         )
 
     observed = matched_gap(*arrays(mine), *arrays(theirs))
-    boot, keys = _resample_points(cells, resamples, seed)
+    boot = _resample_points(cells, resamples, seed)
     levels, values = getattr(boot, level_axis), getattr(boot, value_axis)
-    x_cols = [i for i, k in enumerate(keys) if k[0] == curve]
-    y_cols = [i for i, k in enumerate(keys) if k[0] == reference]
+    x_cols = [i for i, k in enumerate(boot.keys) if k[0] == curve]
+    y_cols = [i for i, k in enumerate(boot.keys) if k[0] == reference]
     gaps = []
     for b in range(resamples):
         result = matched_gap(
@@ -354,25 +349,18 @@ def compare(
     overlap_share = len(gaps) / resamples
     beyond = _beyond(mine, theirs, boot, x_cols, y_cols, value_axis, level_axis, verb)
     details = {
-        "retention": {name: _span(ps) for name, ps in ((curve, mine), (reference, theirs))},
-        "accuracy": {
-            name: _span(ps, "accuracy") for name, ps in ((curve, mine), (reference, theirs))
-        },
-        "best_accuracy": {
-            curve: max(p.accuracy for p in mine),
-            reference: max(p.accuracy for p in theirs),
-        },
-        "best_retention": {
-            curve: max(p.retention for p in mine),
-            reference: max(p.retention for p in theirs),
-        },
+        axis: {name: _span(ps, axis) for name, ps in both} for axis in ("retention", "accuracy")
     }
+    for axis in ("accuracy", "retention"):
+        details[f"best_{axis}"] = {name: span[1] for name, span in details[axis].items()}
     if observed is None:
-        comparison = _without_overlap(
+        gap, matched_range, overlap_share = None, None, 0.0
+        interval, decision, sentence, details = _without_overlap(
             curve, reference, mine, theirs, boot, x_cols, y_cols, confidence, details, matched
         )
     else:
         gap, low, high = observed
+        matched_range = (low, high)
         interval = _percentile_interval(np.array(gaps), confidence) if gaps else None
         decisive = (
             interval is not None
@@ -401,24 +389,18 @@ def compare(
                 f"inconclusive at this size: {where}, {value_axis} {curve} − {reference} = "
                 f"{gap:+.3f} ({confidence:.0%} interval {shown}; {reason})"
             )
-        comparison = Comparison(
-            curve=curve,
-            reference=reference,
-            matched_range=(low, high),
-            gap=gap,
-            interval=interval,
-            overlap_share=overlap_share,
-            decision=decision,
-            sentence=sentence,
-            confidence=confidence,
-            details=details,
-            matched=matched,
-        )
-    if not beyond:
-        return comparison
-    return dataclasses.replace(
-        comparison,
-        sentence="; ".join([comparison.sentence, *beyond]),
+    return Comparison(
+        curve=curve,
+        reference=reference,
+        matched_range=matched_range,
+        gap=gap,
+        interval=interval,
+        overlap_share=overlap_share,
+        decision=decision,
+        sentence="; ".join([sentence, *beyond]),
+        confidence=confidence,
+        details=details,
+        matched=matched,
         beyond=tuple(beyond),
     )
 
@@ -468,9 +450,10 @@ def _without_overlap(
     confidence: float,
     details: dict[str, Any],
     matched: str,
-) -> Comparison:
+) -> tuple[tuple[float, float], str, str, dict[str, Any]]:
     """Every point of one curve lies past every point of the other on the matched axis: no
-    matched level.
+    matched level. The interval, decision and sentence, and ``details`` with the difference of
+    the bests.
 
     The curve further along the matched axis *dominates* when it is also better at its best on
     the other axis (interval of the difference of bests above 0); otherwise the sweeps trade
@@ -507,19 +490,8 @@ def _without_overlap(
             f"best {value_axis} {right} − {left} = {diff:+.3f} ({confidence:.0%} interval "
             f"{interval[0]:+.3f} to {interval[1]:+.3f}); widen the learning-rate sweep so they do"
         )
-    return Comparison(
-        curve=curve,
-        reference=reference,
-        matched_range=None,
-        gap=None,
-        interval=interval,
-        overlap_share=0.0,
-        decision=decision,
-        sentence=sentence,
-        confidence=confidence,
-        details={**details, f"best_{value_axis}_difference": {"right": right, "value": diff}},
-        matched=matched,
-    )
+    difference = {"right": right, "value": diff}
+    return interval, decision, sentence, {**details, f"best_{value_axis}_difference": difference}
 
 
 def compare_all(
@@ -564,27 +536,24 @@ def front_bands(
     Returns ``{curve: {"level", "low", "high"}}`` (lists, NaN where fewer than half of the
     resamples have a point retaining that much), for drawing a band around each front.
     """
-    boot, keys = _resample_points(cells, resamples, seed)
+    boot = _resample_points(cells, resamples, seed)
     bands = {}
-    for curve in dict.fromkeys(k[0] for k in keys):
-        cols = [i for i, k in enumerate(keys) if k[0] == curve]
-        low, high = [], []
+    for curve in dict.fromkeys(k[0] for k in boot.keys):
+        cols = [i for i, k in enumerate(boot.keys) if k[0] == curve]
+        drawn = list(zip(boot.retention[:, cols], boot.accuracy[:, cols], strict=True))
+        intervals = []
         for level in levels:
-            values = np.array(
-                [
-                    attainable(boot.retention[b, cols], boot.accuracy[b, cols], level)
-                    for b in range(resamples)
-                ]
-            )
+            values = np.array([attainable(ret, acc, level) for ret, acc in drawn])
             values = values[~np.isnan(values)]
-            if values.size < resamples / 2:
-                low.append(math.nan)
-                high.append(math.nan)
-            else:
-                lo, hi = _percentile_interval(values, confidence)
-                low.append(lo)
-                high.append(hi)
-        bands[curve] = {"level": [float(x) for x in levels], "low": low, "high": high}
+            too_few = values.size < resamples / 2
+            intervals.append(
+                (math.nan, math.nan) if too_few else _percentile_interval(values, confidence)
+            )
+        bands[curve] = {
+            "level": [float(x) for x in levels],
+            "low": [low for low, _ in intervals],
+            "high": [high for _, high in intervals],
+        }
     return bands
 
 
@@ -635,9 +604,9 @@ def fronts_summary(
     }
 
 
-def _span(ps: Sequence[Point], axis: str = "retention") -> tuple[float, float]:
+def _span(ps: Sequence[Point], axis: str) -> tuple[float, float]:
     return (min(getattr(p, axis) for p in ps), max(getattr(p, axis) for p in ps))
 
 
-def _range(low: float, high: float, axis: str = "retention") -> str:
+def _range(low: float, high: float, axis: str) -> str:
     return f"{axis} {low:.2f}" if low == high else f"{axis} {low:.2f}–{high:.2f}"

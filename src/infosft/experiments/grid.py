@@ -301,9 +301,7 @@ def read_grid(path: str | Path, require_data: bool = True) -> GridSpec:
         raise type(err)(f"{path}: {message}") from None
 
 
-def parse_grid(
-    values: dict[str, Any], base_dir: Path, source: str = "<grid>", require_data: bool = True
-) -> GridSpec:
+def parse_grid(values: dict[str, Any], base_dir: Path, source: str, require_data: bool) -> GridSpec:
     """The :class:`GridSpec` of a grid mapping whose relative paths are relative to
     ``base_dir``; ValueError (without the file name) for the first problem."""
     from infosft.training.config import EPOCHS
@@ -400,16 +398,16 @@ def check_run_options(spec: GridSpec) -> None:
     first = spec.cells()[0]
     plain = {k: v for k, v in spec.training_values(first).items() if k not in METHOD_OPTIONS}
     _training_config({**plain, "method": "nll"}, "training")
+    # A switch at or after the end of a run never happens: the cell would be labelled with a
+    # schedule it did not train with.
+    lengths = [e for task in spec.tasks for e in spec.task_epochs(task) if e is not None]
+    shortest = min(lengths, default=None)
     for index, variant in enumerate(spec.variants):
         where = f"grid.methods[{index}] ({variant.name})"
         cell = dataclasses.replace(first, variant=variant.name)
         args = _training_config(spec.training_values(cell), where)
         # The config checks kl_to_base (a number >= 0) and holds it as a float.
         spec.variants[index] = dataclasses.replace(variant, kl_to_base=args.kl_to_base)
-        # A switch at or after the end of a run never happens: the cell would be labelled with
-        # a schedule it did not train with.
-        lengths = [e for task in spec.tasks for e in spec.task_epochs(task) if e is not None]
-        shortest = min(lengths, default=None)
         try:
             check_schedule_fits(args.schedule, epochs=shortest, trained="cells train")
         except ValueError as err:
@@ -499,9 +497,7 @@ def _distinct_names(names: list[str], where: str, fix: str) -> None:
             raise ValueError(f"{where} names {name} twice{spelled}; {fix}")
 
 
-def _tasks(
-    value: Any, base_dir: Path, require_data: bool = True
-) -> tuple[list[TaskSpec], dict[str, int]]:
+def _tasks(value: Any, base_dir: Path, require_data: bool) -> tuple[list[TaskSpec], dict[str, int]]:
     """The tasks, and the ``n_rows`` hint of each data task that gives one."""
     from infosft.experiments import GENERATED_TASKS
     from infosft.training.formats import get_formatter
@@ -663,7 +659,7 @@ def _resolve_file(value: Any, base_dir: Path, key: str) -> str | None:
     return str(path)
 
 
-def _resolve_data(value: Any, base_dir: Path, where: str, require_data: bool = True) -> str:
+def _resolve_data(value: Any, base_dir: Path, where: str, require_data: bool) -> str:
     """A data file relative to the YAML (which may be missing unless ``require_data``), or a hub
     dataset name ``org/name[...]``."""
     if not isinstance(value, str) or not value.strip():

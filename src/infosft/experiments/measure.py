@@ -117,13 +117,12 @@ def build_suite(spec: GridSpec) -> Suite:
         else:
             new_tasks[task.name] = [source(e) for e in task.evals]
     priors = [source(e) for e in spec.prior_tasks]
-    for sources in [priors, *new_tasks.values()]:
+    groups = [priors, *new_tasks.values()]
+    for sources in groups:
         names = [s.name for s in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"two evaluation tasks share a name in {names}; rename one")
-    lm_eval_names = [
-        s.lm_eval for s in [*priors, *(s for ss in new_tasks.values() for s in ss)] if s.lm_eval
-    ]
+    lm_eval_names = [s.lm_eval for sources in groups for s in sources if s.lm_eval]
     if lm_eval_names:
         from infosft.evaluation.lm_eval_tasks import check_lm_eval_tasks
 
@@ -174,25 +173,19 @@ def score(
         correct = {prefix + r["task_id"]: bool(r["passed"]) for r in records}
         return correct, [], result["scores"].get(source.lm_eval)
     if source.task is None:
-        items = list(enumerate(probes.PROBES))[: suite.limit]
-        keyed = [
-            (f"probe-{i}", p) for i, p in items if only is None or prefix + f"probe-{i}" in only
-        ]
-        records = (
-            probes.probe_records(model, tokenizer, [p for _, p in keyed], [k for k, _ in keyed])
-            if keyed
-            else []
-        )
+        keyed = {
+            f"probe-{i}": probe
+            for i, probe in enumerate(probes.PROBES[: suite.limit])
+            if only is None or f"{prefix}probe-{i}" in only
+        }
+        asked = list(keyed.values())
+        records = probes.probe_records(model, tokenizer, asked, list(keyed)) if keyed else []
     else:
-        task = source.task
-        items = task.items[: suite.limit]
+        task = measured_task(source.task, suite)
         if only is not None:
-            items = [item for item in items if prefix + str(item["id"]) in only]
-        settings = generation_settings(task, suite)
-        task = dataclasses.replace(task, items=items)
-        records = (
-            evaluate(model, tokenizer, task, settings, progress=False)["samples"] if items else []
-        )
+            items = [item for item in task.items if prefix + str(item["id"]) in only]
+            task = dataclasses.replace(task, items=items)
+        records = evaluate(model, tokenizer, task, progress=False)["samples"] if task.items else []
     correct: dict[str, bool] = {}
     for record in records:
         correct.setdefault(prefix + str(record["task_id"]), bool(record["passed"]))
@@ -331,12 +324,13 @@ def _sha(content: Any) -> str:
     return text_digest(json.dumps(content, sort_keys=True, default=str))
 
 
-def generation_settings(task: Any, suite: Suite) -> Any:
-    """How a task's completions are drawn in this suite: the task's own settings, with the
-    suite's batch size when it sets one."""
-    if suite.batch_size is None:
-        return task.generation
-    return dataclasses.replace(task.generation, batch_size=suite.batch_size)
+def measured_task(task: Any, suite: Suite) -> Any:
+    """A task as this suite measures it: its first ``suite.limit`` items, drawn with the task's
+    own generation settings but for the suite's batch size when it sets one."""
+    generation = task.generation
+    if suite.batch_size is not None:
+        generation = dataclasses.replace(generation, batch_size=suite.batch_size)
+    return dataclasses.replace(task, items=task.items[: suite.limit], generation=generation)
 
 
 def _source_content(source: Source, suite: Suite) -> Any:
@@ -348,12 +342,7 @@ def _source_content(source: Source, suite: Suite) -> Any:
             "probes": [dataclasses.astuple(p) for p in probes.PROBES[: suite.limit]],
             "system": probes.PROBE_SYSTEM_PROMPT,
         }
-    task = dataclasses.replace(
-        source.task,
-        items=source.task.items[: suite.limit],
-        generation=generation_settings(source.task, suite),
-    )
-    return task_content(task)
+    return task_content(measured_task(source.task, suite))
 
 
 def task_content(task: Any) -> dict[str, Any]:

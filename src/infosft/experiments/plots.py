@@ -111,11 +111,9 @@ def plot_q_histogram(
     curve_axis.set_ylabel("token weight w(q)")
     curve_axis.set_ylim(0.0, 1.05)
     curve_axis.axvline(p_bar, color="#2ca02c", linestyle=":", linewidth=1)
-    handles = ax.get_legend_handles_labels()
-    curve_handles = curve_axis.get_legend_handles_labels()
-    curve_axis.legend(
-        handles[0] + curve_handles[0], handles[1] + curve_handles[1], loc="upper center", fontsize=8
-    )
+    bars, bar_labels = ax.get_legend_handles_labels()
+    curves, curve_labels = curve_axis.get_legend_handles_labels()
+    curve_axis.legend(bars + curves, bar_labels + curve_labels, loc="upper center", fontsize=8)
     ax.set_title(title)
     return _save(fig, path)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from infosft.experiments import plots
 from infosft.experiments.fronts import exact_number
-from infosft.experiments.summary import METRICS, format_mean_std, resolution
+from infosft.experiments.summary import METRICS, format_mean_std, resolution, setting_label
 from infosft.files import write_text_atomic
 
 _IMAGE_SRC = re.compile(r'<img src="([^"]+)"')
@@ -53,10 +53,6 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
 def markdown_to_html(markdown: str, title: str, base_dir: str | Path) -> str:
     """A standalone HTML page of ``markdown``; local images (relative to ``base_dir``) inlined.
 
@@ -74,7 +70,8 @@ def markdown_to_html(markdown: str, title: str, base_dir: str | Path) -> str:
         path = base_dir / source
         if not path.is_file():
             raise FileNotFoundError(f"the report links image {source}, but {path} does not exist")
-        return f'<img src="{_data_uri(path)}"'
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img src="data:image/png;base64,{encoded}"'
 
     body = _IMAGE_SRC.sub(inline, body)
     return (
@@ -102,42 +99,27 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _length(row: Mapping[str, Any]) -> str:
-    return (
-        f"{exact_number(row['epochs'])} ep"
-        if row.get("epochs") is not None
-        else f"{row['max_steps']} steps"
-    )
+    if row.get("epochs") is None:
+        return f"{row['max_steps']} steps"
+    return f"{exact_number(row['epochs'])} ep"
 
 
 def setting_table(results: Mapping[str, Any], task: str) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of one task's settings (mean ± std over seeds), the base first."""
-    base = results["base"]
     headers = ["method", "lr", "length", "seeds", *[header for _, header, _ in METRICS]]
-    rows = [
+    accuracy = _number(results["base"]["new_tasks"][task]["accuracy"])
+    rows = [["base (no fine-tuning)", "–", "–", "–", accuracy, "1", "0", "0", "–"]]
+    rows += [
         [
-            "base (no fine-tuning)",
-            "–",
-            "–",
-            "–",
-            _number(base["new_tasks"][task]["accuracy"]),
-            "1",
-            "0",
-            "0",
-            "–",
+            row["curve"],
+            exact_number(row["learning_rate"]),
+            _length(row),
+            str(len(row["seeds"])),
+            *[format_mean_std(row[key]["values"], digits) for key, _, digits in METRICS],
         ]
+        for row in results["summary"]
+        if row["task"] == task
     ]
-    for row in results["summary"]:
-        if row["task"] != task:
-            continue
-        rows.append(
-            [
-                row["curve"],
-                exact_number(row["learning_rate"]),
-                _length(row),
-                str(len(row["seeds"])),
-                *[format_mean_std(row[key]["values"], digits) for key, _, digits in METRICS],
-            ]
-        )
     return headers, rows
 
 
@@ -289,7 +271,7 @@ def grid_markdown(results: Mapping[str, Any], figures: Mapping[str, Path]) -> st
 
 
 def setting_text(cell: Mapping[str, Any]) -> str:
-    return f"lr {exact_number(cell['learning_rate'])}, {_length(cell)}, seed {cell['seed']}"
+    return f"{setting_label(cell)}, seed {cell['seed']}"
 
 
 def write_grid_report(results: Mapping[str, Any], output_dir: str | Path) -> tuple[Path, Path]:
