@@ -250,7 +250,7 @@ def bench_shape(args: argparse.Namespace, shape: str, tokens: int) -> list[str]:
     # Gradients of hidden [1, tokens + 1, H] and W [V, H] that every candidate returns.
     grads = ((tokens + 1) * hidden_size + vocab * hidden_size) * dtype.itemsize
     extra = {key: value - grads for key, value in memory.items()}
-    plan = rows_per_chunk(tokens, vocab, hidden_size, torch.device(device))
+    plan = rows_per_chunk(tokens, vocab, torch.device(device))
     lines = [
         f"\n{shape}: H={hidden_size} V={vocab} tokens={tokens} {args.dtype} {device} "
         f"method={args.method} (median of {args.repeats}; 6NHV = {flops / 1e9:.1f} GFLOP; "

@@ -18,7 +18,7 @@ of the weights and two fp32 moments, so 16 bytes per trainable parameter in tota
     loss
         plain logits       n * V * (2 + 4 + 4 + 4)   (bf16 logits, fp32 copy, log-softmax, grad)
         fused (infosft)    1.5 * C * V * 4 + V * H * 4 + n * H * 4
-                           (C = infosft.losses.chunking.rows_per_chunk(n, V, H, cuda);
+                           (C = infosft.losses.chunking.rows_per_chunk(n, V, cuda);
                            fp32 logits chunk + bf16 grad chunk, fp32 grad of the head
                            computed in the forward pass (not with LoRA), fp32 grad of the
                            hidden rows)
@@ -112,7 +112,7 @@ def loss_bytes(model: ModelShape, tokens: int, fused: bool, head_trainable: bool
 
 def chunk_bytes(model: ModelShape, tokens: int) -> float:
     """The fused loss's chunk buffers on a GPU with memory to spare: fp32 logits + bf16 grad."""
-    rows = rows_per_chunk(tokens, model.vocab, model.hidden, torch.device("cuda"), 2**40)
+    rows = rows_per_chunk(tokens, model.vocab, torch.device("cuda"), 2**40)
     return 1.5 * rows * model.vocab * 4
 
 

@@ -41,7 +41,7 @@ def fits(rows, vocab, device, limit):
 @pytest.mark.parametrize("num_rows", [1, 7, 100, 512, 2048, 8192, 65536])
 @pytest.mark.parametrize("free", [PLENTY, 4 * GiB, 512 * MiB])
 def test_the_fewest_equal_chunks_whose_logits_fit_the_budget(device, vocab, num_rows, free):
-    rows = rows_per_chunk(num_rows, vocab, 896, device, available_bytes=free)
+    rows = rows_per_chunk(num_rows, vocab, device, available_bytes=free)
     limit = budget(num_rows, vocab, device, free)
     chunks = math.ceil(num_rows / rows)
     assert 1 <= rows <= num_rows
@@ -56,24 +56,24 @@ def test_the_fewest_equal_chunks_whose_logits_fit_the_budget(device, vocab, num_
 def test_qwen_head_at_512_rows_takes_four_equal_chunks_on_cpu():
     # 512 rows of V = 151936 are 311 MB of logits; the 96 MiB floor holds 165 rows, so four
     # chunks are the fewest, and four equal ones hold 128 rows each (not 165, 165, 165, 17).
-    assert rows_per_chunk(512, 151936, 896, CPU, available_bytes=PLENTY) == 128
+    assert rows_per_chunk(512, 151936, CPU, available_bytes=PLENTY) == 128
 
 
 def test_smollm2_head_keeps_512_row_chunks_while_the_floor_binds():
     # 512 rows of V = 49152 are the 96 MiB floor; a quarter of the logits exceeds it only
     # above 2048 rows.
     for num_rows in (100, 512, 1024, 2048):
-        rows = rows_per_chunk(num_rows, 49152, 576, CPU, available_bytes=PLENTY)
+        rows = rows_per_chunk(num_rows, 49152, CPU, available_bytes=PLENTY)
         assert math.ceil(num_rows / rows) == math.ceil(num_rows / 512)
 
 
 def test_taller_chunks_for_more_rows_up_to_one_gib():
-    heights = [rows_per_chunk(n, 151936, 896, CPU, available_bytes=PLENTY) for n in (2048, 8192)]
+    heights = [rows_per_chunk(n, 151936, CPU, available_bytes=PLENTY) for n in (2048, 8192)]
     assert heights[0] < heights[1]
     assert 4 * heights[1] * 151936 <= GiB
 
 
 def test_scarce_free_memory_shrinks_the_chunk():
-    roomy = rows_per_chunk(8192, 151936, 896, CPU, available_bytes=PLENTY)
-    scarce = rows_per_chunk(8192, 151936, 896, CPU, available_bytes=GiB)
+    roomy = rows_per_chunk(8192, 151936, CPU, available_bytes=PLENTY)
+    scarce = rows_per_chunk(8192, 151936, CPU, available_bytes=GiB)
     assert 4 * scarce * 151936 <= GiB / 8 < 4 * roomy * 151936

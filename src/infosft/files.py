@@ -151,6 +151,15 @@ def read_records(path: str | os.PathLike, what: str = "data file") -> tuple[list
     return rows, places
 
 
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The UTF-8 text of ``path``; ValueError naming the file and line of a byte that is not
     UTF-8 (``str.decode`` only gives a byte offset)."""

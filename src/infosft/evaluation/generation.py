@@ -10,7 +10,7 @@ from typing import Any
 
 from infosft.checks import Number, check_value
 from infosft.distributed import gather, my_batches
-from infosft.models import pad_right
+from infosft.models import eval_mode, pad_right
 
 Prompt = str | list[dict[str, str]]
 POSITIVE = Number(whole=True, low=1)
@@ -234,15 +234,13 @@ def generate(
         kwargs.update(stop_strings=list(settings.stop), tokenizer=tokenizer)
 
     results: list[list[str]] = [[] for _ in prompts]
-    was_training = model.training
-    model.eval()
     batches = [
         order[i : i + settings.batch_size] for i in range(0, len(order), settings.batch_size)
     ]
     # Under a distributed measurement each rank runs its share of these same batches.
     mine = my_batches(batches)
     done = []
-    try:
+    with eval_mode(model):
         for b, batch in tqdm(mine, desc="generating", disable=not progress):
             # Keyed sampling draws each of a prompt's n samples as a row of its own.
             rows = [i for i in batch for _ in range(settings.n)] if keyed else batch
@@ -273,8 +271,6 @@ def generate(
             if on_batch is not None:
                 on_batch(batch, [results[i] for i in batch])
             done.append((b, [(i, results[i]) for i in batch]))
-    finally:
-        model.train(was_training)
     for batch_results in gather(done):
         for i, completions in batch_results:
             results[i] = completions

@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import secrets
 import socket
@@ -58,7 +57,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from infosft.files import to_json
+from infosft.files import read_json, to_json
 
 STALE_AFTER_SECONDS = 600.0
 # Heartbeats per stale_after: a claim goes stale only after this many missed heartbeats.
@@ -75,15 +74,6 @@ def process_space() -> str | None:
     except OSError:
         return None
     return f"{boot}/{namespace}"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def default_job_id() -> str:

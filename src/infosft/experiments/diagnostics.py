@@ -27,6 +27,7 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from infosft.experiments.inspect import q_summary, weight_mass_table
+from infosft.models import eval_mode
 from infosft.objectives import token_weights
 
 # Bins of q: nearly impossible, unlikely, likely, and past InfoSFT's default clip point.
@@ -152,15 +153,11 @@ class TrainingDiagnostics(TrainerCallback):
         from infosft.losses import IGNORE_INDEX, target_log_probs
         from infosft.losses.reference import shift_labels
 
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             batch = {k: v.to(next(model.parameters()).device) for k, v in self.probe_batch.items()}
             log_q = target_log_probs(
                 model, batch["input_ids"], batch["attention_mask"], batch["labels"]
             )
-        finally:
-            model.train(was_training)
         picked = log_q[shift_labels(batch["labels"]) != IGNORE_INDEX].cpu()
         self.mass_records.append(
             {

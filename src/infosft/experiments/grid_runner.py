@@ -46,7 +46,7 @@ from transformers import PrinterCallback, TrainerCallback
 from infosft import distributed
 from infosft.evaluation.forgetting import KLReference
 from infosft.experiments import summary as summarize
-from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id, read_json
+from infosft.experiments.claims import STALE_AFTER_SECONDS, Claims, default_job_id
 from infosft.experiments.demonstrations import agrees_with_demonstration, corrupt, near_policy
 from infosft.experiments.grid import Cell, GridSpec
 from infosft.experiments.measure import (
@@ -55,8 +55,9 @@ from infosft.experiments.measure import (
     measure_base,
     measure_tuned,
     text_digest,
+    value_digest,
 )
-from infosft.files import environment, files_digest, to_json, write_json_atomic
+from infosft.files import environment, files_digest, read_json, to_json, write_json_atomic
 from infosft.objectives import DEFAULT_P_BAR
 
 # Bump when what a cell file holds, or how it is measured, changes: old cells are not reused.
@@ -245,7 +246,7 @@ class Plan:
         return {
             "format": RESULTS_FORMAT,
             "model": text_digest(self.model_id),
-            "model_init_kwargs": _digest(self.spec.model_init_kwargs),
+            "model_init_kwargs": value_digest(self.spec.model_init_kwargs),
         }
 
     def _rows_digest(self, task: Any, seed: int) -> str:
@@ -253,7 +254,7 @@ class Plan:
             # The recipe, not the rows (they exist only once the model has answered): the
             # source rows, the sampling options, the model that answers and the seed.
             source = dataclasses.replace(task, near_policy=None)
-            return _digest(
+            return value_digest(
                 [self._rows_digest(source, seed), task.near_policy, self._model_parts(), seed]
             )
         if task.builtin or task.noise is not None:
@@ -267,7 +268,7 @@ class Plan:
         parts = {**self._model_parts(), **self.suite.fingerprint()}
         for task in self.spec.tasks:
             rows = self._rows_digest(task, self.spec.seeds[0])
-            parts[f"training rows of {task.name}"] = _digest([rows, self.spec.training])
+            parts[f"training rows of {task.name}"] = value_digest([rows, self.spec.training])
         return parts
 
     def training_fingerprint(self, cell: Cell) -> dict[str, Any]:
@@ -280,11 +281,11 @@ class Plan:
             **self._model_parts(),
             # The description is a label; data and evaluation files count by their content;
             # the task's own epochs are the cell's length, counted in its training settings.
-            "task settings": _digest(
+            "task settings": value_digest(
                 {k: v for k, v in task.items() if k not in ("about", "data", "evals", "epochs")}
             ),
             "training data": self._rows_digest(self.spec.task(cell.task), cell.seed),
-            "training settings": _digest(
+            "training settings": value_digest(
                 [self.spec.training_values(cell), self.spec.keep_checkpoints]
             ),
         }
@@ -293,10 +294,6 @@ class Plan:
         """Per part, so that a mismatch can say what changed: everything that decides the
         cell's training and measurement (the suite's parts that measure it)."""
         return {**self.training_fingerprint(cell), **self.suite.fingerprint(cell.task)}
-
-
-def _digest(value: Any) -> str:
-    return text_digest(json.dumps(value, sort_keys=True, default=str))
 
 
 def changed_parts(stored: Any, expected: dict[str, Any]) -> list[str]:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from infosft.losses import IGNORE_INDEX
+from infosft.models import eval_mode
 from infosft.objectives import DEFAULT_P_BAR, Scheme, get_scheme, token_weights
 from infosft.training.data import pad_tokenized
 
@@ -101,11 +102,9 @@ def score_prepared(
 
     device = next(model.parameters()).device
     richer = [scheme for scheme in schemes if not scheme.q_only]
-    was_training = model.training
-    model.eval()
     rows = list(prepared.select_columns(["input_ids", "labels"]))
     scored: list[ScoredExample] = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             input_ids, attention, labels = pad_tokenized(chunk)
@@ -139,8 +138,6 @@ def score_prepared(
                         {method: w[row, :n].tolist() for method, w in weights.items()},
                     )
                 )
-    finally:
-        model.train(was_training)
     return scored
 
 

@@ -71,18 +71,18 @@ class Suite:
             if field.name == "new_tasks":
                 for name in value if task is None else [task]:
                     for source in value[name]:
-                        parts[f"evaluation task {source.name} of {name}"] = _sha(
+                        parts[f"evaluation task {source.name} of {name}"] = value_digest(
                             _source_content(source, self)
                         )
             elif field.name == "priors":
                 for source in value:
-                    parts[f"prior task {source.name}"] = _sha(_source_content(source, self))
+                    parts[f"prior task {source.name}"] = value_digest(_source_content(source, self))
             elif field.name == "general_prompts":
-                parts["general_prompts"] = _sha([value, GENERAL_SAMPLE_TOKENS])
+                parts["general_prompts"] = value_digest([value, GENERAL_SAMPLE_TOKENS])
             elif field.name == "lm_eval_options":
-                parts["lm_eval"] = _sha(_lm_eval_content(self))
+                parts["lm_eval"] = value_digest(_lm_eval_content(self))
             else:
-                parts[GRID_KEY_OF.get(field.name, field.name)] = _sha(value)
+                parts[GRID_KEY_OF.get(field.name, field.name)] = value_digest(value)
         return parts
 
 
@@ -205,7 +205,7 @@ def measure_base(model: Any, tokenizer: Any, suite: Suite) -> dict[str, Any]:
     for task, sources in suite.new_tasks.items():
         correct, examples = {}, []
         for source in sources:
-            digest = _sha(_source_content(source, suite))
+            digest = value_digest(_source_content(source, suite))
             if digest not in answered:
                 answered[digest] = (f"{source.name}/", *score(model, tokenizer, source, suite)[:2])
             prefix, first, shown = answered[digest]
@@ -320,7 +320,8 @@ def text_digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _sha(content: Any) -> str:
+def value_digest(content: Any) -> str:
+    """:func:`text_digest` of ``content`` as canonical JSON (keys sorted)."""
     return text_digest(json.dumps(content, sort_keys=True, default=str))
 
 

@@ -19,7 +19,13 @@ from typing import Any
 
 from infosft.experiments import plots
 from infosft.experiments.fronts import exact_number
-from infosft.experiments.summary import METRICS, format_mean_std, resolution, setting_label
+from infosft.experiments.summary import (
+    METRICS,
+    format_mean_std,
+    resolution,
+    run_length,
+    setting_label,
+)
 from infosft.files import write_text_atomic
 
 _IMAGE_SRC = re.compile(r'<img src="([^"]+)"')
@@ -98,12 +104,6 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _length(row: Mapping[str, Any]) -> str:
-    if row.get("epochs") is None:
-        return f"{row['max_steps']} steps"
-    return f"{exact_number(row['epochs'])} ep"
-
-
 def setting_table(results: Mapping[str, Any], task: str) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of one task's settings (mean ± std over seeds), the base first."""
     headers = ["method", "lr", "length", "seeds", *[header for _, header, _ in METRICS]]
@@ -113,7 +113,7 @@ def setting_table(results: Mapping[str, Any], task: str) -> tuple[list[str], lis
         [
             row["curve"],
             exact_number(row["learning_rate"]),
-            _length(row),
+            run_length(row),
             str(len(row["seeds"])),
             *[format_mean_std(row[key]["values"], digits) for key, _, digits in METRICS],
         ]
@@ -131,7 +131,7 @@ def cell_table(results: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
             c["task"],
             c["curve"],
             exact_number(c["learning_rate"]),
-            _length(c),
+            run_length(c),
             str(c["seed"]),
             *[_number(c.get(key), digits) for key, _, digits in METRICS],
         ]

@@ -45,13 +45,16 @@ def format_mean_std(values: Sequence[float | None], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def run_length(record: Mapping[str, Any]) -> str:
+    """A cell's run length: ``"3 steps"`` or ``"4 ep"``."""
+    if record.get("epochs") is None:
+        return f"{record['max_steps']} steps"
+    return f"{fronts.exact_number(record['epochs'])} ep"
+
+
 def setting_label(record: Mapping[str, Any]) -> str:
     """A point of a front: its learning rate and run length (everything but the seed)."""
-    if record.get("epochs") is None:
-        length = f"{record['max_steps']} steps"
-    else:
-        length = f"{fronts.exact_number(record['epochs'])} ep"
-    return f"lr {fronts.exact_number(record['learning_rate'])}, {length}"
+    return f"lr {fronts.exact_number(record['learning_rate'])}, {run_length(record)}"
 
 
 def setting_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -18,7 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from infosft.losses.fused import TokenStats
-from infosft.losses.lm_head import base_head_inputs, causal_lm_loss, output_embeddings
+from infosft.losses.lm_head import (
+    base_head_inputs,
+    causal_lm_loss,
+    forward_inputs,
+    output_embeddings,
+)
 from infosft.objectives import get_scheme
 
 
@@ -70,13 +75,11 @@ def use_fused_loss(
         return_outputs: bool = False,
         num_items_in_batch: Tensor | int | None = None,
     ):
-        forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        forward_inputs["use_cache"] = False
         base = None
         if kl_to_base:
             base = base_head_inputs(
                 model,
-                forward_inputs,
+                inputs,
                 frozen_base=frozen_base,
                 unwrapped=_unwrapped(trainer, model),
             )
@@ -102,7 +105,7 @@ def use_fused_loss(
         )
         if return_outputs:
             with torch.no_grad():
-                outputs = model(**forward_inputs)
+                outputs = model(**forward_inputs(inputs))
             return loss, outputs
         return loss
 

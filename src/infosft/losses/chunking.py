@@ -59,17 +59,15 @@ def free_memory(device: torch.device) -> int | None:
 def rows_per_chunk(
     num_rows: int,
     vocab_size: int,
-    hidden_size: int,
     device: torch.device,
     available_bytes: int | None = None,
 ) -> int:
-    """Target rows per chunk for N = ``num_rows`` rows of a [V, H] head (see the module doc).
+    """Target rows per chunk for N = ``num_rows`` rows of a [V, H] head (see the module doc); the
+    plan does not depend on H (the head's own streams and the chunk's matmuls both scale with it).
 
     Args:
         num_rows: target rows of the whole call (the loop never needs more than these).
         vocab_size: V, columns of each logits row.
-        hidden_size: H of the LM head; the plan does not depend on it (the head's own streams
-            and the chunk's matmuls both scale with H).
         device: where the chunks are computed.
         available_bytes: free memory on ``device``; None reads it (:func:`free_memory`).
 

@@ -639,7 +639,7 @@ def _prepare(
     mm_dtype = mm_dtype or torch.promote_types(input_dtype, torch.float32)
     chunk_fn = _compiled(chunk_softmax_grad, device.type, use_compile)
     loop = _Loop(
-        chunk_size=chunk_size or rows_per_chunk(len(positions), vocab, weight.shape[1], device),
+        chunk_size=chunk_size or rows_per_chunk(len(positions), vocab, device),
         with_entropy=with_entropy or (scheme.needs_entropy and fixed is None),
         top_k=scheme.top_k if fixed is None else None,
         # torch 2.13's inductor fails (KeyError in codegen) on a compiled call whose logits and

@@ -141,16 +141,23 @@ def lm_head_inputs(model: nn.Module, model_inputs: Mapping[str, Any]) -> tuple[T
     return result["stats"]
 
 
+def forward_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The batch as the model's forward takes it for a loss computed in its LM head: without
+    ``labels`` (the model would compute its own loss on [B, T, V] logits) and without a cache."""
+    return {**{k: v for k, v in inputs.items() if k != "labels"}, "use_cache": False}
+
+
 @torch.no_grad()
 def base_head_inputs(
     model: nn.Module,
-    forward_inputs: Mapping[str, Any],
+    inputs: Mapping[str, Any],
     *,
     frozen_base: nn.Module | None = None,
     unwrapped: nn.Module,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """The KL anchor's base on this batch: the base model's hidden states [B, T, H'] and LM
-    head (weight, bias), from one forward without gradients that builds no logits.
+    """The KL anchor's base on ``inputs`` (the batch as :func:`causal_lm_loss` takes it): the
+    base model's hidden states [B, T, H'] and LM head (weight, bias), from one forward without
+    gradients that builds no logits.
 
     The base is ``frozen_base`` when given, else ``model`` with its PEFT adapters off
     (``unwrapped`` is ``model`` without DDP/accelerate wrappers, whose ``disable_adapter`` is
@@ -158,9 +165,9 @@ def base_head_inputs(
     alone), as :func:`causal_lm_loss`'s ``base`` takes it.
     """
     if frozen_base is not None:
-        return lm_head_inputs(frozen_base, forward_inputs)
+        return lm_head_inputs(frozen_base, forward_inputs(inputs))
     with unwrapped.disable_adapter():
-        hidden, weight, bias = lm_head_inputs(model, forward_inputs)
+        hidden, weight, bias = lm_head_inputs(model, forward_inputs(inputs))
     if weight is output_embeddings(unwrapped).weight:
         return hidden, None, None
     return hidden, weight, bias
@@ -201,8 +208,6 @@ def causal_lm_loss(
         trainer expects) and the micro-batch's :class:`~infosft.losses.fused.TokenStats`.
     """
     labels = inputs["labels"]
-    model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    model_inputs["use_cache"] = False
     base_hidden, base_weight, base_bias = base or (None, None, None)
 
     def head_loss(hidden_states: Tensor, weight: Tensor, bias: Tensor | None):
@@ -226,5 +231,5 @@ def causal_lm_loss(
         )
 
     with loss_in_lm_head(output_embeddings(model), head_loss) as result:
-        outputs = model(**model_inputs)
+        outputs = model(**forward_inputs(inputs))
     return take_head_loss(outputs, result), result["stats"]

@@ -13,6 +13,7 @@ from infosft.models.chat_templates import (
 from infosft.models.loading import (
     TOKENIZER_FILES,
     check_model_name,
+    eval_mode,
     is_hub_repo_id,
     load_config,
     load_model_and_tokenizer,
@@ -45,6 +46,7 @@ __all__ = [
     "check_model_name",
     "default_model_dir",
     "ensure_default_model",
+    "eval_mode",
     "is_default_model",
     "is_hub_repo_id",
     "load_config",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,15 @@ def resolve_device(name: str | None, where: str = "device") -> str:
     if device.index is not None and count is not None and device.index >= count():
         raise ValueError(f"{where} {name}: only {count()} {device.type} device(s) here")
     return name
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[Any]:
+    """``model`` in eval mode while active (no dropout); its training mode is restored after,
+    also on an error, so that measuring a model in the middle of training does not change it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

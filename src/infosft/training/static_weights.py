@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from infosft.losses import target_log_probs
+from infosft.models import eval_mode
 from infosft.training.data import pad_tokenized
 
 COLUMN = "base_log_probs"
@@ -130,17 +131,14 @@ def _frozen_base_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     # ZeRO-3 keeps its partitions on the GPU and gathers them there.
     if torch.cuda.is_available() and not _zero3_partitioned(model):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    was_training = model.training
-    model.eval()
     if device is not None:
         model.to(device)
     try:
         disable_adapter = getattr(model, "disable_adapter", None)
         base_context = disable_adapter() if callable(disable_adapter) else contextlib.nullcontext()
-        with _full_parameters(model), base_context:
+        with eval_mode(model), _full_parameters(model), base_context:
             yield model.get_base_model() if hasattr(model, "get_base_model") else model
     finally:
-        model.train(was_training)
         if device is not None:
             model.to(original_device)
 

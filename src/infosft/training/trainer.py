@@ -31,7 +31,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, IntervalStrategy
 from trl import SFTTrainer
 
 from infosft.losses import IGNORE_INDEX, TokenStats
-from infosft.losses.lm_head import base_head_inputs, causal_lm_loss
+from infosft.losses.lm_head import base_head_inputs, causal_lm_loss, forward_inputs
 from infosft.objectives import token_weights
 from infosft.training.config import InfoSFTConfig, ScheduleEntry
 from infosft.training.outputs import BASE_LOG_PROBS_DIR, final_model_saved
@@ -240,13 +240,11 @@ class InfoSFTTrainer(SFTTrainer):
         entry = self.args.schedule_entry(self.state.epoch, self.state.global_step)
         target_weights = self._target_weights(inputs, entry)
         batch = {k: v for k, v in inputs.items() if k != COLUMN}
-        forward_inputs = {k: v for k, v in batch.items() if k != "labels"}
-        forward_inputs["use_cache"] = False
         base = None
         if self.args.kl_to_base:
             base = base_head_inputs(
                 model,
-                forward_inputs,
+                batch,
                 frozen_base=self._frozen_base,
                 unwrapped=self.accelerator.unwrap_model(model),
             )
@@ -267,7 +265,7 @@ class InfoSFTTrainer(SFTTrainer):
         if return_outputs:
             # compute_metrics needs the full logits: a second forward, without gradients.
             with torch.no_grad():
-                outputs = model(**forward_inputs)
+                outputs = model(**forward_inputs(batch))
             return loss, outputs
         return loss
 
