@@ -98,7 +98,7 @@ def score_prepared(
     training would see, though not in training's shuffled order).
     """
     from infosft.losses import score_targets
-    from infosft.losses.lm_head import lm_head_inputs
+    from infosft.losses.lm_head import forward_inputs, lm_head_inputs
 
     device = next(model.parameters()).device
     richer = [scheme for scheme in schemes if not scheme.q_only]
@@ -109,7 +109,7 @@ def score_prepared(
             chunk = rows[start : start + batch_size]
             input_ids, attention, labels = pad_tokenized(chunk)
             inputs = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
-            hidden, weight, bias = lm_head_inputs(model, {**inputs, "use_cache": False})
+            hidden, weight, bias = lm_head_inputs(model, forward_inputs(inputs))
             labels = labels.to(hidden.device)
             # Every pass over the LM head also yields log q: one pass per richer scheme, and
             # a plain one only when there is none.
