@@ -10,7 +10,6 @@ transformers and TRL.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from infosft.losses.lm_head import (
     forward_inputs,
     output_embeddings,
 )
+from infosft.losses.reference import kl_coefficient
 from infosft.objectives import get_scheme
 
 
@@ -59,8 +59,7 @@ def use_fused_loss(
             anchor reads a frozen copy of the model, or the PEFT model with its adapters off.
     """
     scheme = get_scheme(method, p_bar=p_bar, method_args=method_args)
-    if not isinstance(kl_to_base, (int, float)) or not math.isfinite(kl_to_base) or kl_to_base < 0:
-        raise ValueError(f"kl_to_base must be a finite number >= 0, got {kl_to_base!r}")
+    kl_to_base = kl_coefficient(kl_to_base)
     model = _unwrapped(trainer, trainer.model)
     output_embeddings(model)  # refuses a model without an LM head before training starts
     frozen_base = None
@@ -117,8 +116,7 @@ def use_fused_loss(
         if window and window[0]:
             stats = TokenStats(*window[:-1], sum_kl=window[-1] if kl_to_base else None)
             prefix = "eval_infosft/" if mode == "eval" else "infosft/"
-            means = {("kl_to_base" if k == "kl" else k): v for k, v in stats.means().items()}
-            logs = {**logs, **{prefix + name: value for name, value in means.items()}}
+            logs = {**logs, **{prefix + name: value for name, value in stats.means().items()}}
         return original_log(logs, *args, **kwargs)
 
     trainer.compute_loss = compute_loss

@@ -40,6 +40,7 @@ from infosft.losses.reference import (
     IGNORE_INDEX,
     check_loss_arguments,
     check_targets,
+    check_top_k,
     loss_denominator,
     normalizer,
     shift_labels,
@@ -75,9 +76,9 @@ class TokenStats(NamedTuple):
     sum_kl: Tensor | None = None
 
     def means(self) -> dict[str, float]:
-        """mean_q, mean_weight, zero_weight_share, nll, entropy and, with the KL anchor, kl
-        (NaN when there is no token)."""
-        names = ("mean_q", "mean_weight", "zero_weight_share", "nll", "entropy", "kl")
+        """mean_q, mean_weight, zero_weight_share, nll, entropy and, with the KL anchor,
+        kl_to_base (the mean KL; NaN when there is no token): the keys training logs use."""
+        names = ("mean_q", "mean_weight", "zero_weight_share", "nll", "entropy", "kl_to_base")
         sums = {
             name: value for name, value in zip(names, self[1:], strict=True) if value is not None
         }
@@ -615,8 +616,7 @@ def _prepare(
     ):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     vocab = weight.shape[0]
-    if scheme.top_k is not None and scheme.top_k > vocab:
-        raise ValueError(f"{scheme.method} top_k={scheme.top_k} exceeds the vocabulary ({vocab})")
+    check_top_k(scheme, vocab)
 
     targets = shift_labels(labels, ignore_index)
     # Shifted like labels: position t carries the weight of its target labels[t + 1].

@@ -158,6 +158,12 @@ def check_loss_arguments(
     return LossArguments(scheme, labels.long(), num_items_in_batch, ignore_index, beta)
 
 
+def check_top_k(scheme: Scheme, vocab: int) -> None:
+    """A scheme that reads the top-K logits (EAFT) needs K <= the vocabulary size."""
+    if scheme.top_k is not None and scheme.top_k > vocab:
+        raise ValueError(f"{scheme.method} top_k={scheme.top_k} exceeds the vocabulary ({vocab})")
+
+
 def check_targets(
     targets: Tensor,
     vocab_size: int,
@@ -242,11 +248,17 @@ def loss_denominator(
     return denominator * share
 
 
-def check_kl_to_base(kl_to_base: Any, base_given: bool, base_name: str) -> float:
-    """Validate the KL anchor's coefficient beta >= 0 and that the base model's input is there."""
+def kl_coefficient(kl_to_base: Any) -> float:
+    """The KL anchor's coefficient beta, a finite number >= 0 (a bool is refused)."""
     beta = real_number("kl_to_base", kl_to_base, "a finite number >= 0")
     if not 0.0 <= beta < math.inf:
         raise ValueError(f"kl_to_base must be a finite number >= 0, got {kl_to_base!r}")
+    return beta
+
+
+def check_kl_to_base(kl_to_base: Any, base_given: bool, base_name: str) -> float:
+    """Validate the KL anchor's coefficient beta >= 0 and that the base model's input is there."""
+    beta = kl_coefficient(kl_to_base)
     if beta > 0 and not base_given:
         raise ValueError(
             f"kl_to_base={beta} needs the base model's {base_name} (the anchor's p_base)"
@@ -324,8 +336,7 @@ def weighted_nll_loss(
             f"got {tuple(base_logits.shape)}"
         )
     vocab = logits.shape[-1]
-    if scheme.top_k is not None and scheme.top_k > vocab:
-        raise ValueError(f"{scheme.method} top_k={scheme.top_k} exceeds the vocabulary ({vocab})")
+    check_top_k(scheme, vocab)
     targets = shift_labels(labels, ignore_index)
     mask = check_targets(targets, vocab, ignore_index, num_items_in_batch)
     # float32 at least (float64 stays float64, for reference checks).

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -249,7 +248,6 @@ def compute_base_log_probs(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(f"static-weight shards missing after the pass: {missing[:3]}")
-    (cache / "meta.json").write_text(json.dumps({"rows": len(dataset), "shards": num_shards}))
     return _attach(dataset, paths)
 
 

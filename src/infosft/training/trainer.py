@@ -327,17 +327,9 @@ class InfoSFTTrainer(SFTTrainer):
         sums = self._sums.pop(mode, None)
         if sums:
             prefix = "eval_" if mode == "eval" else ""
-            count = max(sums["num_tokens"], 1.0)
-            means = {
-                "nll": sums["sum_nll"] / count,
-                "mean_q": sums["sum_q"] / count,
-                "mean_weight": sums["sum_weight"] / count,
-                "zero_weight_share": sums["num_zero_weight"] / count,
-                "entropy": sums["sum_entropy"] / count,
-            }
-            if self.args.kl_to_base:
-                means["kl_to_base"] = sums["sum_kl"] / count
-            logs.update({prefix + name: value for name, value in means.items()})
+            kl = sums["sum_kl"] if self.args.kl_to_base else None
+            stats = TokenStats(*(sums[name] for name in TokenStats._fields[:-1]), sum_kl=kl)
+            logs.update({prefix + name: value for name, value in stats.means().items()})
             if mode == "train":
                 elapsed = time.perf_counter() - self._window_start
                 logs["tokens_per_second"] = sums["input_tokens"] / max(elapsed, 1e-9)
