@@ -10,7 +10,7 @@ from typing import Any
 
 from infosft.checks import Number, check_value
 from infosft.distributed import gather, my_batches
-from infosft.models import eval_mode, pad_right
+from infosft.models import eval_mode, pad_left
 
 Prompt = str | list[dict[str, str]]
 POSITIVE = Number(whole=True, low=1)
@@ -247,7 +247,7 @@ def generate(
             if settings.greedy:
                 new_tokens = _greedy_in_stages(model, [encoded[i] for i in rows], kwargs, pad_id)
             else:
-                ids, mask = _left_padded([encoded[i] for i in rows], pad_id, device)
+                ids, mask = pad_left([encoded[i] for i in rows], pad_id, device)
                 extra = {}
                 if keyed:
                     seeds = [
@@ -281,15 +281,6 @@ def generate(
 FIRST_STAGE_TOKENS = 32
 
 
-def _left_padded(
-    sequences: Sequence[Sequence[int]], pad_id: int, device: Any = None
-) -> tuple[Any, Any]:
-    """``input_ids`` and ``attention_mask`` [rows, longest] (int64), left-padded with
-    ``pad_id``: the reversed sequences right-padded, then flipped back."""
-    ids, mask = pad_right([list(s)[::-1] for s in sequences], pad_id, device)
-    return ids.flip(1), mask.flip(1)
-
-
 def _greedy_in_stages(
     model: Any, prompts: Sequence[Sequence[int]], kwargs: dict[str, Any], pad_id: int
 ) -> list[list[int]]:
@@ -311,7 +302,7 @@ def _greedy_in_stages(
     eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     stops = bool(kwargs.get("stop_strings"))
     total = kwargs["max_new_tokens"]
-    ids, mask = _left_padded(prompts, pad_id, device)
+    ids, mask = pad_left(prompts, pad_id, device)
     new: list[list[int]] = [[] for _ in prompts]
     live = list(range(len(prompts)))
     # transformers renamed generate's past_key_values to cache (the old name warns).

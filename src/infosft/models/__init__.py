@@ -4,7 +4,7 @@ hub ids (:mod:`.loading`), and chat templates infosft patches for training
 imports training code.
 """
 
-from infosft.models.batches import pad_right
+from infosft.models.batches import pad_left, pad_right
 from infosft.models.chat_templates import (
     SMOLLM2_CHAT_TEMPLATE,
     SMOLLM2_TRAINING_CHAT_TEMPLATE,
@@ -52,6 +52,7 @@ __all__ = [
     "load_config",
     "load_model_and_tokenizer",
     "load_tokenizer",
+    "pad_left",
     "pad_right",
     "resolve_device",
     "resolve_dtype",
